@@ -1,0 +1,31 @@
+# The two commands of the README: `make dev` (install and run the local stack with the example
+# workflow) and `make test` (install and run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint bench clean
+
+$(BIN)/stepstream: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+dev: $(BIN)/stepstream
+	$(BIN)/stepstream dev --example
+
+test: $(BIN)/stepstream
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/stepstream
+	$(BIN)/ruff check services tests examples bench
+	$(BIN)/ruff format --check services tests examples bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: $(BIN)/stepstream
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .stepstream
