@@ -1,0 +1,203 @@
+"""The one codec for every Kafka record value: Avro, single-object encoding, schemas from ``schemas/``.
+
+Every value is laid out as the Avro specification's single-object encoding::
+
+    C3 01 | CRC-64-AVRO fingerprint of the writer schema's canonical form, 8 bytes little-endian | Avro binary body
+
+Naming the writer schema in every record is what lets a reader decode records written before a
+schema changed: it reads them with the writer schema the fingerprint names, resolved to the current
+schema of that record (or passed through an upcaster where resolution cannot bridge the change).
+It also lets any Kafka producer, in any language, write a record the engine accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from io import BytesIO
+from typing import Any, Final, TypeVar, overload
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import parse_schema
+from fastavro.types import Schema
+
+from stepstream.avro.conversion import ConversionBuilder, Convert, schema_name
+from stepstream.avro.records import RECORD_TYPES
+from stepstream.avro.schemas import SchemaError, default_directory, expand, fingerprint, read_directory
+from stepstream.errors import StepstreamError
+
+MAGIC: Final = b"\xc3\x01"  # single-object encoding, version 1
+HEADER_SIZE: Final = len(MAGIC) + 8
+
+RecordT = TypeVar("RecordT")
+OtherT = TypeVar("OtherT")
+ThirdT = TypeVar("ThirdT")
+
+# Takes a record as fastavro reads it with an earlier writer schema and returns it in the current
+# shape, for a change schema resolution cannot bridge. Keyed by the earlier schema's file stem,
+# like "stepstream.RunStarted.v1".
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class DecodeError(StepstreamError):
+    """A record value the codec cannot turn into a record of the expected type.
+
+    Not written by Stepstream, written by a schema this version does not know, corrupt, or a record
+    of the wrong type for its topic. Terminal for that record: a consumer dead-letters it.
+    """
+
+
+class EncodeError(StepstreamError):
+    """A record its schema rejects, such as None in a field that is not optional: a bug in its maker."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    header: bytes  # magic and fingerprint, the same for every record of the type
+    schema: Schema
+    to_avro: Convert
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    record_type: type
+    name: str
+    writer_schema: Schema
+    reader_schema: Schema | None  # None: the writer schema is the current one, nothing to resolve
+    from_avro: Convert
+
+
+class Codec:
+    """Encodes and decodes every record type of every topic; create one per process and share it.
+
+    The schemas are read, parsed and fingerprinted once, here, and checked against the dataclasses,
+    so a mismatch fails at start-up with :class:`SchemaError` rather than on the first record.
+    """
+
+    def __init__(
+        self, schema_directory: Traversable | None = None, *, upcasters: Mapping[str, Upcaster] | None = None
+    ) -> None:
+        schema_files = read_directory(schema_directory or default_directory())
+        builder = ConversionBuilder(schema_files.current)
+        self._writers: dict[type, _Writer] = {}
+        self._readers: dict[bytes, _Reader] = {}
+        current_by_name: dict[str, _Reader] = {}
+        for record_type in RECORD_TYPES:
+            name = schema_name(record_type)
+            expanded = expand(name, schema_files.current)
+            parsed = parse_schema(expanded)
+            conversion = builder.record(record_type)
+            record_fingerprint = fingerprint(expanded)
+            self._writers[record_type] = _Writer(
+                header=MAGIC + record_fingerprint, schema=parsed, to_avro=conversion.to_avro
+            )
+            reader = _Reader(record_type, name, parsed, None, conversion.from_avro)
+            self._readers[record_fingerprint] = current_by_name[name] = reader
+
+        upcasters = dict(upcasters or {})
+        for (name, version), earlier in sorted(schema_files.earlier.items()):
+            stem = f"{name}.v{version}"
+            current = current_by_name.get(name)
+            if current is None:
+                raise SchemaError(f"Expected {stem}.avsc to be an earlier shape of a record type, but {name} is none")
+            earlier_fingerprint = fingerprint(earlier)
+            if earlier_fingerprint in self._readers:
+                continue  # frozen but not yet changed: the current schema reads it already
+            upcaster = upcasters.pop(stem, None)
+            from_avro = current.from_avro if upcaster is None else _upcasting(upcaster, current.from_avro)
+            self._readers[earlier_fingerprint] = _Reader(
+                record_type=current.record_type,
+                name=name,
+                writer_schema=parse_schema(earlier),
+                # An upcaster takes the record in its earlier shape, so it is read without resolution.
+                reader_schema=current.writer_schema if upcaster is None else None,
+                from_avro=from_avro,
+            )
+        if upcasters:
+            raise SchemaError(f"Expected a schema file for every upcaster, but there is none for {sorted(upcasters)}")
+
+    def encode(self, record: object) -> bytes:
+        """The record as a Kafka record value, in its type's current schema."""
+        writer = self._writers.get(type(record))
+        if writer is None:
+            raise TypeError(f"Expected a record of a type with a schema, but got {type(record).__qualname__}")
+        buffer = BytesIO()
+        buffer.write(writer.header)
+        try:
+            schemaless_writer(buffer, writer.schema, writer.to_avro(record))
+        except Exception as error:  # fastavro raises many kinds; all mean the same: this record is invalid
+            raise EncodeError(f"Expected a {type(record).__name__} its schema accepts, but {error!r}") from error
+        return buffer.getvalue()
+
+    @overload
+    def decode(self, data: bytes) -> object: ...
+
+    @overload
+    def decode(self, data: bytes, expected: tuple[type[RecordT]]) -> RecordT: ...
+
+    @overload
+    def decode(self, data: bytes, expected: tuple[type[RecordT], type[OtherT]]) -> RecordT | OtherT: ...
+
+    @overload
+    def decode(
+        self, data: bytes, expected: tuple[type[RecordT], type[OtherT], type[ThirdT]]
+    ) -> RecordT | OtherT | ThirdT: ...
+
+    @overload
+    def decode(self, data: bytes, expected: tuple[type[Any], ...]) -> object: ...
+
+    def decode(self, data: bytes, expected: tuple[type[Any], ...] | None = None) -> object:
+        """The record a Kafka record value holds; with ``expected``, only a record of one of those types.
+
+        Raises :class:`DecodeError` for anything else, with the reason, for the dead letter.
+        """
+        if len(data) < HEADER_SIZE:
+            raise DecodeError(
+                f"Expected at least {HEADER_SIZE} bytes (the marker C3 01 and an 8-byte schema fingerprint), "
+                f"but got {len(data)}"
+            )
+        if data[:2] != MAGIC:
+            raise DecodeError(
+                f"Expected an Avro single-object encoding starting C3 01, but the record starts {data[:2].hex(' ')}"
+            )
+        reader = self._readers.get(data[2:HEADER_SIZE])
+        if reader is None:
+            raise DecodeError(
+                f"Expected a record written by a known schema, but fingerprint {data[2:HEADER_SIZE].hex()} "
+                "is not written by any known schema (a newer producer, or another system's record)"
+            )
+        if expected is not None and reader.record_type not in expected:
+            names = ", ".join(record_type.__name__ for record_type in expected)
+            raise DecodeError(f"Expected {names} on this topic, but the record is a {reader.name}")
+        buffer = BytesIO(data)
+        buffer.seek(HEADER_SIZE)
+        try:
+            datum = schemaless_reader(
+                buffer,
+                reader.writer_schema,
+                reader.reader_schema,
+                return_record_name=True,
+                # ...but only for unions of several records (the Outcome); an optional record reads as itself.
+                return_record_name_override=True,
+            )
+            record = reader.from_avro(datum)
+        except Exception as error:  # corrupt input can fail in many ways inside fastavro; all are the record's fault
+            raise DecodeError(f"Expected a valid {reader.name} body, but it is corrupt: {error!r}") from error
+        if buffer.tell() != len(data):
+            raise DecodeError(
+                f"Expected a {reader.name} body of {buffer.tell() - HEADER_SIZE} bytes, "
+                f"but the record has {len(data) - buffer.tell()} more"
+            )
+        return record
+
+    def fingerprint(self, record_type: type) -> bytes:
+        """The 8-byte fingerprint of the current schema of ``record_type``, as records of it carry."""
+        writer = self._writers.get(record_type)
+        if writer is None:
+            raise TypeError(f"Expected a record type with a schema, but got {record_type.__qualname__}")
+        return writer.header[len(MAGIC) :]
+
+
+def _upcasting(upcaster: Upcaster, from_avro: Convert) -> Convert:
+    return lambda datum: from_avro(upcaster(datum))
