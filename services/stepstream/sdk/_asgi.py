@@ -1,0 +1,199 @@
+"""The ASGI shell: HTTP in, one delivery through the replay machine, HTTP out.
+
+A plain ASGI app, so it mounts in FastAPI, Starlette or any ASGI server without depending on them.
+Checks run cheapest and least revealing first: nobody learns which workflows exist, or how a
+request should look, without a valid signature.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from stepstream.protocol import SIGNATURE_HEADER, DeliveryRequest, ErrorBody
+from stepstream.sdk._machine import history_problem
+from stepstream.signing import SignatureError, verify
+
+if TYPE_CHECKING:
+    from stepstream.sdk._workflows import Workflows
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("stepstream.sdk")
+
+_SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode("latin-1")
+
+
+class _ClientDisconnected(Exception):
+    """The caller went away before sending the whole body: there is nobody to answer."""
+
+
+class _Reply(Exception):
+    """An HTTP answer decided before the workflow runs (an error status)."""
+
+    def __init__(self, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(error=error, message=message).model_dump_json().encode()
+        self.headers = headers or []
+
+
+class WorkflowsApp:
+    """Serves ``POST /<workflow name>`` (relative to where it is mounted) for a :class:`Workflows`."""
+
+    def __init__(
+        self,
+        workflows: Workflows,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workflows = workflows
+        self._wall_clock = wall_clock
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            # Only plain HTTP is served; refuse anything else (websockets) at once.
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        started_at = self._clock()
+        try:
+            body = await self._handle(scope, receive, started_at)
+        except _ClientDisconnected:
+            return
+        except _Reply as reply:
+            await _send(send, reply.status, reply.body, reply.headers)
+            return
+        except Exception:
+            logger.exception("Stepstream SDK failed to handle a delivery")
+            failed = ErrorBody(error="internal_error", message="The SDK failed; see the server log")
+            await _send(send, 500, failed.model_dump_json().encode(), [])
+            return
+        await _send(send, 200, body, [])
+
+    async def _handle(self, scope: Scope, receive: Receive, started_at: float) -> bytes:
+        if scope["method"] != "POST":
+            raise _Reply(
+                405,
+                "method_not_allowed",
+                f"Expected POST, but got {scope['method']}: deliveries are POSTed by the Stepstream executor",
+                [(b"allow", b"POST")],
+            )
+        signature = _header(scope, _SIGNATURE_HEADER)
+        verifying = not self.workflows.allow_unsigned
+        if verifying and signature is None:
+            raise _Reply(401, "unauthorized", f"Expected a {SIGNATURE_HEADER} header, but the request has none")
+        body = await self._read_body(scope, receive)
+        if verifying:
+            try:
+                verify(
+                    body,
+                    signature,
+                    self.workflows.signing_keys,
+                    now=int(self._wall_clock()),
+                    tolerance_s=self.workflows.signature_tolerance_s,
+                )
+            except SignatureError as exc:
+                raise _Reply(401, "unauthorized", str(exc)) from None
+        try:
+            request = DeliveryRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise _Reply(400, "bad_request", str(exc)) from None
+        name = _workflow_name(scope)
+        try:
+            definition = self.workflows.definition(name)
+        except LookupError as exc:
+            raise _Reply(404, "unknown_workflow", str(exc)) from None
+        if request.workflow != name:
+            raise _Reply(
+                400,
+                "bad_request",
+                f"Expected the body's workflow to match the path's '{name}', but it is '{request.workflow}'",
+            )
+        problem = history_problem(request)
+        if problem is not None:
+            raise _Reply(400, "bad_request", problem)
+        try:
+            payload = definition.parse_payload(request.payload)
+        except ValidationError as exc:
+            raise _Reply(422, "invalid_payload", str(exc)) from None
+        response = await definition.execute(request, payload, clock=self._clock, started_at=started_at)
+        return response.model_dump_json().encode()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.workflows.max_body_bytes
+        too_large = _Reply(413, "payload_too_large", f"Expected a body of at most {limit} bytes, but it is larger")
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        # Counted while reading, so a body without (or lying about) its length cannot fill memory.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _workflow_name(scope: Scope) -> str:
+    """The path below the mount point, without its leading slash.
+
+    Starlette (since 0.33) keeps the full ``path`` and puts the mount point in ``root_path``; other
+    servers hand a mounted app only its own part. Both are handled, as Starlette's own routes do.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("/", ""):
+        path = path[len(root_path) :]
+    return path.removeprefix("/")
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Served alone (uvicorn module:app), the app gets lifespan events; it has nothing to set up.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
