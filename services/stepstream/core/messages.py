@@ -8,10 +8,10 @@ byte for byte instead of decoding and encoding it again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class StepKind(str, Enum):
+class StepKind(StrEnum):
     """What a step does. Later issues add call, wait_for_event and invoke."""
 
     RUN = "run"
@@ -223,9 +223,7 @@ class RunFailed:
     error: ErrorInfo
 
 
-Event = (
-    RunStarted | StepScheduled | StepCompleted | StepFailed | SleepStarted | RunCompleted | RunFailed
-)
+Event = RunStarted | StepScheduled | StepCompleted | StepFailed | SleepStarted | RunCompleted | RunFailed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,7 +7,7 @@ Replaying a run's ``events`` must give exactly the snapshot the projector keeps 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from typing import assert_never
 
 from stepstream.core.messages import (
@@ -24,7 +24,7 @@ from stepstream.core.messages import (
 )
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     RUNNING = "running"  # a delivery is scheduled or in flight
     SLEEPING = "sleeping"
     COMPLETED = "completed"
@@ -109,7 +109,9 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             error=None,
         )
     if state is None:
-        raise ValueError(f"Expected RunStarted as the first event of run {event.run_id}, but got {type(event).__name__}")
+        raise ValueError(
+            f"Expected RunStarted as the first event of run {event.run_id}, but got {type(event).__name__}"
+        )
     state = replace(state, seq=event.seq, updated_at_ms=event.at_ms)
     match event:
         case StepScheduled():

@@ -1,0 +1,7 @@
+"""`python -m stepstream.api`: the api service alone in this process."""
+
+from stepstream.config import ApiSettings
+from stepstream.runner import api_tasks, run_service
+
+if __name__ == "__main__":
+    run_service("api", lambda: api_tasks(ApiSettings.from_env()))

@@ -1,0 +1,191 @@
+"""Settings: one typed object per service, read from environment variables once, at the entry point.
+
+Every name carries the ``STEPSTREAM_`` prefix except ``KAFKA_BOOTSTRAP_SERVERS``, the name most Kafka
+tooling already uses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepstream.errors import StepstreamError
+
+
+class ConfigurationError(StepstreamError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"Expected {name} to be an integer, but got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"Expected {name} to be at least {minimum}, but got {value}")
+    return value
+
+
+def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
+def default_home() -> Path:
+    """Where the local stack keeps the broker's data and the query store."""
+    return Path(os.environ.get("STEPSTREAM_HOME", ".stepstream")).resolve()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "stepstream."
+    partitions: int = 12
+    replication_factor: int = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Names this process's transactional producers, so a restarted instance fences its predecessor.
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> KafkaSettings:
+        protocol = environ.get("STEPSTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+        allowed = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        if protocol not in allowed:
+            raise ConfigurationError(
+                f"Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of {', '.join(allowed)}, but got {protocol!r}"
+            )
+        defaults = cls()
+        return cls(
+            bootstrap_servers=environ.get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
+            topic_prefix=environ.get("STEPSTREAM_TOPIC_PREFIX", defaults.topic_prefix),
+            partitions=_int(environ, "STEPSTREAM_PARTITIONS", defaults.partitions, minimum=1),
+            replication_factor=_int(environ, "STEPSTREAM_REPLICATION_FACTOR", defaults.replication_factor, minimum=1),
+            security_protocol=protocol,
+            sasl_mechanism=environ.get("STEPSTREAM_KAFKA_SASL_MECHANISM") or None,
+            sasl_username=environ.get("STEPSTREAM_KAFKA_SASL_USERNAME") or None,
+            sasl_password=environ.get("STEPSTREAM_KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=environ.get("STEPSTREAM_KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=environ.get("STEPSTREAM_KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=environ.get("STEPSTREAM_KAFKA_SSL_KEYFILE") or None,
+            instance_id=environ.get("STEPSTREAM_INSTANCE_ID") or defaults.instance_id,
+        )
+
+    def client_options(self) -> dict[str, Any]:
+        """Security settings passed through to every aiokafka client."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            options["ssl_context"] = context
+        return options
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProjectorSettings:
+    kafka: KafkaSettings
+    default_retries: int = 3
+    default_retry_base_ms: int = 1_000
+    max_batch: int = 500
+    database: str = ""  # the query store the indexer keeps; empty: <home>/stepstream.db
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProjectorSettings:
+        return cls(
+            kafka=KafkaSettings.from_env(environ),
+            default_retries=_int(environ, "STEPSTREAM_DEFAULT_RETRIES", 3),
+            default_retry_base_ms=_int(environ, "STEPSTREAM_DEFAULT_RETRY_BASE_MS", 1_000),
+            max_batch=_int(environ, "STEPSTREAM_PROJECTOR_MAX_BATCH", 500, minimum=1),
+            database=database_url(environ),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerSettings:
+    kafka: KafkaSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
+        return cls(kafka=KafkaSettings.from_env(environ))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutorSettings:
+    kafka: KafkaSettings
+    signing_keys: tuple[str, ...]
+    concurrency: int = 64
+    timeout_ms: int = 30_000
+    budget_ms: int = 1_000
+    allow_unsigned: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
+        keys = _list(environ, "STEPSTREAM_SIGNING_KEYS")
+        allow_unsigned = environ.get("STEPSTREAM_ALLOW_UNSIGNED", "") == "1"
+        if not keys and not allow_unsigned:
+            raise ConfigurationError(
+                "Expected STEPSTREAM_SIGNING_KEYS (comma-separated; the first signs, all are sent during "
+                "rotation), but it is not set. Set STEPSTREAM_ALLOW_UNSIGNED=1 only for local experiments."
+            )
+        return cls(
+            kafka=KafkaSettings.from_env(environ),
+            signing_keys=keys,
+            concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CONCURRENCY", 64, minimum=1),
+            timeout_ms=_int(environ, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 30_000, minimum=1),
+            budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 1_000),
+            allow_unsigned=allow_unsigned,
+        )
+
+
+def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
+    registry: dict[str, str] = {}
+    for item in _list(environ, "STEPSTREAM_WORKFLOWS"):
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"Expected STEPSTREAM_WORKFLOWS entries like name=http://host/path, but got {item!r}"
+            )
+        registry[name.strip()] = url.strip()
+    return registry
+
+
+def database_url(environ: Mapping[str, str]) -> str:
+    return environ.get("STEPSTREAM_DATABASE") or str(default_home() / "stepstream.db")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    kafka: KafkaSettings
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database: str = ""
+    workflows: Mapping[str, str] = field(default_factory=dict)  # name -> endpoint url
+    max_payload_bytes: int = 1_048_576
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
+        return cls(
+            kafka=KafkaSettings.from_env(environ),
+            host=environ.get("STEPSTREAM_API_HOST", "127.0.0.1"),
+            port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1),
+            database=database_url(environ),
+            workflows=_workflows(environ),
+            max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1_048_576, minimum=1),
+        )

@@ -1,0 +1,158 @@
+"""The scheduler: owns time (and, with a later issue, flow control).
+
+It consumes ``schedule`` and holds each request until it is due; then it emits the delivery to
+``deliveries``, or a ``FireTimer`` command to ``commands``. Its pending work is mirrored in the
+compacted ``timers`` topic, in the same partition number as the ``schedule`` record it came from, so
+whoever owns a schedule partition restores exactly that partition's pending work. Input offsets,
+outputs and changelog entries are committed in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition  # type: ignore[import-untyped]
+
+from stepstream.avro import Codec, DecodeError
+from stepstream.clock import Clock, SystemClock
+from stepstream.config import SchedulerSettings
+from stepstream.core import DeliveryRequested, FireTimer, ScheduleRecord, TimerRequested
+from stepstream.kafka.clients import encode_dead_letter, make_consumer, make_producer, read_partitions_to_end
+from stepstream.kafka.topics import TopicNames
+from stepstream.scheduler.pending import Held, PendingWork, due_ms
+
+log = logging.getLogger(__name__)
+
+SERVICE = "scheduler"
+_IDLE_WAIT_MS = 500
+
+
+class Scheduler:
+    def __init__(self, settings: SchedulerSettings, *, codec: Codec | None = None, clock: Clock | None = None) -> None:
+        self.kafka = settings.kafka
+        self.topics = TopicNames(self.kafka.topic_prefix)
+        self.codec = codec or Codec()
+        self.clock = clock or SystemClock()
+        self.group_id = f"{self.kafka.topic_prefix}scheduler"
+        self.pending = PendingWork()
+        self.owned: set[int] = set()
+        self.ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
+        self._producer = make_producer(
+            self.kafka, transactional_id=f"{self.kafka.topic_prefix}scheduler-{self.kafka.instance_id}"
+        )
+
+    async def run(self) -> None:
+        await self._producer.start()
+        await self._consumer.start()
+        try:
+            self._consumer.subscribe([self.topics.schedule], listener=_Rebalance(self))
+            while True:
+                next_due = self.pending.next_due_ms()
+                wait = _IDLE_WAIT_MS if next_due is None else max(0, min(_IDLE_WAIT_MS, next_due - self.clock.now_ms()))
+                batch = await self._consumer.getmany(timeout_ms=wait, max_records=1_000)
+                async with self._lock:
+                    await self._step(batch)
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
+        restored = 0
+        for record in await read_partitions_to_end(self.kafka, self.topics.timers, new):
+            request_id = record.key.decode()
+            if record.value is None:
+                self.pending.remove(request_id)
+                continue
+            try:
+                held = self.codec.decode(record.value, expected=(DeliveryRequested, TimerRequested))
+            except DecodeError as error:
+                log.error("cannot restore pending request %s: %s", request_id, error)
+                continue
+            self.pending.add(record.partition, held)
+            restored += 1
+        self.owned |= new
+        log.info("scheduler owns schedule partitions %s (restored %d pending)", sorted(self.owned), restored)
+        self.ready.set()
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            gone = {tp.partition for tp in partitions if tp.topic == self.topics.schedule}
+            self.owned -= gone
+            self.pending.drop_partitions(gone)
+
+    async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        now = self.clock.now_ms()
+        outputs: list[tuple[str, bytes, bytes | None, int | None]] = []
+        added: list[Held] = []
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    request = self.codec.decode(record.value, expected=(DeliveryRequested, TimerRequested))
+                except DecodeError as error:
+                    outputs.append(
+                        (
+                            self.topics.deadletter,
+                            record.key or b"",
+                            encode_dead_letter(self.codec, record, str(error), SERVICE, now),
+                            None,
+                        )
+                    )
+                    continue
+                if due_ms(request) <= now:
+                    outputs.append(self._emit(request, now))
+                else:
+                    held = Held(tp.partition, request)
+                    added.append(held)
+                    outputs.append((self.topics.timers, request.request_id.encode(), record.value, tp.partition))
+        for held in added:
+            self.pending.add(held.partition, held.record)
+        fired = self.pending.pop_due(now)
+        for held in fired:
+            outputs.append(self._emit(held.record, now))
+            outputs.append((self.topics.timers, held.record.request_id.encode(), None, held.partition))
+        if not outputs and not batch:
+            return
+        try:
+            async with self._producer.transaction():
+                for topic, key, value, partition in outputs:
+                    await self._producer.send(topic, value=value, key=key, partition=partition)
+                if batch:
+                    offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                    await self._producer.send_offsets_to_transaction(offsets, self.group_id)
+        except Exception:
+            log.exception("scheduler transaction failed; re-reading the batch")
+            for held in added:
+                self.pending.remove(held.record.request_id)
+            for held in fired:
+                self.pending.add(held.partition, held.record)
+            for tp, records in batch.items():
+                self._consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(0.5)
+
+    def _emit(self, request: ScheduleRecord, now: int) -> tuple[str, bytes, bytes | None, int | None]:
+        if isinstance(request, DeliveryRequested):
+            delivery = request.delivery
+            return (
+                self.topics.deliveries,
+                (request.flow_key or delivery.run_id).encode(),
+                self.codec.encode(delivery),
+                None,
+            )
+        command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
+        return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.scheduler.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.scheduler.assigned(assigned)

@@ -1,0 +1,112 @@
+"""The example workflow (three run steps and a sleep) through the real engine: Kafka, the four
+services as processes, and the example app over loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+EXPECTED_STEPS = [
+    ("run", "create-account"),
+    ("run", "send-welcome"),
+    ("sleep", "wait-before-tips"),
+    ("run", "send-tips"),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(kafka_bootstrap, tmp_path_factory.mktemp("stack"))
+    stack.create_topics()
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def completed_steps(history: list[dict]) -> list[tuple[str, str]]:
+    return [(event["kind"], event["name"]) for event in history if event["type"] == "StepCompleted"]
+
+
+def test_example_workflow_completes_with_each_step_once_and_history_in_order(stack: Stack) -> None:
+    # given a running engine and the example app
+    # when a run is triggered over the api
+    run_id = stack.trigger({"name": "Ada", "sleep_seconds": 1})
+
+    # then it completes with the workflow's return value
+    run = stack.wait_for_status(run_id, "completed")
+    assert run["output"] == {
+        "account": "acct-ada",
+        "welcome": "welcome mail sent to acct-ada",
+        "tips": "tips sent to acct-ada",
+    }
+    # and each step body ran exactly once
+    counts = stack.step_counts()
+    assert {step: counts[f"{run_id}:{step}"] for step in ("create-account", "send-welcome", "send-tips")} == {
+        "create-account": 1,
+        "send-welcome": 1,
+        "send-tips": 1,
+    }
+    # and the history holds the expected events in order, numbered without gaps
+    history = stack.history(run_id)
+    assert [event["seq"] for event in history] == list(range(1, len(history) + 1))
+    assert history[0]["type"] == "RunStarted"
+    assert history[-1]["type"] == "RunCompleted"
+    assert completed_steps(history) == EXPECTED_STEPS
+    sleep = next(event for event in history if event["type"] == "SleepStarted")
+    woke = next(event for event in history if event["type"] == "StepCompleted" and event["kind"] == "sleep")
+    assert woke["at_ms"] >= sleep["wake_at_ms"], "the sleep must not end early"
+    assert [event["step_index"] for event in history if event["type"] == "StepCompleted"] == [0, 1, 2, 3]
+
+
+def test_trigger_with_the_same_run_id_starts_one_run(stack: Stack) -> None:
+    # given a run started with a caller-chosen id
+    run_id = stack.trigger({"name": "Bo", "sleep_seconds": 0}, run_id="order-42")
+    stack.wait_for_status(run_id, "completed")
+
+    # when the same id is triggered again
+    response = stack.api.post("/v1/runs", json={"workflow": "onboarding", "payload": {"name": "Bo"}, "run_id": run_id})
+
+    # then it is reported as a duplicate and no step runs again
+    assert response.status_code == 200
+    assert response.json() == {"run_id": run_id, "duplicate": True}
+    assert stack.step_counts()[f"{run_id}:create-account"] == 1
+    assert sum(1 for event in stack.history(run_id) if event["type"] == "RunStarted") == 1
+
+
+def test_bad_triggers_get_clear_4xx_and_start_nothing(stack: Stack) -> None:
+    # unknown workflow
+    response = stack.api.post("/v1/runs", json={"workflow": "nope", "payload": {}})
+    assert response.status_code == 404
+    assert response.json()["error"] == "unknown_workflow"
+    assert "nope" in response.json()["message"]
+    # malformed JSON
+    response = stack.api.post("/v1/runs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+    # oversized payload
+    response = stack.api.post("/v1/runs", json={"workflow": "onboarding", "payload": "x" * 2_000_000})
+    assert response.status_code == 413
+    # a field of the wrong type
+    response = stack.api.post("/v1/runs", json={"workflow": "onboarding", "retries": "many"})
+    assert response.status_code == 422
+    assert "retries" in response.json()["message"]
+    # and none of them left a run behind
+    assert stack.api.get("/v1/runs", params={"workflow": "nope"}).json()["runs"] == []
+
+
+def test_payload_rejected_by_the_workflow_fails_the_run_with_the_reason(stack: Stack) -> None:
+    # given a payload the workflow's pydantic model refuses (no name)
+    run_id = stack.trigger({"sleep_seconds": 0})
+
+    # then the run fails at once (a 422 from the endpoint is not worth retrying), reason recorded
+    run = stack.wait_for_status(run_id, ("failed", "completed"))
+    assert run["status"] == "failed"
+    assert "name" in run["error"]["message"]
+    failures = [event for event in stack.history(run_id) if event["type"] == "StepFailed"]
+    assert len(failures) == 1
+    assert failures[0]["retry_at_ms"] is None
