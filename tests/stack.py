@@ -81,6 +81,16 @@ class Stack:
         if "app" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.app_port}/healthz")
 
+    def start_app(self, name: str, app_dir: Path, target: str) -> int:
+        """Another workflow app, as its own process on its own port; returns the port."""
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(app_dir), "--port", str(port),
+                   "--log-level", "warning"]  # fmt: skip
+        with (self.directory / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_for_http(f"http://127.0.0.1:{port}/healthz")
+        return port
+
     def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
         process.send_signal(signum)
@@ -151,3 +161,14 @@ class Stack:
         if not self.counts_file.exists():
             return Counter()
         return Counter(json.loads(line)["step"] for line in self.counts_file.read_text().splitlines() if line)
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int = 3) -> list[Any]:
+    """Every committed record now in ``topic``, read with a plain consumer (no group)."""
+    import asyncio
+
+    from stepstream.config import KafkaSettings
+    from stepstream.kafka.clients import read_partitions_to_end
+
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    return asyncio.run(read_partitions_to_end(settings, topic, range(partitions)))

@@ -1,0 +1,77 @@
+"""A workflow app whose endpoint misbehaves on purpose, for the failure tests.
+
+``POST /<mode>/<count>/<workflow>`` misbehaves on the first ``count`` deliveries of each run, then
+serves ``<workflow>`` normally:
+
+- ``http500``: answers 500;
+- ``slow``: waits 3 s before answering (longer than the tests' executor timeout);
+- ``ok``: never misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from stepstream.sdk import NonRetryableError, WorkflowContext, Workflows
+
+workflows = Workflows()
+_seen: Counter[str] = Counter()
+
+
+@workflows.workflow("steady")
+async def steady(ctx: WorkflowContext[Any]) -> str:
+    first = await ctx.run("first", lambda: "one")
+    second = await ctx.run("second", lambda: "two")
+    return f"{first}+{second}"
+
+
+@workflows.workflow("refuses")
+async def refuses(ctx: WorkflowContext[Any]) -> None:
+    await ctx.run("prepare", lambda: "ready")
+
+    def charge() -> None:
+        raise NonRetryableError("card declined: do not retry")
+
+    await ctx.run("charge", charge)
+
+
+@workflows.workflow("crashes")
+async def crashes(ctx: WorkflowContext[Any]) -> None:
+    def explode() -> None:
+        raise RuntimeError("disk full")
+
+    await ctx.run("explode", explode)
+
+
+_inner = workflows.asgi()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        await _inner(scope, receive, send)
+        return
+    if scope["path"] == "/healthz":
+        await _answer(send, 200, b'{"status":"ok"}')
+        return
+    parts = scope["path"].strip("/").split("/")
+    if len(parts) != 3:
+        await _answer(send, 404, b'{"error":"not_found","message":"use /<mode>/<count>/<workflow>"}')
+        return
+    mode, count, workflow = parts
+    headers = dict(scope["headers"])
+    run_id = headers.get(b"stepstream-run-id", b"").decode()
+    _seen[run_id] += 1
+    if _seen[run_id] <= int(count):
+        if mode == "http500":
+            await _answer(send, 500, b'{"error":"internal","message":"simulated outage"}')
+            return
+        if mode == "slow":
+            await asyncio.sleep(3)
+    await _inner({**scope, "path": f"/{workflow}", "raw_path": f"/{workflow}".encode()}, receive, send)
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
