@@ -4,6 +4,7 @@ services as processes, and the example app over loopback HTTP."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     stack.stop()
 
 
-def completed_steps(history: list[dict]) -> list[tuple[str, str]]:
+def completed_steps(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(event["kind"], event["name"]) for event in history if event["type"] == "StepCompleted"]
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 
 import aiohttp
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from stepstream import protocol, signing
 from stepstream.avro import Codec, DecodeError

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from ulid import ULID
 
 from stepstream.avro import Codec, DecodeError, TriggerRequest

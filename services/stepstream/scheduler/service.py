@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
