@@ -40,19 +40,23 @@ def _local_kafka(home: Path) -> Any:
     return LocalKafka(data_dir=home / "kafka", port=port)
 
 
-def _bootstrap_or_local(home: Path) -> str:
-    """The cluster to use: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the local broker, started now."""
+def _bootstrap_or_local(home: Path) -> tuple[str, Any]:
+    """The cluster to use: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the local broker, started now.
+
+    Also returns the local broker if this call started it (so the caller may stop it), else None.
+    """
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
     from stepstream.errors import StepstreamError
 
     kafka = _local_kafka(home)
+    was_running = kafka.is_running()
     try:
         kafka.start()
     except StepstreamError as error:
         _fail(str(error))
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
-    return str(kafka.bootstrap_servers)
+    return str(kafka.bootstrap_servers), None if was_running else kafka
 
 
 def cmd_kafka(args: argparse.Namespace) -> None:
@@ -60,8 +64,8 @@ def cmd_kafka(args: argparse.Namespace) -> None:
 
     kafka = _local_kafka(default_home())
     if args.action == "start":
-        bootstrap = _bootstrap_or_local(default_home())
-        print(f"Kafka is running at {bootstrap} (data in {kafka.data_dir})")
+        bootstrap, _ = _bootstrap_or_local(default_home())
+        print(f"Kafka is running at {bootstrap} (data in {kafka.data_dir}); stop it with `stepstream kafka stop`")
     elif args.action == "stop":
         kafka.stop()
         print("Kafka stopped")
@@ -108,7 +112,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     configure_logging()
     home = default_home()
     print(f"stepstream dev: state in {home}", file=sys.stderr)
-    bootstrap = _bootstrap_or_local(home)
+    bootstrap, started_kafka = _bootstrap_or_local(home)
     os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_signing_key(home))
     example: subprocess.Popen[bytes] | None = None
     example_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/onboarding"
@@ -150,6 +154,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
         if example is not None:
             example.terminate()
             example.wait(timeout=10)
+        if started_kafka is not None:
+            print("stepstream dev: stopping the local Kafka (its data stays in place)", file=sys.stderr)
+            started_kafka.stop()
 
 
 def _start_example(home: Path) -> subprocess.Popen[bytes]:

@@ -91,7 +91,18 @@ def api_tasks(settings: ApiSettings) -> list[Coroutine[Any, Any, None]]:
             # uvicorn would take SIGINT/SIGTERM while it serves; ours decide when the process stops.
             yield
 
-    return [Server(config).serve()]
+    return [_serve_until_cancelled(Server(config))]
+
+
+async def _serve_until_cancelled(server: Any) -> None:
+    """Serve; when cancelled, let uvicorn finish its requests and lifespan instead of tearing it down."""
+    serving = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
 
 
 def run_service(name: str, build: Callable[[], list[Coroutine[Any, Any, None]]]) -> None:

@@ -121,11 +121,12 @@ class Projector:
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions if tp.topic == self.topics.commands} - self.owned
         records = await read_partitions_to_end(self.kafka, self.topics.runs, new)
-        restored = 0
-        for record in records:
+        restored: set[str] = set()
+        for record in records:  # oldest first: the last snapshot of a run wins
             run_id = record.key.decode()
             if record.value is None:
                 self.states.pop(run_id, None)
+                restored.discard(run_id)
                 continue
             try:
                 state = self.codec.decode(record.value, expected=(RunState,))
@@ -133,9 +134,9 @@ class Projector:
                 log.error("cannot restore run %s from %s: %s", run_id, self.topics.runs, error)
                 continue
             self.states[run_id] = state
-            restored += 1
+            restored.add(run_id)
         self.owned |= new
-        log.info("projector owns commands partitions %s (restored %d runs)", sorted(self.owned), restored)
+        log.info("projector owns commands partitions %s (restored %d runs)", sorted(self.owned), len(restored))
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:

@@ -62,7 +62,7 @@ class Scheduler:
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
-        restored = 0
+        before = len(self.pending)
         for record in await read_partitions_to_end(self.kafka, self.topics.timers, new):
             request_id = record.key.decode()
             if record.value is None:
@@ -74,8 +74,8 @@ class Scheduler:
                 log.error("cannot restore pending request %s: %s", request_id, error)
                 continue
             self.pending.add(record.partition, held)
-            restored += 1
         self.owned |= new
+        restored = len(self.pending) - before
         log.info("scheduler owns schedule partitions %s (restored %d pending)", sorted(self.owned), restored)
         self.ready.set()
 
