@@ -3,6 +3,8 @@ services as processes, and the example app over loopback HTTP."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,3 +113,53 @@ def test_payload_rejected_by_the_workflow_fails_the_run_with_the_reason(stack: S
     failures = [event for event in stack.history(run_id) if event["type"] == "StepFailed"]
     assert len(failures) == 1
     assert failures[0]["retry_at_ms"] is None
+
+
+def test_cli_triggers_a_run_and_watches_it_to_completion(stack: Stack) -> None:
+    # given the engine's api
+    env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
+
+    # when a newcomer triggers the example from the CLI and watches it
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepstream.cli",
+            "trigger",
+            "onboarding",
+            "--payload",
+            '{"name": "Cy", "sleep_seconds": 0.5}',
+            "--watch",
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+    # then it prints the run id and every event until the run completes
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    run_id = lines[0].strip()
+    assert run_id.startswith("run_")
+    assert "RunStarted" in lines[1]
+    assert "RunCompleted" in lines[-1]
+    assert "tips sent to acct-cy" in lines[-1]
+    assert sum("StepCompleted" in line for line in lines) == 4
+    # and `runs history` prints the same history
+    history = subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", "runs", "history", run_id], env=env, capture_output=True, text=True
+    )
+    assert history.stdout.splitlines() == lines[1:]
+
+
+def test_cli_reports_a_bad_trigger_clearly(stack: Stack) -> None:
+    env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", "trigger", "no-such-workflow"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "404" in result.stderr
+    assert "no-such-workflow" in result.stderr
