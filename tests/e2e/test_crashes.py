@@ -68,18 +68,33 @@ def test_service_killed_while_steps_are_delivered(stack: Stack) -> None:
         assert_each_step_recorded_once(stack, run_id)
 
 
-def test_sleeping_run_survives_a_restart_of_the_whole_stack(stack: Stack) -> None:
-    # given a run sleeping
-    run_id = stack.trigger({"name": "sleepy", "sleep_seconds": 4})
-    stack.wait_for_status(run_id, "sleeping", timeout=60)
+def test_sleeping_run_survives_a_restart_of_the_whole_stack_broker_included(tmp_path: Path) -> None:
+    """The stack here has a broker of its own, so that the broker restarts too."""
+    from stepstream.kafka import LocalKafka, free_port
 
-    # when every service and the app are stopped, and started again after the wake time has passed
-    for name in ("api", "executor", "scheduler", "projector", "app"):
-        stack.kill(name, signal.SIGTERM)
-    time.sleep(4.5)
-    stack.start()
+    port = free_port()
+    kafka = LocalKafka(data_dir=tmp_path / "kafka", port=port, controller_port=free_port())
+    kafka.start()
+    stack = Stack(kafka.bootstrap_servers, tmp_path / "stack")
+    try:
+        stack.create_topics()
+        stack.start()
+        # given a run sleeping
+        run_id = stack.trigger({"name": "sleepy", "sleep_seconds": 4})
+        stack.wait_for_status(run_id, "sleeping", timeout=60)
 
-    # then it wakes and completes
-    stack.wait_for_status(run_id, "completed", timeout=120)
-    assert_each_step_recorded_once(stack, run_id)
-    assert stack.step_counts()[f"{run_id}:send-tips"] == 1
+        # when every service, the app and the broker stop, and start again after the wake time has passed
+        for name in ("api", "executor", "scheduler", "projector", "app"):
+            stack.kill(name, signal.SIGTERM)
+        kafka.stop()
+        time.sleep(4.5)
+        kafka.start()
+        stack.start()
+
+        # then it wakes and completes, each step once
+        stack.wait_for_status(run_id, "completed", timeout=120)
+        assert_each_step_recorded_once(stack, run_id)
+        assert stack.step_counts()[f"{run_id}:send-tips"] == 1
+    finally:
+        stack.stop()
+        kafka.stop()
