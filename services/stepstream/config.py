@@ -21,7 +21,7 @@ class ConfigurationError(StepstreamError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -31,6 +31,8 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) 
         raise ConfigurationError(f"Expected {name} to be an integer, but got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"Expected {name} to be at least {minimum}, but got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"Expected {name} to be at most {maximum}, but got {value}")
     return value
 
 
@@ -38,9 +40,9 @@ def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
 
-def default_home() -> Path:
+def default_home(environ: Mapping[str, str] = os.environ) -> Path:
     """Where the local stack keeps the broker's data and the query store."""
-    return Path(os.environ.get("STEPSTREAM_HOME", ".stepstream")).resolve()
+    return Path(environ.get("STEPSTREAM_HOME", ".stepstream")).resolve()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +58,8 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    # Names this process's transactional producers, so a restarted instance fences its predecessor.
+    # Names this process's transactional producers. The default is unique per process; a stable value
+    # per replica (a StatefulSet's pod name) lets a restarted replica fence its predecessor.
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     @classmethod
@@ -167,7 +170,7 @@ def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def database_url(environ: Mapping[str, str]) -> str:
-    return environ.get("STEPSTREAM_DATABASE") or str(default_home() / "stepstream.db")
+    return environ.get("STEPSTREAM_DATABASE") or str(default_home(environ) / "stepstream.db")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,7 +187,7 @@ class ApiSettings:
         return cls(
             kafka=KafkaSettings.from_env(environ),
             host=environ.get("STEPSTREAM_API_HOST", "127.0.0.1"),
-            port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1),
+            port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1, maximum=65_535),
             database=database_url(environ),
             workflows=_workflows(environ),
             max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1_048_576, minimum=1),

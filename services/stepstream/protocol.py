@@ -21,6 +21,14 @@ DELIVERY_ID_HEADER = "Stepstream-Delivery-Id"  # stable across redeliveries: the
 ATTEMPT_HEADER = "Stepstream-Attempt"
 
 
+# Bounds on numbers an endpoint sends, so that every answer fits the engine's records (Avro longs)
+# even after the engine adds the current time: a step index, and a delay or a time of at most about
+# a hundred years.
+MAX_STEP_INDEX = 1_000_000
+MAX_DELAY_MS = 100 * 366 * 86_400_000
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 class _Model(BaseModel):
     # Unknown fields are ignored, not refused: within a protocol version new fields are additive, and
     # an endpoint deployed before a field existed must keep working when the engine starts sending it.
@@ -30,7 +38,7 @@ class _Model(BaseModel):
 class RecordedStep(_Model):
     """A step the run has already completed; ``output`` is its JSON value."""
 
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
     name: str
     kind: Literal["run", "sleep", "sleep_until"]
     output: Any = None
@@ -50,7 +58,7 @@ class DeliveryRequest(_Model):
 
 
 class CompletedStep(_Model):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
     name: str
     kind: Literal["run"] = "run"
     output: Any = None
@@ -66,10 +74,10 @@ class SleepNext(_Model):
     """The next step sleeps: for ``duration_ms`` from now, or until ``wake_at_ms`` (epoch ms)."""
 
     type: Literal["sleep"] = "sleep"
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
     name: str
-    duration_ms: int | None = Field(default=None, ge=0)
-    wake_at_ms: int | None = None
+    duration_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS)
+    wake_at_ms: int | None = Field(default=None, ge=0, le=MAX_EPOCH_MS)
 
 
 class CompleteNext(_Model):
@@ -90,8 +98,8 @@ class FailNext(_Model):
     type: Literal["fail"] = "fail"
     error: ErrorDetail
     retryable: bool = True
-    retry_after_ms: int | None = Field(default=None, ge=0)
-    index: int | None = None
+    retry_after_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS)
+    index: int | None = Field(default=None, ge=0, le=MAX_STEP_INDEX)
     name: str | None = None
 
 

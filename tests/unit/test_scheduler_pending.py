@@ -134,14 +134,6 @@ def test_a_request_added_again_at_the_same_due_time_fires_once_with_the_newer_re
     assert pending.pop_due(T0 + 1_000) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "PendingWork bug: a request replaced at the same due time keeps the old heap entry's tie-break "
-        "counter (_discard_stale accepts any entry whose due matches), so it fires in its first arrival "
-        "position instead of its latest one"
-    ),
-)
 def test_a_request_replaced_at_the_same_due_time_takes_its_new_place_among_ties() -> None:
     pending = given(timer("a", T0), timer("b", T0))
     pending.add(0, timer("a", T0, step_index=2))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 from pydantic import ValidationError
 
 from stepstream.core import Complete, Continue, ErrorInfo, Fail, Outcome, SleepFor, SleepUntil, StepKind, StepResult
-from stepstream.protocol import CompleteNext, ContinueNext, DeliveryResponse, FailNext, SleepNext
+from stepstream.protocol import MAX_DELAY_MS, CompleteNext, ContinueNext, DeliveryResponse, FailNext, SleepNext
 
 # Answers that say "try again later" rather than "this request is wrong".
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
@@ -15,7 +16,8 @@ _MAX_MESSAGE = 2_000
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    # NaN and Infinity are not JSON: refuse them here rather than store what no reader can parse.
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def from_response(status: int, body: bytes, retry_after_s: float | None) -> tuple[tuple[StepResult, ...], Outcome]:
@@ -23,14 +25,14 @@ def from_response(status: int, body: bytes, retry_after_s: float | None) -> tupl
     if status == 200:
         try:
             response = DeliveryResponse.model_validate_json(body)
-        except ValidationError as error:
+            steps = tuple(
+                StepResult(index=step.index, name=step.name, kind=StepKind.RUN, output=_json(step.output))
+                for step in response.steps
+            )
+            return steps, _next(response.next)
+        except (ValidationError, ValueError) as error:
             message = f"endpoint answered 200 with a body that is not a delivery response: {error}"
             return (), Fail(error=ErrorInfo(type="InvalidResponse", message=message[:_MAX_MESSAGE]), retryable=True)
-        steps = tuple(
-            StepResult(index=step.index, name=step.name, kind=StepKind.RUN, output=_json(step.output))
-            for step in response.steps
-        )
-        return steps, _next(response.next)
     detail = _error_message(body)
     retryable = status >= 500 or status in _RETRYABLE_CLIENT_ERRORS
     retry_after_ms = int(retry_after_s * 1000) if retry_after_s is not None and retryable else None
@@ -82,9 +84,13 @@ def _error_message(body: bytes) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header, at most about a hundred years; None if there is none."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP date: rare for these endpoints; fall back to the backoff
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_DELAY_MS / 1000)

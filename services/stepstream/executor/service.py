@@ -11,12 +11,14 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 
 import aiohttp
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stepstream import protocol, signing
-from stepstream.avro import Codec, DecodeError
+from stepstream.avro import Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import Delivery, Outcome, ReportDelivery, StepResult
@@ -157,14 +159,29 @@ class Executor:
             steps=steps,
             outcome=outcome,
         )
-        await (
-            await self._producer.send(
-                self.topics.commands, value=self.codec.encode(report), key=delivery.run_id.encode()
-            )
-        )
+        try:
+            value = self.codec.encode(report)
+        except EncodeError as error:
+            # The endpoint's answer does not fit the records (the protocol's bounds should prevent
+            # this): report that instead, so the run moves on rather than hang on this delivery.
+            invalid = from_transport_error("InvalidResponse", f"the endpoint's answer cannot be recorded: {error}")
+            value = self.codec.encode(replace(report, steps=(), outcome=invalid))
+        await self._send_report(delivery.run_id, value)
         log.debug(
             "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
         )
+
+    async def _send_report(self, run_id: str, value: bytes) -> None:
+        """Write a report, retrying while Kafka is unreachable: without it the run cannot move on."""
+        delay = 0.1
+        while True:
+            try:
+                await (await self._producer.send(self.topics.commands, value=value, key=run_id.encode()))
+                return
+            except KafkaError as error:
+                log.warning("cannot write a report for %s yet (%s); retrying in %.1f s", run_id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _call(self, delivery: Delivery) -> tuple[tuple[StepResult, ...], Outcome]:
         assert self._session is not None

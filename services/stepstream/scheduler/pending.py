@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stepstream.core import DeliveryRequested, ScheduleRecord, TimerRequested
 
@@ -18,6 +18,7 @@ def due_ms(record: ScheduleRecord) -> int:
 class Held:
     partition: int  # the schedule partition it came from; its changelog entry lives there too
     record: ScheduleRecord
+    arrival: int = field(default=0, compare=False)  # which heap entry is current for this request
 
 
 class PendingWork:
@@ -35,8 +36,8 @@ class PendingWork:
         return request_id in self._held
 
     def add(self, partition: int, record: ScheduleRecord) -> None:
-        self._held[record.request_id] = Held(partition, record)
         self._counter += 1
+        self._held[record.request_id] = Held(partition, record, self._counter)
         heapq.heappush(self._heap, (due_ms(record), self._counter, record.request_id))
 
     def remove(self, request_id: str) -> None:
@@ -63,9 +64,9 @@ class PendingWork:
     def _discard_stale(self) -> None:
         # Removed or replaced requests leave heap entries behind; skip them lazily.
         while self._heap:
-            due, _, request_id = self._heap[0]
+            _, arrival, request_id = self._heap[0]
             held = self._held.get(request_id)
-            if held is not None and due_ms(held.record) == due:
+            if held is not None and held.arrival == arrival:
                 return
             heapq.heappop(self._heap)
 

@@ -27,6 +27,7 @@ from stepstream.core import (
 )
 
 _JSON_FIELDS = ("payload", "output")
+REDACTED = "<redacted>"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,7 +76,9 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         if isinstance(data.get(name), str):
             data[name] = json.loads(data[name])
     if "headers" in data:
-        data["headers"] = dict(data["headers"])
+        # Headers travel with every delivery and often carry credentials: the history shows
+        # which were set, not their values.
+        data["headers"] = {name: REDACTED for name, _ in data["headers"]}
     return {"type": type(event).__name__, **data}
 
 

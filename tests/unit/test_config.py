@@ -1,0 +1,425 @@
+"""Settings, given an environment → then: what each service reads, and what it refuses to start with."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from stepstream.config import (
+    ApiSettings,
+    ConfigurationError,
+    ExecutorSettings,
+    KafkaSettings,
+    ProjectorSettings,
+    SchedulerSettings,
+    database_url,
+    default_home,
+)
+from stepstream.errors import StepstreamError
+
+UNSIGNED = {"STEPSTREAM_ALLOW_UNSIGNED": "1"}
+
+Reader = Callable[[Mapping[str, str]], object]  # a settings class's from_env
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep ``default_home()`` (the process environment by default) away from the developer's own."""
+    monkeypatch.setenv("STEPSTREAM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults
+
+
+def test_kafka_defaults() -> None:
+    settings = KafkaSettings.from_env({})
+
+    assert (settings.bootstrap_servers, settings.topic_prefix) == ("127.0.0.1:9092", "stepstream.")
+    assert (settings.partitions, settings.replication_factor) == (12, 1)
+    assert settings.security_protocol == "PLAINTEXT"
+    assert (settings.sasl_mechanism, settings.sasl_username, settings.sasl_password) == (None, None, None)
+    assert (settings.ssl_cafile, settings.ssl_certfile, settings.ssl_keyfile) == (None, None, None)
+    assert settings.instance_id == f"{socket.gethostname()}-{os.getpid()}"
+
+
+def test_projector_defaults(home: Path) -> None:
+    settings = ProjectorSettings.from_env({"STEPSTREAM_HOME": str(home)})
+
+    assert (settings.default_retries, settings.default_retry_base_ms, settings.max_batch) == (3, 1_000, 500)
+    assert settings.database == str(home.resolve() / "stepstream.db")
+    assert settings.kafka.topic_prefix == "stepstream."
+
+
+def test_scheduler_reads_only_kafka_settings() -> None:
+    settings = SchedulerSettings.from_env({"STEPSTREAM_TOPIC_PREFIX": "acme."})
+
+    assert settings.kafka.topic_prefix == "acme."
+
+
+def test_executor_defaults_when_unsigned_is_allowed() -> None:
+    settings = ExecutorSettings.from_env(UNSIGNED)
+
+    assert settings.signing_keys == ()
+    assert settings.allow_unsigned is True
+    assert (settings.concurrency, settings.timeout_ms, settings.budget_ms) == (64, 30_000, 1_000)
+
+
+def test_api_defaults(home: Path) -> None:
+    settings = ApiSettings.from_env({"STEPSTREAM_HOME": str(home)})
+
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.database == str(home.resolve() / "stepstream.db")
+    assert dict(settings.workflows) == {}
+    assert settings.max_payload_bytes == 1_048_576
+
+
+# ---------------------------------------------------------------------------------------------
+# Every variable is read
+
+
+def test_kafka_reads_every_variable() -> None:
+    settings = KafkaSettings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k1:9093,k2:9093",
+            "STEPSTREAM_TOPIC_PREFIX": "acme.prod.",
+            "STEPSTREAM_PARTITIONS": "48",
+            "STEPSTREAM_REPLICATION_FACTOR": "3",
+            "STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "STEPSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STEPSTREAM_KAFKA_SASL_USERNAME": "engine",
+            "STEPSTREAM_KAFKA_SASL_PASSWORD": "s3cret",
+            "STEPSTREAM_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+            "STEPSTREAM_KAFKA_SSL_CERTFILE": "/etc/cert.pem",
+            "STEPSTREAM_KAFKA_SSL_KEYFILE": "/etc/key.pem",
+            "STEPSTREAM_INSTANCE_ID": "scheduler-0",
+        }
+    )
+
+    assert settings == KafkaSettings(
+        bootstrap_servers="k1:9093,k2:9093",
+        topic_prefix="acme.prod.",
+        partitions=48,
+        replication_factor=3,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="engine",
+        sasl_password="s3cret",
+        ssl_cafile="/etc/ca.pem",
+        ssl_certfile="/etc/cert.pem",
+        ssl_keyfile="/etc/key.pem",
+        instance_id="scheduler-0",
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "STEPSTREAM_KAFKA_SASL_MECHANISM",
+        "STEPSTREAM_KAFKA_SASL_USERNAME",
+        "STEPSTREAM_KAFKA_SASL_PASSWORD",
+        "STEPSTREAM_KAFKA_SSL_CAFILE",
+        "STEPSTREAM_INSTANCE_ID",
+    ],
+)
+def test_an_empty_optional_kafka_variable_counts_as_unset(name: str) -> None:
+    assert KafkaSettings.from_env({name: ""}) == KafkaSettings.from_env({})
+
+
+def test_projector_reads_every_variable() -> None:
+    settings = ProjectorSettings.from_env(
+        {
+            "STEPSTREAM_DEFAULT_RETRIES": "0",
+            "STEPSTREAM_DEFAULT_RETRY_BASE_MS": "250",
+            "STEPSTREAM_PROJECTOR_MAX_BATCH": "1",
+            "STEPSTREAM_DATABASE": "/var/lib/stepstream/q.db",
+            "STEPSTREAM_PARTITIONS": "6",
+        }
+    )
+
+    assert (settings.default_retries, settings.default_retry_base_ms, settings.max_batch) == (0, 250, 1)
+    assert settings.database == "/var/lib/stepstream/q.db"
+    assert settings.kafka.partitions == 6
+
+
+def test_executor_reads_every_variable() -> None:
+    settings = ExecutorSettings.from_env(
+        {
+            "STEPSTREAM_SIGNING_KEYS": " new-key , old-key ,",
+            "STEPSTREAM_EXECUTOR_CONCURRENCY": "8",
+            "STEPSTREAM_EXECUTOR_TIMEOUT_MS": "1500",
+            "STEPSTREAM_STEP_BUDGET_MS": "0",
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        }
+    )
+
+    assert settings.signing_keys == ("new-key", "old-key")  # order kept: the first one signs
+    assert (settings.concurrency, settings.timeout_ms, settings.budget_ms) == (8, 1_500, 0)
+    assert settings.allow_unsigned is False
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+
+
+def test_api_reads_every_variable() -> None:
+    settings = ApiSettings.from_env(
+        {
+            "STEPSTREAM_API_HOST": "0.0.0.0",
+            "STEPSTREAM_API_PORT": "9000",
+            "STEPSTREAM_DATABASE": "/data/q.db",
+            "STEPSTREAM_WORKFLOWS": "orders=http://app:8000/workflows/orders",
+            "STEPSTREAM_MAX_PAYLOAD_BYTES": "2048",
+        }
+    )
+
+    assert (settings.host, settings.port, settings.database) == ("0.0.0.0", 9000, "/data/q.db")
+    assert dict(settings.workflows) == {"orders": "http://app:8000/workflows/orders"}
+    assert settings.max_payload_bytes == 2_048
+
+
+def test_an_empty_integer_variable_takes_the_default() -> None:
+    settings = ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_EXECUTOR_CONCURRENCY": ""})
+
+    assert settings.concurrency == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed and out-of-range values
+
+
+INTEGERS = [
+    (KafkaSettings.from_env, "STEPSTREAM_PARTITIONS"),
+    (KafkaSettings.from_env, "STEPSTREAM_REPLICATION_FACTOR"),
+    (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRIES"),
+    (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS"),
+    (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH"),
+    (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_CONCURRENCY"),
+    (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_TIMEOUT_MS"),
+    (ExecutorSettings.from_env, "STEPSTREAM_STEP_BUDGET_MS"),
+    (ApiSettings.from_env, "STEPSTREAM_API_PORT"),
+    (ApiSettings.from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES"),
+]
+
+
+@pytest.mark.parametrize(("read", "name"), INTEGERS, ids=[name for _, name in INTEGERS])
+@pytest.mark.parametrize("raw", ["twelve", "1.5", "0x10", "12ms"])
+def test_a_variable_that_is_not_an_integer_is_refused_by_name(read: Reader, name: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Expected {name} to be an integer, but got '{raw}'$"):
+        read({**UNSIGNED, name: raw})
+
+
+@pytest.mark.parametrize(
+    ("read", "name", "minimum"),
+    [
+        (KafkaSettings.from_env, "STEPSTREAM_PARTITIONS", 1),
+        (KafkaSettings.from_env, "STEPSTREAM_REPLICATION_FACTOR", 1),
+        (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRIES", 0),
+        (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS", 0),
+        (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH", 1),
+        (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_CONCURRENCY", 1),
+        (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 1),
+        (ExecutorSettings.from_env, "STEPSTREAM_STEP_BUDGET_MS", 0),
+        (ApiSettings.from_env, "STEPSTREAM_API_PORT", 1),
+        (ApiSettings.from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_a_variable_below_its_minimum_is_refused_by_name_and_the_minimum_itself_is_fine(
+    read: Reader, name: str, minimum: int
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^Expected {name} to be at least {minimum}, but got {minimum - 1}$"):
+        read({**UNSIGNED, name: str(minimum - 1)})
+    with pytest.raises(ConfigurationError, match=name):
+        read({**UNSIGNED, name: "-100"})
+    read({**UNSIGNED, name: str(minimum)})  # no error
+
+
+@pytest.mark.parametrize("port", ["65536", "100000"])
+def test_an_api_port_above_65535_is_refused_by_name(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="STEPSTREAM_API_PORT"):
+        ApiSettings.from_env({"STEPSTREAM_API_PORT": port})
+
+
+def test_the_highest_api_port_is_fine() -> None:
+    assert ApiSettings.from_env({"STEPSTREAM_API_PORT": "65535"}).port == 65_535
+
+
+def test_configuration_errors_share_the_root() -> None:
+    assert issubclass(ConfigurationError, StepstreamError)
+
+
+# ---------------------------------------------------------------------------------------------
+# STEPSTREAM_WORKFLOWS
+
+
+def test_workflows_are_parsed_name_by_name_with_spaces_trimmed() -> None:
+    settings = ApiSettings.from_env(
+        {"STEPSTREAM_WORKFLOWS": " orders = http://app:8000/workflows/orders ,refunds=https://pay.example/wf/refunds,,"}
+    )
+
+    assert dict(settings.workflows) == {
+        "orders": "http://app:8000/workflows/orders",
+        "refunds": "https://pay.example/wf/refunds",
+    }
+
+
+def test_a_workflow_url_may_contain_an_equals_sign() -> None:
+    settings = ApiSettings.from_env({"STEPSTREAM_WORKFLOWS": "orders=http://app/wf?tenant=acme"})
+
+    assert dict(settings.workflows) == {"orders": "http://app/wf?tenant=acme"}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["orders", "=http://app/wf", " =http://app/wf", "orders=", "orders=app:8000/wf", "orders=ftp://app/wf"],
+    ids=["no-equals", "no-name", "blank-name", "no-url", "no-scheme", "other-scheme"],
+)
+def test_a_malformed_workflow_entry_is_refused_by_name(entry: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_WORKFLOWS entries like name=http") as raised:
+        ApiSettings.from_env({"STEPSTREAM_WORKFLOWS": f"good=http://app/good,{entry}"})
+
+    assert repr(entry.strip()) in str(raised.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing keys
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"STEPSTREAM_SIGNING_KEYS": ""}, {"STEPSTREAM_SIGNING_KEYS": " , ,"}, {"STEPSTREAM_ALLOW_UNSIGNED": "true"}],
+    ids=["unset", "empty", "only-commas", "allow-unsigned-not-1"],
+)
+def test_the_executor_refuses_to_start_without_signing_keys(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError, match="STEPSTREAM_SIGNING_KEYS") as raised:
+        ExecutorSettings.from_env(environ)
+
+    assert "STEPSTREAM_ALLOW_UNSIGNED=1" in str(raised.value)
+
+
+def test_allow_unsigned_with_keys_still_signs() -> None:
+    settings = ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNING_KEYS": "k1"})
+
+    assert settings.signing_keys == ("k1",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka security
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", "sasl_ssl", "Ssl"])
+def test_each_security_protocol_is_accepted_in_any_case(protocol: str) -> None:
+    settings = KafkaSettings.from_env({"STEPSTREAM_KAFKA_SECURITY_PROTOCOL": protocol})
+
+    assert settings.security_protocol == protocol.upper()
+
+
+@pytest.mark.parametrize("protocol", ["TLS", "SASL", "PLAIN TEXT", ""])
+def test_an_unknown_security_protocol_is_refused_by_name(protocol: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of"):
+        KafkaSettings.from_env({"STEPSTREAM_KAFKA_SECURITY_PROTOCOL": protocol})
+
+
+def test_every_service_refuses_an_unknown_security_protocol() -> None:
+    environ = {**UNSIGNED, "STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "TLS"}
+    for read in (
+        ProjectorSettings.from_env,
+        SchedulerSettings.from_env,
+        ExecutorSettings.from_env,
+        ApiSettings.from_env,
+    ):
+        with pytest.raises(ConfigurationError, match="STEPSTREAM_KAFKA_SECURITY_PROTOCOL"):
+            read(environ)
+
+
+def test_plaintext_client_options_carry_no_credentials_and_no_tls() -> None:
+    assert KafkaSettings.from_env({}).client_options() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_client_options_carry_the_sasl_settings_when_a_mechanism_is_set() -> None:
+    settings = KafkaSettings.from_env(
+        {
+            "STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "STEPSTREAM_KAFKA_SASL_MECHANISM": "PLAIN",
+            "STEPSTREAM_KAFKA_SASL_USERNAME": "engine",
+            "STEPSTREAM_KAFKA_SASL_PASSWORD": "s3cret",
+        }
+    )
+
+    assert settings.client_options() == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "engine",
+        "sasl_plain_password": "s3cret",
+    }
+
+
+def test_client_options_carry_no_sasl_settings_without_a_mechanism() -> None:
+    settings = KafkaSettings.from_env(
+        {"STEPSTREAM_KAFKA_SASL_USERNAME": "engine", "STEPSTREAM_KAFKA_SASL_PASSWORD": "s3cret"}
+    )
+
+    assert not any(key.startswith("sasl") for key in settings.client_options())
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_protocols_get_a_verifying_ssl_context(protocol: str) -> None:
+    settings = KafkaSettings.from_env(
+        {
+            "STEPSTREAM_KAFKA_SECURITY_PROTOCOL": protocol,
+            "STEPSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "STEPSTREAM_KAFKA_SASL_USERNAME": "engine",
+            "STEPSTREAM_KAFKA_SASL_PASSWORD": "s3cret",
+        }
+    )
+
+    options = settings.client_options()
+
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+    assert options["sasl_mechanism"] == "SCRAM-SHA-256"
+
+
+def test_a_missing_ca_file_fails_when_the_options_are_built() -> None:
+    settings = KafkaSettings.from_env(
+        {"STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "STEPSTREAM_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}
+    )
+
+    with pytest.raises(FileNotFoundError):
+        settings.client_options()
+
+
+# ---------------------------------------------------------------------------------------------
+# The query store's location
+
+
+def test_stepstream_database_wins_over_the_home_directory(home: Path) -> None:
+    assert database_url({"STEPSTREAM_DATABASE": "/srv/q.db"}) == "/srv/q.db"
+    assert database_url({"STEPSTREAM_DATABASE": "", "STEPSTREAM_HOME": str(home)}) == str(
+        home.resolve() / "stepstream.db"
+    )
+
+
+def test_default_home_follows_stepstream_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPSTREAM_HOME", str(tmp_path / "elsewhere"))
+
+    assert default_home() == (tmp_path / "elsewhere").resolve()
+    # the settings read the environment they are given, not the process's
+    settings = ProjectorSettings.from_env({"STEPSTREAM_HOME": str(tmp_path / "given")})
+    assert settings.database == str((tmp_path / "given").resolve() / "stepstream.db")
+
+
+def test_default_home_is_dot_stepstream_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STEPSTREAM_HOME")
+    monkeypatch.chdir(tmp_path)
+
+    assert default_home() == (tmp_path / ".stepstream").resolve()
+    assert default_home().is_absolute()
