@@ -25,6 +25,15 @@ def configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_transient_coordinator_errors)
+
+
+def _transient_coordinator_errors(record: logging.LogRecord) -> bool:
+    """aiokafka logs ERROR while a fresh broker elects its group coordinator, then retries and
+    succeeds; keep those out of the user's terminal (they stay visible at DEBUG)."""
+    message = record.getMessage()
+    transient = "GroupCoordinatorNotAvailableError" in message or "Marking the coordinator dead" in message
+    return not transient or logging.getLogger("stepstream").isEnabledFor(logging.DEBUG)
 
 
 async def _until_signalled(tasks: list[Coroutine[Any, Any, None]]) -> None:
