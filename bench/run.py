@@ -1,0 +1,900 @@
+"""Benchmark Stepstream end to end: N concurrent runs of an M-step workflow on a real stack.
+
+Starts its own stack: a local Kafka broker in a temporary folder on free ports (or the cluster in
+``KAFKA_BOOTSTRAP_SERVERS``), the engine's topics under a fresh prefix, the four services as separate
+processes (``python -m stepstream.projector|scheduler|executor|api``) and the benchmark workflow app
+(``bench/workflow_app.py``) under uvicorn. Then, for each executor step budget (``--budgets``, default
+``0,default``: one step per delivery, and the engine's default budget), it (re)starts the executor with
+that ``STEPSTREAM_STEP_BUDGET_MS``, warms up with a few small runs, triggers N runs at once through the
+api, waits for all of them to complete, and reads their histories; it does that ``--rounds`` times per
+mode, the modes alternating, and pools the rounds of each mode. It measures:
+
+* step gap: the time between the starts of consecutive step bodies of a run, by the bodies' own clock
+  (the bodies do nothing, so this is the engine's overhead per step);
+* steps/s and runs/s: all steps (runs) over the wall time from a round's first trigger to its last
+  RunCompleted, summed over the rounds;
+* first step: from just before the trigger's POST to the start of the run's first step body;
+* sleep late: when the sleep's StepCompleted was recorded minus the wake time asked for;
+* deliveries per run: the StepScheduled events of a run (endpoint calls the engine made);
+* details: a step gap across deliveries split at the projector's record of the earlier step, the
+  code's resumption after the sleep, the api's trigger rate, and the NotEnoughReplicas produce
+  retries the services logged meanwhile.
+
+It prints one table, a row per budget and a ratio row, then the details, writes the numbers as JSON
+with ``--json``, and
+stops everything it started (services, app, broker) on success, failure or Ctrl-C. It exits 1 when a
+run fails, does not complete in time, or a service dies, printing the run's last events and the tail
+of the service logs.
+
+    .venv/bin/python bench/run.py                      # 3 rounds of 100 runs x 10 steps, sleep 500 ms, ~1.5 min
+    .venv/bin/python bench/run.py --quick              # 1 round of 10 runs x 5 steps, sleep 200 ms, ~25 s
+    .venv/bin/python bench/run.py --runs 200 --steps 20 --sleep-ms 1000 --json /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stepstream.config import ExecutorSettings, KafkaSettings
+from stepstream.kafka import LocalKafka, TopicNames, free_port
+
+BENCH_DIR = Path(__file__).resolve().parent
+SERVICES = ("projector", "scheduler", "api", "app")  # the executor starts per mode
+DEFAULT_BUDGET_MS = ExecutorSettings(kafka=KafkaSettings(), signing_keys=()).budget_ms  # the engine's own default
+TRIGGER_CONCURRENCY = 64
+HISTORY_CONCURRENCY = 8
+POLL_INTERVAL_S = 0.25
+# What the broker answers (KAFKA-14561) to a transactional produce that arrives while the producer's
+# previous transaction is still being committed, for clients without transactions v2 (aiokafka): the
+# client retries it after its retry backoff (100 ms by default), so each one delays a batch.
+PRODUCE_RETRY = "NotEnoughReplicasError"
+STARTUP_NOISE = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError")
+
+
+class BenchFailure(Exception):
+    """The benchmark could not measure: a run failed or hung, a service died, a request was refused."""
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the stack ----------------------------------------------------------------------------------
+
+
+def _parent_death_signal() -> Any:
+    """A preexec_fn asking Linux to SIGTERM a child when this process dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_signal
+
+
+class Stack:
+    """The engine's services and the workflow app, each its own process, logging into ``directory``."""
+
+    def __init__(self, bootstrap: str, directory: Path, *, partitions: int) -> None:
+        self.directory = directory
+        self.api_port = free_port()
+        self.app_port = free_port()
+        self.prefix = f"bench{uuid.uuid4().hex[:8]}."
+        self.workflow_url = f"http://127.0.0.1:{self.app_port}/workflows/steps"
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STEPSTREAM_TOPIC_PREFIX": self.prefix,
+            "STEPSTREAM_PARTITIONS": str(partitions),
+            "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
+            "STEPSTREAM_DATABASE": str(directory / "query.db"),
+            "STEPSTREAM_API_PORT": str(self.api_port),
+            "STEPSTREAM_WORKFLOWS": f"steps={self.workflow_url}",
+            "STEPSTREAM_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("STEPSTREAM_STEP_BUDGET_MS", None)  # each mode sets its own, or none for the default
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._preexec = _parent_death_signal()
+
+    def create_topics(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "stepstream.cli", "topics", "create"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchFailure(f"could not create the topics:\n{result.stdout}{result.stderr}")
+
+    def start(self, name: str, **extra_env: str) -> None:
+        if name == "app":
+            command = [sys.executable, "-m", "uvicorn", "workflow_app:app", "--app-dir", str(BENCH_DIR),
+                       "--host", "127.0.0.1", "--port", str(self.app_port), "--log-level", "warning"]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", f"stepstream.{name}"]
+        env = {**self.env, **extra_env}
+        with (self.directory / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+            log.write(f"=== bench: starting {name} {' '.join(f'{k}={v}' for k, v in extra_env.items())}\n".encode())
+            log.flush()
+            # A session of its own: a Ctrl-C reaches only this process, which then stops the children in order.
+            self.processes[name] = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=self._preexec,  # SIGTERM the child if this process dies
+            )
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        # The executor and the app first, so no call is left half-way; the api last but one.
+        for name in ("executor", "app", "api", "scheduler", "projector", *list(self.processes)):
+            self.stop(name)
+
+    def dead(self) -> list[str]:
+        return [f"{name} (exit code {p.returncode})" for name, p in self.processes.items() if p.poll() is not None]
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.directory / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def problems_in_logs(self) -> tuple[list[str], int]:
+        """Lines of the service logs that report an error, and how many of them are known start-up noise.
+
+        aiokafka logs the broker's "coordinator not available (yet)" answers at ERROR while a group forms
+        on a fresh broker; it retries by itself, so those lines are only counted.
+        """
+        lines = [
+            f"{path.stem}: {line}"
+            for path in sorted(self.directory.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+        ]
+        serious = [line for line in lines if not any(noise in line for noise in STARTUP_NOISE)]
+        return serious, len(lines) - len(serious)
+
+    def log_sizes(self) -> dict[str, int]:
+        return {path.stem: path.stat().st_size for path in self.directory.glob("*.log")}
+
+    def count_in_logs_since(self, sizes: dict[str, int], needle: str) -> int:
+        """Lines containing ``needle`` written to the service logs after ``sizes`` were taken."""
+        count = 0
+        for path in self.directory.glob("*.log"):
+            with path.open("rb") as log:
+                log.seek(sizes.get(path.stem, 0))
+                count += sum(1 for line in log.read().decode(errors="replace").splitlines() if needle in line)
+        return count
+
+    def all_log_tails(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- tail of {self.directory / f'{name}.log'}\n{self.log_tail(name, lines)}"
+            for name in ("projector", "scheduler", "executor", "api", "app")
+        )
+
+
+async def wait_for_http(url: str, stack: Stack, within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    async with httpx.AsyncClient(timeout=1) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if stack.dead():
+                raise BenchFailure(f"a process died while starting: {', '.join(stack.dead())}")
+            await asyncio.sleep(0.1)
+    raise BenchFailure(f"{url} did not answer within {within_s:.0f} s")
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(TopicNames(prefix).all()))
+    finally:
+        await admin.close()
+
+
+# -- one measurement ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    budget_ms: int | None  # None: the executor's default (the variable unset)
+
+    @property
+    def name(self) -> str:
+        return (
+            "budget 0"
+            if self.budget_ms == 0
+            else f"budget {self.effective_ms}" + (" (default)" if self.budget_ms is None else "")
+        )
+
+    @property
+    def effective_ms(self) -> int:
+        return DEFAULT_BUDGET_MS if self.budget_ms is None else self.budget_ms
+
+    def executor_env(self) -> dict[str, str]:
+        return {} if self.budget_ms is None else {"STEPSTREAM_STEP_BUDGET_MS": str(self.budget_ms)}
+
+
+@dataclass(slots=True)
+class Result:
+    mode: str
+    budget_ms: int
+    runs: int
+    steps_per_run: int
+    sleep_ms: int
+    wall_s: float
+    steps_per_s: float
+    runs_per_s: float
+    deliveries_per_run: float
+    step_gap_ms: dict[str, float] = field(default_factory=dict)
+    first_step_ms: dict[str, float] = field(default_factory=dict)
+    sleep_late_ms: dict[str, float] = field(default_factory=dict)
+    resume_late_ms: dict[str, float] = field(default_factory=dict)
+    # A gap between steps of different deliveries, split at the projector's record of the earlier step.
+    gap_to_recorded_ms: dict[str, float] = field(default_factory=dict)
+    gap_recorded_to_next_ms: dict[str, float] = field(default_factory=dict)
+    run_duration_ms: dict[str, float] = field(default_factory=dict)
+    triggers_per_s: float = 0.0
+    trigger_post_ms: dict[str, float] = field(default_factory=dict)
+    produce_retries: int = 0
+    rounds: list[dict[str, float | None]] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+        "mean": sum(values) / len(values),
+    }
+
+
+async def list_statuses(client: httpx.AsyncClient, label: str) -> dict[str, str]:
+    statuses: dict[str, str] = {}
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"label": label, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get("/v1/runs", params=params)
+        response.raise_for_status()
+        body = response.json()
+        statuses.update({run["run_id"]: run["status"] for run in body["runs"]})
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return statuses
+
+
+async def history(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/runs/{run_id}/history")
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    events: list[dict[str, Any]] = response.json()["events"]
+    return events
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    details = {k: v for k, v in event.items() if k not in ("type", "run_id", "seq", "at_ms", "payload", "headers")}
+    at = datetime.fromtimestamp(event["at_ms"] / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+    return f"  {event['seq']:>4}  {at}  {event['type']:<14} {json.dumps(details, default=str)[:300]}"
+
+
+async def failing_runs_report(client: httpx.AsyncClient, run_ids: list[str], limit: int = 3) -> str:
+    parts = []
+    for run_id in run_ids[:limit]:
+        try:
+            events = await history(client, run_id)
+        except httpx.HTTPError as error:
+            parts.append(f"run {run_id}: could not read its history: {error}")
+            continue
+        if not events:
+            parts.append(f"run {run_id}: not known to the api (no RunStarted indexed)")
+            continue
+        parts.append(f"run {run_id}: last {min(10, len(events))} of {len(events)} events")
+        parts.extend(describe_event(event) for event in events[-10:])
+    if len(run_ids) > limit:
+        parts.append(f"… and {len(run_ids) - limit} more")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundData:
+    triggered_at: dict[str, float]  # epoch seconds just before each trigger's POST
+    accepted_at: dict[str, float]  # … and when its answer came back
+    histories: dict[str, list[dict[str, Any]]]
+
+
+async def trigger_and_wait(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    *,
+    label: str,
+    runs: int,
+    payload: dict[str, int],
+    timeout_s: float,
+    quiet: bool = False,
+) -> RoundData:
+    """Trigger ``runs`` runs at once, wait until all complete; when each was triggered, and the histories."""
+    run_ids = [f"{label}-{index:05d}" for index in range(runs)]
+    triggered_at: dict[str, float] = {}
+    accepted_at: dict[str, float] = {}
+    slots = asyncio.Semaphore(TRIGGER_CONCURRENCY)
+
+    async def trigger(run_id: str) -> None:
+        body = {"workflow": "steps", "url": stack.workflow_url, "payload": payload, "run_id": run_id, "label": label}
+        async with slots:
+            triggered_at[run_id] = time.time()
+            for attempt in range(1, 4):
+                try:
+                    response = await client.post("/v1/runs", json=body)
+                    break
+                except httpx.TransportError as error:
+                    # A pooled keep-alive connection the server closed just now; triggering again with
+                    # the same run id is idempotent. Said out loud, since the api might be the cause.
+                    progress(f"  trigger of {run_id} failed ({error!r}), attempt {attempt} of 3")
+                    if attempt == 3 or stack.dead():
+                        raise BenchFailure(f"could not trigger {run_id}: {error!r}") from error
+                    await asyncio.sleep(0.2)
+        accepted_at[run_id] = time.time()
+        if response.status_code not in (200, 202):
+            raise BenchFailure(f"the api refused the trigger of {run_id}: {response.status_code} {response.text}")
+
+    started = time.monotonic()
+    await asyncio.gather(*(trigger(run_id) for run_id in run_ids))
+    deadline = started + timeout_s
+    last_report = 0.0
+    last_done = -1
+    while True:
+        statuses = await list_statuses(client, label)
+        done = sum(1 for status in statuses.values() if status == "completed")
+        failed = sorted(run_id for run_id, status in statuses.items() if status == "failed")
+        now = time.monotonic()
+        if not quiet and ((done != last_done and now - last_report >= 1.0) or done == runs):
+            progress(f"  completed {done}/{runs} runs ({now - started:.1f} s)…")
+            last_report, last_done = now, done
+        if failed:
+            report = await failing_runs_report(client, failed)
+            raise BenchFailure(f"{len(failed)} of {runs} runs failed:\n{report}")
+        if done == runs:
+            break
+        if stack.dead():
+            raise BenchFailure(f"a service died while runs were in flight: {', '.join(stack.dead())}")
+        if now > deadline:
+            unfinished = [run_id for run_id in run_ids if statuses.get(run_id) != "completed"]
+            counts = {s: sum(1 for v in statuses.values() if v == s) for s in sorted(set(statuses.values()))}
+            report = await failing_runs_report(client, unfinished)
+            raise BenchFailure(
+                f"only {done} of {runs} runs completed within {timeout_s:.0f} s "
+                f"(statuses: {counts}, {runs - len(statuses)} not indexed):\n{report}"
+            )
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+    slots = asyncio.Semaphore(HISTORY_CONCURRENCY)
+
+    async def read(run_id: str) -> list[dict[str, Any]]:
+        async with slots:
+            return await history(client, run_id)
+
+    histories = dict(zip(run_ids, await asyncio.gather(*(read(run_id) for run_id in run_ids)), strict=True))
+    return RoundData(triggered_at, accepted_at, histories)
+
+
+@dataclass(slots=True)
+class Samples:
+    """The raw measurements of one mode, over all its rounds."""
+
+    runs: int = 0
+    steps: int = 0
+    wall_s: float = 0.0
+    deliveries: int = 0
+    gaps: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    sleep_late: list[float] = field(default_factory=list)
+    resume_late: list[float] = field(default_factory=list)
+    to_recorded: list[float] = field(default_factory=list)
+    recorded_to_next: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    trigger_s: float = 0.0  # from the first trigger's POST to the last one's answer, summed over the rounds
+    trigger_post: list[float] = field(default_factory=list)
+    produce_retries: int = 0  # NotEnoughReplicas retries logged by the services while the rounds ran
+    rounds: list[dict[str, float | None]] = field(default_factory=list)
+
+
+def collect(
+    samples: Samples,
+    *,
+    steps: int,
+    sleep_ms: int,
+    data: RoundData,
+) -> dict[str, float | None]:
+    """Add one round's runs to ``samples``; that round's headline numbers."""
+    triggered_at, histories = data.triggered_at, data.histories
+    trigger_s = max(data.accepted_at.values()) - min(triggered_at.values())
+    samples.trigger_s += trigger_s
+    samples.trigger_post.extend((data.accepted_at[r] - triggered_at[r]) * 1000 for r in triggered_at)
+    completed_at: list[float] = []
+    round_gaps: list[float] = []
+    for run_id, events in histories.items():
+        run_steps = sorted(
+            (e for e in events if e["type"] == "StepCompleted" and e["kind"] == "run"), key=lambda e: e["step_index"]
+        )
+        completion = next((e for e in events if e["type"] == "RunCompleted"), None)
+        if [e["step_index"] for e in run_steps] != list(range(steps)) or completion is None:
+            raise BenchFailure(
+                f"run {run_id} completed with run steps {[e['step_index'] for e in run_steps]}, "
+                f"expected 0..{steps - 1} and a RunCompleted:\n" + "\n".join(describe_event(e) for e in events)
+            )
+        starts = [float(e["output"]["t"]) for e in run_steps]
+        round_gaps.extend((later - earlier) * 1000 for earlier, later in itertools.pairwise(starts))
+        for (step, start), (next_step, next_start) in itertools.pairwise(zip(run_steps, starts, strict=True)):
+            if step["delivery_id"] != next_step["delivery_id"]:
+                samples.to_recorded.append(step["at_ms"] - start * 1000)
+                samples.recorded_to_next.append(next_start * 1000 - step["at_ms"])
+        samples.first.append((starts[0] - triggered_at[run_id]) * 1000)
+        completed_at.append(completion["at_ms"] / 1000)
+        samples.durations.append(completion["at_ms"] - triggered_at[run_id] * 1000)
+        samples.deliveries += sum(1 for e in events if e["type"] == "StepScheduled")
+        if sleep_ms > 0:
+            started = next(e for e in events if e["type"] == "SleepStarted")
+            woke = next(e for e in events if e["type"] == "StepCompleted" and e["kind"] == "sleep")
+            samples.sleep_late.append(woke["at_ms"] - started["wake_at_ms"])
+            samples.resume_late.append(float(completion["output"]["finished_at"]) * 1000 - started["wake_at_ms"])
+    wall_s = max(completed_at) - min(triggered_at.values())
+    samples.runs += len(histories)
+    samples.steps += len(histories) * steps
+    samples.wall_s += wall_s
+    samples.gaps.extend(round_gaps)
+    headline = {
+        "wall_s": wall_s,
+        "steps_per_s": len(histories) * steps / wall_s,
+        "triggers_per_s": len(histories) / trigger_s,
+        "step_gap_p50_ms": percentile(round_gaps, 50) if round_gaps else None,
+    }
+    samples.rounds.append(headline)
+    return headline
+
+
+def result(mode: Mode, samples: Samples, *, steps: int, sleep_ms: int) -> Result:
+    return Result(
+        mode=mode.name,
+        budget_ms=mode.effective_ms,
+        runs=samples.runs,
+        steps_per_run=steps,
+        sleep_ms=sleep_ms,
+        wall_s=samples.wall_s,
+        steps_per_s=samples.steps / samples.wall_s,
+        runs_per_s=samples.runs / samples.wall_s,
+        deliveries_per_run=samples.deliveries / samples.runs,
+        step_gap_ms=summary(samples.gaps),
+        first_step_ms=summary(samples.first),
+        sleep_late_ms=summary(samples.sleep_late),
+        resume_late_ms=summary(samples.resume_late),
+        gap_to_recorded_ms=summary(samples.to_recorded),
+        gap_recorded_to_next_ms=summary(samples.recorded_to_next),
+        run_duration_ms=summary(samples.durations),
+        triggers_per_s=samples.runs / samples.trigger_s,
+        trigger_post_ms=summary(samples.trigger_post),
+        produce_retries=samples.produce_retries,
+        rounds=samples.rounds,
+    )
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+COLUMNS: list[tuple[str, Any]] = [
+    ("mode", lambda r: r.mode),
+    ("runs", lambda r: r.runs),
+    ("steps/run", lambda r: r.steps_per_run),
+    ("deliv/run", lambda r: r.deliveries_per_run),
+    ("wall s", lambda r: r.wall_s),
+    ("steps/s", lambda r: r.steps_per_s),
+    ("runs/s", lambda r: r.runs_per_s),
+    ("step gap p50 ms", lambda r: r.step_gap_ms.get("p50")),
+    ("p99", lambda r: r.step_gap_ms.get("p99")),
+    ("first step p50 ms", lambda r: r.first_step_ms.get("p50")),
+    ("p99", lambda r: r.first_step_ms.get("p99")),
+    ("sleep late p50 ms", lambda r: r.sleep_late_ms.get("p50")),
+    ("p99", lambda r: r.sleep_late_ms.get("p99")),
+]
+
+
+def fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def ratios(results: list[Result]) -> dict[str, float | None]:
+    """Each column of the last mode divided by the same column of the first (e.g. default / budget 0)."""
+    base, other = results[0], results[-1]
+    values: dict[str, float | None] = {}
+    for index, (header, get) in enumerate(COLUMNS[4:], start=4):
+        a, b = get(base), get(other)
+        key = header if header != "p99" else f"{COLUMNS[index - 1][0].replace(' p50', '')} p99"
+        values[key] = b / a if isinstance(a, int | float) and isinstance(b, int | float) and a else None
+    return values
+
+
+BREAKDOWN: list[tuple[str, Any]] = [
+    ("mode", lambda r: r.mode),
+    ("gaps across deliveries", lambda r: r.gap_to_recorded_ms.get("n", 0)),
+    ("body -> recorded p50 ms", lambda r: r.gap_to_recorded_ms.get("p50")),
+    ("p99", lambda r: r.gap_to_recorded_ms.get("p99")),
+    ("recorded -> next body p50 ms", lambda r: r.gap_recorded_to_next_ms.get("p50")),
+    ("p99", lambda r: r.gap_recorded_to_next_ms.get("p99")),
+    ("woke -> code resumed p50 ms", lambda r: _difference(r.resume_late_ms.get("p50"), r.sleep_late_ms.get("p50"))),
+    ("run p50 ms", lambda r: r.run_duration_ms.get("p50")),
+    ("triggers/s", lambda r: r.triggers_per_s),
+    ("trigger POST p50 ms", lambda r: r.trigger_post_ms.get("p50")),
+    ("produce retries", lambda r: r.produce_retries),
+]
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"1/{1 / value:.0f}x" if 0 < value < 0.1 else f"{fmt(value)}x"
+
+
+def render(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), "-+-".join("-" * width for width in widths), *(line(row) for row in rows)])
+
+
+def table(results: list[Result]) -> str:
+    """The main table: a row per mode, then the ratio of the last mode to the first."""
+    rows = [[fmt(get(result)) for _, get in COLUMNS] for result in results]
+    if len(results) >= 2:
+        ratio = ratios(results)
+        rows.append(
+            [f"ratio {results[-1].mode.split(' (')[0]} / {results[0].mode}", "", "", ""]
+            + [fmt_ratio(value) for value in ratio.values()]
+        )
+    return render([header for header, _ in COLUMNS], rows)
+
+
+def breakdown(results: list[Result]) -> str:
+    """Where the time between two steps of separate deliveries goes, split at the projector's record."""
+    return render(
+        [header for header, _ in BREAKDOWN], [[fmt(get(result)) for _, get in BREAKDOWN] for result in results]
+    )
+
+
+# -- the whole benchmark ------------------------------------------------------------------------
+
+
+async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -> list[Result]:
+    for name in SERVICES:
+        stack.start(name)
+    await wait_for_http(f"{stack.api_url}/healthz", stack)
+    await wait_for_http(f"http://127.0.0.1:{stack.app_port}/healthz", stack)
+    samples = {mode: Samples() for mode in modes}
+    tag = uuid.uuid4().hex[:6]
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request.
+    limits = httpx.Limits(
+        max_connections=TRIGGER_CONCURRENCY, max_keepalive_connections=TRIGGER_CONCURRENCY, keepalive_expiry=4
+    )
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, limits=limits) as client:
+        for round_number in range(args.rounds):
+            # Alternate the order, so a drift of the machine's load does not favour one mode.
+            order = modes if round_number % 2 == 0 else modes[::-1]
+            for mode in order:
+                where = f"[round {round_number + 1}/{args.rounds}, {mode.name}]"
+                label = f"{tag}-r{round_number}-m{modes.index(mode)}"
+                stack.stop("executor")
+                stack.start("executor", **mode.executor_env())
+                # The warm-up takes every path the measurement takes (a short sleep: the scheduler and
+                # its timers), so first-use costs (connections, group joins, transactions) stay out of it.
+                warmup_sleep_ms = min(args.sleep_ms, 50)
+                progress(f"{where} warming up ({args.warmup} runs of 2 steps)…")
+                await trigger_and_wait(
+                    client,
+                    stack,
+                    label=f"warmup-{label}",
+                    runs=args.warmup,
+                    payload={"steps": 2, "sleep_ms": warmup_sleep_ms},
+                    timeout_s=args.timeout,
+                    quiet=True,
+                )
+                progress(
+                    f"{where} triggering {args.runs} runs of {args.steps} steps"
+                    + (f" and a {args.sleep_ms} ms sleep" if args.sleep_ms else "")
+                    + "…"
+                )
+                sizes = stack.log_sizes()
+                data = await trigger_and_wait(
+                    client,
+                    stack,
+                    label=f"bench-{label}",
+                    runs=args.runs,
+                    payload={"steps": args.steps, "sleep_ms": args.sleep_ms},
+                    timeout_s=args.timeout,
+                )
+                headline = collect(samples[mode], steps=args.steps, sleep_ms=args.sleep_ms, data=data)
+                samples[mode].produce_retries += stack.count_in_logs_since(sizes, PRODUCE_RETRY)
+                progress(
+                    f"{where} {headline['steps_per_s']:.0f} steps/s, step gap p50 {fmt(headline['step_gap_p50_ms'])} ms"
+                )
+    return [result(mode, samples[mode], steps=args.steps, sleep_ms=args.sleep_ms) for mode in modes]
+
+
+@contextlib.contextmanager
+def broker(directory: Path) -> Iterator[tuple[str, bool]]:
+    """The bootstrap servers to use, and whether the broker is ours (started here, stopped here)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        progress(f"using the Kafka cluster at {external} (KAFKA_BOOTSTRAP_SERVERS)")
+        yield external, False
+        return
+    port = free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    kafka = LocalKafka(data_dir=directory / "kafka", port=port, controller_port=controller_port)
+    progress(f"starting a local Kafka broker on 127.0.0.1:{port}…")
+    try:
+        kafka.start()
+        yield kafka.bootstrap_servers, True
+    finally:
+        progress("stopping the Kafka broker…")
+        kafka.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, help="concurrent runs per mode (default 50; --quick 10)")
+    parser.add_argument("--steps", type=int, help="ctx.run steps per run (default 10; --quick 5)")
+    parser.add_argument("--sleep-ms", type=int, help="one ctx.sleep per run after the steps, 0 for none "
+                        "(default 500; --quick 200)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a small run, about 30 s")
+    parser.add_argument(
+        "--budgets",
+        default="0,default",
+        help="comma-separated executor step budgets in ms, one table row each; 'default' leaves "
+        "STEPSTREAM_STEP_BUDGET_MS unset (default: 0,default)",
+    )
+    parser.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, help="measurements per mode, modes alternating, pooled (default 3; --quick 1)"
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="small runs before each measurement (default 5)")
+    parser.add_argument("--timeout", type=float, help="seconds for all runs of one mode to complete (default 180)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to PATH as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, query store)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.runs = args.runs if args.runs is not None else (10 if quick else 100)
+    args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
+    args.steps = args.steps if args.steps is not None else (5 if quick else 10)
+    args.sleep_ms = args.sleep_ms if args.sleep_ms is not None else (200 if quick else 500)
+    args.timeout = args.timeout if args.timeout is not None else (90 if quick else 180)
+    if args.runs < 1 or args.steps < 1 or args.sleep_ms < 0 or args.warmup < 1 or args.rounds < 1:
+        parser.error("expected --runs, --steps, --rounds and --warmup >= 1, and --sleep-ms >= 0")
+    try:
+        args.modes = [
+            Mode(None if item.strip() == "default" else int(item)) for item in args.budgets.split(",") if item.strip()
+        ]
+        args.modes = list(dict.fromkeys(args.modes))  # each budget once
+    except ValueError:
+        parser.error(f"expected --budgets like '0,default' or '0,250,1000', but got {args.budgets!r}")
+    if not args.modes or any(mode.budget_ms is not None and mode.budget_ms < 0 for mode in args.modes):
+        parser.error(f"expected at least one budget of 0 ms or more, but got {args.budgets!r}")
+    return args
+
+
+def engine_commit() -> str | None:
+    """The repository's HEAD commit (read only), so a result can be tied to the code it measured."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() or None
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clean up, then exit
+    directory = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
+    stack: Stack | None = None
+    dead: list[str] = []
+    external = False
+    code = 1
+    began = time.monotonic()
+    load_before = machine()["load_average"]
+    try:
+        with broker(directory) as (bootstrap, ours):
+            external = not ours
+            stack = Stack(bootstrap, directory, partitions=args.partitions)
+            try:
+                progress(f"creating topics with prefix {stack.prefix!r} ({args.partitions} partitions)…")
+                stack.create_topics()
+                results = asyncio.run(benchmark(args, stack, args.modes))
+            finally:
+                # A second Ctrl-C (or SIGTERM) must not cut the clean-up short.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                dead = stack.dead()
+                problems, noise = stack.problems_in_logs()
+                stack.stop_all()
+                if external:
+                    with contextlib.suppress(Exception):
+                        asyncio.run(delete_topics(bootstrap, stack.prefix))
+        took = time.monotonic() - began
+        print()
+        print(
+            f"Stepstream benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+            f"{args.runs} concurrent runs x {args.steps} steps"
+            + (f" + one {args.sleep_ms} ms sleep" if args.sleep_ms else "")
+            + f", {args.rounds} round{'s' if args.rounds > 1 else ''} per mode, {args.partitions} partitions, "
+            f"took {took:.0f} s, load average {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after"
+        )
+        print(table(results))
+        if len(results) >= 2:
+            ratio = ratios(results)
+            print(
+                f"{results[-1].mode} vs {results[0].mode}: {fmt_ratio(ratio['steps/s'])} the steps/s, "
+                f"{fmt_ratio(ratio['runs/s'])} the runs/s, step gap p50 {fmt_ratio(ratio['step gap p50 ms'])}"
+            )
+        print()
+        print(
+            "Details: a step gap across deliveries split at the projector's record of the earlier step; "
+            "the code's resumption after a sleep; a run's duration; the api's trigger rate:"
+        )
+        print(breakdown(results))
+        if noise:
+            progress(
+                f"(the service logs have {noise} transient coordinator errors from start-up; aiokafka retries them)"
+            )
+        if problems:
+            print(f"\nwarning: the service logs have {len(problems)} error lines; the first ones:", file=sys.stderr)
+            print("\n".join(problems[:20]), file=sys.stderr)
+        if args.json:
+            document = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {**machine(), "load_average_before": load_before},
+                "commit": engine_commit(),
+                "parameters": {
+                    "runs": args.runs,
+                    "steps": args.steps,
+                    "sleep_ms": args.sleep_ms,
+                    "partitions": args.partitions,
+                    "warmup": args.warmup,
+                    "rounds": args.rounds,
+                    "budgets": [mode.effective_ms for mode in args.modes],
+                },
+                "results": [asdict(result) for result in results],
+                "ratio_last_over_first": ratios(results) if len(results) >= 2 else None,
+                "service_log_error_lines": problems,
+                "service_log_startup_noise_lines": noise,
+            }
+            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            progress(f"wrote {args.json}")
+        code = 0
+    except (BenchFailure, httpx.HTTPError) as failure:
+        message = str(failure) if isinstance(failure, BenchFailure) else f"the api did not answer: {failure!r}"
+        print(f"\nbenchmark failed: {message}", file=sys.stderr)
+        if dead:
+            print(f"processes that had exited: {', '.join(dead)}", file=sys.stderr)
+        if stack is not None:
+            print(stack.all_log_tails(), file=sys.stderr)
+        args.keep = True
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopped everything", file=sys.stderr)
+        code = 130
+    except Exception:  # e.g. no Java for the local broker: say what, keep the logs
+        print("\nbenchmark failed:", file=sys.stderr)
+        traceback.print_exc()
+        if stack is not None:
+            print(stack.all_log_tails(), file=sys.stderr)
+        args.keep = True
+    finally:
+        if args.keep:
+            progress(f"kept {directory} (logs, query store)")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
