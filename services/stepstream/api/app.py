@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -53,6 +53,13 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
+def _describe(problems: Sequence[Any]) -> str:
+    """Pydantic's validation problems as one line: ``field.path: what is wrong; …``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}" for problem in problems
+    )
+
+
 def _cursor(created_at_ms: int, run_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created_at_ms, run_id]).encode()).decode()
 
@@ -91,10 +98,7 @@ def create_app(settings: ApiSettings, *, store: QueryStore | None = None) -> Fas
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-        )
-        return _error(422, "invalid_request", problems)
+        return _error(422, "invalid_request", _describe(error.errors()))
 
     def query_store() -> QueryStore:
         result: QueryStore = state["store"]
@@ -121,10 +125,7 @@ def create_app(settings: ApiSettings, *, store: QueryStore | None = None) -> Fas
                 else "invalid_request"
             )
             status = 400 if kind == "bad_request" else 422
-            message = "; ".join(
-                f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
-                for problem in error.errors()
-            )
+            message = _describe(error.errors())
             raise ApiError(status, kind, message) from None
         url = body.url or settings.workflows.get(body.workflow)
         if url is None:

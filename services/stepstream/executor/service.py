@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 import aiohttp
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stepstream import protocol, signing
@@ -23,7 +23,7 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import Delivery, Outcome, ReportDelivery, StepResult
 from stepstream.executor.outcome import from_response, from_transport_error, parse_retry_after
-from stepstream.kafka.clients import encode_dead_letter, make_consumer, make_producer
+from stepstream.kafka.clients import PartitionListener, encode_dead_letter, make_consumer, make_producer
 from stepstream.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class Executor:
         await self._producer.start()
         await self._consumer.start()
         try:
-            self._consumer.subscribe([self.topics.deliveries], listener=_Rebalance(self))
+            self._consumer.subscribe(
+                [self.topics.deliveries], listener=PartitionListener(assigned=self.assigned, revoked=self.drain)
+            )
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.concurrency)
                 for tp, records in batch.items():
@@ -115,6 +117,9 @@ class Executor:
         if offsets:
             await self._consumer.commit(offsets)
             self._committed.update(offsets)
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None:
+        self.ready.set()
 
     async def drain(self, partitions: list[TopicPartition]) -> None:
         """Before partitions move away, let their calls finish and commit them."""
@@ -207,14 +212,3 @@ class Executor:
             return (), from_transport_error("Timeout", f"endpoint did not answer within {self.settings.timeout_ms} ms")
         except aiohttp.ClientError as error:
             return (), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}")
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.executor.drain(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.executor.ready.set()

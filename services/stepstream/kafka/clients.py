@@ -6,10 +6,10 @@ Translates aiokafka's exceptions nowhere: callers treat a failed transaction as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import murmur2
 
@@ -17,6 +17,23 @@ from stepstream.avro import Codec, DeadLetter
 from stepstream.config import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+PartitionsChanged = Callable[[list[TopicPartition]], Awaitable[None]]
+
+
+class PartitionListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands a consumer's rebalances to its service: restore state on assignment, settle on revocation."""
+
+    def __init__(self, *, assigned: PartitionsChanged, revoked: PartitionsChanged) -> None:
+        self._assigned = assigned
+        self._revoked = revoked
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._assigned(assigned)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -83,8 +100,6 @@ async def read_partitions_to_end(
     settings: KafkaSettings, topic: str, partitions: Iterable[int]
 ) -> list[ConsumerRecord]:
     """Every committed record now in ``topic``'s ``partitions``: used to restore state on assignment."""
-    from aiokafka import TopicPartition
-
     wanted = [TopicPartition(topic, partition) for partition in partitions]
     if not wanted:
         return []

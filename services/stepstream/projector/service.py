@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from ulid import ULID
 
 from stepstream.avro import Codec, DecodeError, TriggerRequest
@@ -33,6 +33,7 @@ from stepstream.core import (
 )
 from stepstream.core.effects import DeliveryRequested
 from stepstream.kafka.clients import (
+    PartitionListener,
     encode_dead_letter,
     make_consumer,
     make_producer,
@@ -106,7 +107,10 @@ class Projector:
             partitions = self._consumer.partitions_for_topic(self.topics.commands)
             if partitions:
                 self.commands_partitions = len(partitions)
-            self._consumer.subscribe([self.topics.triggers, self.topics.commands], listener=_Rebalance(self))
+            self._consumer.subscribe(
+                [self.topics.triggers, self.topics.commands],
+                listener=PartitionListener(assigned=self.assigned, revoked=self.revoked),
+            )
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
                 if batch:
@@ -231,14 +235,3 @@ class Projector:
 
 def _key(record: ConsumerRecord) -> str:
     return record.key.decode(errors="replace") if record.key else ""
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, projector: Projector) -> None:
-        self.projector = projector
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.projector.revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.projector.assigned(assigned)

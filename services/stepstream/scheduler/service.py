@@ -13,13 +13,19 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import SchedulerSettings
 from stepstream.core import DeliveryRequested, FireTimer, ScheduleRecord, TimerRequested
-from stepstream.kafka.clients import encode_dead_letter, make_consumer, make_producer, read_partitions_to_end
+from stepstream.kafka.clients import (
+    PartitionListener,
+    encode_dead_letter,
+    make_consumer,
+    make_producer,
+    read_partitions_to_end,
+)
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler.pending import Held, PendingWork, due_ms
 
@@ -49,7 +55,9 @@ class Scheduler:
         await self._producer.start()
         await self._consumer.start()
         try:
-            self._consumer.subscribe([self.topics.schedule], listener=_Rebalance(self))
+            self._consumer.subscribe(
+                [self.topics.schedule], listener=PartitionListener(assigned=self.assigned, revoked=self.revoked)
+            )
             while True:
                 next_due = self.pending.next_due_ms()
                 wait = _IDLE_WAIT_MS if next_due is None else max(0, min(_IDLE_WAIT_MS, next_due - self.clock.now_ms()))
@@ -145,14 +153,3 @@ class Scheduler:
             )
         command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
         return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.scheduler.revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.scheduler.assigned(assigned)
