@@ -108,6 +108,9 @@ class ProjectorSettings:
     default_retry_base_ms: int = 1_000
     max_batch: int = 500
     database: str = ""  # the query store the indexer keeps; empty: <home>/stepstream.db
+    notify_buffer_ms: int = 60_000  # how long a notification waits for runs that start waiting after it
+    max_invoke_depth: int = 100  # how deep runs may invoke child runs
+    call_grace_ms: int = 60_000  # past a call's timeout, how long to wait for the executor's report
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProjectorSettings:
@@ -117,6 +120,9 @@ class ProjectorSettings:
             default_retry_base_ms=_int(environ, "STEPSTREAM_DEFAULT_RETRY_BASE_MS", 1_000),
             max_batch=_int(environ, "STEPSTREAM_PROJECTOR_MAX_BATCH", 500, minimum=1),
             database=database_url(environ),
+            notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
+            max_invoke_depth=_int(environ, "STEPSTREAM_MAX_INVOKE_DEPTH", 100, minimum=1),
+            call_grace_ms=_int(environ, "STEPSTREAM_CALL_GRACE_MS", 60_000, minimum=1),
         )
 
 
@@ -137,6 +143,7 @@ class ExecutorSettings:
     timeout_ms: int = 30_000
     budget_ms: int = 1_000
     allow_unsigned: bool = False
+    call_concurrency: int = 1_000  # engine-side calls (``ctx.call``) in flight, apart from deliveries
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
@@ -154,6 +161,7 @@ class ExecutorSettings:
             timeout_ms=_int(environ, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 30_000, minimum=1),
             budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 1_000),
             allow_unsigned=allow_unsigned,
+            call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
         )
 
 

@@ -27,6 +27,12 @@ ATTEMPT_HEADER = "Stepstream-Attempt"
 MAX_STEP_INDEX = 1_000_000
 MAX_DELAY_MS = 100 * 366 * 86_400_000
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_EVENT_ID_LENGTH = 256
+MAX_NAME_LENGTH = 256
+MAX_RETRIES = 100
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+StepKindName = Literal["run", "sleep", "sleep_until", "call", "wait_for_event", "notify", "invoke"]
 
 
 class _Model(BaseModel):
@@ -36,12 +42,22 @@ class _Model(BaseModel):
 
 
 class RecordedStep(_Model):
-    """A step the run has already completed; ``output`` is its JSON value."""
+    """A step the run has already completed; ``output`` is its JSON value.
+
+    By kind: ``run`` the function's return value; ``sleep``/``sleep_until`` null; ``call``
+    ``{"status", "headers", "body", "error"}``; ``wait_for_event`` ``{"timeout", "data"}``; ``notify``
+    the list of run ids that were woken; ``invoke`` ``{"run_id", "status", "output", "error"}``.
+    """
 
     index: int = Field(ge=0, le=MAX_STEP_INDEX)
     name: str
-    kind: Literal["run", "sleep", "sleep_until"]
+    kind: StepKindName
     output: Any = None
+
+
+class ErrorDetail(_Model):
+    type: str
+    message: str
 
 
 class DeliveryRequest(_Model):
@@ -55,6 +71,11 @@ class DeliveryRequest(_Model):
     # The SDK may run consecutive `run` steps in this delivery until this budget is spent; 0 means
     # one step per delivery.
     budget_ms: int = Field(default=0, ge=0)
+    # Set: run only the `run` step at this index (one of several awaited in parallel), report it and
+    # answer `continue`; run nothing else.
+    execute_index: int | None = Field(default=None, ge=0, le=MAX_STEP_INDEX)
+    # Set: the run failed with this error; call the workflow's failure handler instead of the workflow.
+    failure: ErrorDetail | None = None
 
 
 class CompletedStep(_Model):
@@ -87,11 +108,6 @@ class CompleteNext(_Model):
     output: Any = None
 
 
-class ErrorDetail(_Model):
-    type: str
-    message: str
-
-
 class FailNext(_Model):
     """The workflow raised. ``retryable`` false fails the run now; ``retry_after_ms`` sets the delay."""
 
@@ -103,7 +119,98 @@ class FailNext(_Model):
     name: str | None = None
 
 
-Next = Annotated[ContinueNext | SleepNext | CompleteNext | FailNext, Field(discriminator="type")]
+class PlannedRun(_Model):
+    """A `run` step awaited in parallel with others: the engine delivers it on its own (``execute_index``)."""
+
+    kind: Literal["run"] = "run"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+
+
+class PlannedSleep(_Model):
+    kind: Literal["sleep"] = "sleep"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    duration_ms: int = Field(ge=0, le=MAX_DELAY_MS)
+
+
+class PlannedSleepUntil(_Model):
+    kind: Literal["sleep_until"] = "sleep_until"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    wake_at_ms: int = Field(ge=0, le=MAX_EPOCH_MS)
+
+
+class PlannedCall(_Model):
+    """An HTTP call the engine makes; the step's result is the answer, whatever its status."""
+
+    kind: Literal["call"] = "call"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: list[tuple[str, str]] = []
+    body: str | None = None
+    timeout_ms: int = Field(default=300_000, ge=1, le=MAX_DELAY_MS)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_delay: str | None = Field(default=None, max_length=200)
+
+
+class PlannedWait(_Model):
+    kind: Literal["wait_for_event"] = "wait_for_event"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_LENGTH)
+    timeout_ms: int = Field(ge=0, le=MAX_DELAY_MS)
+
+
+class PlannedNotify(_Model):
+    kind: Literal["notify"] = "notify"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_LENGTH)
+    data: Any = None
+
+
+class PlannedInvoke(_Model):
+    """A child run of ``workflow``; ``url`` None: the same app's route for it."""
+
+    kind: Literal["invoke"] = "invoke"
+    index: int = Field(ge=0, le=MAX_STEP_INDEX)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    workflow: str = Field(min_length=1, max_length=200)
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    payload: Any = None
+    headers: list[tuple[str, str]] = []
+    label: str | None = Field(default=None, max_length=200)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    retry_delay: str | None = Field(default=None, max_length=200)
+
+
+PlannedStep = Annotated[
+    PlannedRun | PlannedSleep | PlannedSleepUntil | PlannedCall | PlannedWait | PlannedNotify | PlannedInvoke,
+    Field(discriminator="kind"),
+]
+
+
+class SuspendNext(_Model):
+    """The workflow is blocked on these steps (one, or several awaited in parallel): start them all,
+    and deliver again when every one has a result."""
+
+    type: Literal["suspend"] = "suspend"
+    steps: list[PlannedStep] = Field(min_length=1)
+
+
+class CancelNext(_Model):
+    """The workflow cancelled its own run."""
+
+    type: Literal["cancel"] = "cancel"
+    reason: str | None = Field(default=None, max_length=2_000)
+
+
+Next = Annotated[
+    ContinueNext | SleepNext | CompleteNext | FailNext | SuspendNext | CancelNext, Field(discriminator="type")
+]
 
 
 class DeliveryResponse(_Model):

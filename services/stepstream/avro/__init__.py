@@ -5,7 +5,18 @@ Schemas live in the top-level ``schemas/`` directory (shipped in the package as 
 """
 
 from stepstream.avro.codec import HEADER_SIZE, MAGIC, Codec, DecodeError, EncodeError, Upcaster
-from stepstream.avro.records import EVENT_TYPES, RECORD_TYPES, TOPIC_TYPES, DeadLetter, TriggerRequest
+from stepstream.avro.records import (
+    EVENT_TYPES,
+    RECORD_TYPES,
+    RUN_COMMAND_TYPES,
+    TOPIC_TYPES,
+    WAITER_COMMAND_TYPES,
+    CancelRequest,
+    DeadLetter,
+    NotifyRequest,
+    RecoverRequest,
+    TriggerRequest,
+)
 from stepstream.avro.schemas import SchemaError
 
 __all__ = [
@@ -13,11 +24,16 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "RECORD_TYPES",
+    "RUN_COMMAND_TYPES",
     "TOPIC_TYPES",
+    "WAITER_COMMAND_TYPES",
+    "CancelRequest",
     "Codec",
     "DeadLetter",
     "DecodeError",
     "EncodeError",
+    "NotifyRequest",
+    "RecoverRequest",
     "SchemaError",
     "TriggerRequest",
     "Upcaster",

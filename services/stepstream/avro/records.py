@@ -12,20 +12,47 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from stepstream.core.effects import Delivery, DeliveryRequested, TimerRequested
+from stepstream.core.effects import (
+    CallDelivery,
+    CallRequested,
+    Delivery,
+    DeliveryRequested,
+    ScheduleCancelled,
+    TimerRequested,
+)
 from stepstream.core.messages import (
+    CallRetried,
+    CallStarted,
+    CancelRun,
+    ChildFinished,
+    EventReceived,
+    FailureHandled,
+    FailureHandlerScheduled,
     FireTimer,
+    InvokeStarted,
+    NotifyStarted,
+    ReceiveEvent,
+    RecoverRun,
+    Recovery,
+    ReportCall,
     ReportDelivery,
+    ReportNotify,
+    ResultIgnored,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    RunRecovered,
     RunStarted,
     SleepStarted,
     StepCompleted,
     StepFailed,
     StepScheduled,
     TriggerRun,
+    WaitStarted,
+    WaitTimedOut,
 )
 from stepstream.core.state import RunState
+from stepstream.core.waiters import NotifyEvent, RegisterWaiter, UnregisterWaiter, WaiterState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +73,36 @@ class TriggerRequest:
     retry_base_ms: int | None = None  # None: the projector's default
     not_before_ms: int | None = None
     requested_at_ms: int | None = None  # the caller's clock, for tracing only
+    retry_delay: str | None = None  # a delay rule such as "1000 * pow(2, retried)"; None: exponential backoff
+    failure_url: str | None = None  # where the failure handler is called; None: the workflow's own url
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyRequest:
+    """Notify an event id: every run waiting on it wakes with ``data``; a run that starts waiting
+    within the projector's buffer window receives it too. Keyed by event id on ``triggers``."""
+
+    event_id: str
+    data: str  # JSON text
+    requested_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequest:
+    """Cancel a run. Keyed by run id on ``triggers``."""
+
+    run_id: str
+    reason: str | None = None
+    requested_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoverRequest:
+    """Act on a failed run in the dead-letter list: ``action`` resume, restart or delete. Keyed by run id."""
+
+    run_id: str
+    action: Recovery
+    requested_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,20 +119,54 @@ class DeadLetter:
     at_ms: int
 
 
-EVENT_TYPES: Final = (RunStarted, StepScheduled, StepCompleted, StepFailed, SleepStarted, RunCompleted, RunFailed)
+EVENT_TYPES: Final = (
+    RunStarted,
+    StepScheduled,
+    StepCompleted,
+    StepFailed,
+    SleepStarted,
+    CallStarted,
+    CallRetried,
+    WaitStarted,
+    EventReceived,
+    WaitTimedOut,
+    NotifyStarted,
+    InvokeStarted,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    ResultIgnored,
+    FailureHandlerScheduled,
+    FailureHandled,
+    RunRecovered,
+)
+RUN_COMMAND_TYPES: Final = (
+    TriggerRun,
+    ReportDelivery,
+    FireTimer,
+    ReportCall,
+    ReceiveEvent,
+    ReportNotify,
+    ChildFinished,
+    CancelRun,
+    RecoverRun,
+)
+WAITER_COMMAND_TYPES: Final = (RegisterWaiter, UnregisterWaiter, NotifyEvent)
 
 # Keyed by topic role, the names in ``stepstream.kafka.topics.TopicNames`` (without the prefix).
 # A consumer passes its topic's tuple to ``Codec.decode(..., expected=...)`` so a record written to
 # the wrong topic is refused (and dead-lettered) instead of being applied as something else.
 TOPIC_TYPES: Final[Mapping[str, tuple[type, ...]]] = MappingProxyType(
     {
-        "triggers": (TriggerRequest,),
-        "commands": (TriggerRun, ReportDelivery, FireTimer),
+        "triggers": (TriggerRequest, NotifyRequest, CancelRequest, RecoverRequest),
+        # Run commands are keyed by run id; waiter commands by event id.
+        "commands": RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES,
         "events": EVENT_TYPES,
         "runs": (RunState,),
-        "schedule": (DeliveryRequested, TimerRequested),
-        "deliveries": (Delivery,),
-        "timers": (DeliveryRequested, TimerRequested),  # a null value is a tombstone, never decoded
+        "waiters": (WaiterState,),
+        "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled),
+        "deliveries": (Delivery, CallDelivery),
+        "timers": (DeliveryRequested, CallRequested, TimerRequested),  # a null value is a tombstone
         "deadletter": (DeadLetter,),
     }
 )

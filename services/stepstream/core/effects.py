@@ -1,20 +1,56 @@
-"""What the projector asks of the rest of the engine after a decision: deliveries and timers.
+"""What the projector asks of the rest of the engine after a decision: deliveries, calls, timers,
+and commands for other runs and for the waiter index.
 
-These records go to the ``schedule`` topic (or, on the fast path, straight to ``deliveries``) in the
-same transaction as the events that caused them.
+These records are written in the same transaction as the events that caused them: schedule records
+to ``schedule`` (or, on the fast path, straight to ``deliveries``), commands to ``commands``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stepstream.core.messages import Event, SleepStarted, StepScheduled
-from stepstream.core.state import RecordedStep, RunState
+from stepstream.core.messages import (
+    CallRetried,
+    CallSpec,
+    CallStarted,
+    CancelRun,
+    ChildFinished,
+    ErrorInfo,
+    Event,
+    EventReceived,
+    FailureHandlerScheduled,
+    InvokeStarted,
+    NotifyStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    SleepStarted,
+    StepCompleted,
+    StepKind,
+    StepScheduled,
+    TriggerRun,
+    WaitStarted,
+    WaitTimedOut,
+)
+from stepstream.core.state import (
+    PendingCall,
+    PendingInvoke,
+    PendingSleep,
+    PendingWait,
+    RecordedStep,
+    RunState,
+    evolve,
+)
+from stepstream.core.waiters import NotifyEvent, RegisterWaiter, UnregisterWaiter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Delivery:
-    """One call of the workflow endpoint, carrying what the SDK needs to replay the run."""
+    """One call of the workflow endpoint, carrying what the SDK needs to replay the run.
+
+    ``execute_index`` set: run only that step (one of several started in parallel). ``failure`` set:
+    call the workflow's failure handler with it instead of the workflow.
+    """
 
     run_id: str
     workflow: str
@@ -25,10 +61,26 @@ class Delivery:
     payload: str
     steps: tuple[RecordedStep, ...]
     headers: tuple[tuple[str, str], ...]
+    execute_index: int | None = None
+    failure: ErrorInfo | None = None
 
     @property
     def request_id(self) -> str:
         return f"{self.delivery_id}#{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallDelivery:
+    """One attempt of a ``call`` step, for the executor to make."""
+
+    run_id: str
+    step_index: int
+    attempt: int
+    call: CallSpec
+
+    @property
+    def request_id(self) -> str:
+        return call_request_id(self.run_id, self.step_index, self.attempt)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,8 +94,18 @@ class DeliveryRequested:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CallRequested:
+    """An attempt of a call to emit to ``deliveries`` once it is due."""
+
+    request_id: str
+    not_before_ms: int
+    flow_key: str | None
+    call: CallDelivery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TimerRequested:
-    """A sleep to wake: at ``due_ms`` the scheduler sends ``FireTimer`` to ``commands``."""
+    """A timer: at ``due_ms`` the scheduler sends ``FireTimer`` to ``commands``."""
 
     request_id: str
     run_id: str
@@ -51,51 +113,258 @@ class TimerRequested:
     due_ms: int
 
 
-ScheduleRecord = DeliveryRequested | TimerRequested
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleCancelled:
+    """Drop these pending requests: their run ended, or what they were for happened first."""
+
+    run_id: str
+    request_ids: tuple[str, ...]
+
+
+ScheduleRecord = DeliveryRequested | CallRequested | TimerRequested | ScheduleCancelled
+# Commands for other runs (keyed by run id) and for waiter indexes (keyed by event id).
+OutgoingCommand = TriggerRun | CancelRun | ChildFinished | RegisterWaiter | UnregisterWaiter | NotifyEvent
+Effect = ScheduleRecord | OutgoingCommand
 
 
 def timer_request_id(run_id: str, step_index: int) -> str:
     return f"{run_id}/sleep/{step_index}"
 
 
-def effects(state: RunState, events: list[Event]) -> list[ScheduleRecord]:
-    """The schedule records that ``events`` (just decided, already folded into ``state``) call for."""
-    records: list[ScheduleRecord] = []
+def wait_timer_id(run_id: str, step_index: int) -> str:
+    return f"{run_id}/wait/{step_index}"
+
+
+def call_request_id(run_id: str, step_index: int, attempt: int) -> str:
+    return f"{run_id}/call/{step_index}#{attempt}"
+
+
+def call_deadline_id(run_id: str, step_index: int, attempt: int) -> str:
+    return f"{run_id}/deadline/{step_index}#{attempt}"
+
+
+def command_key(command: OutgoingCommand) -> str:
+    """The Kafka key (and so the partition) an outgoing command goes to: its run, or its event id."""
+    if isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
+        return command.event_id
+    return command.run_id
+
+
+def effects(before: RunState | None, events: list[Event]) -> list[Effect]:
+    """The records that ``events``, just decided for the run in state ``before``, call for."""
+    records: list[Effect] = []
+    state = before
     for event in events:
-        if isinstance(event, StepScheduled):
-            delivery = Delivery(
-                run_id=state.run_id,
-                workflow=state.workflow,
-                url=state.url,
-                delivery_id=event.delivery_id,
-                attempt=event.attempt,
-                step_index=event.step_index,
-                payload=state.payload,
-                steps=state.steps,
-                headers=state.headers,
-            )
-            records.append(
-                DeliveryRequested(
-                    request_id=delivery.request_id,
-                    not_before_ms=event.not_before_ms,
-                    flow_key=None,
-                    delivery=delivery,
-                )
-            )
-        elif isinstance(event, SleepStarted):
-            records.append(
-                TimerRequested(
-                    request_id=timer_request_id(event.run_id, event.step_index),
-                    run_id=event.run_id,
-                    step_index=event.step_index,
-                    due_ms=event.wake_at_ms,
-                )
-            )
+        previous, state = state, evolve(state, event)
+        records.extend(_effects_of(previous, state, event))
     return records
 
 
-def deliverable_now(record: ScheduleRecord, now_ms: int) -> Delivery | None:
-    """The fast path: a delivery due now and under no flow limit skips the scheduler's hop."""
-    if isinstance(record, DeliveryRequested) and record.flow_key is None and record.not_before_ms <= now_ms:
-        return record.delivery
+def _delivery(
+    state: RunState,
+    *,
+    delivery_id: str,
+    attempt: int,
+    step_index: int,
+    url: str | None = None,
+    execute_index: int | None = None,
+    failure: ErrorInfo | None = None,
+) -> Delivery:
+    return Delivery(
+        run_id=state.run_id,
+        workflow=state.workflow,
+        url=url or state.url,
+        delivery_id=delivery_id,
+        attempt=attempt,
+        step_index=step_index,
+        payload=state.payload,
+        steps=state.steps,
+        headers=state.headers,
+        execute_index=execute_index,
+        failure=failure,
+    )
+
+
+def _call(
+    state: RunState, step_index: int, attempt: int, call: CallSpec, not_before_ms: int, deadline_ms: int
+) -> list[Effect]:
+    delivery = CallDelivery(run_id=state.run_id, step_index=step_index, attempt=attempt, call=call)
+    return [
+        CallRequested(request_id=delivery.request_id, not_before_ms=not_before_ms, flow_key=None, call=delivery),
+        TimerRequested(
+            request_id=call_deadline_id(state.run_id, step_index, attempt),
+            run_id=state.run_id,
+            step_index=step_index,
+            due_ms=deadline_ms,
+        ),
+    ]
+
+
+def _effects_of(previous: RunState | None, state: RunState, event: Event) -> list[Effect]:
+    run_id = state.run_id
+    match event:
+        case StepScheduled():
+            delivery = _delivery(
+                state,
+                delivery_id=event.delivery_id,
+                attempt=event.attempt,
+                step_index=event.step_index,
+                execute_index=event.step_index if event.execute_only else None,
+            )
+            return [
+                DeliveryRequested(
+                    request_id=delivery.request_id, not_before_ms=event.not_before_ms, flow_key=None, delivery=delivery
+                )
+            ]
+        case FailureHandlerScheduled():
+            delivery = _delivery(
+                state,
+                delivery_id=event.delivery_id,
+                attempt=event.attempt,
+                step_index=state.first_open_index,
+                url=event.url,
+                failure=state.error,
+            )
+            return [
+                DeliveryRequested(
+                    request_id=delivery.request_id, not_before_ms=event.not_before_ms, flow_key=None, delivery=delivery
+                )
+            ]
+        case SleepStarted():
+            return [
+                TimerRequested(
+                    request_id=timer_request_id(run_id, event.step_index),
+                    run_id=run_id,
+                    step_index=event.step_index,
+                    due_ms=event.wake_at_ms,
+                )
+            ]
+        case CallStarted():
+            return _call(state, event.step_index, 1, event.call, event.at_ms, event.deadline_ms)
+        case CallRetried():
+            pending = state.pending(event.step_index)
+            assert isinstance(pending, PendingCall)
+            return [
+                ScheduleCancelled(
+                    run_id=run_id, request_ids=(call_deadline_id(run_id, event.step_index, event.attempt),)
+                ),
+                *_call(state, event.step_index, pending.attempt, pending.call, event.retry_at_ms, event.deadline_ms),
+            ]
+        case StepCompleted(kind=StepKind.CALL):
+            pending = previous.pending(event.step_index) if previous is not None else None
+            if isinstance(pending, PendingCall):
+                deadline = call_deadline_id(run_id, event.step_index, pending.attempt)
+                return [ScheduleCancelled(run_id=run_id, request_ids=(deadline,))]
+            return []
+        case WaitStarted():
+            return [
+                TimerRequested(
+                    request_id=wait_timer_id(run_id, event.step_index),
+                    run_id=run_id,
+                    step_index=event.step_index,
+                    due_ms=event.timeout_at_ms,
+                ),
+                RegisterWaiter(
+                    event_id=event.event_id,
+                    run_id=run_id,
+                    step_index=event.step_index,
+                    timeout_at_ms=event.timeout_at_ms,
+                    now_ms=event.at_ms,
+                ),
+            ]
+        case EventReceived():
+            return [ScheduleCancelled(run_id=run_id, request_ids=(wait_timer_id(run_id, event.step_index),))]
+        case WaitTimedOut():
+            return [
+                UnregisterWaiter(
+                    event_id=event.event_id, run_id=run_id, step_index=event.step_index, now_ms=event.at_ms
+                )
+            ]
+        case NotifyStarted():
+            return [
+                NotifyEvent(
+                    event_id=event.event_id,
+                    data=event.data,
+                    now_ms=event.at_ms,
+                    reply_run_id=run_id,
+                    reply_step_index=event.step_index,
+                )
+            ]
+        case InvokeStarted():
+            return [_child_trigger(state, event)]
+        case RunCompleted() | RunFailed() | RunCancelled():
+            return [*_abandon(previous, event.at_ms), *_tell_parent(state, event.at_ms)]
+        case _:
+            return []
+
+
+def _child_trigger(state: RunState, event: InvokeStarted) -> TriggerRun:
+    return TriggerRun(
+        run_id=event.child_run_id,
+        workflow=event.workflow,
+        url=event.url,
+        payload=event.payload,
+        now_ms=event.at_ms,
+        headers=event.headers,
+        label=event.label,
+        retries=event.retries,
+        retry_delay=event.retry_delay,
+        parent_run_id=state.run_id,
+        parent_step_index=event.step_index,
+        depth=state.depth + 1,
+    )
+
+
+def _abandon(previous: RunState | None, now: int) -> list[Effect]:
+    """A run ended: drop its pending timers and requests, unregister its waits, cancel its children."""
+    if previous is None:
+        return []
+    run_id = previous.run_id
+    request_ids: list[str] = [f"{delivery.delivery_id}#{delivery.attempt}" for delivery in previous.in_flight]
+    records: list[Effect] = []
+    for step in previous.waiting:
+        match step:
+            case PendingSleep():
+                request_ids.append(timer_request_id(run_id, step.step_index))
+            case PendingWait():
+                request_ids.append(wait_timer_id(run_id, step.step_index))
+                records.append(
+                    UnregisterWaiter(event_id=step.event_id, run_id=run_id, step_index=step.step_index, now_ms=now)
+                )
+            case PendingCall():
+                request_ids.append(call_request_id(run_id, step.step_index, step.attempt))
+                request_ids.append(call_deadline_id(run_id, step.step_index, step.attempt))
+            case PendingInvoke():
+                records.append(CancelRun(run_id=step.child_run_id, reason=f"parent run {run_id} ended", now_ms=now))
+            case _:
+                pass
+    if request_ids:
+        records.insert(0, ScheduleCancelled(run_id=run_id, request_ids=tuple(request_ids)))
+    return records
+
+
+def _tell_parent(state: RunState, now: int) -> list[Effect]:
+    if state.parent_run_id is None or state.parent_step_index is None:
+        return []
+    return [
+        ChildFinished(
+            run_id=state.parent_run_id,
+            step_index=state.parent_step_index,
+            child_run_id=state.run_id,
+            status=state.status.value,
+            output=state.output,
+            error=state.error,
+            now_ms=now,
+        )
+    ]
+
+
+def deliverable_now(record: Effect, now_ms: int) -> Delivery | CallDelivery | None:
+    """The fast path: work due now and under no flow limit skips the scheduler's hop."""
+    if (
+        isinstance(record, DeliveryRequested | CallRequested)
+        and record.flow_key is None
+        and record.not_before_ms <= now_ms
+    ):
+        return record.delivery if isinstance(record, DeliveryRequested) else record.call
     return None

@@ -12,11 +12,15 @@ from enum import StrEnum
 
 
 class StepKind(StrEnum):
-    """What a step does. Later issues add call, wait_for_event and invoke."""
+    """What a step does."""
 
-    RUN = "run"
+    RUN = "run"  # user code, run by the SDK inside a delivery
     SLEEP = "sleep"
     SLEEP_UNTIL = "sleep_until"
+    CALL = "call"  # an HTTP call the executor makes on the run's behalf
+    WAIT_FOR_EVENT = "wait_for_event"
+    NOTIFY = "notify"  # wakes the runs waiting on an event id
+    INVOKE = "invoke"  # a child run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +94,106 @@ class Fail:
     step_name: str | None = None
 
 
-Outcome = Continue | SleepFor | SleepUntil | Complete | Fail
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRun:
+    """A ``run`` step started alongside others: it gets a delivery of its own that executes only it."""
+
+    index: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanSleep:
+    """A sleep: ``duration_ms`` from when the report is applied (kind sleep), or until ``wake_at_ms``."""
+
+    index: int
+    name: str
+    kind: StepKind  # SLEEP or SLEEP_UNTIL
+    duration_ms: int | None = None
+    wake_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSpec:
+    """An HTTP request the executor makes for a ``call`` step, and how hard it tries."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: str | None  # the request body as text; None: no body
+    timeout_ms: int
+    retries: int  # further attempts after the first, on no answer, 5xx, 408 or 429
+    retry_delay: str | None = None  # a delay rule (see ``core.retry``); None: exponential from 1 s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanCall:
+    index: int
+    name: str
+    call: CallSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanWait:
+    """Wait until an event with ``event_id`` is notified, or ``timeout_ms`` has passed."""
+
+    index: int
+    name: str
+    event_id: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanNotify:
+    """Notify ``event_id`` with ``data``; the step's result is the list of runs that were waiting."""
+
+    index: int
+    name: str
+    event_id: str
+    data: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanInvoke:
+    """Start a child run of ``workflow`` and resume with how it ended.
+
+    ``url`` None: the parent's URL with its last path segment replaced by ``workflow`` (a workflow
+    served by the same app). Unset options inherit the engine's defaults; the parent's headers are
+    sent too, with ``headers`` added after them.
+    """
+
+    index: int
+    name: str
+    workflow: str
+    url: str | None
+    payload: str  # JSON text
+    headers: tuple[tuple[str, str], ...] = ()
+    label: str | None = None
+    retries: int | None = None
+    retry_delay: str | None = None
+
+
+PlannedStep = PlanRun | PlanSleep | PlanCall | PlanWait | PlanNotify | PlanInvoke
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspend:
+    """The workflow is blocked on these steps, started together (one, or several awaited in parallel).
+
+    The engine starts each; when every one of them has a result it delivers again.
+    """
+
+    steps: tuple[PlannedStep, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """The workflow cancelled its own run (``ctx.cancel()``)."""
+
+    reason: str | None = None
+
+
+Outcome = Continue | SleepFor | SleepUntil | Complete | Fail | Suspend | Cancel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +214,11 @@ class TriggerRun:
     retries: int | None = None  # None: the projector's default
     retry_base_ms: int | None = None  # None: the projector's default
     not_before_ms: int | None = None
+    retry_delay: str | None = None  # a delay rule (see ``core.retry``); None: exponential from retry_base_ms
+    failure_url: str | None = None  # where the failure handler is called; None: the workflow's own url
+    parent_run_id: str | None = None  # set for a child run started by ``invoke``
+    parent_step_index: int | None = None
+    depth: int = 0  # 0 for a run triggered from outside; a child's is its parent's plus one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,14 +235,100 @@ class ReportDelivery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FireTimer:
-    """A sleep of the run is due."""
+    """A timer of the run is due: a sleep ends, a wait times out, or a call's deadline passes."""
 
     run_id: str
     step_index: int
     now_ms: int
 
 
-Command = TriggerRun | ReportDelivery | FireTimer
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportCall:
+    """The executor's account of one attempt of a ``call`` step.
+
+    ``status`` 0 with ``error`` set: no HTTP answer (unreachable, timed out). ``body`` is the
+    response body as JSON text: its JSON value if it was JSON, else a JSON string of its text.
+    """
+
+    run_id: str
+    step_index: int
+    attempt: int
+    now_ms: int
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiveEvent:
+    """A notification for an event id the run is waiting on (sent by the event id's waiter index)."""
+
+    run_id: str
+    step_index: int
+    event_id: str
+    data: str  # JSON text
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportNotify:
+    """The answer to the run's ``notify`` step: the runs that were waiting and were woken."""
+
+    run_id: str
+    step_index: int
+    notified: tuple[str, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildFinished:
+    """A child run this run invoked ended (``status`` completed, failed or cancelled)."""
+
+    run_id: str  # the parent's
+    step_index: int
+    child_run_id: str
+    status: str
+    output: str | None  # JSON text, when completed
+    error: ErrorInfo | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRun:
+    """Stop the run: no further deliveries; results that arrive later are recorded as ignored."""
+
+    run_id: str
+    reason: str | None
+    now_ms: int
+
+
+class Recovery(StrEnum):
+    """What an operator does with a failed run in the dead-letter list."""
+
+    RESUME = "resume"  # from the failed step, keeping the recorded results
+    RESTART = "restart"  # from the start, recorded results set aside
+    DELETE = "delete"  # take it off the dead-letter list; the run and its history stay
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoverRun:
+    run_id: str
+    action: Recovery
+    now_ms: int
+
+
+Command = (
+    TriggerRun
+    | ReportDelivery
+    | FireTimer
+    | ReportCall
+    | ReceiveEvent
+    | ReportNotify
+    | ChildFinished
+    | CancelRun
+    | RecoverRun
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +348,20 @@ class RunStarted:
     label: str | None
     retries: int
     retry_base_ms: int
+    retry_delay: str | None = None
+    failure_url: str | None = None
+    parent_run_id: str | None = None
+    parent_step_index: int | None = None
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepScheduled:
-    """A delivery of the run is requested: the endpoint will be called to run step ``step_index``."""
+    """A delivery of the run is requested: the endpoint will be called to run step ``step_index``.
+
+    ``execute_only``: the delivery runs that one step of several started in parallel, and nothing
+    after it; otherwise the workflow replays and runs on from its first step without a result.
+    """
 
     run_id: str
     seq: int
@@ -167,6 +370,8 @@ class StepScheduled:
     delivery_id: str
     attempt: int
     not_before_ms: int
+    execute_only: bool = False
+    name: str | None = None  # the step's name, for an ``execute_only`` delivery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,6 +413,96 @@ class SleepStarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CallStarted:
+    """The executor is asked to make the step's HTTP call (attempt 1); ``deadline_ms`` bounds the wait for it."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    name: str
+    call: CallSpec
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRetried:
+    """An attempt of a call got no usable answer; attempt ``attempt + 1`` is due at ``retry_at_ms``."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    attempt: int  # the attempt that failed
+    status: int  # 0: no HTTP answer
+    error: str
+    retry_at_ms: int
+    deadline_ms: int  # of the next attempt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitStarted:
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    name: str
+    event_id: str
+    timeout_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventReceived:
+    """The wait ended with a notification; the step's result is ``{"timeout": false, "data": data}``."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    event_id: str
+    data: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitTimedOut:
+    """The wait ended without a notification; the step's result is ``{"timeout": true, "data": null}``."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyStarted:
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    name: str
+    event_id: str
+    data: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvokeStarted:
+    run_id: str
+    seq: int
+    at_ms: int
+    step_index: int
+    name: str
+    child_run_id: str
+    workflow: str
+    url: str
+    payload: str  # JSON text
+    headers: tuple[tuple[str, str], ...]  # the child's, after the parent's
+    label: str | None
+    retries: int | None
+    retry_delay: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunCompleted:
     run_id: str
     seq: int
@@ -223,7 +518,81 @@ class RunFailed:
     error: ErrorInfo
 
 
-Event = RunStarted | StepScheduled | StepCompleted | StepFailed | SleepStarted | RunCompleted | RunFailed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCancelled:
+    run_id: str
+    seq: int
+    at_ms: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultIgnored:
+    """A result arrived for a run that had been cancelled: kept in the history, never applied."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    what: str  # which result, in words: "report of delivery run_x/3", "call step 2 answered 200"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureHandlerScheduled:
+    """The failed run's failure handler is to be called: a delivery with the error, to ``url``."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    delivery_id: str
+    attempt: int
+    not_before_ms: int
+    url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureHandled:
+    """The failure handler answered (``error`` None), or gave up after its retries (``error`` set)."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    delivery_id: str
+    attempt: int
+    error: ErrorInfo | None
+    retry_at_ms: int | None  # when ``error`` is set and another attempt is due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecovered:
+    """An operator acted on the failed run: resumed it, restarted it, or deleted it from the dead-letter list."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    action: Recovery
+
+
+Event = (
+    RunStarted
+    | StepScheduled
+    | StepCompleted
+    | StepFailed
+    | SleepStarted
+    | CallStarted
+    | CallRetried
+    | WaitStarted
+    | EventReceived
+    | WaitTimedOut
+    | NotifyStarted
+    | InvokeStarted
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | ResultIgnored
+    | FailureHandlerScheduled
+    | FailureHandled
+    | RunRecovered
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,6 +45,10 @@ class TopicNames:
         return self.prefix + "runs"
 
     @property
+    def waiters(self) -> str:
+        return self.prefix + "waiters"
+
+    @property
     def schedule(self) -> str:
         return self.prefix + "schedule"
 
@@ -66,6 +70,7 @@ class TopicNames:
             self.commands,
             self.events,
             self.runs,
+            self.waiters,
             self.schedule,
             self.deliveries,
             self.timers,
@@ -80,6 +85,7 @@ def topic_configs(names: TopicNames) -> dict[str, dict[str, str]]:
     return {
         names.runs: compacted,
         names.timers: compacted,
+        names.waiters: compacted,
         names.events: kept_forever,  # a run's history is replayed from here, so it must never expire
         names.deadletter: kept_forever,  # kept until an operator has looked at it
     }
