@@ -5,11 +5,14 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from stepstream.core import DeliveryRequested, ScheduleRecord, TimerRequested
+from stepstream.core import CallRequested, DeliveryRequested, TimerRequested
+
+# What the scheduler holds: everything on ``schedule`` except cancellations, which act on these.
+HeldRecord = DeliveryRequested | CallRequested | TimerRequested
 
 
-def due_ms(record: ScheduleRecord) -> int:
-    if isinstance(record, DeliveryRequested):
+def due_ms(record: HeldRecord) -> int:
+    if isinstance(record, DeliveryRequested | CallRequested):
         return record.not_before_ms
     return record.due_ms
 
@@ -17,7 +20,7 @@ def due_ms(record: ScheduleRecord) -> int:
 @dataclass(frozen=True, slots=True)
 class Held:
     partition: int  # the schedule partition it came from; its changelog entry lives there too
-    record: ScheduleRecord
+    record: HeldRecord
     arrival: int = field(default=0, compare=False)  # which heap entry is current for this request
 
 
@@ -35,13 +38,13 @@ class PendingWork:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._held
 
-    def add(self, partition: int, record: ScheduleRecord) -> None:
+    def add(self, partition: int, record: HeldRecord) -> None:
         self._counter += 1
         self._held[record.request_id] = Held(partition, record, self._counter)
         heapq.heappush(self._heap, (due_ms(record), self._counter, record.request_id))
 
-    def remove(self, request_id: str) -> None:
-        self._held.pop(request_id, None)
+    def remove(self, request_id: str) -> Held | None:
+        return self._held.pop(request_id, None)
 
     def next_due_ms(self) -> int | None:
         self._discard_stale()
@@ -71,4 +74,4 @@ class PendingWork:
             heapq.heappop(self._heap)
 
 
-__all__ = ["Held", "PendingWork", "TimerRequested", "due_ms"]
+__all__ = ["Held", "HeldRecord", "PendingWork", "due_ms"]

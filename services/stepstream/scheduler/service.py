@@ -12,13 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import SchedulerSettings
-from stepstream.core import DeliveryRequested, FireTimer, ScheduleRecord, TimerRequested
+from stepstream.core import (
+    CallRequested,
+    DeliveryRequested,
+    FireTimer,
+    ScheduleCancelled,
+    TimerRequested,
+)
 from stepstream.kafka.clients import (
     PartitionListener,
     encode_dead_letter,
@@ -27,11 +34,12 @@ from stepstream.kafka.clients import (
     read_partitions_to_end,
 )
 from stepstream.kafka.topics import TopicNames
-from stepstream.scheduler.pending import Held, PendingWork, due_ms
+from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
 
 log = logging.getLogger(__name__)
 
 SERVICE = "scheduler"
+SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled)
 _IDLE_WAIT_MS = 500
 
 
@@ -77,7 +85,7 @@ class Scheduler:
                 self.pending.remove(request_id)
                 continue
             try:
-                held = self.codec.decode(record.value, expected=(DeliveryRequested, TimerRequested))
+                held = self.codec.decode(record.value, expected=(DeliveryRequested, CallRequested, TimerRequested))
             except DecodeError as error:
                 log.error("cannot restore pending request %s: %s", request_id, error)
                 continue
@@ -97,10 +105,14 @@ class Scheduler:
         now = self.clock.now_ms()
         outputs: list[tuple[str, bytes, bytes | None, int | None]] = []
         added: list[Held] = []
+        cancelled: list[Held] = []
         for tp, records in batch.items():
             for record in records:
                 try:
-                    request = self.codec.decode(record.value, expected=(DeliveryRequested, TimerRequested))
+                    # decode checks the type against ``expected``; the cast only tells mypy.
+                    request = cast(
+                        HeldRecord | ScheduleCancelled, self.codec.decode(record.value, expected=SCHEDULE_TYPES)
+                    )
                 except DecodeError as error:
                     outputs.append(
                         (
@@ -111,14 +123,21 @@ class Scheduler:
                         )
                     )
                     continue
+                if isinstance(request, ScheduleCancelled):
+                    for request_id in request.request_ids:
+                        gone = self.pending.remove(request_id)
+                        if gone is not None:
+                            cancelled.append(gone)
+                            outputs.append((self.topics.timers, request_id.encode(), None, gone.partition))
+                    continue
                 if due_ms(request) <= now:
                     outputs.append(self._emit(request, now))
                 else:
+                    # Held at once, so a cancellation later in the same batch finds it.
                     held = Held(tp.partition, request)
                     added.append(held)
+                    self.pending.add(held.partition, held.record)
                     outputs.append((self.topics.timers, request.request_id.encode(), record.value, tp.partition))
-        for held in added:
-            self.pending.add(held.partition, held.record)
         fired = self.pending.pop_due(now)
         for held in fired:
             outputs.append(self._emit(held.record, now))
@@ -136,13 +155,14 @@ class Scheduler:
             log.exception("scheduler transaction failed; re-reading the batch")
             for held in added:
                 self.pending.remove(held.record.request_id)
-            for held in fired:
-                self.pending.add(held.partition, held.record)
+            for held in (*fired, *cancelled):
+                if all(held.record.request_id != new.record.request_id for new in added):
+                    self.pending.add(held.partition, held.record)
             for tp, records in batch.items():
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
 
-    def _emit(self, request: ScheduleRecord, now: int) -> tuple[str, bytes, bytes | None, int | None]:
+    def _emit(self, request: HeldRecord, now: int) -> tuple[str, bytes, bytes | None, int | None]:
         if isinstance(request, DeliveryRequested):
             delivery = request.delivery
             return (
@@ -151,5 +171,8 @@ class Scheduler:
                 self.codec.encode(delivery),
                 None,
             )
+        if isinstance(request, CallRequested):
+            call = request.call
+            return self.topics.deliveries, (request.flow_key or call.run_id).encode(), self.codec.encode(call), None
         command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
         return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None
