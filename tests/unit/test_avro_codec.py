@@ -5,12 +5,14 @@ schemas (the golden files) still decode, by schema resolution or an upcaster."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import io
 import json
 import shutil
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,23 @@ from stepstream.avro import (
     SchemaError,
     TriggerRequest,
 )
-from stepstream.avro.schemas import default_directory, freeze
+from stepstream.avro.schemas import default_directory, fingerprint, freeze, read_directory
+from stepstream.avro.upcasters import UPCASTERS
 from stepstream.core import (
     ErrorInfo,
     FireTimer,
     Outcome,
+    PendingDelivery,
+    PendingSleep,
+    Recovery,
     ReportDelivery,
     RunFailed,
     RunStarted,
+    RunState,
+    RunStatus,
     StepCompleted,
     StepFailed,
+    StepKind,
     TriggerRun,
 )
 from stepstream.kafka.topics import TopicNames
@@ -111,6 +120,50 @@ def is_optional(hint: Any) -> bool:
     return typing.get_origin(hint) in (types.UnionType, typing.Union) and type(None) in typing.get_args(hint)
 
 
+def record_union(hint: Any) -> tuple[type, ...]:
+    """The branches of a union of several records, alone or as the items of a tuple; () for anything else."""
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and type(None) not in typing.get_args(hint):
+        return typing.get_args(hint)
+    return ()
+
+
+def walk(value: object) -> Iterator[object]:
+    """The value and every value inside it: dataclass fields and tuple items, depth first."""
+    yield value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from walk(getattr(value, field.name))
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from walk(item)
+
+
+def union_branches_seen(records: typing.Iterable[object]) -> dict[tuple[type, str], set[type]]:
+    """For every field holding a union of records: the branches the values hold, across ``records``."""
+    seen: dict[tuple[type, str], set[type]] = {}
+    for record in records:
+        for value in walk(record):
+            if not dataclasses.is_dataclass(value) or isinstance(value, type):
+                continue
+            for name, hint in typing.get_type_hints(type(value)).items():
+                if record_union(hint):
+                    inner = getattr(value, name)
+                    items = inner if isinstance(inner, tuple) else (inner,)
+                    seen.setdefault((type(value), name), set()).update(type(item) for item in items)
+    return seen
+
+
+# Every field of a record type (or of a record nested in one) that holds a union of several records.
+RECORD_UNIONS = {
+    (cls, name): set(record_union(hint))
+    for cls in ALL_DATACLASSES.values()
+    for name, hint in typing.get_type_hints(cls).items()
+    if record_union(hint)
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips
 
@@ -143,6 +196,20 @@ def test_the_samples_cover_every_type_every_outcome_and_each_optional_field_set_
     # and every delivery outcome is reported in one
     outcomes = {type(record.outcome) for record in by_type[ReportDelivery] if isinstance(record, ReportDelivery)}
     assert outcomes == set(typing.get_args(Outcome))
+
+
+def test_the_samples_hold_every_branch_of_every_union_and_every_enum_value() -> None:
+    # given every value inside every sample
+    values = [value for record in SAMPLES.values() for value in walk(record)]
+    # then every record that travels, nested or not, is in one
+    assert {type(value) for value in values if dataclasses.is_dataclass(value)} == set(ALL_DATACLASSES.values())
+    # and each union of records (the outcome, a suspend's steps, a run's pending steps) holds each branch
+    assert RECORD_UNIONS, "expected unions of records, such as ReportDelivery.outcome"
+    assert union_branches_seen(SAMPLES.values()) == RECORD_UNIONS
+    # and every step kind, run status and recovery action travels in one
+    for enum_type in (StepKind, RunStatus, Recovery):
+        members: set[enum.Enum] = {value for value in values if isinstance(value, enum_type)}
+        assert members == set(enum_type), enum_type.__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +298,8 @@ def test_a_record_of_another_topic_is_refused_naming_both(codec: Codec) -> None:
     data = codec.encode(SAMPLES["RunStarted.full"])
     # when decoded as a command, then it is refused
     with pytest.raises(
-        DecodeError, match=r"Expected TriggerRun, ReportDelivery, FireTimer on this topic, but .*RunStarted"
+        DecodeError,
+        match=r"Expected TriggerRun, ReportDelivery, FireTimer, .*, NotifyEvent on this topic, but .*RunStarted",
     ):
         codec.decode(data, expected=TOPIC_TYPES["commands"])
     # and as an event it is accepted
@@ -248,13 +316,13 @@ def test_a_step_kind_this_version_does_not_know_decodes_in_avro_but_is_refused_b
             "at_ms": 1,
             "step_index": 0,
             "name": "fetch",
-            "kind": "call",
+            "kind": "teleport",
             "output": "1",
             "delivery_id": "d",
         },
     )
     # when decoded, then the error names the value (Avro itself read it: kind is a string, not an enum)
-    with pytest.raises(DecodeError, match=r"Expected a StepKind this version knows .*, but got 'call'"):
+    with pytest.raises(DecodeError, match=r"Expected a StepKind this version knows .*, but got 'teleport'"):
         codec.decode(data)
 
 
@@ -286,8 +354,8 @@ def test_every_dataclass_field_is_in_its_schema_and_vice_versa(name: str) -> Non
     record_type = ALL_DATACLASSES[name]
     hints = typing.get_type_hints(record_type)
     schema_fields = {field["name"]: field for field in _schema_file(name)["fields"]}
-    # then they have the same fields
-    assert set(schema_fields) == {field.name for field in dataclasses.fields(record_type)}
+    # then they have the same fields, in the same order
+    assert list(schema_fields) == [field.name for field in dataclasses.fields(record_type)]
     # and exactly the optional ones are ["null", T] with a null default
     for field_name, hint in hints.items():
         field = schema_fields[field_name]
@@ -297,6 +365,18 @@ def test_every_dataclass_field_is_in_its_schema_and_vice_versa(name: str) -> Non
             assert field["type"][0] == "null", f"{name}.{field_name}: null must come first for a null default"
             assert "default" in field, f"{name}.{field_name}"
             assert field["default"] is None, f"{name}.{field_name}"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_DATACLASSES))
+def test_a_field_with_a_dataclass_default_has_the_same_schema_default(name: str) -> None:
+    # given a dataclass and its schema file (a default is what an older record resolves a newer field to)
+    schema_fields = {field["name"]: field for field in _schema_file(name)["fields"]}
+    for field in dataclasses.fields(ALL_DATACLASSES[name]):
+        if field.default is dataclasses.MISSING:
+            continue
+        # then the schema has the same default (a tuple is an Avro array)
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        assert schema_fields[field.name].get("default", "absent") == default, f"{name}.{field.name}"
 
 
 def test_every_schema_file_belongs_to_a_record_type() -> None:
@@ -360,6 +440,78 @@ def test_every_sample_has_a_golden_file() -> None:
     assert {path.stem for path in GOLDEN_FILES} == set(SAMPLES)
 
 
+def test_every_shape_of_every_record_type_has_a_golden_file_written_with_it() -> None:
+    # given the fingerprints the golden files were written with
+    written = {path.read_bytes()[2:10] for path in GOLDEN_FILES}
+    schema_files = read_directory(default_directory())
+    codec = Codec()
+    # then each current shape has one...
+    missing = [record_type.__name__ for record_type in RECORD_TYPES if codec.fingerprint(record_type) not in written]
+    assert not missing, f"no golden file written by the current schema of {missing}: run generate.py"
+    # ...and each earlier, frozen shape too: its records decode by resolution or an upcaster, and are tested so
+    untested = [
+        f"{name}.v{version}"
+        for (name, version), earlier in schema_files.earlier.items()
+        if fingerprint(earlier) not in written
+    ]
+    assert not untested, f"no golden file written by {untested}"
+
+
+def test_run_state_v1_files_are_read_through_the_built_in_upcaster(codec: Codec) -> None:
+    # given RunState records the first schema wrote: one delivery in flight and one sleep, or neither
+    v1 = fingerprint(read_directory(default_directory()).earlier[("stepstream.RunState", 1)])
+    full, minimal = (GOLDEN / "RunState.full.bin").read_bytes(), (GOLDEN / "RunState.minimal.bin").read_bytes()
+    assert full[2:10] == minimal[2:10] == v1 != codec.fingerprint(RunState)
+    # when the default codec decodes them
+    decoded_full, decoded_minimal = codec.decode(full, (RunState,)), codec.decode(minimal, (RunState,))
+    # then pending_delivery is the one (replay) delivery in flight, pending_sleep the one step waiting
+    assert decoded_full.in_flight == (
+        PendingDelivery(
+            delivery_id=f"{generate.RUN_ID}/4",
+            step_index=3,
+            attempt=2,
+            not_before_ms=generate.NOW_MS,
+            execute_only=False,
+        ),
+    )
+    assert decoded_full.waiting == (
+        PendingSleep(step_index=2, name="until-opening", kind=StepKind.SLEEP_UNTIL, wake_at_ms=generate.NOW_MS),
+    )
+    assert decoded_minimal.in_flight == ()
+    assert decoded_minimal.waiting == ()
+    # and the fields added since take their defaults
+    added: dict[str, object] = {
+        "retry_delay": None,
+        "failure_url": None,
+        "parent_run_id": None,
+        "parent_step_index": None,
+        "depth": 0,
+        "failure_delivery": None,
+        "dead_letter": False,
+    }
+    for decoded in (decoded_full, decoded_minimal):
+        assert {name: getattr(decoded, name) for name in added} == added
+    # and the upcaster is the one registered for the frozen shape, applied by every default codec
+    assert set(UPCASTERS) == {"stepstream.RunState.v1"}
+
+
+def test_upcasters_given_to_a_codec_add_to_the_built_in_ones(tmp_path: Path) -> None:
+    # given a codec made with an upcaster of its own (for a RunFailed v1 only this test has)
+    shutil.copytree(SCHEMAS, tmp_path, dirs_exist_ok=True)
+    earlier = {"name": "stepstream.RunFailed", "type": "record", "fields": [{"name": "run_id", "type": "string"}]}
+    (tmp_path / "stepstream.RunFailed.v1.avsc").write_text(json.dumps(earlier))
+    codec = Codec(tmp_path, upcasters={"stepstream.RunFailed.v1": lambda old: old})
+    # when it decodes a RunState the first schema wrote, then the built-in upcaster still applies
+    data = (GOLDEN / "RunState.full.bin").read_bytes()
+    assert codec.decode(data) == SAMPLES["RunState.full"]
+
+
+def test_an_upcaster_without_its_frozen_schema_is_refused_at_start_up() -> None:
+    # given an upcaster for a shape no schema file has; when a codec is made, then it fails, naming it
+    with pytest.raises(SchemaError, match=r"there is none for \['stepstream.RunState.v9'\]"):
+        Codec(upcasters={"stepstream.RunState.v9": lambda old: old})
+
+
 def test_a_record_of_an_earlier_compatible_shape_decodes_by_schema_resolution(tmp_path: Path) -> None:
     # given StepFailed as it was before retry_at_ms was added (with a null default), frozen as v1...
     shutil.copytree(SCHEMAS, tmp_path, dirs_exist_ok=True)
@@ -394,15 +546,16 @@ def test_a_record_of_an_earlier_compatible_shape_decodes_by_schema_resolution(tm
 
 
 def test_freezing_a_shape_that_has_not_changed_since_it_was_frozen_is_refused(tmp_path: Path) -> None:
-    # given a schema directory where RunStarted was just frozen as v1
+    # given a schema directory where FireTimer (never changed) was just frozen as v1
     shutil.copytree(SCHEMAS, tmp_path, dirs_exist_ok=True)
-    freeze("RunStarted", tmp_path)
+    assert not (tmp_path / "stepstream.FireTimer.v1.avsc").exists()
+    freeze("FireTimer", tmp_path)
     # when it is frozen again without a change, then it is refused and no v2 appears
-    with pytest.raises(SchemaError, match=r"Expected stepstream\.RunStarted to have changed since v1"):
-        freeze("RunStarted", tmp_path)
-    assert not (tmp_path / "stepstream.RunStarted.v2.avsc").exists()
+    with pytest.raises(SchemaError, match=r"Expected stepstream\.FireTimer to have changed since v1"):
+        freeze("FireTimer", tmp_path)
+    assert not (tmp_path / "stepstream.FireTimer.v2.avsc").exists()
     # and the codec reads with an unchanged frozen copy beside the current file
-    assert Codec(tmp_path).decode(Codec().encode(SAMPLES["RunStarted.full"])) == SAMPLES["RunStarted.full"]
+    assert Codec(tmp_path).decode(Codec().encode(SAMPLES["FireTimer.full"])) == SAMPLES["FireTimer.full"]
 
 
 def test_a_record_of_an_earlier_incompatible_shape_decodes_through_its_upcaster(tmp_path: Path) -> None:
@@ -457,7 +610,10 @@ def test_the_example_producer_writes_exactly_what_the_codec_writes(codec: Codec,
     example = load_module(ROOT / "examples" / "publish_trigger.py", "publish_trigger_example")
     record = SAMPLES[stem]
     assert isinstance(record, TriggerRequest)
-    # when it encodes a trigger
-    data = example.encode_trigger(**{field.name: getattr(record, field.name) for field in dataclasses.fields(record)})
+    # when it encodes a trigger (with the fields the sample sets; the others take their defaults)
+    fields = dataclasses.fields(record)
+    data = example.encode_trigger(
+        **{field.name: getattr(record, field.name) for field in fields if getattr(record, field.name) != field.default}
+    )
     # then the bytes are the codec's
     assert data == codec.encode(record)

@@ -4,7 +4,7 @@ Schemas live in the top-level ``schemas/`` directory (shipped in the package as 
 ``schemas/README.md`` says which record goes on which topic and how a schema may change.
 """
 
-from stepstream.avro.codec import HEADER_SIZE, MAGIC, Codec, DecodeError, EncodeError, Upcaster
+from stepstream.avro.codec import HEADER_SIZE, MAGIC, Codec, DecodeError, EncodeError
 from stepstream.avro.records import (
     EVENT_TYPES,
     RECORD_TYPES,
@@ -18,6 +18,7 @@ from stepstream.avro.records import (
     TriggerRequest,
 )
 from stepstream.avro.schemas import SchemaError
+from stepstream.avro.upcasters import Upcaster
 
 __all__ = [
     "EVENT_TYPES",

@@ -12,7 +12,7 @@ It also lets any Kafka producer, in any language, write a record the engine acce
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from io import BytesIO
@@ -25,6 +25,7 @@ from fastavro.types import Schema
 from stepstream.avro.conversion import ConversionBuilder, Convert, schema_name
 from stepstream.avro.records import RECORD_TYPES
 from stepstream.avro.schemas import SchemaError, default_directory, expand, fingerprint, read_directory
+from stepstream.avro.upcasters import UPCASTERS, Upcaster
 from stepstream.errors import StepstreamError
 
 MAGIC: Final = b"\xc3\x01"  # single-object encoding, version 1
@@ -33,11 +34,6 @@ HEADER_SIZE: Final = len(MAGIC) + 8
 RecordT = TypeVar("RecordT")
 OtherT = TypeVar("OtherT")
 ThirdT = TypeVar("ThirdT")
-
-# Takes a record as fastavro reads it with an earlier writer schema and returns it in the current
-# shape, for a change schema resolution cannot bridge. Keyed by the earlier schema's file stem,
-# like "stepstream.RunStarted.v1".
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class DecodeError(StepstreamError):
@@ -73,6 +69,10 @@ class Codec:
 
     The schemas are read, parsed and fingerprinted once, here, and checked against the dataclasses,
     so a mismatch fails at start-up with :class:`SchemaError` rather than on the first record.
+
+    Records of an earlier shape go through the built-in upcasters of :mod:`stepstream.avro.upcasters`
+    where their frozen schema is in the directory; ``upcasters`` adds to them (or replaces one of the
+    same name) and must each have their frozen schema file.
     """
 
     def __init__(
@@ -95,7 +95,8 @@ class Codec:
             reader = _Reader(record_type, name, parsed, None, conversion.from_avro)
             self._readers[record_fingerprint] = current_by_name[name] = reader
 
-        upcasters = dict(upcasters or {})
+        given = dict(upcasters or {})
+        available = {**UPCASTERS, **given}
         for (name, version), earlier in sorted(schema_files.earlier.items()):
             stem = f"{name}.v{version}"
             current = current_by_name.get(name)
@@ -104,7 +105,8 @@ class Codec:
             earlier_fingerprint = fingerprint(earlier)
             if earlier_fingerprint in self._readers:
                 continue  # frozen but not yet changed: the current schema reads it already
-            upcaster = upcasters.pop(stem, None)
+            given.pop(stem, None)
+            upcaster = available.get(stem)
             from_avro = current.from_avro if upcaster is None else _upcasting(upcaster, current.from_avro)
             self._readers[earlier_fingerprint] = _Reader(
                 record_type=current.record_type,
@@ -114,8 +116,8 @@ class Codec:
                 reader_schema=current.writer_schema if upcaster is None else None,
                 from_avro=from_avro,
             )
-        if upcasters:
-            raise SchemaError(f"Expected a schema file for every upcaster, but there is none for {sorted(upcasters)}")
+        if given:
+            raise SchemaError(f"Expected a schema file for every upcaster, but there is none for {sorted(given)}")
 
     def encode(self, record: object) -> bytes:
         """The record as a Kafka record value, in its type's current schema."""
@@ -178,7 +180,8 @@ class Codec:
                 reader.writer_schema,
                 reader.reader_schema,
                 return_record_name=True,
-                # ...but only for unions of several records (the Outcome); an optional record reads as itself.
+                # ...but only for unions of several records (a delivery's outcome, a suspend's steps, a run's
+                # pending steps, alone or as array items); an optional record reads as itself.
                 return_record_name_override=True,
             )
             record = reader.from_avro(datum)
