@@ -9,22 +9,36 @@ import pytest
 
 from stepstream.avro import Codec
 from stepstream.core import (
+    CallSpec,
+    Cancel,
     Complete,
     Continue,
     Delivery,
     ErrorInfo,
     Fail,
     Outcome,
+    PlanCall,
+    PlanInvoke,
+    PlanNotify,
+    PlanRun,
+    PlanSleep,
+    PlanWait,
     RecordedStep,
     ReportDelivery,
     SleepFor,
     SleepUntil,
     StepKind,
     StepResult,
+    Suspend,
 )
-from stepstream.executor.outcome import from_response, from_transport_error, parse_retry_after
+from stepstream.executor.outcome import (
+    from_response,
+    from_transport_error,
+    parse_retry_after,
+    unrecordable_delivery,
+)
 from stepstream.executor.service import request_body
-from stepstream.protocol import DeliveryRequest
+from stepstream.protocol import MAX_DELAY_MS, MAX_EPOCH_MS, DeliveryRequest
 
 T0 = 1_700_000_000_000
 MAX_MESSAGE = 2_000
@@ -189,6 +203,250 @@ def test_completed_steps_come_back_with_any_next() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# 200: suspend (the steps the workflow is blocked on) and cancel
+
+
+def suspended(*steps: dict[str, Any]) -> Suspend:
+    _, outcome = ok({"type": "suspend", "steps": list(steps)})
+    assert isinstance(outcome, Suspend), f"expected a Suspend, but got {outcome}"
+    return outcome
+
+
+def test_suspend_on_run_steps_in_parallel_plans_each_in_order() -> None:
+    outcome = suspended(
+        {"kind": "run", "index": 3, "name": "charge"},
+        {"kind": "run", "index": 4, "name": "reserve"},
+    )
+
+    assert outcome == Suspend(steps=(PlanRun(index=3, name="charge"), PlanRun(index=4, name="reserve")))
+
+
+def test_suspend_on_a_sleep_plans_a_sleep_for_its_duration() -> None:
+    outcome = suspended({"kind": "sleep", "index": 1, "name": "cool-off", "duration_ms": 60_000})
+
+    assert outcome.steps == (PlanSleep(index=1, name="cool-off", kind=StepKind.SLEEP, duration_ms=60_000),)
+
+
+def test_suspend_on_a_sleep_until_plans_a_sleep_until_its_wake_time() -> None:
+    outcome = suspended({"kind": "sleep_until", "index": 2, "name": "until-monday", "wake_at_ms": T0})
+
+    assert outcome.steps == (PlanSleep(index=2, name="until-monday", kind=StepKind.SLEEP_UNTIL, wake_at_ms=T0),)
+
+
+def test_suspend_on_a_call_plans_the_call_with_its_headers_as_pairs_and_its_body_as_text() -> None:
+    outcome = suspended(
+        {
+            "kind": "call",
+            "index": 5,
+            "name": "geocode",
+            "url": "https://maps.example/geocode",
+            "method": "POST",
+            "headers": [["Authorization", "Bearer t"], ["X-Tag", "a"], ["X-Tag", "b"]],
+            "body": '{"q": "Berlin"}',
+            "timeout_ms": 15_000,
+            "retries": 2,
+            "retry_delay": "1000 * (1 + retried)",
+        }
+    )
+
+    assert outcome.steps == (
+        PlanCall(
+            index=5,
+            name="geocode",
+            call=CallSpec(
+                method="POST",
+                url="https://maps.example/geocode",
+                headers=(("Authorization", "Bearer t"), ("X-Tag", "a"), ("X-Tag", "b")),
+                body='{"q": "Berlin"}',  # byte for byte as the workflow wrote it, not re-encoded
+                timeout_ms=15_000,
+                retries=2,
+                retry_delay="1000 * (1 + retried)",
+            ),
+        ),
+    )
+
+
+def test_suspend_on_a_call_with_only_a_url_gets_the_protocols_defaults() -> None:
+    outcome = suspended({"kind": "call", "index": 0, "name": "ping", "url": "http://svc.local/ping"})
+
+    assert outcome.steps == (
+        PlanCall(
+            index=0,
+            name="ping",
+            call=CallSpec(
+                method="GET",
+                url="http://svc.local/ping",
+                headers=(),
+                body=None,
+                timeout_ms=300_000,
+                retries=0,
+                retry_delay=None,
+            ),
+        ),
+    )
+
+
+def test_suspend_on_a_wait_plans_the_wait_for_its_event() -> None:
+    outcome = suspended(
+        {"kind": "wait_for_event", "index": 6, "name": "approval", "event_id": "order-42-approved", "timeout_ms": 1_000}
+    )
+
+    assert outcome.steps == (PlanWait(index=6, name="approval", event_id="order-42-approved", timeout_ms=1_000),)
+
+
+def test_suspend_on_a_notify_plans_it_with_its_data_as_json_text() -> None:
+    outcome = suspended(
+        {
+            "kind": "notify",
+            "index": 7,
+            "name": "tell",
+            "event_id": "order-42-approved",
+            "data": {"by": "ann", "ok": True},
+        }
+    )
+
+    assert outcome.steps == (
+        PlanNotify(index=7, name="tell", event_id="order-42-approved", data='{"by":"ann","ok":true}'),
+    )
+
+
+def test_suspend_on_a_notify_without_data_notifies_null() -> None:
+    outcome = suspended({"kind": "notify", "index": 7, "name": "tell", "event_id": "e"})
+
+    assert outcome.steps == (PlanNotify(index=7, name="tell", event_id="e", data="null"),)
+
+
+def test_suspend_on_an_invoke_plans_the_child_run_with_its_payload_as_json_text() -> None:
+    outcome = suspended(
+        {
+            "kind": "invoke",
+            "index": 8,
+            "name": "ship",
+            "workflow": "shipping",
+            "url": "https://shipping.example/workflows/shipping",
+            "payload": {"order": 42, "items": [1, 2]},
+            "headers": [["X-Tenant", "acme"]],
+            "label": "order-42",
+            "retries": 5,
+            "retry_delay": "2000",
+        }
+    )
+
+    assert outcome.steps == (
+        PlanInvoke(
+            index=8,
+            name="ship",
+            workflow="shipping",
+            url="https://shipping.example/workflows/shipping",
+            payload='{"order":42,"items":[1,2]}',
+            headers=(("X-Tenant", "acme"),),
+            label="order-42",
+            retries=5,
+            retry_delay="2000",
+        ),
+    )
+
+
+def test_suspend_on_an_invoke_of_the_same_app_leaves_url_and_options_unset() -> None:
+    outcome = suspended({"kind": "invoke", "index": 0, "name": "child", "workflow": "child"})
+
+    assert outcome.steps == (
+        PlanInvoke(index=0, name="child", workflow="child", url=None, payload="null", headers=(), label=None),
+    )
+
+
+def test_suspend_on_steps_of_every_kind_at_once_keeps_them_all_in_order() -> None:
+    outcome = suspended(
+        {"kind": "run", "index": 1, "name": "a"},
+        {"kind": "sleep", "index": 2, "name": "b", "duration_ms": 5},
+        {"kind": "call", "index": 3, "name": "c", "url": "http://x.local/"},
+        {"kind": "wait_for_event", "index": 4, "name": "d", "event_id": "e", "timeout_ms": 9},
+        {"kind": "notify", "index": 5, "name": "e", "event_id": "e"},
+        {"kind": "invoke", "index": 6, "name": "f", "workflow": "w"},
+    )
+
+    assert [(type(step), step.index, step.name) for step in outcome.steps] == [
+        (PlanRun, 1, "a"),
+        (PlanSleep, 2, "b"),
+        (PlanCall, 3, "c"),
+        (PlanWait, 4, "d"),
+        (PlanNotify, 5, "e"),
+        (PlanInvoke, 6, "f"),
+    ]
+
+
+def test_suspend_comes_back_with_the_steps_completed_before_it() -> None:
+    steps, outcome = ok(
+        {
+            "type": "suspend",
+            "steps": [{"kind": "run", "index": 1, "name": "b"}, {"kind": "run", "index": 2, "name": "c"}],
+        },
+        steps=[{"index": 0, "name": "a", "output": "done"}],
+    )
+
+    assert steps == (StepResult(index=0, name="a", kind=StepKind.RUN, output='"done"'),)
+    assert outcome == Suspend(steps=(PlanRun(index=1, name="b"), PlanRun(index=2, name="c")))
+
+
+def test_suspend_naming_a_step_twice_fails_the_run_for_good_with_the_reason() -> None:
+    _, outcome = ok(
+        {
+            "type": "suspend",
+            "steps": [{"kind": "run", "index": 1, "name": "a"}, {"kind": "run", "index": 1, "name": "b"}],
+        }
+    )
+
+    fail = failed(outcome)
+    assert fail.error.type == "InvalidResponse"
+    assert fail.retryable is False
+    assert "[1, 1]" in fail.error.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [float("nan"), float("inf"), {"deep": [float("-inf")]}],
+    ids=["nan", "infinity", "nested-infinity"],
+)
+def test_notify_data_that_is_not_json_is_a_retryable_invalid_response(data: Any) -> None:
+    body = json.dumps(
+        {
+            "next": {
+                "type": "suspend",
+                "steps": [{"kind": "notify", "index": 0, "name": "n", "event_id": "e", "data": data}],
+            }
+        }
+    )
+
+    steps, outcome = from_response(200, body.encode(), None)
+
+    assert steps == ()
+    fail = failed(outcome)
+    assert (fail.error.type, fail.retryable) == ("InvalidResponse", True)
+
+
+def test_invoke_payload_that_is_not_json_is_a_retryable_invalid_response() -> None:
+    body = b'{"next":{"type":"suspend","steps":[{"kind":"invoke","index":0,"name":"i","workflow":"w","payload":NaN}]}}'
+
+    _, outcome = from_response(200, body, None)
+
+    fail = failed(outcome)
+    assert (fail.error.type, fail.retryable) == ("InvalidResponse", True)
+
+
+def test_cancel_with_a_reason_cancels_the_run_with_it() -> None:
+    _, outcome = ok({"type": "cancel", "reason": "the order was withdrawn"})
+
+    assert outcome == Cancel(reason="the order was withdrawn")
+
+
+def test_cancel_without_a_reason_cancels_the_run() -> None:
+    steps, outcome = ok({"type": "cancel"}, steps=[{"index": 0, "name": "check", "output": False}])
+
+    assert steps == (StepResult(index=0, name="check", kind=StepKind.RUN, output="false"),)
+    assert outcome == Cancel(reason=None)
+
+
+# ---------------------------------------------------------------------------------------------
 # 200 with a body that is not a delivery response
 
 
@@ -205,6 +463,18 @@ def test_completed_steps_come_back_with_any_next() -> None:
         b'{"next": {"type": "continue"}, "steps": [{"index": -1, "name": "x"}]}',
         b'{"protocol": 2, "next": {"type": "continue"}}',
         b"\xff\xfe\x00",
+        b'{"next": {"type": "suspend", "steps": []}}',
+        b'{"next": {"type": "suspend"}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "teleport", "index": 0, "name": "x"}]}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "call", "index": 0, "name": "x", "url": "ftp://x/"}]}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "call", "index": 0, "name": "x", "url": "http://x/", '
+        b'"method": "TRACE"}]}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "call", "index": 0, "name": "x", "url": "http://x/", '
+        b'"timeout_ms": 0}]}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "wait_for_event", "index": 0, "name": "w", '
+        b'"event_id": "", "timeout_ms": 5}]}}',
+        b'{"next": {"type": "suspend", "steps": [{"kind": "sleep", "index": 0, "name": "s"}]}}',
+        b'{"next": {"type": "cancel", "reason": 7}}',
     ],
     ids=[
         "empty",
@@ -217,6 +487,15 @@ def test_completed_steps_come_back_with_any_next() -> None:
         "negative-step-index",
         "other-protocol",
         "not-utf8",
+        "suspend-on-nothing",
+        "suspend-without-steps",
+        "suspend-on-an-unknown-kind",
+        "call-to-a-non-http-url",
+        "call-with-an-unknown-method",
+        "call-with-a-zero-timeout",
+        "wait-without-an-event-id",
+        "planned-sleep-without-duration",
+        "cancel-with-a-reason-that-is-not-text",
     ],
 )
 def test_a_200_that_is_not_a_delivery_response_is_a_retryable_invalid_response(body: bytes) -> None:
@@ -402,6 +681,37 @@ _HUGE = 10**20
             None,
             id="step-index-1e20",
         ),
+        pytest.param(
+            200,
+            answer(
+                next={
+                    "type": "suspend",
+                    "steps": [
+                        {"kind": "run", "index": 1_000_000, "name": "r" * 256},
+                        {"kind": "sleep", "index": 1, "name": "s", "duration_ms": MAX_DELAY_MS},
+                        {"kind": "sleep_until", "index": 2, "name": "u", "wake_at_ms": MAX_EPOCH_MS},
+                        {
+                            "kind": "call",
+                            "index": 3,
+                            "name": "c",
+                            "url": "http://x.local/",
+                            "method": "DELETE",
+                            "headers": [["A", "1"], ["A", "2"]],
+                            "body": "\u00e9\u6f22",
+                            "timeout_ms": MAX_DELAY_MS,
+                            "retries": 100,
+                            "retry_delay": "1000",
+                        },
+                        {"kind": "wait_for_event", "index": 4, "name": "w", "event_id": "e" * 256, "timeout_ms": 0},
+                        {"kind": "notify", "index": 5, "name": "n", "event_id": "e", "data": {"x": [1, None]}},
+                        {"kind": "invoke", "index": 6, "name": "i", "workflow": "w", "payload": None, "retries": 0},
+                    ],
+                }
+            ),
+            None,
+            id="suspend-on-every-kind-at-its-bounds",
+        ),
+        pytest.param(200, answer(next={"type": "cancel", "reason": "r" * 2_000}), None, id="cancel"),
     ],
 )
 def test_whatever_the_endpoint_answers_the_report_can_be_written(
@@ -414,11 +724,37 @@ def test_whatever_the_endpoint_answers_the_report_can_be_written(
     assert codec.decode(codec.encode(report), expected=(ReportDelivery,)) == report
 
 
+def test_an_unrecordable_delivery_report_becomes_a_retryable_failure_that_says_why() -> None:
+    report = ReportDelivery(
+        run_id="r",
+        delivery_id="r/1",
+        attempt=2,
+        now_ms=T0,
+        steps=(StepResult(index=0, name="a", kind=StepKind.RUN, output="1"),),
+        outcome=Complete(output="2"),
+    )
+
+    replaced = unrecordable_delivery(report, "its report of 2000000 bytes is larger than Kafka accepts")
+
+    assert (replaced.run_id, replaced.delivery_id, replaced.attempt, replaced.now_ms) == ("r", "r/1", 2, T0)
+    assert replaced.steps == ()
+    fail = failed(replaced.outcome)
+    assert (fail.error.type, fail.retryable) == ("InvalidResponse", True)
+    assert "larger than Kafka accepts" in fail.error.message
+
+
 # ---------------------------------------------------------------------------------------------
 # request_body
 
 
-def delivery(*, payload: str = '{"order":42}', steps: tuple[RecordedStep, ...] = (), attempt: int = 2) -> Delivery:
+def delivery(
+    *,
+    payload: str = '{"order":42}',
+    steps: tuple[RecordedStep, ...] = (),
+    attempt: int = 2,
+    execute_index: int | None = None,
+    failure: ErrorInfo | None = None,
+) -> Delivery:
     return Delivery(
         run_id="run_01",
         workflow="orders",
@@ -429,6 +765,8 @@ def delivery(*, payload: str = '{"order":42}', steps: tuple[RecordedStep, ...] =
         payload=payload,
         steps=steps,
         headers=(("authorization", "Bearer secret"),),
+        execute_index=execute_index,
+        failure=failure,
     )
 
 
@@ -494,3 +832,72 @@ def test_an_output_that_is_not_json_is_an_invalid_response_not_a_stored_nan() ->
     fail = failed(outcome)
     assert fail.error.type == "InvalidResponse"
     assert "NaN" in fail.error.message or "not JSON compliant" in fail.error.message
+
+
+def test_request_body_carries_recorded_steps_of_every_kind_with_their_json_outputs() -> None:
+    recorded = (
+        *RECORDED,
+        RecordedStep(
+            index=4,
+            name="geocode",
+            kind=StepKind.CALL,
+            output='{"status":200,"headers":{"content-type":"application/json"},"body":{"lat":52.5},"error":null}',
+        ),
+        RecordedStep(index=5, name="approval", kind=StepKind.WAIT_FOR_EVENT, output='{"timeout":false,"data":"yes"}'),
+        RecordedStep(index=6, name="tell", kind=StepKind.NOTIFY, output='["run_a","run_b"]'),
+        RecordedStep(
+            index=7,
+            name="ship",
+            kind=StepKind.INVOKE,
+            output='{"run_id":"run_c","status":"completed","output":{"tracking":"T1"},"error":null}',
+        ),
+    )
+
+    request = DeliveryRequest.model_validate_json(request_body(delivery(steps=recorded), budget_ms=0))
+
+    assert [(step.index, step.kind, step.output) for step in request.steps[4:]] == [
+        (
+            4,
+            "call",
+            {"status": 200, "headers": {"content-type": "application/json"}, "body": {"lat": 52.5}, "error": None},
+        ),
+        (5, "wait_for_event", {"timeout": False, "data": "yes"}),
+        (6, "notify", ["run_a", "run_b"]),
+        (7, "invoke", {"run_id": "run_c", "status": "completed", "output": {"tracking": "T1"}, "error": None}),
+    ]
+
+
+def test_request_body_without_execute_index_or_failure_leaves_them_out() -> None:
+    data = json.loads(request_body(delivery(), budget_ms=0))
+
+    assert "execute_index" not in data
+    assert "failure" not in data
+    request = DeliveryRequest.model_validate(data)
+    assert (request.execute_index, request.failure) == (None, None)
+
+
+def test_request_body_of_a_delivery_that_executes_one_step_names_it() -> None:
+    request = DeliveryRequest.model_validate_json(request_body(delivery(execute_index=4), budget_ms=0))
+
+    assert request.execute_index == 4
+    assert request.failure is None
+
+
+def test_request_body_of_an_execute_index_of_zero_still_names_it() -> None:
+    data = json.loads(request_body(delivery(execute_index=0), budget_ms=0))
+
+    assert data["execute_index"] == 0
+
+
+def test_request_body_of_a_failure_handler_delivery_carries_the_error() -> None:
+    failure = ErrorInfo(type="CardDeclined", message="gave up after 4 attempts: card ending 4242 was declined")
+
+    data = json.loads(request_body(delivery(failure=failure), budget_ms=0))
+
+    assert data["failure"] == {
+        "type": "CardDeclined",
+        "message": "gave up after 4 attempts: card ending 4242 was declined",
+    }
+    request = DeliveryRequest.model_validate(data)
+    assert request.failure is not None
+    assert (request.failure.type, request.failure.message) == (failure.type, failure.message)

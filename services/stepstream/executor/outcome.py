@@ -4,18 +4,59 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
+from typing import assert_never
 
 from pydantic import ValidationError
 
-from stepstream.core import Complete, Continue, ErrorInfo, Fail, Outcome, SleepFor, SleepUntil, StepKind, StepResult
-from stepstream.protocol import MAX_DELAY_MS, CompleteNext, ContinueNext, DeliveryResponse, FailNext, SleepNext
+from stepstream.core import (
+    CallSpec,
+    Cancel,
+    Complete,
+    Continue,
+    ErrorInfo,
+    Fail,
+    Outcome,
+    PlanCall,
+    PlanInvoke,
+    PlannedStep,
+    PlanNotify,
+    PlanRun,
+    PlanSleep,
+    PlanWait,
+    ReportDelivery,
+    SleepFor,
+    SleepUntil,
+    StepKind,
+    StepResult,
+    Suspend,
+)
+from stepstream.protocol import (
+    MAX_DELAY_MS,
+    CancelNext,
+    CompleteNext,
+    ContinueNext,
+    DeliveryResponse,
+    FailNext,
+    Next,
+    PlannedCall,
+    PlannedInvoke,
+    PlannedNotify,
+    PlannedRun,
+    PlannedSleep,
+    PlannedSleepUntil,
+    PlannedWait,
+    SleepNext,
+    SuspendNext,
+)
 
 # Answers that say "try again later" rather than "this request is wrong".
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
 _MAX_MESSAGE = 2_000
 
 
-def _json(value: object) -> str:
+def json_text(value: object) -> str:
+    """``value`` as compact JSON text; ``ValueError`` for NaN and Infinity."""
     # NaN and Infinity are not JSON: refuse them here rather than store what no reader can parse.
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
@@ -26,7 +67,7 @@ def from_response(status: int, body: bytes, retry_after_s: float | None) -> tupl
         try:
             response = DeliveryResponse.model_validate_json(body)
             steps = tuple(
-                StepResult(index=step.index, name=step.name, kind=StepKind.RUN, output=_json(step.output))
+                StepResult(index=step.index, name=step.name, kind=StepKind.RUN, output=json_text(step.output))
                 for step in response.steps
             )
             return steps, _next(response.next)
@@ -48,7 +89,14 @@ def from_transport_error(kind: str, message: str) -> Outcome:
     return Fail(error=ErrorInfo(type=kind, message=message[:_MAX_MESSAGE]), retryable=True)
 
 
-def _next(next_: ContinueNext | SleepNext | CompleteNext | FailNext) -> Outcome:
+def unrecordable_delivery(report: ReportDelivery, reason: str) -> ReportDelivery:
+    """``report`` in a form that can always be written, for an answer the records cannot hold: a
+    retryable failure saying why, without the steps."""
+    outcome = from_transport_error("InvalidResponse", f"the endpoint's answer cannot be recorded: {reason}")
+    return replace(report, steps=(), outcome=outcome)
+
+
+def _next(next_: Next) -> Outcome:
     match next_:
         case ContinueNext():
             return Continue()
@@ -62,7 +110,7 @@ def _next(next_: ContinueNext | SleepNext | CompleteNext | FailNext) -> Outcome:
                 retryable=False,
             )
         case CompleteNext():
-            return Complete(output=_json(next_.output))
+            return Complete(output=json_text(next_.output))
         case FailNext():
             return Fail(
                 error=ErrorInfo(type=next_.error.type, message=next_.error.message[:_MAX_MESSAGE]),
@@ -71,6 +119,62 @@ def _next(next_: ContinueNext | SleepNext | CompleteNext | FailNext) -> Outcome:
                 step_index=next_.index,
                 step_name=next_.name,
             )
+        case SuspendNext():
+            indexes = [step.index for step in next_.steps]
+            if len(set(indexes)) != len(indexes):
+                # The same answer would come again: fail the run with the reason rather than retry it.
+                message = f"a suspension names each step once, but this one names steps {indexes}"
+                return Fail(error=ErrorInfo(type="InvalidResponse", message=message[:_MAX_MESSAGE]), retryable=False)
+            return Suspend(steps=tuple(_planned(step) for step in next_.steps))
+        case CancelNext():
+            return Cancel(reason=next_.reason)
+        case _:
+            assert_never(next_)
+
+
+def _planned(
+    step: PlannedRun | PlannedSleep | PlannedSleepUntil | PlannedCall | PlannedWait | PlannedNotify | PlannedInvoke,
+) -> PlannedStep:
+    match step:
+        case PlannedRun():
+            return PlanRun(index=step.index, name=step.name)
+        case PlannedSleep():
+            return PlanSleep(index=step.index, name=step.name, kind=StepKind.SLEEP, duration_ms=step.duration_ms)
+        case PlannedSleepUntil():
+            return PlanSleep(index=step.index, name=step.name, kind=StepKind.SLEEP_UNTIL, wake_at_ms=step.wake_at_ms)
+        case PlannedCall():
+            call = CallSpec(
+                method=step.method,
+                url=step.url,
+                headers=_headers(step.headers),
+                body=step.body,
+                timeout_ms=step.timeout_ms,
+                retries=step.retries,
+                retry_delay=step.retry_delay,
+            )
+            return PlanCall(index=step.index, name=step.name, call=call)
+        case PlannedWait():
+            return PlanWait(index=step.index, name=step.name, event_id=step.event_id, timeout_ms=step.timeout_ms)
+        case PlannedNotify():
+            return PlanNotify(index=step.index, name=step.name, event_id=step.event_id, data=json_text(step.data))
+        case PlannedInvoke():
+            return PlanInvoke(
+                index=step.index,
+                name=step.name,
+                workflow=step.workflow,
+                url=step.url,
+                payload=json_text(step.payload),
+                headers=_headers(step.headers),
+                label=step.label,
+                retries=step.retries,
+                retry_delay=step.retry_delay,
+            )
+        case _:
+            assert_never(step)
+
+
+def _headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, value) for name, value in headers)
 
 
 def _error_message(body: bytes) -> str:

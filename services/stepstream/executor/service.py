@@ -1,8 +1,17 @@
-"""The executor: calls workflow endpoints and reports every outcome as a command.
+"""The executor: calls workflow endpoints and reports every outcome as a command; and makes the
+engine-side HTTP calls of ``call`` steps and reports their answers.
 
-Many calls are in flight at once (bounded). An input offset is committed only once the reports of
-it and of every record before it in its partition are written, so a crash repeats calls but never
-loses one: delivery is at least once, and the projector ignores the duplicate reports.
+Many deliveries are in flight at once (bounded). A delivery's input offset is committed only once the
+reports of it and of every delivery before it in its partition are written, so a crash repeats
+deliveries but never loses one: delivery is at least once, and the projector ignores the duplicate
+reports.
+
+Calls are bounded apart (``call_concurrency``), so slow third parties never take delivery slots, and
+a call's offset is committable as soon as the call has started: the projector keeps a deadline timer
+for every call attempt and treats one whose report never comes as unanswered (to be retried), so a
+crash mid-call loses nothing, and a call that takes an hour does not hold back the commits of its
+partition, or a rebalance, for an hour. The executor never retries a call itself: the projector
+decides from the report.
 """
 
 from __future__ import annotations
@@ -11,24 +20,33 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stepstream import protocol, signing
 from stepstream.avro import Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
-from stepstream.core import Delivery, Outcome, ReportDelivery, StepResult
-from stepstream.executor.outcome import from_response, from_transport_error, parse_retry_after
+from stepstream.core import CallDelivery, Delivery, Outcome, ReportCall, ReportDelivery, StepResult
+from stepstream.executor import calls
+from stepstream.executor.outcome import (
+    from_response,
+    from_transport_error,
+    parse_retry_after,
+    unrecordable_delivery,
+)
 from stepstream.kafka.clients import PartitionListener, encode_dead_letter, make_consumer, make_producer
 from stepstream.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
 SERVICE = "executor"
+
+ReportT = TypeVar("ReportT", ReportCall, ReportDelivery)
 
 
 def request_body(delivery: Delivery, budget_ms: int) -> bytes:
@@ -45,19 +63,29 @@ def request_body(delivery: Delivery, budget_ms: int) -> bytes:
         ],
         "budget_ms": budget_ms,
     }
+    if delivery.execute_index is not None:
+        request["execute_index"] = delivery.execute_index
+    if delivery.failure is not None:
+        request["failure"] = {"type": delivery.failure.type, "message": delivery.failure.message}
     return json.dumps(request, separators=(",", ":")).encode()
 
 
-class _PartitionProgress:
-    """Offsets in flight for one partition; the committable offset is the lowest not yet reported."""
+class PartitionProgress:
+    """Offsets in flight for one partition; the committable offset is the lowest one held (a delivery
+    not yet reported), else the one after the highest seen."""
 
     def __init__(self) -> None:
         self.in_flight: set[int] = set()
         self.highest_seen = -1
 
-    def start(self, offset: int) -> None:
-        self.in_flight.add(offset)
+    def start(self, offset: int, *, hold: bool = True) -> None:
+        """``hold`` False: the record's work is under way but need not finish before its offset is committed."""
+        if hold:
+            self.in_flight.add(offset)
         self.highest_seen = max(self.highest_seen, offset)
+
+    def finish(self, offset: int) -> None:
+        self.in_flight.discard(offset)
 
     def committable(self) -> int:
         return min(self.in_flight) if self.in_flight else self.highest_seen + 1
@@ -73,16 +101,23 @@ class Executor:
         self.group_id = f"{self.kafka.topic_prefix}executor"
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._progress: dict[TopicPartition, _PartitionProgress] = {}
+        self._call_slots = asyncio.Semaphore(settings.call_concurrency)
+        self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._committed: dict[TopicPartition, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._deliveries: set[asyncio.Task[None]] = set()  # each holds back its offset until it reports
+        self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
         self._producer = make_producer(self.kafka)
         self._session: aiohttp.ClientSession | None = None
+        self._call_session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=self.settings.concurrency)
-        self._session = aiohttp.ClientSession(connector=connector)
+        # No cookie jars: a cookie one answer sets must not ride along on another run's request.
+        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        self._call_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.call_concurrency), cookie_jar=aiohttp.DummyCookieJar()
+        )
         await self._producer.start()
         await self._consumer.start()
         try:
@@ -92,21 +127,43 @@ class Executor:
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.concurrency)
                 for tp, records in batch.items():
-                    progress = self._progress.setdefault(tp, _PartitionProgress())
+                    progress = self._progress.setdefault(tp, PartitionProgress())
                     for record in records:
-                        await self._slots.acquire()
-                        progress.start(record.offset)
-                        task = asyncio.create_task(self._handle(tp, record))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                        await self._start(tp, progress, record)
                 await self._commit()
         finally:
-            for task in list(self._tasks):
+            tasks = [*self._deliveries, *self._calls]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._consumer.stop()
             await self._producer.stop()
             await self._session.close()
+            await self._call_session.close()
+
+    async def _start(self, tp: TopicPartition, progress: PartitionProgress, record: ConsumerRecord) -> None:
+        """Start the work of one record, once a slot of its kind is free."""
+        message: Delivery | CallDelivery | DecodeError
+        try:
+            if record.value is None:
+                raise DecodeError("Expected a Delivery or CallDelivery, but the record has no value (a tombstone)")
+            message = self.codec.decode(record.value, expected=(Delivery, CallDelivery))
+        except DecodeError as error:
+            message = error
+        if isinstance(message, CallDelivery):
+            await self._call_slots.acquire()
+            progress.start(record.offset, hold=False)
+            self._spawn(self._calls, self._handle_call(message))
+        else:
+            await self._slots.acquire()
+            progress.start(record.offset)
+            self._spawn(self._deliveries, self._handle(tp, record, message))
+
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _commit(self) -> None:
         offsets = {}
@@ -122,21 +179,32 @@ class Executor:
         self.ready.set()
 
     async def drain(self, partitions: list[TopicPartition]) -> None:
-        """Before partitions move away, let their calls finish and commit them."""
-        pending = [task for task in self._tasks if not task.done()]
+        """Before partitions move away, let their deliveries finish and commit them.
+
+        Calls are not waited for (one may take hours): their offsets are committable already, and
+        their reports, written whenever they end, are as good from this member as from any.
+        """
+        pending = [task for task in self._deliveries if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.timeout_ms / 1000 + 5)
         try:
             await self._commit()
-        except Exception:  # the group may already be rebalancing; the next owner repeats the calls
+        except Exception:  # the group may already be rebalancing; the next owner repeats the deliveries
             log.warning("executor could not commit before a rebalance", exc_info=True)
         for tp in partitions:
             self._progress.pop(tp, None)
             self._committed.pop(tp, None)
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+    # ------------------------------------------------------------------------------------------
+    # Deliveries
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord, message: Delivery | DecodeError) -> None:
         try:
-            await self._deliver(record)
+            if isinstance(message, DecodeError):
+                value = encode_dead_letter(self.codec, record, str(message), SERVICE, self.clock.now_ms())
+                await (await self._producer.send(self.topics.deadletter, value=value, key=record.key))
+            else:
+                await self._deliver(message)
         except Exception:
             log.exception("executor failed on %s[%d]@%d", record.topic, record.partition, record.offset)
             # Leave the offset uncommitted: a restart or rebalance will try the record again.
@@ -145,17 +213,11 @@ class Executor:
             self._slots.release()
         progress = self._progress.get(tp)
         if progress is not None:
-            progress.in_flight.discard(record.offset)
+            progress.finish(record.offset)
 
-    async def _deliver(self, record: ConsumerRecord) -> None:
-        try:
-            delivery = self.codec.decode(record.value, expected=(Delivery,))
-        except DecodeError as error:
-            value = encode_dead_letter(self.codec, record, str(error), SERVICE, self.clock.now_ms())
-            await (await self._producer.send(self.topics.deadletter, value=value, key=record.key))
-            return
+    async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
-        steps, outcome = await self._call(delivery)
+        steps, outcome = await self._post(delivery)
         report = ReportDelivery(
             run_id=delivery.run_id,
             delivery_id=delivery.delivery_id,
@@ -164,31 +226,12 @@ class Executor:
             steps=steps,
             outcome=outcome,
         )
-        try:
-            value = self.codec.encode(report)
-        except EncodeError as error:
-            # The endpoint's answer does not fit the records (the protocol's bounds should prevent
-            # this): report that instead, so the run moves on rather than hang on this delivery.
-            invalid = from_transport_error("InvalidResponse", f"the endpoint's answer cannot be recorded: {error}")
-            value = self.codec.encode(replace(report, steps=(), outcome=invalid))
-        await self._send_report(delivery.run_id, value)
+        await self._report(delivery.run_id, report, unrecordable_delivery)
         log.debug(
             "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
         )
 
-    async def _send_report(self, run_id: str, value: bytes) -> None:
-        """Write a report, retrying while Kafka is unreachable: without it the run cannot move on."""
-        delay = 0.1
-        while True:
-            try:
-                await (await self._producer.send(self.topics.commands, value=value, key=run_id.encode()))
-                return
-            except KafkaError as error:
-                log.warning("cannot write a report for %s yet (%s); retrying in %.1f s", run_id, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _call(self, delivery: Delivery) -> tuple[tuple[StepResult, ...], Outcome]:
+    async def _post(self, delivery: Delivery) -> tuple[tuple[StepResult, ...], Outcome]:
         assert self._session is not None
         body = request_body(delivery, self.settings.budget_ms)
         headers = dict(delivery.headers)
@@ -212,3 +255,104 @@ class Executor:
             return (), from_transport_error("Timeout", f"endpoint did not answer within {self.settings.timeout_ms} ms")
         except aiohttp.ClientError as error:
             return (), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}")
+
+    # ------------------------------------------------------------------------------------------
+    # Engine-side calls
+
+    async def _handle_call(self, call: CallDelivery) -> None:
+        started = time.perf_counter()
+        try:
+            report = await self._request(call)
+            await self._report(call.run_id, report, calls.unrecordable)
+        except Exception:
+            # Nothing to hold back: the projector's deadline timer for this attempt retries it.
+            log.exception("executor failed on call %s", call.request_id)
+            return
+        finally:
+            self._call_slots.release()
+        log.debug("called %s in %.1f ms", call.request_id, (time.perf_counter() - started) * 1000)
+
+    async def _request(self, call: CallDelivery) -> ReportCall:
+        """Make one attempt of a call, exactly as the step asked: not signed, no Stepstream headers."""
+        assert self._call_session is not None
+        spec = call.call
+        try:
+            async with self._call_session.request(
+                spec.method,
+                spec.url,
+                headers=spec.headers,  # a sequence of pairs: a repeated name is sent repeated
+                data=None if spec.body is None else spec.body.encode(),
+                timeout=aiohttp.ClientTimeout(total=spec.timeout_ms / 1000),
+                skip_auto_headers=("Content-Type",),  # the step's headers say what the body is, or nothing does
+            ) as response:
+                body = await _read_at_most(response, calls.MAX_CALL_BODY_BYTES)
+                if body is None:
+                    return calls.unanswered(
+                        call,
+                        now_ms=self.clock.now_ms(),
+                        status=response.status,
+                        raw_headers=response.raw_headers,
+                        error=f"ResponseTooLarge: the answer's body is larger than {calls.MAX_CALL_BODY_BYTES} bytes",
+                    )
+                return calls.answered(
+                    call,
+                    now_ms=self.clock.now_ms(),
+                    status=response.status,
+                    raw_headers=response.raw_headers,
+                    body=body,
+                )
+        except TimeoutError:
+            error = f"Timeout: no answer within {spec.timeout_ms} ms"
+        except (aiohttp.ClientError, OSError) as problem:
+            error = f"ConnectionError: {type(problem).__name__}: {problem}"
+        except ValueError as problem:  # a request aiohttp will not send, such as a header with a line break
+            error = f"InvalidRequest: {problem}"
+        return calls.unanswered(call, now_ms=self.clock.now_ms(), error=error)
+
+    # ------------------------------------------------------------------------------------------
+    # Reports
+
+    async def _report(self, run_id: str, report: ReportT, unrecordable: Callable[[ReportT, str], ReportT]) -> None:
+        """Write ``report``; if it cannot be encoded or is too large for Kafka, write what
+        ``unrecordable`` makes of it instead, so the run moves on rather than hang on it."""
+        try:
+            value = self.codec.encode(report)
+        except EncodeError as error:
+            # The answer does not fit the records (the protocol's bounds should prevent this).
+            value = self.codec.encode(unrecordable(report, str(error)))
+        try:
+            await self._send_report(run_id, value)
+        except MessageSizeTooLargeError as error:
+            reason = f"its report of {len(value)} bytes is larger than Kafka accepts ({error})"
+            await self._send_report(run_id, self.codec.encode(unrecordable(report, reason)))
+
+    async def _send_report(self, run_id: str, value: bytes) -> None:
+        """Write a report, retrying while Kafka is unreachable: without it the run cannot move on.
+
+        Raises :class:`MessageSizeTooLargeError`, which no retry mends.
+        """
+        delay = 0.1
+        while True:
+            try:
+                await (await self._producer.send(self.topics.commands, value=value, key=run_id.encode()))
+                return
+            except MessageSizeTooLargeError:
+                raise
+            except KafkaError as error:
+                log.warning("cannot write a report for %s yet (%s); retrying in %.1f s", run_id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The answer's body, or None if it is longer than ``limit`` bytes (then it is not read to the end)."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
