@@ -50,6 +50,8 @@ def encode_trigger(
     retry_base_ms: int | None = None,
     not_before_ms: int | None = None,
     requested_at_ms: int | None = None,
+    retry_delay: str | None = None,
+    failure_url: str | None = None,
     schema_directory: Path = SCHEMA_DIRECTORY,
 ) -> bytes:
     """A TriggerRequest as a Kafka record value. ``payload`` is JSON text; None fields take the engine's defaults."""
@@ -65,6 +67,8 @@ def encode_trigger(
         "retry_base_ms": retry_base_ms,
         "not_before_ms": not_before_ms,
         "requested_at_ms": requested_at_ms,
+        "retry_delay": retry_delay,
+        "failure_url": failure_url,
     }
     buffer = io.BytesIO()
     buffer.write(header)
