@@ -139,3 +139,24 @@ def test_py_typed_ships_in_the_package_directory() -> None:
     assert marker.is_file()
     package_data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["stepstream"]
+
+
+def test_the_sdk_exports_the_workflow_api_and_the_result_of_every_primitive() -> None:
+    sdk = importlib.import_module("stepstream.sdk")
+
+    assert sdk.__all__ == [
+        "CallResponse",
+        "ConfigurationError",
+        "FailureInfo",
+        "InvokeResult",
+        "NonRetryableError",
+        "NondeterminismError",
+        "RetryAfterError",
+        "StepstreamSDKError",
+        "WaitResult",
+        "WorkflowContext",
+        "WorkflowDecorator",
+        "WorkflowDefinition",
+        "Workflows",
+        "WorkflowsApp",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,10 @@ def make_workflows(**options: Any) -> Workflows:
     @workflows.workflow("refunds")
     async def refunds(ctx: WorkflowContext[Any]) -> None:
         await ctx.sleep("wait", 60)
+
+    @workflows.workflow("pair")
+    async def pair(ctx: WorkflowContext[Any]) -> list[str]:
+        return list(await asyncio.gather(ctx.run("a", lambda: "from a"), ctx.run("b", lambda: "from b")))
 
     return workflows
 
@@ -95,11 +100,8 @@ async def test_a_sleep_is_answered_over_http_too(client: httpx.AsyncClient) -> N
 
     assert response.status_code == 200
     assert response.json()["next"] == {
-        "type": "sleep",
-        "index": 0,
-        "name": "wait",
-        "duration_ms": 60_000,
-        "wake_at_ms": None,
+        "type": "suspend",
+        "steps": [{"kind": "sleep", "index": 0, "name": "wait", "duration_ms": 60_000}],
     }
 
 
@@ -146,7 +148,7 @@ async def test_an_unknown_workflow_is_404_naming_the_known_ones(client: httpx.As
     response = await client.post("/invoices", content=body, headers=signed(body))
 
     assert error_of(response) == (404, "unknown_workflow")
-    assert "'orders', 'refunds'" in response.json()["message"]
+    assert "'orders', 'pair', 'refunds'" in response.json()["message"]
 
 
 @pytest.mark.asyncio
@@ -186,13 +188,45 @@ async def test_a_body_for_another_workflow_than_the_path_is_400(client: httpx.As
 
 
 @pytest.mark.asyncio
-async def test_a_history_with_a_gap_is_400(client: httpx.AsyncClient) -> None:
-    body = delivery(steps=[{"index": 1, "name": "charge", "kind": "run", "output": "x"}])
+async def test_a_history_out_of_index_order_is_400(client: httpx.AsyncClient) -> None:
+    steps = [
+        {"index": 1, "name": "a", "kind": "run", "output": "x"},
+        {"index": 0, "name": "b", "kind": "run", "output": "y"},
+    ]
+    body = delivery(steps=steps)
 
     response = await client.post("/orders", content=body, headers=signed(body))
 
     assert error_of(response) == (400, "bad_request")
-    assert "position 0 has index 1" in response.json()["message"]
+    assert "position 1 has index 0 after index 1" in response.json()["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_history_naming_an_index_twice_is_400(client: httpx.AsyncClient) -> None:
+    step = {"index": 0, "name": "charge", "kind": "run", "output": "x"}
+    body = delivery(steps=[step, step])
+
+    response = await client.post("/orders", content=body, headers=signed(body))
+
+    assert error_of(response) == (400, "bad_request")
+    assert "each index once" in response.json()["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_history_with_a_gap_is_served_while_a_parallel_step_is_pending(client: httpx.AsyncClient) -> None:
+    # Step 0 still pending in the engine, step 1 recorded: the delivery executes only step 0.
+    body = delivery(
+        "pair", payload={}, steps=[{"index": 1, "name": "b", "kind": "run", "output": "from b"}], execute_index=0
+    )
+
+    response = await client.post("/pair", content=body, headers=signed(body))
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "protocol": 1,
+        "steps": [{"index": 0, "name": "a", "kind": "run", "output": "from a"}],
+        "next": {"type": "continue"},
+    }
 
 
 @pytest.mark.asyncio

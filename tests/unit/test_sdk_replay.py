@@ -24,8 +24,10 @@ from stepstream.protocol import (
     ContinueNext,
     DeliveryRequest,
     FailNext,
+    PlannedSleep,
+    PlannedSleepUntil,
     RecordedStep,
-    SleepNext,
+    SuspendNext,
 )
 from stepstream.sdk import (
     ConfigurationError,
@@ -293,7 +295,7 @@ async def test_an_unrecorded_sleep_suspends_with_its_duration(workflows: Workflo
     response = await workflows.deliver(request("naps"))
 
     assert response.steps == [CompletedStep(index=0, name="first", output=1)]
-    assert response.next == SleepNext(index=1, name="cool-off", duration_ms=86_400_005)
+    assert response.next == SuspendNext(steps=[PlannedSleep(index=1, name="cool-off", duration_ms=86_400_005)])
 
 
 @pytest.mark.asyncio
@@ -304,7 +306,7 @@ async def test_a_sleep_given_in_seconds_is_sent_in_milliseconds(workflows: Workf
 
     response = await workflows.deliver(request("naps"))
 
-    assert response.next == SleepNext(index=0, name="short", duration_ms=1500)
+    assert response.next == SuspendNext(steps=[PlannedSleep(index=0, name="short", duration_ms=1500)])
 
 
 @pytest.mark.asyncio
@@ -317,8 +319,8 @@ async def test_sleep_until_a_datetime_suspends_with_its_wake_time(workflows: Wor
 
     response = await workflows.deliver(request("alarm"))
 
-    assert response.next == SleepNext(index=0, name="at-nine", wake_at_ms=int(nine.timestamp()) * 1000)
-    assert response.next.wake_at_ms == int(datetime(2030, 1, 2, 7, 0, tzinfo=UTC).timestamp() * 1000)
+    wake_at_ms = int(datetime(2030, 1, 2, 7, 0, tzinfo=UTC).timestamp() * 1000)
+    assert response.next == SuspendNext(steps=[PlannedSleepUntil(index=0, name="at-nine", wake_at_ms=wake_at_ms)])
 
 
 @pytest.mark.asyncio
@@ -329,7 +331,7 @@ async def test_sleep_until_epoch_seconds_suspends_with_its_wake_time(workflows: 
 
     response = await workflows.deliver(request("alarm"))
 
-    assert response.next == SleepNext(index=0, name="later", wake_at_ms=1_900_000_000_250)
+    assert response.next == SuspendNext(steps=[PlannedSleepUntil(index=0, name="later", wake_at_ms=1_900_000_000_250)])
 
 
 @pytest.mark.asyncio
@@ -667,53 +669,6 @@ async def test_a_workflow_output_that_is_not_json_fails_the_run(workflows: Workf
 
     assert failed.retryable is False
     assert "The workflow returned a value that is not JSON serialisable" in failed.error.message
-
-
-# Parallel steps are not supported yet.
-
-
-@pytest.mark.asyncio
-async def test_steps_started_in_parallel_fail_the_run_with_a_clear_message(workflows: Workflows) -> None:
-    never = asyncio.Event()
-    cancelled: list[str] = []
-
-    async def slow(name: str) -> str:
-        try:
-            await never.wait()
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
-        return name
-
-    @workflows.workflow
-    async def fan_out(ctx: WorkflowContext[Any]) -> list[str]:
-        return list(await asyncio.gather(ctx.run("a", slow, "a"), ctx.run("b", slow, "b")))
-
-    # Bounded: were the parallel call not caught, step a would wait forever.
-    response = await asyncio.wait_for(workflows.deliver(request("fan_out", budget_ms=10_000)), timeout=5)
-    for _ in range(100):  # the cancellation lands on a later turn of the event loop
-        if cancelled:
-            break
-        await asyncio.sleep(0)
-
-    failed = fail_of(response.next)
-    assert failed.retryable is False
-    assert "Step 1 'b' was called while step 0 'a' is still running" in failed.error.message
-    assert "later version" in failed.error.message
-    assert response.steps == []
-    assert cancelled == ["a"], "the step left running is cancelled, not left to finish behind the answer's back"
-
-
-@pytest.mark.asyncio
-async def test_sync_steps_started_in_parallel_are_detected_too(workflows: Workflows) -> None:
-    @workflows.workflow
-    async def fan_out(ctx: WorkflowContext[Any]) -> list[int]:
-        return list(await asyncio.gather(ctx.run("a", lambda: 1), ctx.run("b", lambda: 2)))
-
-    failed = fail_of((await workflows.deliver(request("fan_out", budget_ms=10_000))).next)
-
-    assert failed.retryable is False
-    assert "later version" in failed.error.message
 
 
 # Configuration and the public surface.

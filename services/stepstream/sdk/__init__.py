@@ -30,7 +30,10 @@ Needs only pydantic and the standard library::
 
 The engine calls the endpoint once per step (or a few steps, within a time budget) with the run's
 recorded steps; the function runs from the top and every recorded step returns its recorded result
-instead of running again. See ``docs/protocol.md`` for the wire protocol.
+instead of running again. Steps: ``run``, ``sleep``, ``sleep_until``, ``call`` (an HTTP request the
+engine makes), ``wait_for_event`` and ``notify``, ``invoke`` (a child run), several at once with
+``asyncio.gather``; ``ctx.cancel()`` ends the run, and ``on_failure=`` handles its failure. See
+``docs/sdk.md`` for a guide and ``docs/protocol.md`` for the wire protocol.
 """
 
 from stepstream.sdk._asgi import WorkflowsApp
@@ -42,14 +45,19 @@ from stepstream.sdk._errors import (
     RetryAfterError,
     StepstreamSDKError,
 )
+from stepstream.sdk._results import CallResponse, FailureInfo, InvokeResult, WaitResult
 from stepstream.sdk._workflows import WorkflowDecorator, WorkflowDefinition, Workflows
 
 __all__ = [
+    "CallResponse",
     "ConfigurationError",
+    "FailureInfo",
+    "InvokeResult",
     "NonRetryableError",
     "NondeterminismError",
     "RetryAfterError",
     "StepstreamSDKError",
+    "WaitResult",
     "WorkflowContext",
     "WorkflowDecorator",
     "WorkflowDefinition",

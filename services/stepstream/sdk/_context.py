@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter
 
-from stepstream.protocol import DeliveryRequest
-from stepstream.sdk._machine import Execute, ReplayMachine
+from stepstream.protocol import (
+    DeliveryRequest,
+    PlannedCall,
+    PlannedInvoke,
+    PlannedNotify,
+    PlannedRun,
+    PlannedSleep,
+    PlannedSleepUntil,
+    PlannedWait,
+)
+from stepstream.sdk import _checks as checks
+from stepstream.sdk._driver import Driver
+from stepstream.sdk._machine import to_json_text
+from stepstream.sdk._results import (
+    CallResponse,
+    InvokeResult,
+    WaitResult,
+    call_response,
+    invoke_result,
+    notified_runs,
+    wait_result,
+)
 
 PayloadT = TypeVar("PayloadT")
 ParametersT = ParamSpec("ParametersT")
 ResultT = TypeVar("ResultT")
+
+DEFAULT_CALL_TIMEOUT = timedelta(seconds=300)
+
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
+WorkflowNames = Callable[[object], str | None]
 
 
 def type_adapter(target: Any) -> TypeAdapter[Any]:
@@ -32,20 +55,32 @@ def _cached_type_adapter(target: Any) -> TypeAdapter[Any]:
     return TypeAdapter(target)
 
 
+def _no_workflow_names(function: object) -> str | None:
+    return None
+
+
 class WorkflowContext(Generic[PayloadT]):
     """The run a workflow function is executing, and its steps.
 
     Every step has a name that must be the same each time the code reaches it: the engine replays
     recorded results by index and checks the name and kind, so a workflow whose steps change under
     a running run fails with a :class:`~stepstream.sdk.NondeterminismError` instead of mixing up
-    results. Await steps one at a time.
+    results. Await steps one after another, or several at once with ``asyncio.gather``: steps
+    awaited together run in parallel.
     """
 
-    def __init__(self, request: DeliveryRequest, payload: PayloadT, machine: ReplayMachine) -> None:
+    def __init__(
+        self,
+        request: DeliveryRequest,
+        payload: PayloadT,
+        driver: Driver,
+        *,
+        workflow_names: WorkflowNames = _no_workflow_names,
+    ) -> None:
         self._request = request
         self._payload = payload
-        self._machine = machine
-        self._running_step: asyncio.Task[Any] | None = None
+        self._driver = driver
+        self._workflow_names = workflow_names
 
     @property
     def run_id(self) -> str:
@@ -132,12 +167,16 @@ class WorkflowContext(Generic[PayloadT]):
         type. If the function raises, the delivery fails: :class:`~stepstream.sdk.NonRetryableError`
         fails the run, :class:`~stepstream.sdk.RetryAfterError` retries after its delay, anything
         else retries with backoff. Catching the exception does not change that.
+
+        Several ``run`` steps awaited together (``asyncio.gather``) each run in a delivery of their
+        own, in parallel. A step's function may not call steps itself.
         """
-        decision = self._machine.start_run(name)
-        if isinstance(decision, Execute):
-            value = await self._execute(decision.index, function, args, kwargs)
-        else:
-            value = decision.output
+        checks.step_name(name)
+        if not callable(function):
+            raise TypeError(f"Expected a function to run for step '{name}', but got {type(function).__name__}")
+        value = await self._driver.step(
+            name, "run", lambda index: PlannedRun(index=index, name=name), (function, args, kwargs)
+        )
         if result_type is None:
             return value
         return type_adapter(result_type).validate_python(value)
@@ -148,44 +187,226 @@ class WorkflowContext(Generic[PayloadT]):
         The run holds no compute while it sleeps: the delivery ends here and the engine delivers
         again when the time is up.
         """
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-        if seconds < 0:
-            raise ValueError(f"Expected a sleep of zero or more seconds, but got {duration!r} for step '{name}'")
-        self._machine.sleep(name, duration_ms=round(seconds * 1000))
+        checks.step_name(name)
+        duration_ms = checks.delay_ms(duration, "sleep", name)
+        await self._driver.step(
+            name, "sleep", lambda index: PlannedSleep(index=index, name=name, duration_ms=duration_ms)
+        )
 
     async def sleep_until(self, name: str, wake_at: datetime | float) -> None:
-        """Sleep until ``wake_at`` (a timezone-aware ``datetime`` or epoch seconds) as the durable step ``name``."""
-        if isinstance(wake_at, datetime):
-            if wake_at.tzinfo is None or wake_at.utcoffset() is None:
-                raise ValueError(
-                    f"Expected a timezone-aware datetime for step '{name}', but got the naive {wake_at!r}: "
-                    "say which zone it is in, for example datetime(..., tzinfo=timezone.utc)"
-                )
-            seconds = wake_at.timestamp()
+        """Sleep until ``wake_at`` (a timezone-aware ``datetime`` or epoch seconds) as the durable step ``name``.
+
+        A time in the past wakes the run at once.
+        """
+        checks.step_name(name)
+        wake_at_ms = checks.wake_at_ms(wake_at, name)
+        await self._driver.step(
+            name, "sleep_until", lambda index: PlannedSleepUntil(index=index, name=name, wake_at_ms=wake_at_ms)
+        )
+
+    async def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: Headers | None = None,
+        body: str | bytes | None = None,
+        json: Any = None,
+        # The engine's timeout for the request, not one for this coroutine: asyncio.timeout cannot say it.
+        timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109
+        retries: int = 0,
+        retry_delay: str | timedelta | float | None = None,
+    ) -> CallResponse:
+        """Have the engine make an HTTP request as the durable step ``name``, and return its answer.
+
+        The run holds no compute while the request is in flight, however long it takes (up to
+        ``timeout`` per attempt). ``json=`` sends a JSON value (and ``content-type:
+        application/json`` unless ``headers`` set one); ``body=`` sends text or UTF-8 bytes as is.
+        With ``retries``, the engine repeats the request when no answer comes or the answer is 5xx,
+        408, 425 or 429, waiting ``retry_delay`` between attempts: a fixed ``timedelta`` or seconds,
+        or a rule in milliseconds over ``retried`` such as ``"1000 * pow(2, retried)"`` (default:
+        exponential backoff). Any status is a result, not an exception: check ``response.status``;
+        ``status`` 0 means no answer came at all, with the reason in ``response.error``.
+        """
+        checks.step_name(name)
+        checked_url = checks.http_url(url, "url", name)
+        checked_method = checks.http_method(method, name)
+        checked_headers = checks.headers(headers, name)
+        if body is not None and json is not None:
+            raise ValueError(f"Expected body or json for step '{name}', but got both: json= sends a JSON value as body")
+        text: str | None
+        if json is not None:
+            text = to_json_text(checks.json_value(json, "json", name))
+            if not any(header.lower() == "content-type" for header, _ in checked_headers):
+                checked_headers.append(("content-type", "application/json"))
+        elif isinstance(body, bytes):
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                raise ValueError(f"Expected body bytes in UTF-8 for step '{name}', but they are not") from None
+        elif body is None or isinstance(body, str):
+            text = body
         else:
-            seconds = float(wake_at)
-        self._machine.sleep(name, wake_at_ms=round(seconds * 1000))
+            raise TypeError(
+                f"Expected body to be str or bytes for step '{name}', but got {type(body).__name__}: "
+                "pass json= to send a JSON value"
+            )
+        timeout_ms = checks.delay_ms(timeout, "timeout", name, minimum_ms=1)
+        checked_retries = checks.retries(retries, name, optional=False) or 0
+        rule = checks.retry_delay(retry_delay, name)
 
-    async def _execute(
-        self, index: int, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        self._running_step = asyncio.current_task()
-        try:
-            if inspect.iscoroutinefunction(function):
-                result = await function(*args, **kwargs)
-            else:
-                result = await asyncio.to_thread(function, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-        except BaseException as exc:
-            self._running_step = None
-            self._machine.run_failed(index, exc)
-            raise
-        self._running_step = None
-        return self._machine.run_succeeded(index, result)
+        def plan(index: int) -> PlannedCall:
+            return PlannedCall(
+                index=index,
+                name=name,
+                url=checked_url,
+                method=checked_method,
+                headers=checked_headers,
+                body=text,
+                timeout_ms=timeout_ms,
+                retries=checked_retries,
+                retry_delay=rule,
+            )
 
-    def _cancel_running_step(self) -> None:
-        """Cancel a step still running in another task once the delivery is answered without it."""
-        task = self._running_step
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
+        return call_response(await self._driver.step(name, "call", plan))
+
+    async def wait_for_event(
+        self,
+        name: str,
+        event_id: str,
+        *,
+        timeout: timedelta | float,  # noqa: ASYNC109  # how long the engine waits: durable, not asyncio's
+    ) -> WaitResult:
+        """Wait until ``event_id`` is notified, or ``timeout`` passes, as the durable step ``name``.
+
+        Returns the notification's data with ``timeout`` False, or ``timeout`` True and ``data`` None.
+        The run holds no compute while it waits. Notify from another run (:meth:`notify`), the api or
+        the CLI.
+        """
+        checks.step_name(name)
+        checked_event_id = checks.event_id(event_id, name)
+        timeout_ms = checks.delay_ms(timeout, "timeout", name)
+        output = await self._driver.step(
+            name,
+            "wait_for_event",
+            lambda index: PlannedWait(index=index, name=name, event_id=checked_event_id, timeout_ms=timeout_ms),
+        )
+        return wait_result(output)
+
+    async def notify(self, name: str, event_id: str, data: Any = None) -> list[str]:
+        """Notify ``event_id`` with ``data`` as the durable step ``name``: every run waiting on it wakes.
+
+        Returns the ids of the runs that were waiting and were woken (empty if none was).
+        """
+        checks.step_name(name)
+        checked_event_id = checks.event_id(event_id, name)
+        value = checks.json_value(data, "data", name)
+        output = await self._driver.step(
+            name,
+            "notify",
+            lambda index: PlannedNotify(index=index, name=name, event_id=checked_event_id, data=value),
+        )
+        return notified_runs(output)
+
+    @overload
+    async def invoke(
+        self,
+        name: str,
+        workflow: str | Callable[..., Awaitable[Any]],
+        payload: Any = None,
+        *,
+        url: str | None = None,
+        headers: Headers | None = None,
+        label: str | None = None,
+        retries: int | None = None,
+        retry_delay: str | timedelta | float | None = None,
+        result_type: type[ResultT],
+    ) -> InvokeResult[ResultT]: ...
+
+    @overload
+    async def invoke(
+        self,
+        name: str,
+        workflow: str | Callable[..., Awaitable[Any]],
+        payload: Any = None,
+        *,
+        url: str | None = None,
+        headers: Headers | None = None,
+        label: str | None = None,
+        retries: int | None = None,
+        retry_delay: str | timedelta | float | None = None,
+        result_type: None = None,
+    ) -> InvokeResult[Any]: ...
+
+    async def invoke(
+        self,
+        name: str,
+        workflow: str | Callable[..., Awaitable[Any]],
+        payload: Any = None,
+        *,
+        url: str | None = None,
+        headers: Headers | None = None,
+        label: str | None = None,
+        retries: int | None = None,
+        retry_delay: str | timedelta | float | None = None,
+        result_type: Any = None,
+    ) -> InvokeResult[Any]:
+        """Start a child run of ``workflow`` with ``payload`` as the durable step ``name``, and wait for it to end.
+
+        ``workflow`` is a workflow's name, or a workflow function registered with the same
+        :class:`~stepstream.sdk.Workflows`. Without ``url`` the child is served by this app, at the
+        workflow's route next to this one's; ``headers`` are added to those of this run. Unset
+        ``retries`` and ``retry_delay`` take the engine's defaults. Returns how the child ended:
+        ``completed`` with its output (validated into ``result_type`` if given), ``failed`` with its
+        error, or ``cancelled``; a failed child does not fail this run.
+        """
+        checks.step_name(name)
+        if isinstance(workflow, str):
+            workflow_name = workflow
+        elif callable(workflow):
+            registered = self._workflow_names(workflow)
+            if registered is None:
+                raise TypeError(
+                    f"Expected a workflow name or a function registered with this Workflows for step '{name}', "
+                    f"but {getattr(workflow, '__name__', workflow)!r} is not registered: pass the workflow's name"
+                )
+            workflow_name = registered
+        else:
+            raise TypeError(
+                f"Expected a workflow name or a workflow function for step '{name}', but got {type(workflow).__name__}"
+            )
+        checks.workflow_name(workflow_name, name)
+        checked_url = None if url is None else checks.http_url(url, "url", name)
+        value = checks.json_value(payload, "payload", name)
+        checked_headers = checks.headers(headers, name)
+        checked_label = checks.label(label, name)
+        checked_retries = checks.retries(retries, name, optional=True)
+        rule = checks.retry_delay(retry_delay, name)
+
+        def plan(index: int) -> PlannedInvoke:
+            return PlannedInvoke(
+                index=index,
+                name=name,
+                workflow=workflow_name,
+                url=checked_url,
+                payload=value,
+                headers=checked_headers,
+                label=checked_label,
+                retries=checked_retries,
+                retry_delay=rule,
+            )
+
+        result = invoke_result(await self._driver.step(name, "invoke", plan))
+        if result_type is None or result.status != "completed":
+            return result
+        output = type_adapter(result_type).validate_python(result.output)
+        return InvokeResult(run_id=result.run_id, status=result.status, output=output, error=result.error)
+
+    def cancel(self, reason: str | None = None) -> NoReturn:
+        """End the run now as cancelled, with ``reason``; nothing after this line runs.
+
+        Not an exception your code can catch with ``except Exception``: the run is cancelled whatever
+        the code around it does. Steps completed earlier in this delivery are kept.
+        """
+        self._driver.cancel(checks.reason(reason))

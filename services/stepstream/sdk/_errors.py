@@ -58,7 +58,8 @@ class RetryAfterError(StepstreamSDKError):
 
 
 class DeliverySuspended(BaseException):
-    """Unwinds the workflow function once the delivery's answer is decided (a sleep, a continue, a failure).
+    """Unwinds workflow code once the delivery's answer is decided: raised by ``ctx.cancel()`` and by
+    any step called after the answer (a suspension, a continue, a failure) is fixed.
 
     A ``BaseException`` so that a user's ``except Exception`` cannot swallow it and run on with steps
     the engine will never see. The answer itself is kept by the replay machine, not carried here, so

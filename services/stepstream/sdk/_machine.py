@@ -1,28 +1,36 @@
-"""The replay machine: decides, step call by step call, what one delivery does. No I/O, no asyncio.
+"""The replay machine: decides what one delivery does. No I/O, no asyncio.
 
 The workflow function runs from the top on every delivery. Each step call claims the next index
-(0, 1, 2, … in call order) and asks the machine what to do:
+(0, 1, 2, … in call order) and checks the recorded name and kind, if the history has that index;
+then the call blocks until the driver (``_driver``) finds the workflow quiet and asks the machine
+what the steps blocked at that moment (one *round*) come to:
 
-- the index is in the history: check the recorded name and kind, then replay the recorded output;
-- it is not, and it is a ``run`` step: execute it if it is the first one this delivery, or if the
-  delivery's time budget is not spent yet; otherwise suspend and answer ``continue``;
-- it is not, and it is a sleep: suspend and answer ``sleep``.
+- every one has a recorded result: resume them all, in index order;
+- exactly one has none, it is a ``run`` step, and it is the first step executed in this delivery or
+  the time budget is not spent: execute it, then resume them all; with the budget spent: ``continue``;
+- otherwise: ``suspend``, naming every step without a result, for the engine to start them all.
 
-The first decision that ends the delivery (a suspension, a failure, the return value) is final:
-later calls cannot change it, so user code that catches an exception and carries on cannot make the
-SDK report steps the engine would reject.
+A delivery with ``execute_index`` set replays the same way up to the first round with new steps;
+that round must hold the step at ``execute_index``, a ``run`` step, which alone is executed before
+the answer ``continue``. A delivery with ``failure`` set runs the failure handler, which may not
+call steps.
+
+The first decision that ends the delivery (a suspension, a failure, a cancellation, the return
+value) is final: later calls cannot change it, so user code that catches an exception and carries
+on cannot make the SDK report steps the engine would reject.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any
 
 from pydantic import BaseModel
 
 from stepstream.protocol import (
+    CancelNext,
     CompletedStep,
     CompleteNext,
     ContinueNext,
@@ -31,39 +39,56 @@ from stepstream.protocol import (
     ErrorDetail,
     FailNext,
     Next,
+    PlannedStep,
     RecordedStep,
-    SleepNext,
+    StepKindName,
+    SuspendNext,
 )
 from stepstream.sdk._errors import DeliverySuspended, NondeterminismError, NonRetryableError, RetryAfterError
 
-StepKind = Literal["run", "sleep", "sleep_until"]
+StepKind = StepKindName
+Plan = Callable[[int], PlannedStep]
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
-    """The step is in the history: its call returns ``output`` without running anything."""
+class Claim:
+    """A step call: its index, name and kind, and what to ask the engine for if it has no result."""
 
-    output: Any
+    index: int
+    name: str
+    kind: StepKind
+    plan: PlannedStep | None  # None: the history has it
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Every blocked step has a result: hand each its result, in index order."""
 
 
 @dataclass(frozen=True, slots=True)
 class Execute:
-    """The step has no record: the caller runs it now and reports back under ``index``."""
+    """Run the function of step ``index`` now, report it, then (unless decided) resume every blocked step."""
 
     index: int
+
+
+Round = Resume | Execute | None  # None: the delivery's answer is decided
 
 
 def history_problem(request: DeliveryRequest) -> str | None:
     """Why the request's recorded steps cannot be replayed, or ``None`` if they can.
 
-    Replay claims indexes in call order, so the history must be exactly steps 0..n-1 in order.
+    Indexes must be strictly increasing, so each appears once. They may have gaps: while steps run
+    in parallel, some have results and others are still pending.
     """
+    previous = -1
     for position, step in enumerate(request.steps):
-        if step.index != position:
+        if step.index <= previous:
             return (
-                f"Expected recorded steps numbered 0..n-1 in order, "
-                f"but the step at position {position} has index {step.index}"
+                f"Expected recorded steps in increasing index order, each index once, "
+                f"but the step at position {position} has index {step.index} after index {previous}"
             )
+        previous = step.index
     return None
 
 
@@ -100,7 +125,7 @@ def failure(exc: BaseException, *, index: int | None = None, name: str | None = 
 
 
 class ReplayMachine:
-    """The state of one delivery: the history, the next index, the steps completed so far, the answer.
+    """The state of one delivery: the history, the claims, the steps completed so far, the answer.
 
     ``clock`` returns monotonic seconds; it decides only whether the time budget is spent.
     """
@@ -113,11 +138,15 @@ class ReplayMachine:
             raise ValueError(problem)
         self._history: dict[int, RecordedStep] = {step.index: step for step in request.steps}
         self._budget_ms = request.budget_ms
+        self._execute_index = request.execute_index
+        self._handling_failure = request.failure is not None
         self._clock = clock
         self._started_at = clock() if started_at is None else started_at
         self._next_index = 0
+        self._claims: dict[int, Claim] = {}
+        self._outputs: dict[int, str] = {}  # JSON text of the steps executed here, until resumed
         self._completed: list[CompletedStep] = []
-        self._executing: tuple[int, str] | None = None
+        self._executing: Claim | None = None
         self._outcome: Next | None = None
 
     @property
@@ -125,96 +154,19 @@ class ReplayMachine:
         """True once the delivery's answer is fixed."""
         return self._outcome is not None
 
-    def start_run(self, name: str) -> Replay | Execute:
-        """A ``run`` step is called: replay it, execute it, or suspend (raises ``DeliverySuspended``)."""
-        index = self._claim(name, "run")
-        recorded = self._history.get(index)
-        if recorded is not None:
-            return Replay(recorded.output)
-        if self._completed and not self._within_budget():
-            self._suspend(ContinueNext())
-        self._executing = (index, name)
-        return Execute(index)
-
-    def run_succeeded(self, index: int, result: Any) -> Any:
-        """The executing step returned ``result``: record it and return its JSON value for the caller."""
-        name = self._finish_executing(index)
-        if self.decided:
-            # Decided while this step ran (a parallel call was caught): nothing more is recorded.
-            raise DeliverySuspended
-        try:
-            text = to_json_text(result)
-        except (TypeError, ValueError) as exc:
-            error = NonRetryableError(
-                f"Step {index} '{name}' returned a value that is not JSON serialisable ({exc}); "
-                "return JSON values (dict, list, str, int, float, bool, None) or a pydantic model"
-            )
-            self._decide(failure(error, index=index, name=name))
-            raise error from exc
-        self._completed.append(CompletedStep(index=index, name=name, output=json.loads(text)))
-        # A second copy for the caller, so mutating it cannot change what is reported.
-        return json.loads(text)
-
-    def run_failed(self, index: int, exc: BaseException) -> None:
-        """The executing step raised ``exc``: the delivery fails, naming the step."""
-        name = self._finish_executing(index)
-        if isinstance(exc, Exception):
-            self._decide(failure(exc, index=index, name=name))
-
-    def sleep(self, name: str, *, duration_ms: int | None = None, wake_at_ms: int | None = None) -> None:
-        """A sleep step is called: return if the history has it, else suspend with ``next: sleep``."""
-        kind: StepKind = "sleep" if wake_at_ms is None else "sleep_until"
-        index = self._claim(name, kind)
-        if index in self._history:
-            return
-        self._suspend(SleepNext(index=index, name=name, duration_ms=duration_ms, wake_at_ms=wake_at_ms))
-
-    def complete(self, output: Any) -> None:
-        """The workflow function returned ``output``."""
-        if self.decided:
-            return
-        unconsumed = self._history.get(self._next_index)
-        if unconsumed is not None:
-            error = NondeterminismError(
-                f"Expected step {unconsumed.index} to be {unconsumed.kind} '{unconsumed.name}' as recorded in "
-                "the history, but the workflow returned before calling it"
-            )
-            self._decide(failure(error, index=unconsumed.index, name=unconsumed.name))
-            return
-        try:
-            value = to_json_value(output)
-        except (TypeError, ValueError) as exc:
-            not_json = NonRetryableError(
-                f"The workflow returned a value that is not JSON serialisable ({exc}); "
-                "return JSON values (dict, list, str, int, float, bool, None) or a pydantic model"
-            )
-            self._decide(failure(not_json))
-            return
-        self._decide(CompleteNext(output=value))
-
-    def fail(self, exc: Exception) -> None:
-        """Workflow code outside any step raised ``exc``."""
-        self._decide(failure(exc))
-
-    def response(self) -> DeliveryResponse:
-        """The answer: every step completed in this delivery, then what comes next."""
-        if self._outcome is None:
-            raise RuntimeError("Expected the delivery to be decided before answering, but it is not")
-        return DeliveryResponse(steps=list(self._completed), next=self._outcome)
-
-    def _claim(self, name: str, kind: StepKind) -> int:
+    def claim(self, name: str, kind: StepKind, plan: Plan) -> int:
+        """A step is called: its index. Raises ``DeliverySuspended`` once decided, ``NondeterminismError``
+        if the history records another step at this index."""
         if self.decided:
             raise DeliverySuspended
+        if self._handling_failure:
+            misuse = NonRetryableError(
+                f"Expected no steps in a failure handler, but it called {kind} '{name}': the handler runs once, "
+                "outside the run's history; call the code directly"
+            )
+            self._decide(failure(misuse, name=name))
+            raise misuse
         index = self._next_index
-        if self._executing is not None:
-            running_index, running_name = self._executing
-            error = NonRetryableError(
-                f"Step {index} '{name}' was called while step {running_index} '{running_name}' is still running: "
-                "steps must be awaited one at a time (parallel steps, such as asyncio.gather over ctx.run, "
-                "come in a later version of Stepstream)"
-            )
-            self._decide(failure(error, index=index, name=name))
-            raise error
         self._next_index += 1
         recorded = self._history.get(index)
         if recorded is not None and (recorded.kind != kind or recorded.name != name):
@@ -224,22 +176,143 @@ class ReplayMachine:
             )
             self._decide(failure(mismatch, index=index, name=name))
             raise mismatch
+        self._claims[index] = Claim(index, name, kind, None if recorded is not None else plan(index))
         return index
 
-    def _finish_executing(self, index: int) -> str:
-        if self._executing is None or self._executing[0] != index:
-            raise RuntimeError(f"Expected step {index} to be executing, but {self._executing} is")
-        name = self._executing[1]
+    def nested(self, name: str, kind: StepKind, running_index: int) -> BaseException:
+        """A step was called inside the function of step ``running_index``: the error to raise there."""
+        if self.decided:
+            return DeliverySuspended()
+        running = self._claims[running_index]
+        error = NonRetryableError(
+            f"Expected steps to be called from the workflow, but {kind} '{name}' was called inside the function "
+            f"of step {running.index} '{running.name}': await steps one after another, or together with "
+            "asyncio.gather, from the workflow function"
+        )
+        self._decide(failure(error, index=running.index, name=running.name))
+        return error
+
+    def next_round(self, blocked: Sequence[int]) -> Round:
+        """The workflow is quiet with the steps ``blocked`` (indexes in order) awaited: what now."""
+        if self.decided:
+            return None
+        new = [self._claims[index] for index in blocked if self._claims[index].plan is not None]
+        if not new:
+            return Resume()
+        if self._execute_index is not None:
+            target = next((claim for claim in new if claim.index == self._execute_index), None)
+            if target is None or target.kind != "run":
+                awaited = ", ".join(f"{claim.kind} {claim.index} '{claim.name}'" for claim in new)
+                mismatch = NondeterminismError(
+                    f"Expected step {self._execute_index} to be a run step awaited now, as when the engine started "
+                    f"it, but the code awaits {awaited}"
+                )
+                self._decide(failure(mismatch, index=self._execute_index))
+                return None
+            self._executing = target
+            return Execute(target.index)
+        if len(new) == 1 and new[0].kind == "run":
+            if self._completed and not self._within_budget():
+                self._decide(ContinueNext())
+                return None
+            self._executing = new[0]
+            return Execute(new[0].index)
+        steps = [claim.plan for claim in new if claim.plan is not None]
+        self._decide(SuspendNext(steps=steps))
+        return None
+
+    def name_of(self, index: int) -> str:
+        return self._claims[index].name
+
+    def run_succeeded(self, index: int, result: Any) -> None:
+        """The executing step returned ``result``: record its JSON value."""
+        claim = self._finish_executing(index)
+        if self.decided:
+            return
+        try:
+            text = to_json_text(result)
+        except (TypeError, ValueError) as exc:
+            error = NonRetryableError(
+                f"Step {index} '{claim.name}' returned a value that is not JSON serialisable ({exc}); "
+                "return JSON values (dict, list, str, int, float, bool, None) or a pydantic model"
+            )
+            self._decide(failure(error, index=index, name=claim.name))
+            return
+        self._completed.append(CompletedStep(index=index, name=claim.name, output=json.loads(text)))
+        self._outputs[index] = text
+        if self._execute_index is not None:
+            self._decide(ContinueNext())
+
+    def run_failed(self, index: int, exc: BaseException) -> None:
+        """The executing step raised ``exc``: the delivery fails, naming the step."""
+        claim = self._finish_executing(index)
+        self._decide(failure(exc, index=index, name=claim.name))
+
+    def result(self, index: int) -> Any:
+        """The result the call of step ``index`` returns: its recorded output, or what it returned here."""
+        recorded = self._history.get(index)
+        if recorded is not None:
+            return recorded.output
+        # A fresh copy for the caller, so mutating it cannot change what is reported.
+        return json.loads(self._outputs.pop(index))
+
+    def complete(self, output: Any) -> None:
+        """The workflow function returned ``output``."""
+        if self.decided:
+            return
+        if self._execute_index is not None:
+            early = NondeterminismError(
+                f"Expected the workflow to await step {self._execute_index}, as when the engine started it, "
+                "but it returned first"
+            )
+            self._decide(failure(early, index=self._execute_index))
+            return
+        # A failure handler gets the run's history too, but replays none of it.
+        unconsumed = min((index for index in self._history if index >= self._next_index), default=None)
+        if unconsumed is not None and not self._handling_failure:
+            step = self._history[unconsumed]
+            error = NondeterminismError(
+                f"Expected step {step.index} to be {step.kind} '{step.name}' as recorded in the history, "
+                "but the workflow returned before calling it"
+            )
+            self._decide(failure(error, index=step.index, name=step.name))
+            return
+        try:
+            value = to_json_value(output)
+        except (TypeError, ValueError) as exc:
+            not_json = NonRetryableError(
+                f"The {'failure handler' if self._handling_failure else 'workflow'} returned a value that is not "
+                f"JSON serialisable ({exc}); return JSON values (dict, list, str, int, float, bool, None) "
+                "or a pydantic model"
+            )
+            self._decide(failure(not_json))
+            return
+        self._decide(CompleteNext(output=value))
+
+    def fail(self, exc: BaseException) -> None:
+        """Workflow code outside any step raised ``exc``."""
+        self._decide(failure(exc))
+
+    def cancel(self, reason: str | None) -> None:
+        """The workflow cancelled its own run."""
+        self._decide(CancelNext(reason=reason))
+
+    def response(self) -> DeliveryResponse:
+        """The answer: every step completed in this delivery, then what comes next."""
+        if self._outcome is None:
+            raise RuntimeError("Expected the delivery to be decided before answering, but it is not")
+        return DeliveryResponse(steps=list(self._completed), next=self._outcome)
+
+    def _finish_executing(self, index: int) -> Claim:
+        claim = self._executing
+        if claim is None or claim.index != index:
+            raise RuntimeError(f"Expected step {index} to be executing, but {claim} is")
         self._executing = None
-        return name
+        return claim
 
     def _within_budget(self) -> bool:
         elapsed_ms = (self._clock() - self._started_at) * 1000
         return self._budget_ms > 0 and elapsed_ms < self._budget_ms
-
-    def _suspend(self, outcome: Next) -> NoReturn:
-        self._decide(outcome)
-        raise DeliverySuspended
 
     def _decide(self, outcome: Next) -> None:
         if self._outcome is None:

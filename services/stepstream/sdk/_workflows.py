@@ -6,16 +6,18 @@ import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
-from stepstream.protocol import DeliveryRequest, DeliveryResponse
+from stepstream.protocol import CompleteNext, DeliveryRequest, DeliveryResponse
 from stepstream.sdk._asgi import WorkflowsApp
 from stepstream.sdk._context import WorkflowContext, type_adapter
-from stepstream.sdk._errors import ConfigurationError, DeliverySuspended
+from stepstream.sdk._driver import Driver
+from stepstream.sdk._errors import ConfigurationError
 from stepstream.sdk._machine import ReplayMachine, history_problem
+from stepstream.sdk._results import FailureInfo
 
 SIGNING_KEYS_VARIABLE = "STEPSTREAM_SIGNING_KEYS"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -25,6 +27,7 @@ OutputT = TypeVar("OutputT")
 FunctionT = TypeVar("FunctionT", bound=Callable[[WorkflowContext[Any]], Awaitable[Any]])
 
 WorkflowFunction = Callable[[WorkflowContext[PayloadT]], Awaitable[OutputT]]
+FailureHandler = Callable[[WorkflowContext[PayloadT], FailureInfo], Awaitable[Any]]
 
 
 class WorkflowDecorator(Protocol[PayloadT]):
@@ -33,13 +36,22 @@ class WorkflowDecorator(Protocol[PayloadT]):
     def __call__(self, function: WorkflowFunction[PayloadT, OutputT], /) -> WorkflowFunction[PayloadT, OutputT]: ...
 
 
+def _unknown_function(function: object) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowDefinition(Generic[PayloadT]):
-    """A registered workflow: its name, its function and how to read its payload."""
+    """A registered workflow: its name, its function, how to read its payload, and its failure handler.
+
+    ``workflow_names`` gives the name a workflow function is registered under (for ``ctx.invoke``).
+    """
 
     name: str
     function: WorkflowFunction[PayloadT, Any]
     payload_adapter: TypeAdapter[PayloadT] | None
+    on_failure: FailureHandler[PayloadT] | None = None
+    workflow_names: Callable[[object], str | None] = field(default=_unknown_function, repr=False, compare=False)
 
     def parse_payload(self, raw: Any) -> PayloadT:
         """The payload in the workflow's declared type; raises ``pydantic.ValidationError`` if it does not fit."""
@@ -51,20 +63,19 @@ class WorkflowDefinition(Generic[PayloadT]):
     async def execute(
         self, request: DeliveryRequest, payload: PayloadT, *, clock: Callable[[], float], started_at: float
     ) -> DeliveryResponse:
-        """Run the workflow function from the top for one delivery and answer it."""
+        """Answer one delivery: run the workflow function from the top, or, when the request carries
+        a ``failure``, the failure handler (a run without one has nothing to do: ``complete``)."""
         machine = ReplayMachine(request, clock=clock, started_at=started_at)
-        context = WorkflowContext(request, payload, machine)
-        try:
-            output = await self.function(context)
-        except DeliverySuspended:
-            pass
-        except Exception as exc:
-            machine.fail(exc)
-        else:
-            machine.complete(output)
-        finally:
-            # A step still running in another task (a parallel call) will never be reported.
-            context._cancel_running_step()
+        driver = Driver(machine)
+        context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
+        if request.failure is None:
+            await driver.drive(lambda: self.function(context))
+            return machine.response()
+        handler = self.on_failure
+        if handler is None:
+            return DeliveryResponse(next=CompleteNext(output=None))
+        error = FailureInfo(type=request.failure.type, message=request.failure.message)
+        await driver.drive(lambda: handler(context, error))
         return machine.response()
 
 
@@ -111,6 +122,8 @@ class Workflows:
         self.max_body_bytes = max_body_bytes
         self.signature_tolerance_s = signature_tolerance_s
         self._definitions: dict[str, WorkflowDefinition[Any]] = {}
+        # Each function's registered name; None for one registered under several names.
+        self._names: dict[object, str | None] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -121,28 +134,42 @@ class Workflows:
     def workflow(self, function: FunctionT, /) -> FunctionT: ...
 
     @overload
-    def workflow(self, name: str | None = None, /, *, payload: type[PayloadT]) -> WorkflowDecorator[PayloadT]: ...
+    def workflow(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        payload: type[PayloadT],
+        on_failure: FailureHandler[PayloadT] | None = None,
+    ) -> WorkflowDecorator[PayloadT]: ...
 
     @overload
-    def workflow(self, name: str | None = None, /) -> WorkflowDecorator[Any]: ...
+    def workflow(
+        self, name: str | None = None, /, *, on_failure: FailureHandler[Any] | None = None
+    ) -> WorkflowDecorator[Any]: ...
 
-    def workflow(self, name: Any = None, /, *, payload: Any = None) -> Any:
+    def workflow(self, name: Any = None, /, *, payload: Any = None, on_failure: Any = None) -> Any:
         """Register an async workflow function, served at ``POST <mount point>/<name>``.
 
         ``name`` defaults to the function's name. With ``payload``, the run's payload is validated into
         that type (a pydantic model, a dataclass, any type pydantic knows) before the function runs;
         without it, ``ctx.payload`` is the raw JSON value. Usable bare (``@workflows.workflow``) too.
+
+        ``on_failure``, an ``async def handler(ctx, error: FailureInfo)``, is called once when a run
+        of this workflow has failed for good (its retries spent, or a terminal error). It may not call
+        steps. The engine records that the failure was handled; if the handler raises, the engine
+        retries it as it retries a step (a ``NonRetryableError`` is not retried).
         """
         if callable(name):
-            return self._register(name, None, None)
+            return self._register(name, None, None, None)
 
         def decorator(function: WorkflowFunction[Any, Any], /) -> WorkflowFunction[Any, Any]:
-            return self._register(function, name, payload)
+            return self._register(function, name, payload, on_failure)
 
         return decorator
 
     def _register(
-        self, function: WorkflowFunction[Any, Any], name: str | None, payload: Any
+        self, function: WorkflowFunction[Any, Any], name: str | None, payload: Any, on_failure: Any
     ) -> WorkflowFunction[Any, Any]:
         workflow_name = name if name is not None else getattr(function, "__name__", "")
         if not workflow_name or "/" in workflow_name or workflow_name.strip() != workflow_name:
@@ -155,9 +182,23 @@ class Workflows:
             raise ConfigurationError(
                 f"Expected workflow '{workflow_name}' to be an async function (async def), but got {function!r}"
             )
+        if on_failure is not None and not inspect.iscoroutinefunction(on_failure):
+            raise ConfigurationError(
+                f"Expected the failure handler of workflow '{workflow_name}' to be an async function "
+                f"(async def handler(ctx, error)), but got {on_failure!r}"
+            )
         adapter = None if payload is None else type_adapter(payload)
-        self._definitions[workflow_name] = WorkflowDefinition(workflow_name, function, adapter)
+        self._definitions[workflow_name] = WorkflowDefinition(
+            workflow_name, function, adapter, on_failure, workflow_names=self._name_of
+        )
+        self._names[function] = workflow_name if function not in self._names else None
         return function
+
+    def _name_of(self, function: object) -> str | None:
+        try:
+            return self._names.get(function)
+        except TypeError:  # unhashable: not a function anyone registered
+            return None
 
     def definition(self, name: str) -> WorkflowDefinition[Any]:
         """The workflow registered as ``name``; raises ``LookupError`` naming the known ones."""
@@ -173,8 +214,8 @@ class Workflows:
         """Handle one delivery without HTTP: what the ASGI app does after checking the request.
 
         Useful to test a workflow: build a ``DeliveryRequest`` with the history you want and assert on
-        the answer. Raises ``LookupError`` for an unknown workflow, ``ValueError`` for a history that
-        is not steps 0..n-1, and ``pydantic.ValidationError`` for a payload that does not fit its type.
+        the answer. Raises ``LookupError`` for an unknown workflow, ``ValueError`` for a history whose
+        indexes are not strictly increasing, and ``pydantic.ValidationError`` for a payload that does not fit its type.
         """
         started_at = clock()
         definition = self.definition(request.workflow)
