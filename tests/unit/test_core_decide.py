@@ -14,8 +14,10 @@ from stepstream.core import (
     ErrorInfo,
     Event,
     Fail,
+    FailureHandlerScheduled,
     FireTimer,
     Outcome,
+    PendingDelivery,
     Rejected,
     ReportDelivery,
     RunCompleted,
@@ -32,7 +34,6 @@ from stepstream.core import (
     StepResult,
     StepScheduled,
     TriggerRun,
-    backoff_ms,
     decide,
     evolve,
 )
@@ -200,14 +201,14 @@ def test_trigger_schedules_the_first_delivery_no_earlier_than_now(not_before_ms:
     assert scheduled.not_before_ms == expected
 
 
-def test_trigger_leaves_the_run_running_with_its_first_delivery_pending() -> None:
+def test_trigger_leaves_the_run_running_with_its_first_delivery_in_flight() -> None:
     state = given(trigger())
 
     assert state.status is RunStatus.RUNNING
     assert state.seq == 2
     assert state.deliveries == 1
-    assert state.pending_delivery is not None
-    assert (state.pending_delivery.delivery_id, state.pending_delivery.attempt) == (f"{RUN}/1", 1)
+    assert state.in_flight == (PendingDelivery(delivery_id=f"{RUN}/1", step_index=0, attempt=1, not_before_ms=T0),)
+    assert state.waiting == ()
 
 
 def test_a_second_trigger_for_the_same_run_is_a_duplicate() -> None:
@@ -283,7 +284,7 @@ def test_sleep_for_starts_a_sleep_counted_from_the_report() -> None:
     after = apply(state, events)
     assert after is not None
     assert after.status is RunStatus.SLEEPING
-    assert after.pending_delivery is None
+    assert after.in_flight == ()
 
 
 def test_a_sleep_of_zero_ms_is_allowed() -> None:
@@ -324,7 +325,7 @@ def test_complete_completes_the_run_with_its_output() -> None:
     assert after is not None
     assert after.status is RunStatus.COMPLETED
     assert after.output == '{"ok":true}'
-    assert after.pending_delivery is None
+    assert after.in_flight == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +422,7 @@ def test_a_non_retryable_failure_fails_the_run_at_once() -> None:
 
     events = when(state, report(1, outcome=fail(retryable=False), now=T0 + 3))
 
-    assert events == [
+    assert events[:2] == [
         StepFailed(
             run_id=RUN,
             seq=3,
@@ -435,10 +436,12 @@ def test_a_non_retryable_failure_fails_the_run_at_once() -> None:
         ),
         RunFailed(run_id=RUN, seq=4, at_ms=T0 + 3, error=BOOM),
     ]
+    assert isinstance(events[2], FailureHandlerScheduled)  # covered in test_core_primitives
     after = apply(state, events)
     assert after is not None
     assert after.status is RunStatus.FAILED
     assert after.error == BOOM
+    assert after.in_flight == ()
 
 
 def test_retries_counts_the_retries_after_the_first_attempt_and_then_gives_up() -> None:
@@ -446,7 +449,7 @@ def test_retries_counts_the_retries_after_the_first_attempt_and_then_gives_up() 
 
     events = when(state, report(3, attempt=3, outcome=fail(), now=T0 + 50))
 
-    failed, run_failed = events
+    failed, run_failed, _handler = events
     assert isinstance(failed, StepFailed)
     assert (failed.attempt, failed.retry_at_ms) == (3, None)
     assert isinstance(run_failed, RunFailed)
@@ -460,8 +463,9 @@ def test_zero_retries_gives_up_after_the_first_attempt() -> None:
 
     events = when(state, report(1, outcome=fail()))
 
-    assert isinstance(events[-1], RunFailed)
-    assert "gave up after 1 attempts" in events[-1].error.message
+    run_failed = events[1]
+    assert isinstance(run_failed, RunFailed)
+    assert "gave up after 1 attempts" in run_failed.error.message
 
 
 def test_steps_completed_before_a_failure_are_kept_and_the_failed_step_retries_as_its_second_attempt() -> None:
@@ -555,17 +559,13 @@ def test_a_report_while_the_run_sleeps_is_a_duplicate() -> None:
     assert when_rejected(state, report(1, outcome=Continue())).duplicate
 
 
-@pytest.mark.parametrize(
-    "steps",
-    [(step(1),), (step(0), step(2)), (step(0), step(0))],
-    ids=["starts-past-the-next-index", "skips-an-index", "repeats-an-index"],
-)
-def test_steps_that_do_not_continue_the_history_are_rejected(steps: tuple[StepResult, ...]) -> None:
+def test_a_report_that_repeats_an_index_is_rejected() -> None:
     state = given(trigger())
 
-    rejected = when_rejected(state, report(1, steps=steps, outcome=Continue()))
+    rejected = when_rejected(state, report(1, steps=(step(0), step(0)), outcome=Continue()))
 
     assert not rejected.duplicate
+    assert "step 0 already has a result" in rejected.reason
 
 
 def test_a_step_already_recorded_cannot_be_reported_again() -> None:
@@ -583,16 +583,17 @@ def test_a_sleep_cannot_be_reported_as_a_completed_step() -> None:
 @pytest.mark.parametrize(
     "outcome",
     [
-        SleepFor(index=2, name="nap", duration_ms=10),
         SleepFor(index=0, name="nap", duration_ms=10),
-        SleepUntil(index=2, name="nap", wake_at_ms=T0),
+        SleepUntil(index=0, name="nap", wake_at_ms=T0),
     ],
-    ids=["sleep-for-skips-ahead", "sleep-for-reuses-a-recorded-index", "sleep-until-skips-ahead"],
+    ids=["sleep-for", "sleep-until"],
 )
-def test_a_sleep_that_is_not_the_next_step_is_rejected(outcome: Outcome) -> None:
+def test_a_sleep_at_an_index_that_already_has_a_result_is_rejected(outcome: Outcome) -> None:
     state = given(trigger())
 
-    when_rejected(state, report(1, steps=(step(0),), outcome=outcome))
+    rejected = when_rejected(state, report(1, steps=(step(0),), outcome=outcome))
+
+    assert not rejected.duplicate
 
 
 def test_a_sleep_of_negative_duration_is_rejected() -> None:
@@ -628,13 +629,20 @@ def test_a_timer_completes_the_sleep_and_schedules_the_next_step(outcome: Outcom
     after = apply(state, events)
     assert after is not None
     assert after.status is RunStatus.RUNNING
-    assert after.pending_sleep is None
+    assert after.waiting == ()
 
 
 def test_a_second_timer_for_the_same_sleep_is_a_duplicate() -> None:
     state = given(trigger(), report(1, outcome=SleepFor(index=0, name="nap", duration_ms=10)), timer(0, now=T0 + 10))
 
     assert when_rejected(state, timer(0, now=T0 + 11)).duplicate
+
+
+def test_a_timer_before_the_sleep_ends_is_a_duplicate() -> None:
+    # the timer of an earlier sleep at the same index (before a recovery), fired just before it was dropped
+    state = given(trigger(), report(1, outcome=SleepFor(index=0, name="nap", duration_ms=60_000)))
+
+    assert when_rejected(state, timer(0, now=T0 + 59_999)).duplicate
 
 
 def test_a_timer_for_an_unknown_run_is_rejected() -> None:
@@ -663,15 +671,17 @@ def completed_run() -> RunState:
 
 
 def failed_run() -> RunState:
-    return given(trigger(), report(1, steps=(step(0),), outcome=fail(retryable=False)))
+    # delivery 2 is the failure handler's; once it answered, nothing of the run is in flight
+    return given(trigger(), report(1, steps=(step(0),), outcome=fail(retryable=False)), report(2, outcome=Continue()))
 
 
 def run_that_gave_up_after_a_sleep() -> RunState:
     return given(
         trigger(retries=0),
         report(1, outcome=SleepFor(index=0, name="nap", duration_ms=1)),
-        timer(0),
+        timer(0, now=T0 + 1),
         report(2, outcome=fail()),
+        report(3, outcome=Continue()),  # the failure handler
     )
 
 
@@ -699,18 +709,4 @@ def test_a_finished_run_accepts_no_reports_or_timers(finished: Callable[[], RunS
     state = finished()
     assert state.status.terminal
 
-    when_rejected(state, command)
-
-
-# ---------------------------------------------------------------------------------------------
-# Backoff
-
-
-@pytest.mark.parametrize(("retry", "expected"), [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (200, 1_000)])
-def test_backoff_doubles_from_the_base_up_to_the_maximum(retry: int, expected: int) -> None:
-    assert backoff_ms(retry, 100, 1_000) == expected
-
-
-def test_backoff_is_only_defined_from_the_first_retry() -> None:
-    with pytest.raises(ValueError, match=r"^Expected"):
-        backoff_ms(0, 100, 1_000)
+    assert when_rejected(state, command).duplicate

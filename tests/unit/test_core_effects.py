@@ -11,15 +11,17 @@ from stepstream.core import (
     Defaults,
     Delivery,
     DeliveryRequested,
+    Effect,
     ErrorInfo,
     Fail,
     FireTimer,
     Outcome,
+    PendingSleep,
     RecordedStep,
     Rejected,
     ReportDelivery,
     RunState,
-    ScheduleRecord,
+    ScheduleCancelled,
     SleepFor,
     SleepUntil,
     StepKind,
@@ -80,14 +82,15 @@ def given(*commands: Command) -> RunState | None:
     return state
 
 
-def when(state: RunState | None, command: Command) -> tuple[RunState, list[ScheduleRecord]]:
-    """Decide, fold the events into the state, and return the schedule records, as the projector does."""
+def when(state: RunState | None, command: Command) -> tuple[RunState, list[Effect]]:
+    """Decide, fold the events into the state, and return the effects, as the projector does."""
     decision = decide(state, command, DEFAULTS)
     assert not isinstance(decision, Rejected), decision.reason
+    before = state
     for event in decision:
         state = evolve(state, event)
     assert state is not None
-    return state, effects(state, decision)
+    return state, effects(before, decision)
 
 
 def delivery(*, number: int, attempt: int = 1, step_index: int, steps: tuple[RecordedStep, ...] = ()) -> Delivery:
@@ -177,8 +180,9 @@ def test_a_sleep_requests_a_timer_for_its_wake_time(outcome: Outcome, kind: Step
     after, records = when(state, report(1, steps=1, outcome=outcome))
 
     assert records == [TimerRequested(request_id=timer_request_id(RUN, 1), run_id=RUN, step_index=1, due_ms=due)]
-    assert after.pending_sleep is not None
-    assert after.pending_sleep.kind is kind
+    sleep = after.pending(1)
+    assert isinstance(sleep, PendingSleep)
+    assert sleep.kind is kind
 
 
 def test_each_sleep_of_a_run_has_its_own_timer_request_id() -> None:
@@ -203,17 +207,24 @@ def test_a_fired_timer_requests_the_next_delivery_with_the_sleep_recorded() -> N
     ]
 
 
-@pytest.mark.parametrize(
-    "outcome",
-    [Complete(output='"done"'), Fail(error=BOOM, retryable=False)],
-    ids=["completed", "failed"],
-)
-def test_a_finished_run_requests_nothing(outcome: Outcome) -> None:
+def test_a_completed_run_requests_nothing_more() -> None:
     state = given(trigger())
 
-    _, records = when(state, report(1, steps=1, outcome=outcome))
+    _, records = when(state, report(1, steps=1, outcome=Complete(output='"done"')))
 
-    assert records == []
+    # only the delivery that just reported is dropped from the schedule, in case it is still there
+    assert records == [ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/1#1",))]
+
+
+def test_a_failed_run_requests_only_its_failure_handler() -> None:
+    state = given(trigger())
+
+    _, records = when(state, report(1, steps=1, outcome=Fail(error=BOOM, retryable=False)))
+
+    [record] = records
+    assert isinstance(record, DeliveryRequested)
+    assert record.delivery.failure == BOOM
+    assert record.delivery.execute_index is None
 
 
 # ---------------------------------------------------------------------------------------------

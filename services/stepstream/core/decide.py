@@ -499,6 +499,15 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                     )
                 )
                 return None
+            if plan.retry_delay is not None:
+                # The child's trigger would be rejected, and the parent would wait for it forever.
+                try:
+                    check_delay_rule(plan.retry_delay)
+                except ValueError as error:
+                    builder.fail_run(
+                        ErrorInfo(type="InvalidInvoke", message=f"step {plan.index} '{plan.name}': {error}")
+                    )
+                    return None
             builder.add(
                 InvokeStarted(
                     run_id=run_id,
@@ -521,13 +530,13 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
     return None
 
 
-def _retry_delay(state: RunState, rule: str | None, step_attempt: int, defaults: Defaults) -> int:
+def _retry_delay(rule: str | None, step_attempt: int, base_ms: int, defaults: Defaults) -> int:
     if rule is not None:
         try:
             return delay_rule_ms(rule, retried=step_attempt - 1, max_ms=defaults.retry_max_ms)
         except ValueError:
-            pass  # checked when the run started; a rule that fails later falls back to the backoff
-    return backoff_ms(step_attempt, state.retry_base_ms, defaults.retry_max_ms)
+            pass  # checked when the rule was given; a rule that fails for a later retry falls back to the backoff
+    return backoff_ms(step_attempt, base_ms, defaults.retry_max_ms)
 
 
 def _fail_attempt(
@@ -546,7 +555,7 @@ def _fail_attempt(
     if outcome.retryable and step_attempt <= state.retries:
         delay = outcome.retry_after_ms
         if delay is None:
-            delay = _retry_delay(state, state.retry_delay, step_attempt, defaults)
+            delay = _retry_delay(state.retry_delay, step_attempt, state.retry_base_ms, defaults)
         retry_at = now + max(0, delay)
     branch = state.pending(branch_index) if branch_index is not None else None
     builder.add(
@@ -584,7 +593,7 @@ def _report_failure_handler(
         if outcome.retryable and pending.attempt <= state.retries:
             delay = outcome.retry_after_ms
             if delay is None:
-                delay = _retry_delay(state, state.retry_delay, pending.attempt, defaults)
+                delay = _retry_delay(state.retry_delay, pending.attempt, state.retry_base_ms, defaults)
             retry_at = command.now_ms + max(0, delay)
     builder.add(
         FailureHandled(
@@ -607,7 +616,7 @@ def _fire_timer(state: RunState, command: FireTimer, defaults: Defaults) -> list
     builder = _Builder(state, command.run_id, command.now_ms)
     now = command.now_ms
     match pending:
-        case PendingSleep():
+        case PendingSleep() if now >= pending.wake_at_ms:
             builder.add(
                 StepCompleted(
                     run_id=command.run_id,
@@ -683,10 +692,7 @@ def _call_answered(
     call = pending.call
     retryable = error is not None or status >= 500 or status in RETRYABLE_CALL_STATUSES
     if retryable and pending.attempt <= call.retries:
-        if call.retry_delay is not None:
-            delay = delay_rule_ms(call.retry_delay, retried=pending.attempt - 1, max_ms=defaults.retry_max_ms)
-        else:
-            delay = backoff_ms(pending.attempt, defaults.retry_base_ms, defaults.retry_max_ms)
+        delay = _retry_delay(call.retry_delay, pending.attempt, defaults.retry_base_ms, defaults)
         builder.add(
             CallRetried(
                 run_id=state.run_id,

@@ -67,7 +67,7 @@ def _parse(rule: str) -> ast.Expression:
     if len(rule) > MAX_RULE_LENGTH:
         raise ValueError(f"Expected a delay rule of at most {MAX_RULE_LENGTH} characters, but got {len(rule)}")
     try:
-        tree = ast.parse(rule, mode="eval")
+        tree = ast.parse(rule.strip(), mode="eval")  # leading blanks would be an indentation error
     except SyntaxError:
         raise ValueError(
             f"Expected a delay rule such as '1000 * pow(2, retried)', but {rule!r} does not parse"
