@@ -4,8 +4,14 @@ stepstream dev [--example]          the local stack in one process (starts a loc
 stepstream projector|scheduler|executor|api
 stepstream kafka start|stop|status  the local single-node Kafka
 stepstream topics create            create the engine's topics
-stepstream trigger WORKFLOW [--payload JSON] [--url URL] [--run-id ID] [--watch]
-stepstream runs list|get|history …
+stepstream trigger WORKFLOW [--payload JSON] [--run-id ID] [--delay 10s|--not-before TIME] [--watch] …
+stepstream runs list|get|steps|history …
+stepstream notify EVENT_ID [--data JSON]       stepstream waiters EVENT_ID
+stepstream cancel RUN_ID | --workflow W | --label L | --created-before T | --all
+stepstream deadletter list|resume|restart|delete [RUN_ID]
+
+Exit codes: 0 done; 1 a watched run failed or was cancelled, or watching gave up; 2 the command was
+wrong, the api refused it, or the api could not be reached.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 API_URL_DEFAULT = "http://127.0.0.1:8080"
 EXAMPLE_PORT = 8000
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"stepstream: {message}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -205,10 +211,15 @@ def cmd_service(args: argparse.Namespace) -> None:
 # -- the api's client -------------------------------------------------------------------------
 
 
+def _base() -> str:
+    return os.environ.get("STEPSTREAM_API_URL", API_URL_DEFAULT).rstrip("/")
+
+
 def _api(method: str, path: str, **kwargs: Any) -> Any:
+    """The api's JSON answer; on an error answer or no answer, the reason on stderr and exit code 2."""
     import httpx
 
-    base = os.environ.get("STEPSTREAM_API_URL", API_URL_DEFAULT)
+    base = _base()
     try:
         response = httpx.request(method, base + path, timeout=10, **kwargs)
     except httpx.HTTPError as error:
@@ -222,60 +233,177 @@ def _api(method: str, path: str, **kwargs: Any) -> Any:
     return response.json()
 
 
-def cmd_trigger(args: argparse.Namespace) -> None:
+def _segment(value: str) -> str:
+    """A run id or event id as one URL path segment."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _json_option(value: str | None, option: str) -> Any:
+    if value is None:
+        return None
     try:
-        payload = json.loads(args.payload) if args.payload is not None else None
+        return json.loads(value)
     except ValueError as error:
-        _fail(f"--payload is not valid JSON: {error}")
-    body: dict[str, Any] = {"workflow": args.workflow, "payload": payload}
-    for name in ("url", "run_id", "label", "retries", "delay_ms"):
+        _fail(f"{option} is not valid JSON: {error}")
+
+
+def _instant(value: str, option: str, *, ago: bool = False) -> int:
+    """Epoch milliseconds from ``value``: epoch ms, an ISO-8601 time (local time if it names no zone),
+    or, if ``ago``, a duration such as ``2h`` meaning that long before now."""
+    from datetime import datetime
+
+    from stepstream.api.inputs import parse_duration_ms
+
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if ago:
+        try:
+            return int(time.time() * 1000) - parse_duration_ms(text)
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        durations = "a duration such as '2h' (that long ago), " if ago else ""
+        _fail(
+            f"{option}: expected {durations}epoch milliseconds or an ISO-8601 time such as "
+            f"'2026-01-31T09:00' or '2026-01-31T09:00:00Z', but got {value!r}"
+        )
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the machine's local time zone, as a person at a terminal means it
+    return int(moment.timestamp() * 1000)
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, separator, header_value = value.partition(":")
+    if not separator:
+        name, separator, header_value = value.partition("=")
+    if not separator or not name.strip():
+        _fail(f"--header: expected 'Name: value', but got {value!r}")
+    return name.strip(), header_value.strip()
+
+
+def _clock(at_ms: int | None, *, date: bool = False) -> str:
+    if at_ms is None:
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(at_ms / 1000))
+    return f"{stamp}.{at_ms % 1000:03d}" if not date else stamp
+
+
+def cmd_trigger(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"workflow": args.workflow, "payload": _json_option(args.payload, "--payload")}
+    for name in ("url", "run_id", "label", "retries", "retry_delay", "failure_url", "delay", "delay_ms"):
         value = getattr(args, name)
         if value is not None:
             body[name] = value
+    if args.not_before is not None:
+        body["not_before"] = _instant(args.not_before, "--not-before")
+    if args.header:
+        body["headers"] = dict(_header(value) for value in args.header)
     answer = _api("POST", "/v1/runs", json=body)
-    print(answer["run_id"] + ("  (already triggered)" if answer.get("duplicate") else ""))
+    print(answer["run_id"])
+    if answer.get("duplicate"):
+        status = answer.get("run", {}).get("status", "known")
+        print(f"run {answer['run_id']} already exists ({status}): nothing new was started", file=sys.stderr)
+    if answer.get("not_before_ms"):
+        print(f"its first step is due at {_clock(answer['not_before_ms'], date=True)}", file=sys.stderr)
     if args.watch:
         _watch(answer["run_id"], timeout_s=args.timeout)
 
 
+def _seconds(milliseconds: int) -> str:
+    return f"{milliseconds / 1000:.1f} s"
+
+
 def _describe(event: dict[str, Any]) -> str:
+    """One readable line for an event of the history."""
     kind = str(event["type"])
-    if kind == "StepCompleted":
-        return f"{event['kind']} step {event['step_index']} {event['name']!r} completed → {json.dumps(event['output'])}"
-    if kind == "StepScheduled":
-        return f"delivery {event['delivery_id']} scheduled (step {event['step_index']}, attempt {event['attempt']})"
-    if kind == "SleepStarted":
-        seconds = (event["wake_at_ms"] - event["at_ms"]) / 1000
-        return f"{event['kind']} step {event['step_index']} {event['name']!r} started: wakes in {seconds:.1f} s"
-    if kind == "StepFailed":
-        retry = f", retry at {event['retry_at_ms']}" if event.get("retry_at_ms") else ", no retry left"
-        return f"step {event['step_index']} attempt {event['attempt']} failed: {event['error']['message']}{retry}"
+    step = f"step {event.get('step_index')}"
     if kind == "RunStarted":
-        return f"run of {event['workflow']!r} started with payload {json.dumps(event['payload'])}"
+        parent = f" (invoked by {event['parent_run_id']})" if event.get("parent_run_id") else ""
+        return f"run of {event['workflow']!r} started with payload {json.dumps(event['payload'])}{parent}"
+    if kind == "StepScheduled":
+        if event.get("execute_only"):
+            return (
+                f"delivery {event['delivery_id']} scheduled for parallel {step} {event.get('name')!r} "
+                f"(attempt {event['attempt']})"
+            )
+        return f"delivery {event['delivery_id']} scheduled ({step}, attempt {event['attempt']})"
+    if kind == "StepCompleted":
+        return f"{event['kind']} {step} {event['name']!r} completed → {json.dumps(event['output'])}"
+    if kind == "StepFailed":
+        retry = f", retry at {_clock(event['retry_at_ms'])}" if event.get("retry_at_ms") else ", no retry left"
+        return f"{step} attempt {event['attempt']} failed: {event['error']['message']}{retry}"
+    if kind == "SleepStarted":
+        wakes = _seconds(event["wake_at_ms"] - event["at_ms"])
+        return f"{event['kind']} {step} {event['name']!r} started: wakes in {wakes}"
+    if kind == "CallStarted":
+        call = event["call"]
+        return f"call {step} {event['name']!r} started: {call['method']} {call['url']}"
+    if kind == "CallRetried":
+        answer = f"answered {event['status']}" if event["status"] else "got no answer"
+        if event["error"] != answer:
+            answer += f" ({event['error']})"
+        return f"call {step} attempt {event['attempt']} {answer}; retry at {_clock(event['retry_at_ms'])}"
+    if kind == "WaitStarted":
+        timeout = _seconds(event["timeout_at_ms"] - event["at_ms"])
+        return f"wait {step} {event['name']!r} waits for event {event['event_id']!r} (times out in {timeout})"
+    if kind == "EventReceived":
+        return f"wait {step} received event {event['event_id']!r} → {json.dumps(event['data'])}"
+    if kind == "WaitTimedOut":
+        return f"wait {step} timed out waiting for event {event['event_id']!r}"
+    if kind == "NotifyStarted":
+        return f"notify {step} {event['name']!r} notifies event {event['event_id']!r} with {json.dumps(event['data'])}"
+    if kind == "InvokeStarted":
+        return f"invoke {step} {event['name']!r} started child run {event['child_run_id']} of {event['workflow']!r}"
     if kind == "RunCompleted":
         return f"run completed → {json.dumps(event['output'])}"
     if kind == "RunFailed":
         return f"run failed: {event['error']['type']}: {event['error']['message']}"
+    if kind == "RunCancelled":
+        return "run cancelled" + (f": {event['reason']}" if event.get("reason") else "")
+    if kind == "ResultIgnored":
+        return f"ignored, the run was cancelled: {event['what']}"
+    if kind == "FailureHandlerScheduled":
+        return (
+            f"failure handler scheduled: {event['url']} (delivery {event['delivery_id']}, attempt {event['attempt']})"
+        )
+    if kind == "FailureHandled":
+        if event.get("error") is None:
+            return "failure handler answered"
+        retry = f", retry at {_clock(event['retry_at_ms'])}" if event.get("retry_at_ms") else ", no retry left"
+        return f"failure handler attempt {event['attempt']} failed: {event['error']['message']}{retry}"
+    if kind == "RunRecovered":
+        done = {"resume": "resumed", "restart": "restarted", "delete": "deleted from the dead-letter list"}
+        return f"run {done.get(event['action'], event['action'])} by an operator"
     return kind
 
 
 def _print_event(event: dict[str, Any]) -> None:
-    stamp = time.strftime("%H:%M:%S", time.localtime(event["at_ms"] / 1000))
-    print(f"{event['seq']:>4}  {stamp}.{event['at_ms'] % 1000:03d}  {event['type']:<14} {_describe(event)}")
+    print(f"{event['seq']:>4}  {_clock(event['at_ms'])}  {event['type']:<14} {_describe(event)}")
+
+
+ENDING_EVENTS = {"RunCompleted": 0, "RunFailed": 1, "RunCancelled": 1}
 
 
 def _watch(run_id: str, timeout_s: float) -> None:
+    """Print the run's history as it grows, until it ends: exit 0 if it completed, 1 if it failed or was cancelled."""
     seen = 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            events = _api_quiet("GET", f"/v1/runs/{run_id}/history?after_seq={seen}")
+            events = _api_quiet("GET", f"/v1/runs/{_segment(run_id)}/history?after_seq={seen}")
         except LookupError:
             events = []
         for event in events:
             _print_event(event)
             seen = event["seq"]
-            if event["type"] in ("RunCompleted", "RunFailed"):
+            if event["type"] in ENDING_EVENTS:
+                if ENDING_EVENTS[event["type"]]:
+                    raise SystemExit(ENDING_EVENTS[event["type"]])
                 return
         time.sleep(0.2)
     _fail(f"gave up watching {run_id} after {timeout_s:.0f} s; it may still be running", code=1)
@@ -284,8 +412,11 @@ def _watch(run_id: str, timeout_s: float) -> None:
 def _api_quiet(method: str, path: str) -> list[dict[str, Any]]:
     import httpx
 
-    base = os.environ.get("STEPSTREAM_API_URL", API_URL_DEFAULT)
-    response = httpx.request(method, base + path, timeout=10)
+    base = _base()
+    try:
+        response = httpx.request(method, base + path, timeout=10)
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the api at {base}: {error}")
     if response.status_code == 404:
         raise LookupError(path)
     response.raise_for_status()
@@ -293,21 +424,218 @@ def _api_quiet(method: str, path: str) -> list[dict[str, Any]]:
     return events
 
 
+def _run_filters(args: argparse.Namespace) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for name in ("workflow", "label"):
+        if getattr(args, name, None):
+            query[name] = getattr(args, name)
+    if getattr(args, "since", None):
+        query["created_after"] = _instant(args.since, "--since", ago=True)
+    if getattr(args, "until", None):
+        query["created_before"] = _instant(args.until, "--until", ago=True)
+    return query
+
+
+def _print_runs(answer: dict[str, Any], *, errors: bool = False) -> None:
+    for run in answer["runs"]:
+        line = (
+            f"{run['run_id']}  {run['workflow']:<16} {run['status']:<10} {run['steps']:>3} steps  "
+            f"{_clock(run['created_at_ms'], date=True)}"
+        )
+        if errors and run.get("error"):
+            line += f"  {run['error']['type']}: {run['error']['message']}"
+        print(line)
+    if not answer["runs"]:
+        print("no runs match", file=sys.stderr)
+    if answer.get("next_cursor"):
+        print(f"more: add --cursor {answer['next_cursor']}", file=sys.stderr)
+
+
+def _page_query(args: argparse.Namespace) -> dict[str, Any]:
+    query = {**_run_filters(args), "limit": args.limit}
+    if args.cursor:
+        query["cursor"] = args.cursor
+    return query
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    detail = step.get("detail") or {}
+    if step["status"] == "completed":
+        what = f"→ {json.dumps(step['output'])}"
+    elif step["kind"] in ("sleep", "sleep_until"):
+        what = f"wakes at {_clock(detail.get('wake_at_ms'), date=True)}"
+    elif step["kind"] == "wait_for_event":
+        what = f"waits for event {detail.get('event_id')!r} until {_clock(detail.get('timeout_at_ms'), date=True)}"
+    elif step["kind"] == "call":
+        what = f"{detail.get('method')} {detail.get('url')}, attempt {detail.get('attempt')}"
+    elif step["kind"] == "notify":
+        what = f"notifying event {detail.get('event_id')!r}"
+    elif step["kind"] == "invoke":
+        what = f"child run {detail.get('child_run_id')}"
+    else:
+        what = "running"
+    return f"{step['index']:>4}  {step['kind']:<14} {step['status']:<9}  {step['name']!r}  {what}"
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     if args.action == "list":
-        query = {key: value for key, value in (("status", args.status), ("workflow", args.workflow)) if value}
-        answer = _api("GET", "/v1/runs", params={**query, "limit": args.limit})
-        for run in answer["runs"]:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at_ms"] / 1000))
-            print(f"{run['run_id']}  {run['workflow']:<16} {run['status']:<10} {run['steps']:>3} steps  {stamp}")
+        query = _page_query(args)
+        if args.status:
+            query["status"] = args.status
+        if args.dead_letter:
+            query["dead_letter"] = "true"
+        _print_runs(_api("GET", "/v1/runs", params=query))
     elif args.action == "get":
-        print(json.dumps(_api("GET", f"/v1/runs/{args.run_id}"), indent=2))
+        print(json.dumps(_api("GET", f"/v1/runs/{_segment(args.run_id)}"), indent=2))
+    elif args.action == "steps":
+        steps = _api("GET", f"/v1/runs/{_segment(args.run_id)}/steps")["steps"]
+        for step in steps:
+            print(_step_line(step))
+        if not steps:
+            print(f"run {args.run_id} has no steps yet", file=sys.stderr)
+    elif args.follow:
+        _watch(args.run_id, timeout_s=args.timeout)
     else:
-        if args.follow:
-            _watch(args.run_id, timeout_s=args.timeout)
-        else:
-            for event in _api("GET", f"/v1/runs/{args.run_id}/history")["events"]:
-                _print_event(event)
+        for event in _api("GET", f"/v1/runs/{_segment(args.run_id)}/history")["events"]:
+            _print_event(event)
+
+
+def cmd_notify(args: argparse.Namespace) -> None:
+    data = _json_option(args.data, "--data")
+    answer = _api("POST", f"/v1/events/{_segment(args.event_id)}/notify", json={"data": data})
+    for run_id in answer["waiting"]:
+        print(run_id)
+    if not answer["waiting"]:
+        print(answer["message"], file=sys.stderr)
+
+
+def cmd_waiters(args: argparse.Namespace) -> None:
+    waiters = _api("GET", f"/v1/events/{_segment(args.event_id)}/waiters")["waiters"]
+    for waiter in waiters:
+        print(
+            f"{waiter['run_id']}  step {waiter['step_index']}  waiting since {_clock(waiter['since_ms'], date=True)}"
+            f"  times out at {_clock(waiter['timeout_at_ms'], date=True)}"
+        )
+    if not waiters:
+        print(f"no run is waiting on event {args.event_id!r}", file=sys.stderr)
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    criteria = {
+        "workflow": args.workflow,
+        "label": args.label,
+        "created_after": None if args.created_after is None else _instant(args.created_after, "--created-after"),
+        "created_before": None if args.created_before is None else _instant(args.created_before, "--created-before"),
+    }
+    chosen = {name: value for name, value in criteria.items() if value is not None}
+    reason = {"reason": args.reason} if args.reason is not None else {}
+    if args.run_id is not None:
+        if chosen or args.all:
+            _fail("give a run id, or filters (--workflow, --label, --created-after, --created-before, --all), not both")
+        answer = _api("POST", f"/v1/runs/{_segment(args.run_id)}/cancel", json=reason)
+        print(answer["message"], file=sys.stderr)
+        return
+    if not chosen and not args.all:
+        _fail("give a run id, or at least one of --workflow, --label, --created-after, --created-before, or --all")
+    answer = _api("POST", "/v1/runs/cancel", json={**chosen, **reason, "all": args.all})
+    for run_id in answer["cancelled"]:
+        print(run_id)
+    count = answer["count"]
+    print(f"cancel requested for {count} run{'' if count == 1 else 's'}", file=sys.stderr)
+
+
+def cmd_deadletter(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        _print_runs(_api("GET", "/v1/deadletter", params=_page_query(args)), errors=True)
+        return
+    if args.run_id is None:
+        _fail(f"`stepstream deadletter {args.action}` needs a run id")
+    path = f"/v1/deadletter/{_segment(args.run_id)}"
+    if args.action == "delete":
+        _api("DELETE", path)
+        print(f"run {args.run_id} is being taken off the dead-letter list (it and its history stay)", file=sys.stderr)
+    else:
+        _api("POST", f"{path}/{args.action}")
+        print(f"run {args.run_id}: {args.action} requested", file=sys.stderr)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workflow")
+    parser.add_argument("--label")
+    parser.add_argument("--since", help="created at or after: '2h' (ago), epoch ms or ISO-8601")
+    parser.add_argument("--until", help="created before: '30m' (ago), epoch ms or ISO-8601")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--cursor", help="the next page, as a previous page said")
+
+
+def _add_trigger(commands: Any) -> None:
+    trigger = commands.add_parser("trigger", help="start a run through the api")
+    trigger.add_argument("workflow")
+    trigger.add_argument("--payload", help="the run's payload as JSON")
+    trigger.add_argument("--url", help="the workflow endpoint, if the api has none registered for it")
+    trigger.add_argument("--run-id", help="choose the run id (a second trigger with it starts nothing)")
+    trigger.add_argument("--label")
+    trigger.add_argument("--retries", type=int, help="retries of a failed step (default: the engine's)")
+    trigger.add_argument("--retry-delay", help="a delay rule for retries, such as '1000 * pow(2, retried)'")
+    trigger.add_argument("--failure-url", help="where the failure handler is called (default: the workflow's url)")
+    trigger.add_argument(
+        "--header", action="append", default=[], help="'Name: value', sent with every delivery (repeatable)"
+    )
+    when = trigger.add_mutually_exclusive_group()
+    when.add_argument("--delay", help="start after a duration such as '10s', '5m' or '1h30m'")
+    when.add_argument("--delay-ms", type=int, help="start after this many milliseconds")
+    when.add_argument("--not-before", help="start no earlier than this time: epoch ms or ISO-8601 (local if no zone)")
+    trigger.add_argument("--watch", action="store_true", help="print the run's history as it happens")
+    trigger.add_argument("--timeout", type=float, default=600, help="how long --watch waits (seconds)")
+    trigger.set_defaults(handler=cmd_trigger)
+
+
+def _add_runs(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="list runs, show one, its steps or its history")
+    actions = runs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="runs, newest first")
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=["running", "sleeping", "waiting", "completed", "failed", "cancelled"],
+        help="repeatable: runs in any of these",
+    )
+    listing.add_argument("--dead-letter", action="store_true", help="only failed runs in the dead-letter list")
+    _add_filters(listing)
+    for name, text in (("get", "one run as JSON"), ("steps", "a run's steps"), ("history", "a run's events")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("run_id")
+        if name == "history":
+            action.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+            action.add_argument("--timeout", type=float, default=600)
+    runs.set_defaults(handler=cmd_runs)
+
+
+def _add_events_and_control(commands: Any) -> None:
+    notify = commands.add_parser("notify", help="notify an event id: wake the runs waiting on it")
+    notify.add_argument("event_id")
+    notify.add_argument("--data", help="the notification's data as JSON (default: null)")
+    notify.set_defaults(handler=cmd_notify)
+    waiters = commands.add_parser("waiters", help="the runs waiting on an event id")
+    waiters.add_argument("event_id")
+    waiters.set_defaults(handler=cmd_waiters)
+    cancel = commands.add_parser("cancel", help="cancel a run, or every run matching filters that has not ended")
+    cancel.add_argument("run_id", nargs="?")
+    cancel.add_argument("--reason")
+    cancel.add_argument("--workflow")
+    cancel.add_argument("--label")
+    cancel.add_argument("--created-after", help="epoch ms or ISO-8601 (local if no zone)")
+    cancel.add_argument("--created-before", help="epoch ms or ISO-8601 (local if no zone)")
+    cancel.add_argument("--all", action="store_true", help="every run that has not ended")
+    cancel.set_defaults(handler=cmd_cancel)
+    deadletter = commands.add_parser("deadletter", help="failed runs: list, resume, restart or delete them")
+    deadletter.add_argument("action", choices=["list", "resume", "restart", "delete"])
+    deadletter.add_argument("run_id", nargs="?")
+    _add_filters(deadletter)
+    deadletter.set_defaults(handler=cmd_deadletter)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -324,33 +652,14 @@ def parser() -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="create the engine's topics")
     topics.add_argument("action", choices=["create"])
     topics.set_defaults(handler=cmd_topics)
-    trigger = commands.add_parser("trigger", help="start a run through the api")
-    trigger.add_argument("workflow")
-    trigger.add_argument("--payload", help="the run's payload as JSON")
-    trigger.add_argument("--url", help="the workflow endpoint, if the api has none registered for it")
-    trigger.add_argument("--run-id", help="choose the run id (a second trigger with it starts nothing)")
-    trigger.add_argument("--label")
-    trigger.add_argument("--retries", type=int)
-    trigger.add_argument("--delay-ms", type=int)
-    trigger.add_argument("--watch", action="store_true", help="print the run's history as it happens")
-    trigger.add_argument("--timeout", type=float, default=600, help="how long --watch waits (seconds)")
-    trigger.set_defaults(handler=cmd_trigger)
-    runs = commands.add_parser("runs", help="list runs, show one, or print its history")
-    runs.add_argument("action", choices=["list", "get", "history"])
-    runs.add_argument("run_id", nargs="?")
-    runs.add_argument("--status")
-    runs.add_argument("--workflow")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.add_argument("--follow", action="store_true")
-    runs.add_argument("--timeout", type=float, default=600)
-    runs.set_defaults(handler=cmd_runs)
+    _add_trigger(commands)
+    _add_runs(commands)
+    _add_events_and_control(commands)
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.command == "runs" and args.action in ("get", "history") and not args.run_id:
-        _fail(f"`stepstream runs {args.action}` needs a run id")
     args.handler(args)
 
 

@@ -189,6 +189,9 @@ class ApiSettings:
     database: str = ""
     workflows: Mapping[str, str] = field(default_factory=dict)  # name -> endpoint url
     max_payload_bytes: int = 1_048_576
+    # The projector's notification buffer (STEPSTREAM_NOTIFY_BUFFER_MS, the same variable): the api
+    # only tells a notifier how long its notification is kept for runs that start waiting later.
+    notify_buffer_ms: int = 60_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -199,4 +202,5 @@ class ApiSettings:
             database=database_url(environ),
             workflows=_workflows(environ),
             max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1_048_576, minimum=1),
+            notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
         )

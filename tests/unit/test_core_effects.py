@@ -17,6 +17,7 @@ from stepstream.core import (
     FireTimer,
     Outcome,
     PendingSleep,
+    PlanRun,
     RecordedStep,
     Rejected,
     ReportDelivery,
@@ -26,6 +27,7 @@ from stepstream.core import (
     SleepUntil,
     StepKind,
     StepResult,
+    Suspend,
     TimerRequested,
     TriggerRun,
     decide,
@@ -212,8 +214,26 @@ def test_a_completed_run_requests_nothing_more() -> None:
 
     _, records = when(state, report(1, steps=1, outcome=Complete(output='"done"')))
 
-    # only the delivery that just reported is dropped from the schedule, in case it is still there
-    assert records == [ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/1#1",))]
+    # the delivery that just reported was due, so it is no longer in the scheduler: nothing to drop
+    assert records == []
+
+
+def test_a_run_that_ends_drops_its_retries_still_waiting_in_the_scheduler() -> None:
+    # given a branch whose retry is due later, beside another branch that fails the run for good
+    state = given(
+        trigger(),
+        report(1, outcome=Suspend(steps=(PlanRun(index=0, name="a"), PlanRun(index=1, name="b")))),
+    )
+    retrying = report(2, outcome=Fail(error=BOOM, retryable=True), now=T0 + 10)
+    state, _ = when(state, retrying)
+    retry = next(d for d in state.in_flight if d.step_index == 0)
+    assert retry.not_before_ms > T0 + 20
+
+    # when the other branch fails without retry
+    _, records = when(state, report(3, outcome=Fail(error=BOOM, retryable=False), now=T0 + 20))
+
+    # then the retry still held by the scheduler is dropped
+    assert ScheduleCancelled(run_id=RUN, request_ids=(f"{retry.delivery_id}#{retry.attempt}",)) in records
 
 
 def test_a_failed_run_requests_only_its_failure_handler() -> None:

@@ -478,13 +478,24 @@ def test_a_non_retryable_branch_failure_fails_the_run_at_once() -> None:
     assert then_applied(state, events).error == BOOM
 
 
+def test_a_branch_delivery_that_cancels_the_run_cancels_it() -> None:
+    # given two branches in flight
+    state = given(trigger(), report(1, outcome=Suspend(steps=(PlanRun(index=0, name="a"), PlanRun(index=1, name="b")))))
+
+    # when replaying up to branch a reaches ctx.cancel()
+    events = when(state, report(2, outcome=Cancel(reason="not needed")))
+
+    # then the run is cancelled, not failed
+    assert [type(event) for event in events] == [RunCancelled]
+
+
 @pytest.mark.parametrize(
     "wrong",
     [
         report(2, steps=(), outcome=Continue()),
         report(2, steps=(step(1),), outcome=Continue()),
         report(2, steps=(step(0), step(1)), outcome=Continue()),
-        report(2, steps=(step(0),), outcome=Cancel()),
+        report(2, steps=(step(0),), outcome=Complete(output="1")),
     ],
     ids=["no-step", "another-step", "more-steps", "not-continue"],
 )

@@ -2,24 +2,48 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
 from stepstream.core import (
+    CallSpec,
+    CallStarted,
+    CancelRun,
+    ChildFinished,
     Command,
     Complete,
     Continue,
     Defaults,
     ErrorInfo,
     Event,
+    EventReceived,
     Fail,
     FireTimer,
     Outcome,
+    PendingCall,
+    PendingInvoke,
+    PendingSleep,
+    PendingWait,
+    PlanCall,
+    PlanInvoke,
+    PlannedStep,
+    PlanNotify,
+    PlanRun,
+    PlanSleep,
+    PlanWait,
+    ReceiveEvent,
+    RecoverRun,
+    Recovery,
     Rejected,
+    ReportCall,
     ReportDelivery,
+    ReportNotify,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -32,11 +56,13 @@ from stepstream.core import (
     StepKind,
     StepResult,
     StepScheduled,
+    Suspend,
     TriggerRun,
     decide,
     evolve,
 )
-from stepstream.store import QueryStore, RunRow, event_to_dict
+from stepstream.projector.indexer import index
+from stepstream.store import QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
 
 T0 = 1_700_000_000_000
 DEFAULTS = Defaults(retries=1, retry_base_ms=1_000, retry_max_ms=60_000)
@@ -44,7 +70,8 @@ BOOM = ErrorInfo(type="ValueError", message="boom")
 
 
 class Run:
-    """A run driven through ``decide``: every command must be accepted; its events pile up in order."""
+    """A run driven through ``decide``: every command must be accepted; its events pile up in order,
+    and ``states`` holds the core's state after each of them, to compare the store with."""
 
     def __init__(
         self,
@@ -54,12 +81,12 @@ class Run:
         workflow: str = "orders",
         label: str | None = "nightly",
         payload: str = '{"order":42,"items":["a","b"]}',
+        parent_run_id: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.state: RunState | None = None
         self.events: list[Event] = []
-        self.deliveries = 0
-        self.attempt = 1
+        self.states: list[RunState] = []
         self.apply(
             TriggerRun(
                 run_id=run_id,
@@ -69,22 +96,30 @@ class Run:
                 now_ms=now,
                 headers=(("x-tenant", "acme"),),
                 label=label,
+                parent_run_id=parent_run_id,
+                parent_step_index=0 if parent_run_id else None,
+                depth=1 if parent_run_id else 0,
             )
         )
+
+    @property
+    def current(self) -> RunState:
+        assert self.state is not None
+        return self.state
 
     def apply(self, command: Command) -> list[Event]:
         decision = decide(self.state, command, DEFAULTS)
         assert not isinstance(decision, Rejected), decision.reason
         for event in decision:
             self.state = evolve(self.state, event)
-            if isinstance(event, StepScheduled):
-                self.deliveries, self.attempt = int(event.delivery_id.rsplit("/", 1)[1]), event.attempt
+            self.states.append(self.state)
         self.events.extend(decision)
         return decision
 
     def report(self, outcome: Outcome, *, outputs: tuple[str, ...] = (), now: int = T0) -> list[Event]:
-        assert self.state is not None
-        first = self.state.next_step_index
+        """The replay delivery in flight reports ``outputs`` as run steps from the first open index."""
+        replay = next(delivery for delivery in self.current.in_flight if not delivery.execute_only)
+        first = self.current.first_open_index
         steps = tuple(
             StepResult(index=first + offset, name=f"step-{first + offset}", kind=StepKind.RUN, output=output)
             for offset, output in enumerate(outputs)
@@ -92,16 +127,91 @@ class Run:
         return self.apply(
             ReportDelivery(
                 run_id=self.run_id,
-                delivery_id=f"{self.run_id}/{self.deliveries}",
-                attempt=self.attempt,
+                delivery_id=replay.delivery_id,
+                attempt=replay.attempt,
                 now_ms=now,
                 steps=steps,
                 outcome=outcome,
             )
         )
 
+    def suspend(self, *plans: PlannedStep, now: int = T0) -> list[Event]:
+        return self.report(Suspend(steps=plans), now=now)
+
+    def branch(self, index: int, output: str | None, *, now: int = T0) -> list[Event]:
+        """The delivery of parallel run step ``index`` reports its result, or fails (output None)."""
+        delivery = next(d for d in self.current.in_flight if d.execute_only and d.step_index == index)
+        result = StepResult(index=index, name=f"branch-{index}", kind=StepKind.RUN, output=output or "null")
+        return self.apply(
+            ReportDelivery(
+                run_id=self.run_id,
+                delivery_id=delivery.delivery_id,
+                attempt=delivery.attempt,
+                now_ms=now,
+                steps=() if output is None else (result,),
+                outcome=Fail(error=BOOM, retryable=True) if output is None else Continue(),
+            )
+        )
+
     def fire(self, step_index: int, *, now: int) -> list[Event]:
         return self.apply(FireTimer(run_id=self.run_id, step_index=step_index, now_ms=now))
+
+    def answer_call(self, index: int, status: int, body: str, *, now: int = T0) -> list[Event]:
+        pending = self.current.pending(index)
+        assert isinstance(pending, PendingCall)
+        return self.apply(
+            ReportCall(
+                run_id=self.run_id,
+                step_index=index,
+                attempt=pending.attempt,
+                now_ms=now,
+                status=status,
+                headers=(("set-cookie", "session=secret"),),
+                body=body,
+            )
+        )
+
+    def receive(self, index: int, event_id: str, data: str, *, now: int = T0) -> list[Event]:
+        return self.apply(ReceiveEvent(run_id=self.run_id, step_index=index, event_id=event_id, data=data, now_ms=now))
+
+    def notified(self, index: int, run_ids: tuple[str, ...], *, now: int = T0) -> list[Event]:
+        return self.apply(ReportNotify(run_id=self.run_id, step_index=index, notified=run_ids, now_ms=now))
+
+    def child_finished(self, index: int, output: str, *, now: int = T0) -> list[Event]:
+        pending = self.current.pending(index)
+        assert isinstance(pending, PendingInvoke)
+        return self.apply(
+            ChildFinished(
+                run_id=self.run_id,
+                step_index=index,
+                child_run_id=pending.child_run_id,
+                status="completed",
+                output=output,
+                error=None,
+                now_ms=now,
+            )
+        )
+
+    def fail(self, *, now: int = T0) -> list[Event]:
+        return self.report(Fail(error=ErrorInfo(type="CardDeclined", message="declined"), retryable=False), now=now)
+
+    def cancel(self, reason: str | None = "not needed", *, now: int = T0) -> list[Event]:
+        return self.apply(CancelRun(run_id=self.run_id, reason=reason, now_ms=now))
+
+    def recover(self, action: Recovery, *, now: int = T0) -> list[Event]:
+        return self.apply(RecoverRun(run_id=self.run_id, action=action, now_ms=now))
+
+
+def call_spec(**changes: Any) -> CallSpec:
+    values: dict[str, Any] = {
+        "method": "POST",
+        "url": "https://api.example.com/charge",
+        "headers": (("authorization", "Bearer sk_live_123"),),
+        "body": '{"amount":5}',
+        "timeout_ms": 10_000,
+        "retries": 2,
+    }
+    return CallSpec(**{**values, **changes})
 
 
 @pytest.fixture
@@ -188,8 +298,8 @@ def test_a_sleep_until_shows_its_wake_time(store: QueryStore) -> None:
 def test_a_run_that_fails_for_good_shows_the_error(store: QueryStore) -> None:
     run = Run()
     run.report(Continue(), outputs=("1",), now=T0 + 1)
-    run.report(Fail(error=ErrorInfo(type="CardDeclined", message="declined"), retryable=False), now=T0 + 2)
-    assert isinstance(run.events[-1], RunFailed)
+    run.fail(now=T0 + 2)
+    assert any(isinstance(event, RunFailed) for event in run.events)
 
     store.apply(run.events)
 
@@ -198,6 +308,7 @@ def test_a_run_that_fails_for_good_shows_the_error(store: QueryStore) -> None:
     assert failed.error == {"type": "CardDeclined", "message": "declined"}
     assert failed.output is None
     assert failed.steps == 1
+    assert failed.dead_letter is True
 
 
 def test_a_failed_attempt_that_will_be_retried_keeps_the_run_running_and_shows_the_last_error(
@@ -549,3 +660,561 @@ def test_a_reopened_store_keeps_its_runs_and_still_ignores_repeats(tmp_path: Pat
 
         assert row(second) == before
         assert second.history("run_A") == history
+
+
+# ---------------------------------------------------------------------------------------------
+# Every event kind: after each event, the row, the steps and the waiters agree with the core's state
+
+
+def sleep_then_complete() -> Run:
+    return completed_run()
+
+
+def parallel_steps() -> Run:
+    run = Run()
+    run.suspend(
+        PlanRun(index=0, name="a"),
+        PlanRun(index=1, name="b"),
+        PlanSleep(index=2, name="nap", kind=StepKind.SLEEP, duration_ms=1_000),
+        now=T0 + 1,
+    )
+    run.branch(0, '"A"', now=T0 + 2)
+    run.branch(1, None, now=T0 + 3)  # fails; retried (DEFAULTS allow one retry)
+    run.branch(1, '"B"', now=T0 + 1_500)
+    run.fire(2, now=T0 + 1_501)
+    run.report(Complete(output='"done"'), now=T0 + 1_502)
+    return run
+
+
+def call_retried_then_answered() -> Run:
+    run = Run()
+    run.suspend(PlanCall(index=0, name="charge", call=call_spec()), now=T0 + 1)
+    run.answer_call(0, 503, '"busy"', now=T0 + 2)
+    run.answer_call(0, 200, '{"ok":true}', now=T0 + 3_000)
+    run.report(Complete(output="1"), now=T0 + 3_001)
+    return run
+
+
+def wait_and_sleep_in_parallel() -> Run:
+    run = Run()
+    run.suspend(
+        PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000),
+        PlanSleep(index=1, name="nap", kind=StepKind.SLEEP, duration_ms=10),
+        now=T0 + 1,
+    )
+    run.fire(1, now=T0 + 11)
+    run.receive(0, "order-42", '{"approved":true}', now=T0 + 20)
+    run.report(Complete(output="null"), now=T0 + 21)
+    return run
+
+
+def wait_times_out_fails_and_restarts() -> Run:
+    run = Run()
+    run.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=1_000), now=T0 + 1)
+    run.fire(0, now=T0 + 1_001)
+    run.report(Continue(), outputs=('"x"',), now=T0 + 1_002)
+    run.fail(now=T0 + 1_003)
+    run.recover(Recovery.RESTART, now=T0 + 5_000)
+    run.report(Complete(output="2"), outputs=('"y"',), now=T0 + 5_001)
+    return run
+
+
+def notify_and_invoke() -> Run:
+    run = Run()
+    run.suspend(
+        PlanNotify(index=0, name="tell", event_id="order-42", data='{"paid":true}'),
+        PlanInvoke(
+            index=1,
+            name="refund",
+            workflow="refunds",
+            url=None,
+            payload='{"amount":5}',
+            headers=(("authorization", "Bearer child"),),
+        ),
+        now=T0 + 1,
+    )
+    run.notified(0, ("run_B", "run_C"), now=T0 + 2)
+    run.child_finished(1, '"refunded"', now=T0 + 3)
+    run.report(Complete(output="3"), now=T0 + 4)
+    return run
+
+
+def cancelled_while_waiting() -> Run:
+    run = Run()
+    run.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000), now=T0 + 1)
+    run.cancel(now=T0 + 2)
+    run.receive(0, "order-42", "1", now=T0 + 3)  # too late: recorded as ignored
+    return run
+
+
+def failed_handled_and_resumed() -> Run:
+    run = Run()
+    run.report(Continue(), outputs=('"kept"',), now=T0 + 1)
+    run.suspend(PlanSleep(index=1, name="nap", kind=StepKind.SLEEP, duration_ms=5), now=T0 + 2)
+    run.fire(1, now=T0 + 7)
+    run.fail(now=T0 + 8)
+    handler = run.current.failure_delivery
+    assert handler is not None
+    run.apply(
+        ReportDelivery(
+            run_id=run.run_id,
+            delivery_id=handler.delivery_id,
+            attempt=handler.attempt,
+            now_ms=T0 + 9,
+            steps=(),
+            outcome=Complete(output="null"),
+        )
+    )
+    run.recover(Recovery.RESUME, now=T0 + 10_000)
+    run.report(Complete(output='"fixed"'), now=T0 + 10_001)
+    return run
+
+
+def failed_and_deleted() -> Run:
+    run = Run()
+    run.fail(now=T0 + 1)
+    run.recover(Recovery.DELETE, now=T0 + 2)
+    return run
+
+
+SCENARIOS: dict[str, Callable[[], Run]] = {
+    "sleep": sleep_then_complete,
+    "parallel": parallel_steps,
+    "call": call_retried_then_answered,
+    "wait+sleep": wait_and_sleep_in_parallel,
+    "timeout+restart": wait_times_out_fails_and_restarts,
+    "notify+invoke": notify_and_invoke,
+    "cancel": cancelled_while_waiting,
+    "resume": failed_handled_and_resumed,
+    "delete": failed_and_deleted,
+}
+
+
+def stored_waiters(store: QueryStore, run: Run) -> set[tuple[str, int]]:
+    event_ids = {event.event_id for event in run.events if isinstance(event, EventReceived | ReceiveEvent)}
+    event_ids |= {p.event_id for state in run.states for p in state.waiting if isinstance(p, PendingWait)}
+    return {
+        (waiter.event_id, waiter.step_index)
+        for event_id in event_ids
+        for waiter in store.waiters(event_id)
+        if waiter.run_id == run.run_id
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_after_every_event_the_store_agrees_with_the_core(scenario: Callable[[], Run]) -> None:
+    run = scenario()
+
+    with closing(QueryStore(":memory:")) as store:
+        for event, state in zip(run.events, run.states, strict=True):
+            store.apply([event])
+
+            found, steps = row(store, run.run_id), store.steps(run.run_id)
+            after = f"after {type(event).__name__} (seq {event.seq})"
+            assert found.status == state.status.value, after
+            assert found.dead_letter == state.dead_letter, after
+            assert found.steps == len(state.steps), after
+            completed = {step.index: step.output for step in steps if step.status == "completed"}
+            assert completed == {step.index: json.loads(step.output) for step in state.steps}, after
+            waits = {(p.event_id, p.step_index) for p in state.waiting if isinstance(p, PendingWait)}
+            assert stored_waiters(store, run) == waits, after
+            if not state.status.terminal:
+                pending = {step.index for step in steps if step.status == "pending"}
+                assert pending == {p.step_index for p in state.waiting}, after
+                sleeps = [p.wake_at_ms for p in state.waiting if isinstance(p, PendingSleep)]
+                assert found.wake_at_ms == (min(sleeps) if sleeps else None), after
+            else:
+                assert found.wake_at_ms is None, after
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_every_event_kind_is_kept_in_the_history(scenario: Callable[[], Run]) -> None:
+    run = scenario()
+    with closing(QueryStore(":memory:")) as store:
+        store.apply(run.events)
+
+        assert [event["type"] for event in store.history(run.run_id)] == [type(e).__name__ for e in run.events]
+
+
+def test_the_scenarios_cover_every_event_kind() -> None:
+    seen = {type(event).__name__ for scenario in SCENARIOS.values() for event in scenario().events}
+
+    assert seen == {kind.__name__ for kind in get_args(Event)}
+
+
+def test_a_wait_shows_as_waiting_even_while_a_sleep_is_pending(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(
+        PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000),
+        PlanSleep(index=1, name="nap", kind=StepKind.SLEEP, duration_ms=10),
+        now=T0 + 1,
+    )
+
+    store.apply(run.events)
+
+    assert (row(store).status, row(store).wake_at_ms) == ("waiting", T0 + 11)
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def test_steps_list_each_step_with_its_kind_status_output_and_times(store: QueryStore) -> None:
+    run = Run()
+    run.report(Continue(), outputs=('{"charge":"ch_1"}',), now=T0 + 5)
+    run.suspend(
+        PlanCall(index=1, name="charge", call=call_spec()),
+        PlanWait(index=2, name="approval", event_id="order-42", timeout_ms=60_000),
+        PlanSleep(index=3, name="nap", kind=StepKind.SLEEP, duration_ms=1_000),
+        now=T0 + 10,
+    )
+    run.answer_call(1, 200, '{"ok":true}', now=T0 + 20)
+
+    store.apply(run.events)
+
+    assert store.steps("run_A") == [
+        StepRow(
+            index=0,
+            name="step-0",
+            kind="run",
+            status="completed",
+            output={"charge": "ch_1"},
+            started_at_ms=T0 + 5,
+            completed_at_ms=T0 + 5,
+            detail={},
+        ),
+        StepRow(
+            index=1,
+            name="charge",
+            kind="call",
+            status="completed",
+            output={"status": 200, "headers": {"set-cookie": "session=secret"}, "body": {"ok": True}, "error": None},
+            started_at_ms=T0 + 10,
+            completed_at_ms=T0 + 20,
+            detail={"method": "POST", "url": "https://api.example.com/charge", "attempt": 1},
+        ),
+        StepRow(
+            index=2,
+            name="approval",
+            kind="wait_for_event",
+            status="pending",
+            output=None,
+            started_at_ms=T0 + 10,
+            completed_at_ms=None,
+            detail={"event_id": "order-42", "timeout_at_ms": T0 + 60_010},
+        ),
+        StepRow(
+            index=3,
+            name="nap",
+            kind="sleep",
+            status="pending",
+            output=None,
+            started_at_ms=T0 + 10,
+            completed_at_ms=None,
+            detail={"wake_at_ms": T0 + 1_010},
+        ),
+    ]
+    assert row(store).status == "waiting"
+    assert store.steps("run_B") == []
+
+
+def test_a_retried_call_shows_its_attempt_and_last_error(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(PlanCall(index=0, name="charge", call=call_spec()), now=T0 + 1)
+    run.answer_call(0, 503, '"busy"', now=T0 + 2)
+
+    store.apply(run.events)
+
+    (call,) = store.steps("run_A")
+    assert (call.status, call.detail["attempt"], call.detail["last_error"]) == ("pending", 2, "answered 503")
+    assert row(store).status == "running"
+
+
+def test_a_received_event_completes_the_wait_with_its_data(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000), now=T0 + 1)
+    run.receive(0, "order-42", '{"approved":true}', now=T0 + 30)
+
+    store.apply(run.events)
+
+    (wait,) = store.steps("run_A")
+    assert (wait.name, wait.kind, wait.status) == ("approval", "wait_for_event", "completed")
+    assert wait.output == {"timeout": False, "data": {"approved": True}}
+    assert (wait.started_at_ms, wait.completed_at_ms) == (T0 + 1, T0 + 30)
+
+
+def test_a_timed_out_wait_completes_with_timeout_true(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=1_000), now=T0 + 1)
+    run.fire(0, now=T0 + 1_001)
+
+    store.apply(run.events)
+
+    assert store.steps("run_A")[0].output == {"timeout": True, "data": None}
+
+
+def test_a_restart_sets_every_step_aside_and_a_resume_only_the_pending_ones(tmp_path: Path) -> None:
+    def failed_with_a_pending_branch() -> Run:
+        run = Run()
+        run.report(Continue(), outputs=('"first"',), now=T0 + 1)
+        run.suspend(PlanRun(index=1, name="a"), PlanRun(index=2, name="b"), now=T0 + 2)
+        run.branch(1, '"A"', now=T0 + 3)
+        run.apply(  # branch 2 fails for good: the run fails with the branch still pending
+            ReportDelivery(
+                run_id=run.run_id,
+                delivery_id=next(d for d in run.current.in_flight if d.step_index == 2).delivery_id,
+                attempt=1,
+                now_ms=T0 + 4,
+                steps=(),
+                outcome=Fail(error=BOOM, retryable=False),
+            )
+        )
+        return run
+
+    resumed, restarted = failed_with_a_pending_branch(), failed_with_a_pending_branch()
+    resumed.recover(Recovery.RESUME, now=T0 + 10)
+    restarted.recover(Recovery.RESTART, now=T0 + 10)
+
+    with closing(QueryStore(tmp_path / "a.db")) as first, closing(QueryStore(tmp_path / "b.db")) as second:
+        first.apply(resumed.events)
+        second.apply(restarted.events)
+
+        assert [(step.index, step.status) for step in first.steps("run_A")] == [(0, "completed"), (1, "completed")]
+        assert second.steps("run_A") == []
+        for store in (first, second):
+            assert (row(store).status, row(store).error, row(store).dead_letter) == ("running", None, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# waiters
+
+
+def test_a_waiting_run_is_listed_under_its_event_id_until_the_event_arrives(store: QueryStore) -> None:
+    first, second = Run("run_A"), Run("run_B", now=T0 + 5)
+    first.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000), now=T0 + 1)
+    second.suspend(
+        PlanSleep(index=0, name="nap", kind=StepKind.SLEEP, duration_ms=1),
+        PlanWait(index=1, name="approval", event_id="order-42", timeout_ms=1_000),
+        now=T0 + 6,
+    )
+    store.apply([*first.events, *second.events])
+
+    assert store.waiters("order-42") == [
+        WaiterRow(event_id="order-42", run_id="run_A", step_index=0, timeout_at_ms=T0 + 60_001, since_ms=T0 + 1),
+        WaiterRow(event_id="order-42", run_id="run_B", step_index=1, timeout_at_ms=T0 + 1_006, since_ms=T0 + 6),
+    ]
+    assert store.waiters("order-43") == []
+
+    store.apply(first.receive(0, "order-42", "1", now=T0 + 10))
+
+    assert [waiter.run_id for waiter in store.waiters("order-42")] == ["run_B"]
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda run: run.fire(0, now=T0 + 1_001),
+        lambda run: run.cancel(now=T0 + 2),
+        lambda run: run.cancel(None, now=T0 + 2),
+    ],
+    ids=["timed out", "cancelled", "cancelled without a reason"],
+)
+def test_a_run_stops_waiting_when_the_wait_times_out_or_the_run_is_cancelled(
+    store: QueryStore, end: Callable[[Run], list[Event]]
+) -> None:
+    run = Run()
+    run.suspend(PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=1_000), now=T0 + 1)
+    store.apply(run.events)
+    assert len(store.waiters("order-42")) == 1
+
+    store.apply(end(run))
+
+    assert store.waiters("order-42") == []
+
+
+def test_a_run_that_fails_while_waiting_stops_waiting(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(
+        PlanWait(index=0, name="approval", event_id="order-42", timeout_ms=60_000),
+        PlanRun(index=1, name="charge"),
+        now=T0 + 1,
+    )
+    run.apply(
+        ReportDelivery(
+            run_id=run.run_id,
+            delivery_id=next(d for d in run.current.in_flight if d.step_index == 1).delivery_id,
+            attempt=1,
+            now_ms=T0 + 2,
+            steps=(),
+            outcome=Fail(error=BOOM, retryable=False),
+        )
+    )
+
+    store.apply(run.events)
+
+    assert row(store).status == "failed"
+    assert store.waiters("order-42") == []
+
+
+def test_a_cancelled_run_shows_why(store: QueryStore) -> None:
+    run = Run()
+    run.cancel("customer changed their mind", now=T0 + 7)
+
+    store.apply(run.events)
+
+    assert (row(store).status, row(store).cancel_reason, row(store).updated_at_ms) == (
+        "cancelled",
+        "customer changed their mind",
+        T0 + 7,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The dead-letter list and child runs
+
+
+def test_a_failed_run_is_in_the_dead_letter_list_until_deleted_from_it(store: QueryStore) -> None:
+    failed, completed = Run("run_A"), Run("run_B")
+    failed.fail(now=T0 + 1)
+    completed.report(Complete(output="1"), now=T0 + 1)
+    store.apply([*failed.events, *completed.events])
+
+    assert [found.run_id for found in store.list_runs(dead_letter=True)] == ["run_A"]
+    assert [found.run_id for found in store.list_runs(dead_letter=False)] == ["run_B"]
+
+    store.apply(failed.recover(Recovery.DELETE, now=T0 + 2))
+
+    assert store.list_runs(dead_letter=True) == []
+    assert (row(store).status, row(store).dead_letter) == ("failed", False)
+
+
+def test_a_child_run_names_its_parent(store: QueryStore) -> None:
+    store.apply(Run("run_A").events)
+    store.apply(Run("run_A.0", parent_run_id="run_A").events)
+
+    assert row(store, "run_A.0").parent_run_id == "run_A"
+    assert row(store, "run_A").parent_run_id is None
+    assert [found.run_id for found in store.list_runs(parent_run_id="run_A")] == ["run_A.0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# History: headers redacted wherever they are, user values inline
+
+
+def test_headers_are_redacted_at_every_depth_and_user_values_are_shown_as_json(store: QueryStore) -> None:
+    run = Run(payload='{"headers":{"mine":"kept"}}')
+    run.suspend(
+        PlanCall(index=0, name="charge", call=call_spec()),
+        PlanInvoke(
+            index=1,
+            name="refund",
+            workflow="refunds",
+            url=None,
+            payload='{"amount":5}',
+            headers=(("authorization", "Bearer child"),),
+        ),
+        now=T0 + 1,
+    )
+    store.apply(run.events)
+
+    history = {event["type"]: event for event in store.history("run_A")}
+    text = json.dumps(store.history("run_A"))
+
+    for secret in ("acme", "sk_live_123", "Bearer child"):
+        assert secret not in text
+    assert history["RunStarted"]["headers"] == {"x-tenant": "<redacted>"}
+    assert history["RunStarted"]["payload"] == {"headers": {"mine": "kept"}}  # the user's value, untouched
+    assert history["CallStarted"]["call"]["headers"] == {"authorization": "<redacted>"}
+    assert history["CallStarted"]["call"]["body"] == {"amount": 5}
+    assert history["InvokeStarted"]["headers"] == {"x-tenant": "<redacted>", "authorization": "<redacted>"}
+    assert history["InvokeStarted"]["payload"] == {"amount": 5}
+
+
+def test_a_call_body_that_is_not_json_is_shown_as_text() -> None:
+    started = CallStarted(
+        run_id="r",
+        seq=3,
+        at_ms=T0,
+        step_index=0,
+        name="ping",
+        call=call_spec(body="plain text", headers=()),
+        deadline_ms=T0 + 1,
+    )
+
+    assert event_to_dict(started)["call"]["body"] == "plain text"
+    assert event_to_dict(started)["call"]["headers"] == {}
+
+
+def test_notification_data_is_shown_as_json(store: QueryStore) -> None:
+    run = Run()
+    run.suspend(PlanNotify(index=0, name="tell", event_id="order-42", data='{"paid":true}'), now=T0 + 1)
+    run.notified(0, ("run_B",), now=T0 + 2)
+    store.apply(run.events)
+
+    history = {event["type"]: event for event in store.history("run_A")}
+
+    assert history["NotifyStarted"]["data"] == {"paid": True}
+    assert store.steps("run_A")[0].output == ["run_B"]
+
+
+# ---------------------------------------------------------------------------------------------
+# More filters
+
+
+def test_list_runs_takes_several_statuses(store: QueryStore) -> None:
+    runs = many_runs(store)
+    wanted = [run for number, run in enumerate(runs) if number % 3 != 0]
+
+    listed = store.list_runs(status=["completed", "sleeping"], limit=100)
+
+    assert [found.run_id for found in listed] == newest_first(wanted)
+    assert store.list_runs(status=[]) == []
+
+
+def test_list_runs_by_creation_time_includes_the_start_and_excludes_the_end(store: QueryStore) -> None:
+    runs = many_runs(store)  # created at T0 + (number // 3) s
+    wanted = [run for number, run in enumerate(runs) if 2 <= number // 3 < 5]
+
+    listed = store.list_runs(created_after_ms=T0 + 2_000, created_before_ms=T0 + 5_000, limit=100)
+
+    assert [found.run_id for found in listed] == newest_first(wanted)
+
+
+# ---------------------------------------------------------------------------------------------
+# A store written by an older indexer, and the indexer's batch
+
+
+def test_a_store_written_by_an_older_indexer_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as old:
+        old.executescript(
+            """
+            CREATE TABLE runs (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, url TEXT NOT NULL,
+                status TEXT NOT NULL, label TEXT, payload TEXT NOT NULL, output TEXT, error_type TEXT,
+                error_message TEXT, steps INTEGER NOT NULL DEFAULT 0, wake_at_ms INTEGER,
+                created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL);
+            INSERT INTO runs VALUES ('run_old', 'orders', 'http://x', 'completed', NULL, '1', '2', NULL, NULL,
+                1, NULL, 5, 6, 4);
+            """
+        )
+        old.commit()
+
+    with closing(QueryStore(path)) as store:
+        old_run = row(store, "run_old")
+        assert (old_run.status, old_run.dead_letter, old_run.parent_run_id) == ("completed", False, None)
+        run = Run()
+        run.fail(now=T0 + 1)
+        store.apply(run.events)
+        assert row(store).dead_letter is True
+
+
+def test_the_indexer_skips_an_event_it_cannot_apply_and_keeps_the_rest_of_the_batch(store: QueryStore) -> None:
+    run = Run()
+    bad = StepCompleted(
+        run_id="run_B", seq=1, at_ms=T0, step_index=0, name="x", kind=StepKind.RUN, output="{not", delivery_id=""
+    )
+
+    index(store, [bad, *run.events])
+
+    assert row(store).status == "running"
+    assert store.history("run_B") == []

@@ -1,56 +1,63 @@
-"""The api: trigger runs, read them and their histories. Stateless: it writes ``triggers`` and reads
-the query store the indexer keeps.
+"""The api: trigger, notify and cancel runs, act on the dead-letter list, and read runs, their steps and
+histories. Stateless: it writes ``triggers`` (through a :class:`Publisher`) and reads the query store
+the indexer keeps, so what it reads may lag what it wrote by the indexer's delay.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
-from stepstream.avro import Codec, TriggerRequest
+from stepstream.api.inputs import (
+    CancelBody,
+    CancelFilterBody,
+    NotifyBody,
+    TriggerBody,
+    check_delay_ms,
+    check_event_id,
+    parse_duration_ms,
+    parse_instant_ms,
+)
+from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
+from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
+from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
-from stepstream.kafka.clients import make_producer
-from stepstream.kafka.topics import TopicNames
+from stepstream.core import Recovery, check_delay_rule
 from stepstream.projector.service import new_run_id
-from stepstream.store import QueryStore
+from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
 
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
-class TriggerBody(BaseModel):
-    """``POST /v1/runs``: start a run of a workflow."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workflow: str = Field(min_length=1, max_length=200)
-    url: str | None = Field(default=None, description="The endpoint; defaults to the registered one")
-    payload: Any = None
-    run_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    label: str | None = Field(default=None, max_length=200)
-    retries: int | None = Field(default=None, ge=0, le=100)
-    retry_base_ms: int | None = Field(default=None, ge=0, le=86_400_000)
-    delay_ms: int | None = Field(default=None, ge=0)
-    headers: dict[str, str] = Field(default_factory=dict)
+# Runs read from the store per query while cancelling by filter.
+_CANCEL_PAGE = 500
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
+    """An answer other than success: its status, a short error code, a sentence, and any more fields."""
+
+    def __init__(self, status: int, error: str, message: str, **more: Any) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.more = more
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
+def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **more}, status_code=status)
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
 
 
 def _describe(problems: Sequence[Any]) -> str:
@@ -72,21 +79,59 @@ def _parse_cursor(cursor: str) -> tuple[int, str]:
         raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
 
 
-def create_app(settings: ApiSettings, *, store: QueryStore | None = None) -> FastAPI:
-    topics = TopicNames(settings.kafka.topic_prefix)
-    codec = Codec()
+def _instant(value: int | str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant_ms(value, name)
+    except ValueError as error:
+        raise _invalid(str(error)) from None
+
+
+def _statuses(values: list[str] | None) -> list[str] | None:
+    """``status`` given once or more, each one status or several separated by commas."""
+    if not values:
+        return None
+    statuses = [status.strip() for value in values for status in value.split(",") if status.strip()]
+    unknown = [status for status in statuses if status not in RUN_STATUSES]
+    if unknown:
+        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {', '.join(unknown)}")
+    return statuses or None
+
+
+def _page(rows: list[RunRow], limit: int) -> dict[str, Any]:
+    next_cursor = _cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
+    return {"runs": [row.to_dict() for row in rows], "next_cursor": next_cursor}
+
+
+def _seconds(milliseconds: int) -> str:
+    return f"{milliseconds / 1000:g} s"
+
+
+def create_app(
+    settings: ApiSettings,
+    *,
+    store: QueryStore | None = None,
+    publisher: Publisher | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The api. A ``store`` or ``publisher`` passed in is the caller's to close; the app opens its own
+    (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts."""
+    clock = clock or SystemClock()
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        producer: AIOKafkaProducer = make_producer(settings.kafka)
-        await producer.start()
-        state["producer"] = producer
+        own_publisher = KafkaPublisher(settings.kafka) if publisher is None else None
+        if own_publisher is not None:
+            await own_publisher.start()
+        state["publisher"] = publisher or own_publisher
         state["store"] = store or QueryStore(settings.database)
         try:
             yield
         finally:
-            await producer.stop()
+            if own_publisher is not None:
+                await own_publisher.stop()
             if store is None:
                 state["store"].close()
 
@@ -94,39 +139,62 @@ def create_app(settings: ApiSettings, *, store: QueryStore | None = None) -> Fas
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.error, error.message)
+        return _error(error.status, error.error, error.message, **error.more)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error(422, "invalid_request", _describe(error.errors()))
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = f"Expected one of the api's routes (see docs/api.md), but {request.method} {request.url.path}"
+        detail = "does not exist" if error.status_code == 404 else str(error.detail).lower()
+        return _error(error.status_code, codes.get(error.status_code, "http_error"), f"{message} {detail}")
+
     def query_store() -> QueryStore:
         result: QueryStore = state["store"]
         return result
 
-    @app.post("/v1/runs", status_code=202)
-    async def trigger(request: Request) -> JSONResponse:
+    async def publish(*records: TriggersRecord) -> None:
+        sink: Publisher = state["publisher"]
+        await sink.publish(*records)
+
+    def known_run(run_id: str) -> RunRow:
+        run = query_store().get_run(run_id)
+        if run is None:
+            raise ApiError(404, "unknown_run", f"Expected a known run id, but {run_id!r} is not known (yet)")
+        return run
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_payload_bytes
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_payload_bytes:
-            raise ApiError(
-                413, "payload_too_large", f"Expected at most {settings.max_payload_bytes} bytes, but got {length}"
-            )
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes, but got {length}")
         raw = bytearray()
         async for chunk in request.stream():
             raw.extend(chunk)
-            if len(raw) > settings.max_payload_bytes:
-                raise ApiError(413, "payload_too_large", f"Expected at most {settings.max_payload_bytes} bytes")
+            if len(raw) > limit:
+                raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes")
+        return bytes(raw)
+
+    async def parse(request: Request, model: type[BodyT], *, optional: bool = False) -> BodyT:
+        """The request's JSON body as ``model``; an empty body is the model's defaults if ``optional``."""
+        raw = await read_body(request)
+        if optional and not raw.strip():
+            return model()
         try:
-            body = TriggerBody.model_validate_json(bytes(raw))
+            return model.model_validate_json(raw)
         except ValidationError as error:
-            kind = (
-                "bad_request"
-                if any(problem["type"] == "json_invalid" for problem in error.errors())
-                else "invalid_request"
-            )
-            status = 400 if kind == "bad_request" else 422
-            message = _describe(error.errors())
-            raise ApiError(status, kind, message) from None
+            if any(problem["type"] == "json_invalid" for problem in error.errors()):
+                raise ApiError(400, "bad_request", _describe(error.errors())) from None
+            raise _invalid(_describe(error.errors())) from None
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    @app.post("/v1/runs", status_code=202)
+    async def trigger(request: Request) -> JSONResponse:
+        body = await parse(request, TriggerBody)
         url = body.url or settings.workflows.get(body.workflow)
         if url is None:
             known = ", ".join(sorted(settings.workflows)) or "none registered"
@@ -135,60 +203,243 @@ def create_app(settings: ApiSettings, *, store: QueryStore | None = None) -> Fas
                 "unknown_workflow",
                 f"Expected a registered workflow or a url, but {body.workflow!r} is unknown (registered: {known})",
             )
-        if not url.startswith(("http://", "https://")):
-            raise ApiError(422, "invalid_request", f"Expected an http(s) url, but got {url!r}")
-        if body.run_id is not None and query_store().get_run(body.run_id) is not None:
-            return JSONResponse({"run_id": body.run_id, "duplicate": True}, status_code=200)
+        for name, value in (("url", url), ("failure_url", body.failure_url)):
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise _invalid(f"Expected {name} to be an http(s) url, but got {value!r}")
+        if body.retry_delay is not None:
+            try:
+                check_delay_rule(body.retry_delay)
+            except ValueError as error:
+                raise _invalid(f"retry_delay: {error}") from None
+        now_ms = clock.now_ms()
+        not_before_ms = _not_before(body, now_ms)
+        if body.run_id is not None:
+            existing = query_store().get_run(body.run_id)
+            if existing is not None:
+                # Idempotent: the same trigger sent again (a client retry) is answered, not refused.
+                return JSONResponse({"run_id": body.run_id, "duplicate": True, "run": existing.to_dict()}, 200)
         run_id = body.run_id or new_run_id()
-        now_ms = time.time_ns() // 1_000_000
-        request_record = TriggerRequest(
-            workflow=body.workflow,
-            url=url,
-            payload=json.dumps(body.payload, separators=(",", ":")),
-            run_id=run_id,
-            headers=tuple(body.headers.items()),
-            label=body.label,
-            retries=body.retries,
-            retry_base_ms=body.retry_base_ms,
-            not_before_ms=now_ms + body.delay_ms if body.delay_ms else None,
-            requested_at_ms=now_ms,
+        await publish(
+            TriggerRequest(
+                workflow=body.workflow,
+                url=url,
+                payload=json.dumps(body.payload, separators=(",", ":")),
+                run_id=run_id,
+                headers=tuple(body.headers.items()),
+                label=body.label,
+                retries=body.retries,
+                retry_base_ms=body.retry_base_ms,
+                not_before_ms=not_before_ms,
+                requested_at_ms=now_ms,
+                retry_delay=body.retry_delay,
+                failure_url=body.failure_url,
+            )
         )
-        producer: AIOKafkaProducer = state["producer"]
-        await producer.send_and_wait(topics.triggers, value=codec.encode(request_record), key=run_id.encode())
-        return JSONResponse({"run_id": run_id, "duplicate": False}, status_code=202)
-
-    @app.get("/v1/runs/{run_id}")
-    async def get_run(run_id: str) -> dict[str, Any]:
-        run = query_store().get_run(run_id)
-        if run is None:
-            raise ApiError(404, "unknown_run", f"Expected a known run id, but {run_id!r} is not known (yet)")
-        steps = [event for event in query_store().history(run_id) if event["type"] == "StepCompleted"]
-        return {
-            **run.to_dict(),
-            "steps": [{key: step[key] for key in ("step_index", "name", "kind", "output", "at_ms")} for step in steps],
-        }
+        return JSONResponse({"run_id": run_id, "duplicate": False, "not_before_ms": not_before_ms}, status_code=202)
 
     @app.get("/v1/runs")
     async def list_runs(
-        status: str | None = None,
+        status: Annotated[list[str] | None, Query()] = None,
         workflow: str | None = None,
         label: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        dead_letter: bool | None = None,
+        parent_run_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        before = _parse_cursor(cursor) if cursor else None
-        rows = query_store().list_runs(status=status, workflow=workflow, label=label, limit=limit, before=before)
-        next_cursor = _cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
-        return {"runs": [row.to_dict() for row in rows], "next_cursor": next_cursor}
+        rows = query_store().list_runs(
+            status=_statuses(status),
+            workflow=workflow,
+            label=label,
+            created_after_ms=_instant(created_after, "created_after"),
+            created_before_ms=_instant(created_before, "created_before"),
+            dead_letter=dead_letter,
+            parent_run_id=parent_run_id,
+            limit=limit,
+            before=_parse_cursor(cursor) if cursor else None,
+        )
+        return _page(rows, limit)
+
+    @app.post("/v1/runs/cancel", status_code=202)
+    async def cancel_matching(request: Request) -> JSONResponse:
+        body = await parse(request, CancelFilterBody)
+        criteria: dict[str, Any] = {
+            "workflow": body.workflow,
+            "label": body.label,
+            "created_after_ms": _instant(body.created_after, "created_after"),
+            "created_before_ms": _instant(body.created_before, "created_before"),
+        }
+        if all(value is None for value in criteria.values()) and not body.all:
+            raise _invalid(
+                "Expected at least one of workflow, label, created_after and created_before, "
+                'or "all": true to cancel every run that has not ended, but got none'
+            )
+        run_ids: list[str] = []
+        before: tuple[int, str] | None = None
+        while True:
+            rows = query_store().list_runs(status=ACTIVE_STATUSES, limit=_CANCEL_PAGE, before=before, **criteria)
+            run_ids.extend(row.run_id for row in rows)
+            if len(rows) < _CANCEL_PAGE:
+                break
+            before = (rows[-1].created_at_ms, rows[-1].run_id)
+        now_ms = clock.now_ms()
+        await publish(*(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=now_ms) for run_id in run_ids))
+        return JSONResponse({"cancelled": run_ids, "count": len(run_ids)}, status_code=202)
+
+    @app.get("/v1/runs/{run_id}")
+    async def get_run(run_id: str) -> dict[str, Any]:
+        run = known_run(run_id)
+        return {**run.to_dict(), "steps": [step.to_dict() for step in query_store().steps(run_id)]}
+
+    @app.get("/v1/runs/{run_id}/steps")
+    async def steps(run_id: str) -> dict[str, Any]:
+        known_run(run_id)
+        return {"run_id": run_id, "steps": [step.to_dict() for step in query_store().steps(run_id)]}
 
     @app.get("/v1/runs/{run_id}/history")
     async def history(run_id: str, after_seq: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-        if query_store().get_run(run_id) is None:
-            raise ApiError(404, "unknown_run", f"Expected a known run id, but {run_id!r} is not known (yet)")
+        known_run(run_id)
         return {"run_id": run_id, "events": query_store().history(run_id, after_seq=after_seq)}
+
+    @app.post("/v1/runs/{run_id}/cancel", status_code=202)
+    async def cancel(run_id: str, request: Request) -> JSONResponse:
+        body = await parse(request, CancelBody, optional=True)
+        run = known_run(run_id)
+        if run.ended:
+            raise ApiError(
+                409,
+                "run_ended",
+                f"Expected a run that has not ended, but run {run_id!r} is {run.status}; nothing to cancel",
+                run=run.to_dict(),
+            )
+        await publish(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=clock.now_ms()))
+        message = (
+            f"Cancel of run {run_id!r} requested: it starts no further step, and results that arrive later are ignored"
+        )
+        return JSONResponse({"run_id": run_id, "message": message}, status_code=202)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def event_id_checked(event_id: str) -> str:
+        try:
+            return check_event_id(event_id)
+        except ValueError as error:
+            raise _invalid(str(error)) from None
+
+    @app.post("/v1/events/{event_id:path}/notify", status_code=202)
+    async def notify(event_id: str, request: Request) -> JSONResponse:
+        event_id = event_id_checked(event_id)
+        body = await parse(request, NotifyBody, optional=True)
+        waiting = list(dict.fromkeys(waiter.run_id for waiter in query_store().waiters(event_id)))
+        now_ms = clock.now_ms()
+        await publish(
+            NotifyRequest(event_id=event_id, data=json.dumps(body.data, separators=(",", ":")), requested_at_ms=now_ms)
+        )
+        buffer_ms = settings.notify_buffer_ms
+        kept = f"the notification is kept for {_seconds(buffer_ms)} for runs that start waiting on it"
+        if waiting:
+            runs = "1 run" if len(waiting) == 1 else f"{len(waiting)} runs"
+            message = f"{runs} waiting on event {event_id!r} will receive the notification"
+            message += f"; {kept}" if buffer_ms else ""
+        elif buffer_ms:
+            message = f"No run is waiting on event {event_id!r} now; {kept}"
+        else:
+            message = (
+                f"No run is waiting on event {event_id!r} now, and notifications are not kept "
+                "(STEPSTREAM_NOTIFY_BUFFER_MS is 0): no run will receive this one"
+            )
+        answer = {
+            "event_id": event_id,
+            "waiting": waiting,
+            "buffered_until_ms": now_ms + buffer_ms if buffer_ms else None,
+            "message": message,
+        }
+        return JSONResponse(answer, status_code=202)
+
+    @app.get("/v1/events/{event_id:path}/waiters")
+    async def waiters(event_id: str) -> dict[str, Any]:
+        event_id = event_id_checked(event_id)
+        found = query_store().waiters(event_id)
+        return {
+            "event_id": event_id,
+            "waiters": [
+                {key: value for key, value in waiter.to_dict().items() if key != "event_id"} for waiter in found
+            ],
+        }
+
+    # -- the dead-letter list ---------------------------------------------------------------------
+
+    @app.get("/v1/deadletter")
+    async def dead_letter_list(
+        workflow: str | None = None,
+        label: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        rows = query_store().list_runs(
+            dead_letter=True,
+            workflow=workflow,
+            label=label,
+            created_after_ms=_instant(created_after, "created_after"),
+            created_before_ms=_instant(created_before, "created_before"),
+            limit=limit,
+            before=_parse_cursor(cursor) if cursor else None,
+        )
+        return _page(rows, limit)
+
+    async def recover(run_id: str, action: Recovery) -> JSONResponse:
+        run = query_store().get_run(run_id)
+        if run is None or not run.dead_letter:
+            found = "not known (yet)" if run is None else run.status
+            if run is not None and run.status == "failed":
+                found = "failed but no longer in the list (resumed, restarted or deleted already)"
+            raise ApiError(
+                404,
+                "not_in_dead_letter",
+                f"Expected a run in the dead-letter list to {action.value}, but run {run_id!r} is {found}",
+            )
+        await publish(RecoverRequest(run_id=run_id, action=action, requested_at_ms=clock.now_ms()))
+        return JSONResponse({"run_id": run_id, "action": action.value}, status_code=202)
+
+    @app.post("/v1/deadletter/{run_id}/resume", status_code=202)
+    async def resume(run_id: str) -> JSONResponse:
+        return await recover(run_id, Recovery.RESUME)
+
+    @app.post("/v1/deadletter/{run_id}/restart", status_code=202)
+    async def restart(run_id: str) -> JSONResponse:
+        return await recover(run_id, Recovery.RESTART)
+
+    @app.delete("/v1/deadletter/{run_id}", status_code=202)
+    async def delete(run_id: str) -> JSONResponse:
+        return await recover(run_id, Recovery.DELETE)
 
     @app.get("/healthz")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def _not_before(body: TriggerBody, now_ms: int) -> int | None:
+    """When the run's first delivery is due, from at most one of ``delay_ms``, ``delay`` and ``not_before``."""
+    given = [name for name in ("delay_ms", "delay", "not_before") if getattr(body, name) is not None]
+    if len(given) > 1:
+        raise _invalid(f"Expected at most one of delay_ms, delay and not_before, but got {' and '.join(given)}")
+    try:
+        if body.not_before is not None:
+            not_before_ms = parse_instant_ms(body.not_before, "not_before")
+            check_delay_ms(not_before_ms - now_ms)
+            return not_before_ms if not_before_ms > now_ms else None  # a time past: start now
+        if body.delay is not None:
+            delay_ms = parse_duration_ms(body.delay)
+        elif body.delay_ms is not None:
+            delay_ms = check_delay_ms(body.delay_ms)
+        else:
+            return None
+    except ValueError as error:
+        raise _invalid(str(error)) from None
+    return now_ms + delay_ms if delay_ms else None

@@ -354,6 +354,11 @@ def _report_branch(
     """A delivery that executes one step of several started in parallel: its result, or its failure."""
     index = pending.step_index
     outcome = command.outcome
+    if isinstance(outcome, Cancel):  # ctx.cancel() reached while replaying up to the branch's step
+        builder.add(
+            RunCancelled(run_id=command.run_id, seq=builder.next_seq, at_ms=command.now_ms, reason=outcome.reason)
+        )
+        return builder.events
     if isinstance(outcome, Fail):
         _fail_attempt(builder, outcome, pending.attempt, command.delivery_id, index, defaults)
         return builder.events

@@ -21,9 +21,11 @@ from stepstream.core.messages import (
     FailureHandlerScheduled,
     InvokeStarted,
     NotifyStarted,
+    Recovery,
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunRecovered,
     SleepStarted,
     StepCompleted,
     StepKind,
@@ -293,7 +295,14 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
         case InvokeStarted():
             return [_child_trigger(state, event)]
         case RunCompleted() | RunFailed() | RunCancelled():
-            return [*_abandon(previous, event.at_ms), *_tell_parent(state, event.at_ms)]
+            completed = isinstance(event, RunCompleted)
+            return [*_abandon(previous, event.at_ms, completed=completed), *_tell_parent(state, event.at_ms)]
+        case RunRecovered():
+            # A failure handler still due (a retry of it) is not called for a run that goes on.
+            handler = previous.failure_delivery if previous is not None else None
+            if handler is not None and event.action is not Recovery.DELETE:
+                return [ScheduleCancelled(run_id=run_id, request_ids=(f"{handler.delivery_id}#{handler.attempt}",))]
+            return []
         case _:
             return []
 
@@ -315,12 +324,14 @@ def _child_trigger(state: RunState, event: InvokeStarted) -> TriggerRun:
     )
 
 
-def _abandon(previous: RunState | None, now: int) -> list[Effect]:
+def _abandon(previous: RunState | None, now: int, *, completed: bool) -> list[Effect]:
     """A run ended: drop its pending timers and requests, unregister its waits, cancel its children."""
     if previous is None:
         return []
     run_id = previous.run_id
-    request_ids: list[str] = [f"{delivery.delivery_id}#{delivery.attempt}" for delivery in previous.in_flight]
+    # A completed run's only delivery in flight is the one that just reported: nothing to drop.
+    deliveries = () if completed else previous.in_flight
+    request_ids: list[str] = [f"{delivery.delivery_id}#{delivery.attempt}" for delivery in deliveries]
     records: list[Effect] = []
     for step in previous.waiting:
         match step:

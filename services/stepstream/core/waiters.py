@@ -122,7 +122,7 @@ def decide_waiters(
                     ReportNotify(
                         run_id=command.reply_run_id,
                         step_index=command.reply_step_index,
-                        notified=tuple(w.run_id for w in woken),
+                        notified=tuple(dict.fromkeys(w.run_id for w in woken)),
                         now_ms=now,
                     )
                 )

@@ -1,5 +1,18 @@
-"""The query store: runs and their histories, kept by the indexer, read by the api."""
+"""The query store: runs, their steps and histories, and who waits on which event id; kept by the
+indexer, read by the api."""
 
-from stepstream.store.sqlite import QueryStore, RunRow, event_to_dict
+from stepstream.store.history import REDACTED, event_to_dict
+from stepstream.store.rows import ACTIVE_STATUSES, ENDED_STATUSES, RUN_STATUSES, RunRow, StepRow, WaiterRow
+from stepstream.store.sqlite import QueryStore
 
-__all__ = ["QueryStore", "RunRow", "event_to_dict"]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ENDED_STATUSES",
+    "REDACTED",
+    "RUN_STATUSES",
+    "QueryStore",
+    "RunRow",
+    "StepRow",
+    "WaiterRow",
+    "event_to_dict",
+]

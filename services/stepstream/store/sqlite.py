@@ -1,35 +1,53 @@
 """The query store on SQLite (one file, WAL mode, so the api reads while the indexer writes).
 
-Every write is idempotent by (run id, seq): events are inserted once, and a run's row only moves
-forward, so re-reading ``events`` after a crash changes nothing.
+Four tables: ``events`` (each run's history as the api shows it), ``runs`` (one row per run),
+``steps`` (each run's steps, pending or completed) and ``waiters`` (which runs wait on which event
+id). Every write is idempotent by (run id, seq): an event is inserted once, and the derived tables
+change only for an event newer than the run's ``last_seq``, so re-reading ``events`` after a crash
+changes nothing and a run's row never moves back.
+
+The run's status follows the same rule as the core's ``RunState.status``: running while a replay
+delivery is in flight or a ``run`` or ``call`` step is pending, else waiting while a wait, notify or
+invoke step is pending, else sleeping while a sleep is pending.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from stepstream.core import (
+    CallRetried,
+    CallStarted,
     Event,
+    EventReceived,
+    FailureHandled,
+    FailureHandlerScheduled,
+    InvokeStarted,
+    NotifyStarted,
+    Recovery,
+    ResultIgnored,
+    RunCancelled,
     RunCompleted,
     RunFailed,
+    RunRecovered,
     RunStarted,
     SleepStarted,
     StepCompleted,
     StepFailed,
+    StepKind,
     StepScheduled,
+    WaitStarted,
+    WaitTimedOut,
 )
+from stepstream.store.history import event_to_dict
+from stepstream.store.rows import ENDED_STATUSES, RunRow, StepRow, WaiterRow
 
-_JSON_FIELDS = ("payload", "output")
-REDACTED = "<redacted>"
-
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -46,8 +64,6 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at_ms INTEGER NOT NULL,
     last_seq INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at_ms DESC, run_id DESC);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at_ms DESC);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -56,50 +72,258 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    output TEXT,
+    started_at_ms INTEGER NOT NULL,
+    completed_at_ms INTEGER,
+    wake_at_ms INTEGER,
+    detail TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, step_index)
+);
+CREATE TABLE IF NOT EXISTS waiters (
+    event_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    timeout_at_ms INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (event_id, run_id, step_index)
+);
+"""
+
+# Columns added to ``runs`` after its first release: a store written by an older indexer gains them
+# (with these defaults) when it is opened.
+_ADDED_RUN_COLUMNS = {
+    "parent_run_id": "TEXT",
+    "dead_letter": "INTEGER NOT NULL DEFAULT 0",
+    "cancel_reason": "TEXT",
+    "replay_delivery_id": "TEXT",  # the replay delivery in flight, if any: it keeps the run running
+}
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at_ms DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_at_ms DESC);
+CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, created_at_ms DESC);
+CREATE INDEX IF NOT EXISTS runs_in_dead_letter ON runs (created_at_ms DESC, run_id DESC) WHERE dead_letter = 1;
+CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS waiters_by_run ON waiters (run_id);
 """
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
+def _sql_list(*kinds: StepKind) -> str:
+    return "(" + ", ".join(f"'{kind.value}'" for kind in kinds) + ")"
 
 
-def event_to_dict(event: Event) -> dict[str, Any]:
-    """An event as JSON-ready data: user values (payload, output) inline as JSON, not as text."""
-    data = {key: _plain(value) for key, value in dataclasses.asdict(event).items()}
-    for name in _JSON_FIELDS:
-        if isinstance(data.get(name), str):
-            data[name] = json.loads(data[name])
-    if "headers" in data:
-        # Headers travel with every delivery and often carry credentials: the history shows
-        # which were set, not their values.
-        data["headers"] = {name: REDACTED for name, _ in data["headers"]}
-    return {"type": type(event).__name__, **data}
+# How a pending step's kind shows in the run's status (as ``core.state.status_of`` has it).
+_SLEEP_KINDS = _sql_list(StepKind.SLEEP, StepKind.SLEEP_UNTIL)
+_RUNNING_KINDS = _sql_list(StepKind.RUN, StepKind.CALL)
+_WAITING_KINDS = _sql_list(StepKind.WAIT_FOR_EVENT, StepKind.NOTIFY, StepKind.INVOKE)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunRow:
-    run_id: str
-    workflow: str
-    url: str
-    status: str
-    label: str | None
-    payload: Any
-    output: Any
-    error: dict[str, str] | None
-    steps: int
-    wake_at_ms: int | None
-    created_at_ms: int
-    updated_at_ms: int
-    last_seq: int
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def _timeout_output() -> str:
+    return '{"timeout":true,"data":null}'
+
+
+def _received_output(data: str) -> str:
+    return f'{{"timeout":false,"data":{data}}}'
+
+
+class _Indexing:
+    """Applies one event to the derived tables, inside the caller's transaction."""
+
+    def __init__(self, cursor: sqlite3.Cursor, event: Event) -> None:
+        self.cursor = cursor
+        self.event = event
+        self.run_id = event.run_id
+        self.changes: dict[str, Any] = {}
+
+    def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self.cursor.execute(sql, parameters)
+
+    def apply(self) -> None:
+        event = self.event
+        if isinstance(event, RunStarted):
+            self._start(event)
+            return
+        current = self.execute(
+            "SELECT last_seq, status, replay_delivery_id FROM runs WHERE run_id = ?", (self.run_id,)
+        ).fetchone()
+        if current is None or current[0] >= event.seq:
+            return  # older than what the row shows (or a run we never saw start): history only
+        _, status, replay = current
+        match event:
+            case RunStarted():
+                pass  # a second start of the same run id: the first one stands
+            case StepScheduled():
+                # A delivery that executes one parallel `run` step leaves its step pending; either
+                # kind of delivery ends the replay delivery before it (as ``evolve`` does).
+                replay = None if event.execute_only else event.delivery_id
+                if event.execute_only:
+                    self._pending(event.step_index, event.name or "", StepKind.RUN.value, {})
+            case StepCompleted():
+                self._completed(event.step_index, event.name, event.kind.value, event.output)
+            case StepFailed():
+                self.changes.update(error_type=event.error.type, error_message=event.error.message)
+                if event.delivery_id == replay:
+                    replay = None
+            case SleepStarted():
+                replay = None
+                self._pending(
+                    event.step_index,
+                    event.name,
+                    event.kind.value,
+                    {"wake_at_ms": event.wake_at_ms},
+                    wake_at_ms=event.wake_at_ms,
+                )
+            case CallStarted():
+                replay = None
+                call = {"method": event.call.method, "url": event.call.url, "attempt": 1}
+                self._pending(event.step_index, event.name, StepKind.CALL.value, call)
+            case CallRetried():
+                self._update_detail(
+                    event.step_index,
+                    {"attempt": event.attempt + 1, "last_error": event.error, "retry_at_ms": event.retry_at_ms},
+                )
+            case WaitStarted():
+                replay = None
+                wait = {"event_id": event.event_id, "timeout_at_ms": event.timeout_at_ms}
+                self._pending(event.step_index, event.name, StepKind.WAIT_FOR_EVENT.value, wait)
+                self.execute(
+                    "INSERT OR REPLACE INTO waiters (event_id, run_id, step_index, timeout_at_ms, since_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (event.event_id, self.run_id, event.step_index, event.timeout_at_ms, event.at_ms),
+                )
+            case EventReceived() | WaitTimedOut():
+                output = _received_output(event.data) if isinstance(event, EventReceived) else _timeout_output()
+                self._completed(event.step_index, None, StepKind.WAIT_FOR_EVENT.value, output)
+                self.execute(
+                    "DELETE FROM waiters WHERE event_id = ? AND run_id = ? AND step_index = ?",
+                    (event.event_id, self.run_id, event.step_index),
+                )
+            case NotifyStarted():
+                replay = None
+                self._pending(event.step_index, event.name, StepKind.NOTIFY.value, {"event_id": event.event_id})
+            case InvokeStarted():
+                replay = None
+                invoke = {"child_run_id": event.child_run_id, "workflow": event.workflow}
+                self._pending(event.step_index, event.name, StepKind.INVOKE.value, invoke)
+            case RunCompleted():
+                status, replay = "completed", None
+                self.changes.update(output=event.output, error_type=None, error_message=None)
+                self._stop_waiting()
+            case RunFailed():
+                status, replay = "failed", None
+                self.changes.update(error_type=event.error.type, error_message=event.error.message, dead_letter=1)
+                self._stop_waiting()
+            case RunCancelled():
+                status, replay = "cancelled", None
+                self.changes.update(cancel_reason=event.reason)
+                self._stop_waiting()
+            case RunRecovered():
+                self.changes.update(dead_letter=0)
+                if event.action is not Recovery.DELETE:
+                    # Resumed or restarted: pending steps were set aside (a new delivery plans them
+                    # again); a restart sets the results aside too.
+                    status, replay = "running", None
+                    self.changes.update(output=None, error_type=None, error_message=None, cancel_reason=None)
+                    only_pending = " AND status = 'pending'" if event.action is Recovery.RESUME else ""
+                    self.execute(f"DELETE FROM steps WHERE run_id = ?{only_pending}", (self.run_id,))
+                    self._stop_waiting()
+            case ResultIgnored() | FailureHandlerScheduled() | FailureHandled():
+                pass  # kept in the history; the run's row does not change
+            case _:
+                assert_never(event)
+        self._update_run(status, replay)
+
+    def _start(self, event: RunStarted) -> None:
+        self.execute(
+            "INSERT OR IGNORE INTO runs (run_id, workflow, url, status, label, payload, created_at_ms,"
+            " updated_at_ms, last_seq, parent_run_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            (
+                event.run_id,
+                event.workflow,
+                event.url,
+                event.label,
+                event.payload,
+                event.at_ms,
+                event.at_ms,
+                event.seq,
+                event.parent_run_id,
+            ),
+        )
+
+    def _pending(
+        self, index: int, name: str, kind: str, detail: dict[str, Any], *, wake_at_ms: int | None = None
+    ) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO steps (run_id, step_index, name, kind, status, output, started_at_ms,"
+            " completed_at_ms, wake_at_ms, detail) VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, ?, ?)",
+            (self.run_id, index, name, kind, self.event.at_ms, wake_at_ms, _json(detail)),
+        )
+
+    def _completed(self, index: int, name: str | None, kind: str, output: str) -> None:
+        """Record a step's result; ``name`` None keeps the name the pending step had."""
+        at = self.event.at_ms
+        self.execute(
+            "INSERT INTO steps (run_id, step_index, name, kind, status, output, started_at_ms, completed_at_ms,"
+            " detail) VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, '{}')"
+            " ON CONFLICT (run_id, step_index) DO UPDATE SET name = COALESCE(?, name), kind = excluded.kind,"
+            " status = 'completed', output = excluded.output, completed_at_ms = excluded.completed_at_ms",
+            (self.run_id, index, name or "", kind, output, at, at, name),
+        )
+
+    def _update_detail(self, index: int, more: dict[str, Any]) -> None:
+        row = self.execute(
+            "SELECT detail FROM steps WHERE run_id = ? AND step_index = ?", (self.run_id, index)
+        ).fetchone()
+        if row is not None:
+            detail = {**json.loads(row[0]), **more}
+            self.execute(
+                "UPDATE steps SET detail = ? WHERE run_id = ? AND step_index = ?", (_json(detail), self.run_id, index)
+            )
+
+    def _stop_waiting(self) -> None:
+        self.execute("DELETE FROM waiters WHERE run_id = ?", (self.run_id,))
+
+    def _update_run(self, status: str, replay: str | None) -> None:
+        completed, wake_at, running, waiting, sleeping = self.execute(
+            "SELECT COALESCE(SUM(status = 'completed'), 0),"
+            f" MIN(CASE WHEN status = 'pending' AND kind IN {_SLEEP_KINDS} THEN wake_at_ms END),"
+            f" COALESCE(MAX(status = 'pending' AND kind IN {_RUNNING_KINDS}), 0),"
+            f" COALESCE(MAX(status = 'pending' AND kind IN {_WAITING_KINDS}), 0),"
+            f" COALESCE(MAX(status = 'pending' AND kind IN {_SLEEP_KINDS}), 0)"
+            " FROM steps WHERE run_id = ?",
+            (self.run_id,),
+        ).fetchone()
+        if status in ENDED_STATUSES:
+            wake_at = None
+        elif replay is not None or running:
+            status = "running"
+        elif waiting:
+            status = "waiting"
+        elif sleeping:
+            status = "sleeping"
+        else:
+            status = "running"  # nothing pending: a replay delivery is about to be scheduled
+        changes = {
+            **self.changes,
+            "status": status,
+            "replay_delivery_id": replay,
+            "steps": completed,
+            "wake_at_ms": wake_at,
+            "updated_at_ms": self.event.at_ms,
+            "last_seq": self.event.seq,
+        }
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*changes.values(), self.run_id))
 
 
 class QueryStore:
@@ -111,7 +335,12 @@ class QueryStore:
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.execute("PRAGMA busy_timeout=5000")
-        self._connection.executescript(_SCHEMA)
+        self._connection.executescript(_TABLES)
+        present = {row[1] for row in self._connection.execute("PRAGMA table_info(runs)")}
+        for column, declaration in _ADDED_RUN_COLUMNS.items():
+            if column not in present:
+                self._connection.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
+        self._connection.executescript(_INDEXES)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -119,7 +348,7 @@ class QueryStore:
 
     # -- writes (the indexer) -------------------------------------------------------------------
 
-    def apply(self, events: list[Event]) -> None:
+    def apply(self, events: Iterable[Event]) -> None:
         """Apply events in one SQLite transaction; ones already applied are skipped."""
         with self._lock:
             cursor = self._connection.cursor()
@@ -131,49 +360,11 @@ class QueryStore:
                         (event.run_id, event.seq, type(event).__name__, event.at_ms, json.dumps(event_to_dict(event))),
                     ).rowcount
                     if inserted:
-                        self._apply_to_run(cursor, event)
+                        _Indexing(cursor, event).apply()
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
-
-    @staticmethod
-    def _apply_to_run(cursor: sqlite3.Cursor, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            cursor.execute(
-                "INSERT OR IGNORE INTO runs (run_id, workflow, url, status, label, payload, created_at_ms,"
-                " updated_at_ms, last_seq) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                (
-                    event.run_id,
-                    event.workflow,
-                    event.url,
-                    event.label,
-                    event.payload,
-                    event.at_ms,
-                    event.at_ms,
-                    event.seq,
-                ),
-            )
-            return
-        changes: dict[str, Any] = {}
-        if isinstance(event, StepScheduled):
-            changes = {"status": "running", "wake_at_ms": None}
-        elif isinstance(event, StepCompleted):
-            changes = {"steps": event.step_index + 1}
-        elif isinstance(event, SleepStarted):
-            changes = {"status": "sleeping", "wake_at_ms": event.wake_at_ms}
-        elif isinstance(event, StepFailed):
-            changes = {"error_type": event.error.type, "error_message": event.error.message}
-        elif isinstance(event, RunCompleted):
-            changes = {"status": "completed", "output": event.output, "error_type": None, "error_message": None}
-        elif isinstance(event, RunFailed):
-            changes = {"status": "failed", "error_type": event.error.type, "error_message": event.error.message}
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        prefix = f"{assignments}, " if assignments else ""
-        cursor.execute(
-            f"UPDATE runs SET {prefix}updated_at_ms = ?, last_seq = ? WHERE run_id = ? AND last_seq < ?",
-            (*changes.values(), event.at_ms, event.seq, event.run_id, event.seq),
-        )
 
     # -- reads (the api) --------------------------------------------------------------------------
 
@@ -185,18 +376,38 @@ class QueryStore:
     def list_runs(
         self,
         *,
-        status: str | None = None,
+        status: str | Iterable[str] | None = None,
         workflow: str | None = None,
         label: str | None = None,
+        created_after_ms: int | None = None,
+        created_before_ms: int | None = None,
+        dead_letter: bool | None = None,
+        parent_run_id: str | None = None,
         limit: int = 50,
         before: tuple[int, str] | None = None,
     ) -> list[RunRow]:
-        """Newest first. ``before`` is the (created_at_ms, run_id) of the last row of the previous page."""
+        """Newest first; every filter given must hold. ``status`` is one status or any of several;
+        ``created_after_ms`` is inclusive and ``created_before_ms`` exclusive. ``before`` is the
+        (created_at_ms, run_id) of the last row of the previous page.
+        """
         clauses: list[str] = []
         parameters: list[Any] = []
-        for column, value in (("status", status), ("workflow", workflow), ("label", label)):
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(dict.fromkeys(status))
+            if not statuses:
+                return []
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            parameters.extend(statuses)
+        for clause, value in (
+            ("workflow = ?", workflow),
+            ("label = ?", label),
+            ("parent_run_id = ?", parent_run_id),
+            ("created_at_ms >= ?", created_after_ms),
+            ("created_at_ms < ?", created_before_ms),
+            ("dead_letter = ?", None if dead_letter is None else int(dead_letter)),
+        ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(clause)
                 parameters.append(value)
         if before is not None:
             clauses.append("(created_at_ms < ? OR (created_at_ms = ? AND run_id < ?))")
@@ -206,6 +417,41 @@ class QueryStore:
         with self._lock:
             rows = self._connection.execute(query, (*parameters, limit)).fetchall()
         return [_run_row(row) for row in rows]
+
+    def steps(self, run_id: str) -> list[StepRow]:
+        """The run's steps by index: completed ones and pending ones (a gap is a step not yet started)."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT step_index, name, kind, status, output, started_at_ms, completed_at_ms, detail FROM steps"
+                " WHERE run_id = ? ORDER BY step_index",
+                (run_id,),
+            ).fetchall()
+        return [
+            StepRow(
+                index=index,
+                name=name,
+                kind=kind,
+                status=status,
+                output=json.loads(output) if output is not None else None,
+                started_at_ms=started_at_ms,
+                completed_at_ms=completed_at_ms,
+                detail=json.loads(detail),
+            )
+            for index, name, kind, status, output, started_at_ms, completed_at_ms, detail in rows
+        ]
+
+    def waiters(self, event_id: str) -> list[WaiterRow]:
+        """The runs waiting on ``event_id`` now, as far as the indexer has read: longest waiting first."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT event_id, run_id, step_index, timeout_at_ms, since_ms FROM waiters WHERE event_id = ?"
+                " ORDER BY since_ms, run_id, step_index",
+                (event_id,),
+            ).fetchall()
+        return [
+            WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)
+            for event, run_id, step_index, timeout, since in rows
+        ]
 
     def history(self, run_id: str, *, after_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
@@ -217,13 +463,13 @@ class QueryStore:
 
 _RUN_COLUMNS = (
     "run_id, workflow, url, status, label, payload, output, error_type, error_message, steps, wake_at_ms,"
-    " created_at_ms, updated_at_ms, last_seq"
+    " created_at_ms, updated_at_ms, last_seq, parent_run_id, dead_letter, cancel_reason"
 )
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:
     (run_id, workflow, url, status, label, payload, output, error_type, error_message, steps, wake_at_ms,
-     created_at_ms, updated_at_ms, last_seq) = row  # fmt: skip
+     created_at_ms, updated_at_ms, last_seq, parent_run_id, dead_letter, cancel_reason) = row  # fmt: skip
     return RunRow(
         run_id=run_id,
         workflow=workflow,
@@ -238,4 +484,7 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
         created_at_ms=created_at_ms,
         updated_at_ms=updated_at_ms,
         last_seq=last_seq,
+        parent_run_id=parent_run_id,
+        dead_letter=bool(dead_letter),
+        cancel_reason=cancel_reason,
     )

@@ -1,0 +1,472 @@
+"""The CLI's api commands, run in-process against the real app (a query store the indexer's code path
+filled, a publisher that records): what they print, what they publish, and their exit codes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from stepstream import cli
+from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
+from stepstream.core import Complete, Recovery
+from stepstream.store import QueryStore, event_to_dict
+from tests.unit.test_api import (
+    NOW,
+    T0,
+    FakePublisher,
+    TestClient,
+    add,
+    api_client,
+    completed,
+    failed,
+    fleet,
+    sleeping,
+    waiting_run,
+)
+from tests.unit.test_query_store import SCENARIOS, Run
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Times print in the machine's zone; the tests read them in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def store() -> Iterator[QueryStore]:
+    store = QueryStore(":memory:")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def published() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def api(store: QueryStore, published: FakePublisher) -> Iterator[TestClient]:
+    with api_client(store, published) as client:
+        yield client
+
+
+@pytest.fixture
+def run_cli(api: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """``run_cli("runs", "list")``: the CLI's requests go to the app in this process."""
+    monkeypatch.setenv("STEPSTREAM_API_URL", "http://api")
+
+    def request(method: str, url: str, *, timeout: float | None = None, **options: Any) -> httpx.Response:
+        return api.request(method, url, **options)
+
+    monkeypatch.setattr(httpx, "request", request)
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        try:
+            cli.main(list(argv))
+            code = 0
+        except SystemExit as exit:
+            code = int(exit.code or 0)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# trigger
+
+
+def test_trigger_sends_every_option_and_prints_the_run_id(run_cli: Cli, published: FakePublisher) -> None:
+    result = run_cli(
+        "trigger",
+        "orders",
+        "--payload",
+        '{"order": 42}',
+        "--run-id",
+        "order-42",
+        "--label",
+        "nightly",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "1000 * pow(2, retried)",
+        "--failure-url",
+        "http://app.local/failures",
+        "--header",
+        "Authorization: Bearer x",
+        "--header",
+        "x-tenant=acme",
+        "--delay",
+        "1h30m",
+    )
+
+    assert (result.code, result.out) == (0, "order-42\n")
+    assert "its first step is due at 2023-11-15 00:43:20" in result.err
+    assert published.records == [
+        TriggerRequest(
+            workflow="orders",
+            url="http://app.local/workflows/orders",
+            payload='{"order":42}',
+            run_id="order-42",
+            headers=(("Authorization", "Bearer x"), ("x-tenant", "acme")),
+            label="nightly",
+            retries=2,
+            not_before_ms=NOW + 5_400_000,
+            requested_at_ms=NOW,
+            retry_delay="1000 * pow(2, retried)",
+            failure_url="http://app.local/failures",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("not_before", "expected"),
+    [
+        ("2023-11-15T00:00:00Z", 1_700_006_400_000),
+        ("2023-11-15T00:00:00", 1_700_006_400_000),  # no zone: the machine's, UTC in these tests
+        (str(NOW + 1_000), NOW + 1_000),
+    ],
+)
+def test_trigger_not_before_takes_a_time(
+    run_cli: Cli, published: FakePublisher, not_before: str, expected: int
+) -> None:
+    assert run_cli("trigger", "orders", "--not-before", not_before).code == 0
+
+    (record,) = published.records
+    assert isinstance(record, TriggerRequest)
+    assert record.not_before_ms == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--delay", "soon"), "stepstream: 422: Expected a duration such as '10s', '5m' or '2h', but got 'soon'"),
+        (("--retry-delay", "import os"), "stepstream: 422: retry_delay: Expected a delay rule"),
+        (("--payload", "{oops"), "stepstream: --payload is not valid JSON"),
+        (("--header", "no separator"), "stepstream: --header: expected 'Name: value', but got 'no separator'"),
+        (("--not-before", "next week"), "stepstream: --not-before: expected epoch milliseconds or an ISO-8601 time"),
+    ],
+)
+def test_a_bad_trigger_exits_2_with_the_reason(
+    run_cli: Cli, published: FakePublisher, argv: tuple[str, ...], expected: str
+) -> None:
+    result = run_cli("trigger", "orders", *argv)
+
+    assert result.code == 2
+    assert result.err.startswith(expected), result.err
+    assert published.records == []
+
+
+def test_a_trigger_with_an_existing_run_id_says_so_and_starts_nothing(
+    run_cli: Cli, store: QueryStore, published: FakePublisher
+) -> None:
+    add(store, completed("order-42"))
+
+    result = run_cli("trigger", "orders", "--run-id", "order-42")
+
+    assert result.code == 0  # triggers are idempotent: sending one again is not an error
+    assert result.out.strip() == "order-42"
+    assert "run order-42 already exists (completed): nothing new was started" in result.err
+    assert published.records == []
+
+
+def test_an_api_that_cannot_be_reached_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setenv("STEPSTREAM_API_URL", "http://127.0.0.1:9")
+
+    def refuse(method: str, url: str, **options: Any) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    monkeypatch.setattr(httpx, "request", refuse)
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["runs", "list"])
+
+    assert exited.value.code == 2
+    assert "cannot reach the api at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# notify, waiters
+
+
+def test_notify_prints_nothing_and_explains_when_nobody_waits(run_cli: Cli, published: FakePublisher) -> None:
+    result = run_cli("notify", "order-42", "--data", '{"approved": true}')
+
+    assert (result.code, result.out) == (0, "")
+    assert result.err == (
+        "No run is waiting on event 'order-42' now; "
+        "the notification is kept for 60 s for runs that start waiting on it\n"
+    )
+    assert published.records == [NotifyRequest(event_id="order-42", data='{"approved":true}', requested_at_ms=NOW)]
+
+
+def test_notify_prints_the_runs_that_were_waiting(run_cli: Cli, store: QueryStore) -> None:
+    add(store, waiting_run("run_A"), waiting_run("run_B", now=T0 + 1))
+
+    result = run_cli("notify", "order-42")
+
+    assert (result.code, result.out, result.err) == (0, "run_A\nrun_B\n", "")
+
+
+def test_an_event_id_with_a_slash_reaches_the_api_whole(run_cli: Cli, published: FakePublisher) -> None:
+    assert run_cli("notify", "orders/42?x").code == 0
+
+    assert [record.event_id for record in published.records if isinstance(record, NotifyRequest)] == ["orders/42?x"]
+
+
+def test_notify_refuses_data_that_is_not_json(run_cli: Cli, published: FakePublisher) -> None:
+    result = run_cli("notify", "order-42", "--data", "approved")
+
+    assert result.code == 2
+    assert result.err.startswith("stepstream: --data is not valid JSON")
+    assert published.records == []
+
+
+def test_waiters_lists_who_waits(run_cli: Cli, store: QueryStore) -> None:
+    add(store, waiting_run("run_A"))
+
+    assert run_cli("waiters", "order-42").out == (
+        "run_A  step 0  waiting since 2023-11-14 22:13:20  times out at 2023-11-15 22:13:20\n"
+    )
+    nobody = run_cli("waiters", "nobody")
+    assert (nobody.code, nobody.out, nobody.err) == (0, "", "no run is waiting on event 'nobody'\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# cancel
+
+
+def test_cancel_a_run(run_cli: Cli, store: QueryStore, published: FakePublisher) -> None:
+    add(store, sleeping("run_A"))
+
+    result = run_cli("cancel", "run_A", "--reason", "not needed")
+
+    assert result.code == 0
+    assert "Cancel of run 'run_A' requested" in result.err
+    assert published.records == [CancelRequest(run_id="run_A", reason="not needed", requested_at_ms=NOW)]
+
+
+def test_cancelling_an_unknown_or_ended_run_exits_2(run_cli: Cli, store: QueryStore) -> None:
+    add(store, completed("run_done"))
+
+    unknown, ended = run_cli("cancel", "run_nope"), run_cli("cancel", "run_done")
+
+    assert (unknown.code, ended.code) == (2, 2)
+    assert "404: Expected a known run id, but 'run_nope' is not known (yet)" in unknown.err
+    assert "409: Expected a run that has not ended, but run 'run_done' is completed" in ended.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--workflow", "refunds"), ["run_6", "run_3"]),
+        (("--label", "nightly"), ["run_3", "run_1"]),
+        (("--created-before", "2023-11-14T23:13:20Z"), ["run_1"]),
+        (("--all",), ["run_6", "run_3", "run_2", "run_1"]),
+    ],
+)
+def test_cancel_by_filter_prints_the_cancelled_runs(
+    run_cli: Cli, store: QueryStore, published: FakePublisher, argv: tuple[str, ...], expected: list[str]
+) -> None:
+    fleet(store)
+
+    result = run_cli("cancel", *argv)
+
+    assert result.code == 0
+    assert result.out.split() == expected
+    assert result.err == f"cancel requested for {len(expected)} run{'' if len(expected) == 1 else 's'}\n"
+    assert [record.run_id for record in published.records if isinstance(record, CancelRequest)] == expected
+
+
+@pytest.mark.parametrize("argv", [(), ("run_A", "--all"), ("run_A", "--workflow", "orders")])
+def test_cancel_needs_a_run_id_or_filters_but_not_both(
+    run_cli: Cli, published: FakePublisher, argv: tuple[str, ...]
+) -> None:
+    result = run_cli("cancel", *argv)
+
+    assert result.code == 2
+    assert result.err.startswith("stepstream: give a run id")
+    assert published.records == []
+
+
+# ---------------------------------------------------------------------------------------------
+# runs, deadletter
+
+
+def test_runs_list_filters_by_status_and_time(run_cli: Cli, store: QueryStore) -> None:
+    fleet(store)
+
+    result = run_cli("runs", "list", "--status", "sleeping", "--status", "failed", "--since", "2023-11-15T00:13:20Z")
+
+    assert result.code == 0
+    assert [line.split()[0] for line in result.out.splitlines()] == ["run_6", "run_5", "run_3"]
+    assert "run_3  refunds          sleeping     0 steps  2023-11-15 00:13:20" in result.out
+
+
+def test_runs_list_pages_with_a_cursor(run_cli: Cli, store: QueryStore) -> None:
+    fleet(store)
+
+    first = run_cli("runs", "list", "--limit", "4")
+    cursor = first.err.split("--cursor ")[1].strip()
+    second = run_cli("runs", "list", "--limit", "4", "--cursor", cursor)
+
+    assert [line.split()[0] for line in first.out.splitlines() + second.out.splitlines()] == [
+        "run_6",
+        "run_5",
+        "run_4",
+        "run_3",
+        "run_2",
+        "run_1",
+    ]
+    assert "--cursor" not in second.err
+
+
+def test_runs_list_with_an_unknown_status_is_a_usage_error(run_cli: Cli) -> None:
+    assert run_cli("runs", "list", "--status", "asleep").code == 2
+
+
+def test_runs_steps_prints_one_line_per_step(run_cli: Cli, store: QueryStore) -> None:
+    run = waiting_run("run_A")
+    add(store, run)
+
+    result = run_cli("runs", "steps", "run_A")
+
+    assert (
+        result.out
+        == "   0  wait_for_event pending    'approval'  waits for event 'order-42' until 2023-11-15 22:13:20\n"
+    )
+    assert run_cli("runs", "steps", "run_nope").code == 2
+
+
+def test_deadletter_list_shows_the_failed_runs_with_their_errors(run_cli: Cli, store: QueryStore) -> None:
+    fleet(store)
+
+    result = run_cli("deadletter", "list")
+
+    assert result.out.startswith("run_5  orders           failed")
+    assert result.out.rstrip().endswith("CardDeclined: declined")
+    assert len(result.out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("action", list(Recovery))
+def test_deadletter_actions_publish_a_recover_request(
+    run_cli: Cli, store: QueryStore, published: FakePublisher, action: Recovery
+) -> None:
+    fleet(store)
+
+    result = run_cli("deadletter", action.value, "run_5")
+
+    assert result.code == 0
+    assert published.records == [RecoverRequest(run_id="run_5", action=action, requested_at_ms=NOW)]
+
+
+def test_deadletter_actions_on_a_run_not_in_the_list_exit_2(run_cli: Cli, store: QueryStore) -> None:
+    fleet(store)
+
+    result = run_cli("deadletter", "resume", "run_4")
+
+    assert result.code == 2
+    assert "404: Expected a run in the dead-letter list to resume, but run 'run_4' is completed" in result.err
+    assert run_cli("deadletter", "resume").code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The history printer
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_every_event_kind_prints_as_a_sentence_not_just_its_name(scenario: Callable[[], Run]) -> None:
+    for event in scenario().events:
+        shown = event_to_dict(event)
+
+        line = cli._describe(shown)
+
+        assert line != shown["type"], f"{shown['type']} has no line of its own"
+        assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (
+            {
+                "type": "WaitStarted",
+                "step_index": 0,
+                "name": "approval",
+                "event_id": "o-1",
+                "at_ms": 0,
+                "timeout_at_ms": 60_000,
+            },
+            "wait step 0 'approval' waits for event 'o-1' (times out in 60.0 s)",
+        ),
+        (
+            {"type": "EventReceived", "step_index": 0, "event_id": "o-1", "data": {"ok": True}},
+            "wait step 0 received event 'o-1' → {\"ok\": true}",
+        ),
+        (
+            {
+                "type": "CallRetried",
+                "step_index": 2,
+                "attempt": 1,
+                "status": 503,
+                "error": "answered 503",
+                "retry_at_ms": 1_000,
+            },
+            "call step 2 attempt 1 answered 503; retry at 00:00:01.000",
+        ),
+        (
+            {"type": "CallRetried", "step_index": 2, "attempt": 2, "status": 0, "error": "timed out", "retry_at_ms": 0},
+            "call step 2 attempt 2 got no answer (timed out); retry at 00:00:00.000",
+        ),
+        ({"type": "RunCancelled", "reason": "not needed"}, "run cancelled: not needed"),
+        ({"type": "RunRecovered", "action": "resume"}, "run resumed by an operator"),
+        (
+            {
+                "type": "InvokeStarted",
+                "step_index": 1,
+                "name": "refund",
+                "child_run_id": "run_A.1",
+                "workflow": "refunds",
+            },
+            "invoke step 1 'refund' started child run run_A.1 of 'refunds'",
+        ),
+    ],
+)
+def test_history_lines_for_the_new_event_kinds(event: dict[str, Any], expected: str) -> None:
+    assert cli._describe(event) == expected
+
+
+def test_runs_history_follow_exits_1_when_the_run_fails_and_0_when_it_completes(
+    run_cli: Cli, store: QueryStore
+) -> None:
+    done = Run("run_done", now=T0)
+    done.report(Complete(output='"ok"'), now=T0 + 1)
+    add(store, done, failed("run_failed"))
+
+    completed_result = run_cli("runs", "history", "run_done", "--follow", "--timeout", "5")
+    failed_result = run_cli("runs", "history", "run_failed", "--follow", "--timeout", "5")
+
+    assert completed_result.code == 0
+    assert completed_result.out.splitlines()[-1].endswith('run completed → "ok"')
+    assert failed_result.code == 1
+    assert "RunFailed" in failed_result.out.splitlines()[-1]
