@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from stepstream.core import Delivery, DeliveryRequested, ScheduleRecord, TimerRequested
+from stepstream.core import Delivery, DeliveryRequested, TimerRequested
 from stepstream.scheduler.pending import Held, PendingWork, due_ms
+from stepstream.scheduler.pending import HeldRecord as ScheduleRecord
 
 T0 = 1_700_000_000_000
 
