@@ -72,7 +72,9 @@ def primitives(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
     stack.create_topics()
     stack.start("projector", "scheduler", "executor", "api")
     port = stack.start_app("primitives", APPS, "primitives:app")
-    yield Primitives(stack, port)
+    primitives = Primitives(stack, port)
+    yield primitives
+    primitives.app.close()
     stack.stop()
 
 
