@@ -1,4 +1,7 @@
-"""The example workflow app: a FastAPI service that serves one workflow with the Stepstream SDK.
+"""The example workflow app: a FastAPI service that serves two workflows with the Stepstream SDK.
+
+- ``onboarding``: steps and a sleep;
+- ``order``: parallel steps, an HTTP call the engine makes, and a wait for a payment event.
 
 Run it with ``stepstream dev --example`` (which also starts the engine), or alone:
 
@@ -10,6 +13,7 @@ each step ran exactly once even across crashes of the engine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import timedelta
@@ -57,6 +61,40 @@ async def onboarding(ctx: WorkflowContext[Signup]) -> dict[str, str]:
     return {"account": account, "welcome": welcome, "tips": tips}
 
 
+class Order(BaseModel):
+    order_id: str
+    items: list[str] = ["book", "lamp"]
+    payment_timeout_seconds: float = 300
+
+
+# Where the engine reaches this app's own "third-party" endpoint below (stepstream dev serves it here).
+BASE_URL = os.environ.get("EXAMPLE_BASE_URL", "http://127.0.0.1:8000")
+
+
+@workflows.workflow("order", payload=Order)
+async def order(ctx: WorkflowContext[Order]) -> dict[str, object]:
+    async def reserve(item: str) -> str:
+        _count(f"{ctx.run_id}:reserve-{item}")
+        return f"{item} reserved"
+
+    async def ship(quote: float) -> str:
+        _count(f"{ctx.run_id}:ship")
+        return f"shipped for {quote}"
+
+    # Parallel steps: every item is reserved at once, each in its own delivery.
+    reservations = await asyncio.gather(*[ctx.run(f"reserve-{item}", reserve, item) for item in ctx.payload.items])
+    # The engine makes this slow call itself; no endpoint compute is held while it is in flight.
+    quote = await ctx.call("shipping-quote", f"{BASE_URL}/shipping-quote?items={len(ctx.payload.items)}", timeout=30)
+    # The run waits, holding nothing, until the payment service notifies `payment-<order id>`.
+    payment = await ctx.wait_for_event(
+        "payment", f"payment-{ctx.payload.order_id}", timeout=ctx.payload.payment_timeout_seconds
+    )
+    if payment.timeout:
+        return {"status": "expired", "reservations": reservations}
+    shipped = await ctx.run("ship", ship, quote.body["price"])
+    return {"status": "shipped", "reservations": reservations, "payment": payment.data, "shipping": shipped}
+
+
 app = FastAPI(title="Stepstream example app")
 app.mount("/workflows", workflows.asgi())
 
@@ -64,3 +102,10 @@ app.mount("/workflows", workflows.asgi())
 @app.get("/healthz")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@app.get("/shipping-quote")
+async def shipping_quote(items: int = 1) -> dict[str, float]:
+    """A slow third-party API, as the `order` workflow's call step sees it."""
+    await asyncio.sleep(1)
+    return {"price": 4.5 + items}

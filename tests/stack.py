@@ -54,6 +54,7 @@ class Stack:
             "STEPSTREAM_DEFAULT_RETRY_BASE_MS": "200",
             "STEPSTREAM_LOG_LEVEL": "INFO",
             "EXAMPLE_COUNTS_FILE": str(self.counts_file),
+            "EXAMPLE_BASE_URL": f"http://127.0.0.1:{self.app_port}",
             "PYTHONUNBUFFERED": "1",
             **env,
         }

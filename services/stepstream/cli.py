@@ -122,8 +122,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
     os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_signing_key(home))
     example: subprocess.Popen[bytes] | None = None
     example_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/onboarding"
+    order_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/order"
     if args.example:
-        os.environ.setdefault("STEPSTREAM_WORKFLOWS", f"onboarding={example_url}")
+        os.environ.setdefault("STEPSTREAM_WORKFLOWS", f"onboarding={example_url},order={order_url}")
         example = _start_example(home)
     settings = KafkaSettings.from_env()
     asyncio.run(ensure_topics_for(settings))
@@ -137,9 +138,12 @@ def cmd_dev(args: argparse.Namespace) -> None:
         ]
         if args.example:
             lines += [
-                f"The example workflow 'onboarding' is served at {example_url}",
+                f"The example workflows 'onboarding' and 'order' are served at {example_url.rsplit('/', 1)[0]}",
                 "In another terminal, trigger a run and watch its history:",
                 '    .venv/bin/stepstream trigger onboarding --payload \'{"name": "Ada"}\' --watch',
+                "Or an order, which waits for its payment until you notify it (from a third terminal):",
+                '    .venv/bin/stepstream trigger order --payload \'{"order_id": "42"}\' --watch',
+                "    .venv/bin/stepstream notify payment-42 --data '{\"amount\": 30}'",
             ]
         lines.append("Stop with Ctrl-C; runs survive a restart.\n")
         print("\n".join(lines), file=sys.stderr)

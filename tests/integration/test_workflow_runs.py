@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,3 +166,30 @@ def test_cli_reports_a_bad_trigger_clearly(stack: Stack) -> None:
     assert result.returncode == 2
     assert "404" in result.stderr
     assert "no-such-workflow" in result.stderr
+
+
+def test_the_example_order_reserves_in_parallel_calls_out_and_waits_for_its_payment(stack: Stack) -> None:
+    # given an order run of the example app (the README's second demo)
+    order_id = uuid.uuid4().hex[:8]
+    url = stack.workflow_url.rsplit("/", 1)[0] + "/order"
+    run_id = stack.trigger({"order_id": order_id, "items": ["book", "lamp", "mug"]}, workflow="order", url=url)
+
+    # when it waits for its payment, and the payment service notifies it
+    stack.wait_for_status(run_id, "waiting", timeout=60)
+    response = stack.api.post(f"/v1/events/payment-{order_id}/notify", json={"data": {"amount": 30}})
+    assert response.status_code == 202
+    assert response.json()["waiting"] == [run_id]
+
+    # then it ships, having reserved every item once, in parallel deliveries
+    run = stack.wait_for_status(run_id, "completed", timeout=60)
+    assert run["output"] == {
+        "status": "shipped",
+        "reservations": ["book reserved", "lamp reserved", "mug reserved"],
+        "payment": {"amount": 30},
+        "shipping": "shipped for 7.5",
+    }
+    counts = stack.step_counts()
+    assert [counts[f"{run_id}:reserve-{item}"] for item in ("book", "lamp", "mug")] == [1, 1, 1]
+    assert counts[f"{run_id}:ship"] == 1
+    branches = [event for event in stack.history(run_id) if event["type"] == "StepScheduled" and event["execute_only"]]
+    assert len(branches) == 3
