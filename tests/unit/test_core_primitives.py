@@ -79,6 +79,7 @@ from stepstream.core import (
     WaitTimedOut,
     call_deadline_id,
     call_request_id,
+    child_reattached,
     child_run_id,
     child_url,
     command_key,
@@ -1021,6 +1022,46 @@ def test_an_invoke_triggers_the_child_run_one_level_deeper() -> None:
     started = when(None, child)[0]
     assert isinstance(started, RunStarted)
     assert (started.parent_run_id, started.parent_step_index, started.depth) == (RUN, 1, 2)
+
+
+def test_a_parent_restarted_after_its_child_ended_gets_the_childs_end_instead_of_waiting_forever() -> None:
+    # given a parent whose child completed, and which then failed and was restarted
+    plan = PlanInvoke(index=0, name="ship", workflow="ship", url=None, payload="{}")
+    child_trigger = when_effects(given(trigger()), report(1, outcome=suspend(plan)))[0]
+    assert isinstance(child_trigger, TriggerRun)
+    child = given(child_trigger, report(1, run_id=child_trigger.run_id, outcome=Complete(output='"sent"')))
+    parent = given(
+        trigger(),
+        report(1, outcome=suspend(plan)),
+        ChildFinished(run_id=RUN, step_index=0, child_run_id=child.run_id, status="completed", output='"sent"',
+                      error=None, now_ms=T0 + 1),
+        report(2, outcome=Fail(error=ErrorInfo(type="E", message="m"), retryable=False), now=T0 + 2),
+        RecoverRun(run_id=RUN, action=Recovery.RESTART, now_ms=T0 + 3),
+    )  # fmt: skip
+
+    # when the replay invokes the same child again (same step, so the same child id)
+    again = when_effects(parent, report(4, outcome=suspend(plan), now=T0 + 4))[0]
+    assert isinstance(again, TriggerRun)
+    assert again.run_id == child.run_id
+    assert isinstance(when_rejected(child, again), Rejected)  # the child exists: nothing starts
+
+    # then the parent re-attaches, and the ended child's result completes its step
+    finished = child_reattached(child, again)
+    assert finished == ChildFinished(
+        run_id=RUN, step_index=0, child_run_id=child.run_id, status="completed", output='"sent"', error=None,
+        now_ms=T0 + 4,
+    )  # fmt: skip
+    waiting = then_applied(parent, when(parent, report(4, outcome=suspend(plan), now=T0 + 4)))
+    assert type(when(waiting, finished)[0]) is StepCompleted
+
+
+def test_a_still_running_child_is_not_reported_again_when_its_parent_re_attaches() -> None:
+    plan = PlanInvoke(index=0, name="ship", workflow="ship", url=None, payload="{}")
+    child_trigger = when_effects(given(trigger()), report(1, outcome=suspend(plan)))[0]
+    assert isinstance(child_trigger, TriggerRun)
+
+    assert child_reattached(given(child_trigger), child_trigger) is None  # it tells the parent when it ends
+    assert child_reattached(given(trigger()), child_trigger) is None  # a run that is not this parent's child
 
 
 def test_an_invoke_past_the_depth_limit_fails_the_run() -> None:

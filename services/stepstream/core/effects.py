@@ -370,6 +370,28 @@ def _tell_parent(state: RunState, now: int) -> list[Effect]:
     ]
 
 
+def child_reattached(child: RunState, trigger: TriggerRun) -> ChildFinished | None:
+    """A parent started a child that already exists: it was resumed or restarted after starting it.
+
+    Child ids follow from the parent's step, so the second trigger is a duplicate and starts nothing;
+    instead the parent re-attaches to the child. A child still going tells the parent when it ends,
+    as before; one that has ended is reported now, or the parent would wait forever.
+    """
+    if trigger.parent_run_id is None or trigger.parent_step_index is None:
+        return None
+    if child.parent_run_id != trigger.parent_run_id or not child.status.terminal:
+        return None
+    return ChildFinished(
+        run_id=trigger.parent_run_id,
+        step_index=trigger.parent_step_index,
+        child_run_id=child.run_id,
+        status=child.status.value,
+        output=child.output,
+        error=child.error,
+        now_ms=trigger.now_ms,
+    )
+
+
 def deliverable_now(record: Effect, now_ms: int) -> Delivery | CallDelivery | None:
     """The fast path: work due now and under no flow limit skips the scheduler's hop."""
     if (

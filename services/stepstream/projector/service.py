@@ -43,6 +43,7 @@ from stepstream.core import (
     UnregisterWaiter,
     WaiterCommand,
     WaiterState,
+    child_reattached,
     command_key,
     decide,
     decide_waiters,
@@ -315,7 +316,10 @@ class Projector:
         state = self.states.get(run_id)
         result = decide(state, command, self.defaults)
         if isinstance(result, Rejected):
-            if result.duplicate:
+            reattached = child_reattached(state, command) if state and isinstance(command, TriggerRun) else None
+            if reattached is not None:
+                self._send_command(reattached, outbox)
+            elif result.duplicate:
                 log.info("ignored: %s", result.reason)
             else:
                 outbox.add(
