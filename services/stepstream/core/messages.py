@@ -122,7 +122,7 @@ class CallSpec:
     headers: tuple[tuple[str, str], ...]
     body: str | None  # the request body as text; None: no body
     timeout_ms: int
-    retries: int  # further attempts after the first, on no answer, 5xx, 408 or 429
+    retries: int  # further attempts after the first, on no answer, 5xx, 408, 425 or 429
     retry_delay: str | None = None  # a delay rule (see ``core.retry``); None: exponential from 1 s
 
 

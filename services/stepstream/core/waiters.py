@@ -3,7 +3,8 @@
 Notifications are keyed by event id, not run id, so the projector that owns an event id's partition
 keeps this index for it (snapshots in the compacted ``waiters`` topic). A run that starts waiting
 registers here; a notification wakes every registered run and is also kept for ``buffer_ms``, so a
-run that starts waiting shortly after still receives it — each run at most once per notification.
+run that starts waiting shortly after still receives it — from the buffer, each run at most once per
+notification (a run waiting twice on one id at the same moment is woken in each wait).
 Pure, like the rest of the core: ``now`` arrives on the command.
 """
 
