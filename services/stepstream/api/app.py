@@ -315,7 +315,8 @@ def create_app(
                 run=run.to_dict(),
             )
         await publish(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=clock.now_ms()))
-        message = f"Cancel of run {run_id!r} requested: nothing more is scheduled for it, and results that arrive later are ignored"
+        later = "results that arrive later are ignored"
+        message = f"Cancel of run {run_id!r} requested: nothing more is scheduled for it, and {later}"
         return JSONResponse({"run_id": run_id, "message": message}, status_code=202)
 
     # -- events -----------------------------------------------------------------------------------
