@@ -126,6 +126,21 @@ class _Builder:
         assert self.state is not None
         return self.state
 
+    def complete_step(self, index: int, name: str, kind: StepKind, output: str, delivery_id: str = "") -> None:
+        """Record step ``index``'s result; ``delivery_id`` empty for results that came from outside a delivery."""
+        self.add(
+            StepCompleted(
+                run_id=self.run_id,
+                seq=self.next_seq,
+                at_ms=self.now_ms,
+                step_index=index,
+                name=name,
+                kind=kind,
+                output=output,
+                delivery_id=delivery_id,
+            )
+        )
+
     def schedule(
         self, *, attempt: int, not_before_ms: int, step_index: int | None = None, name: str | None = None
     ) -> None:
@@ -307,18 +322,7 @@ def _report(state: RunState, command: ReportDelivery, defaults: Defaults) -> lis
             return problem
         if step.kind is not StepKind.RUN:
             return Rejected(reason=f"Expected only run steps to complete inside a delivery, but got {step.kind.value}")
-        builder.add(
-            StepCompleted(
-                run_id=command.run_id,
-                seq=builder.next_seq,
-                at_ms=command.now_ms,
-                step_index=step.index,
-                name=step.name,
-                kind=step.kind,
-                output=step.output,
-                delivery_id=command.delivery_id,
-            )
-        )
+        builder.complete_step(step.index, step.name, step.kind, step.output, command.delivery_id)
     outcome = command.outcome
     now = command.now_ms
     match outcome:
@@ -377,18 +381,7 @@ def _report_branch(
         _fail_attempt(builder, protocol_error, pending.attempt, command.delivery_id, index, defaults)
         return builder.events
     step = results[0]
-    builder.add(
-        StepCompleted(
-            run_id=command.run_id,
-            seq=builder.next_seq,
-            at_ms=command.now_ms,
-            step_index=index,
-            name=step.name,
-            kind=StepKind.RUN,
-            output=step.output,
-            delivery_id=command.delivery_id,
-        )
-    )
+    builder.complete_step(index, step.name, StepKind.RUN, step.output, command.delivery_id)
     builder.continue_if_idle()
     return builder.events
 
@@ -622,18 +615,7 @@ def _fire_timer(state: RunState, command: FireTimer, defaults: Defaults) -> list
     now = command.now_ms
     match pending:
         case PendingSleep() if now >= pending.wake_at_ms:
-            builder.add(
-                StepCompleted(
-                    run_id=command.run_id,
-                    seq=builder.next_seq,
-                    at_ms=now,
-                    step_index=pending.step_index,
-                    name=pending.name,
-                    kind=pending.kind,
-                    output="null",
-                    delivery_id="",
-                )
-            )
+            builder.complete_step(pending.step_index, pending.name, pending.kind, "null")
         case PendingWait() if now >= pending.timeout_at_ms:
             builder.add(
                 WaitTimedOut(
@@ -712,17 +694,11 @@ def _call_answered(
             )
         )
         return
-    builder.add(
-        StepCompleted(
-            run_id=state.run_id,
-            seq=builder.next_seq,
-            at_ms=now,
-            step_index=pending.step_index,
-            name=pending.name,
-            kind=StepKind.CALL,
-            output=call_output(status=status, headers=headers, body=body, error=error),
-            delivery_id="",
-        )
+    builder.complete_step(
+        pending.step_index,
+        pending.name,
+        StepKind.CALL,
+        call_output(status=status, headers=headers, body=body, error=error),
     )
 
 
@@ -753,17 +729,8 @@ def _report_notify(state: RunState, command: ReportNotify) -> list[Event] | Reje
     if not isinstance(pending, PendingNotify):
         return _duplicate(f"Expected step {command.step_index} of run {command.run_id} to be a pending notify")
     builder = _Builder(state, command.run_id, command.now_ms)
-    builder.add(
-        StepCompleted(
-            run_id=command.run_id,
-            seq=builder.next_seq,
-            at_ms=command.now_ms,
-            step_index=command.step_index,
-            name=pending.name,
-            kind=StepKind.NOTIFY,
-            output=json.dumps(list(command.notified), separators=(",", ":")),
-            delivery_id="",
-        )
+    builder.complete_step(
+        command.step_index, pending.name, StepKind.NOTIFY, json.dumps(list(command.notified), separators=(",", ":"))
     )
     builder.continue_if_idle()
     return builder.events
@@ -789,17 +756,6 @@ def _child_finished(state: RunState, command: ChildFinished) -> list[Event] | Re
         + "}"
     )
     builder = _Builder(state, command.run_id, command.now_ms)
-    builder.add(
-        StepCompleted(
-            run_id=command.run_id,
-            seq=builder.next_seq,
-            at_ms=command.now_ms,
-            step_index=command.step_index,
-            name=pending.name,
-            kind=StepKind.INVOKE,
-            output=output,
-            delivery_id="",
-        )
-    )
+    builder.complete_step(command.step_index, pending.name, StepKind.INVOKE, output)
     builder.continue_if_idle()
     return builder.events
