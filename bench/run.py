@@ -247,11 +247,39 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """A trigger's ``flow_control`` but its key (each mode gets a key of its own, for all its rounds)."""
+
+    name: str
+    rate: int | None = None
+    period: str = "1s"
+    parallelism: int | None = None
+
+    def body(self, key: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": key}
+        if self.rate is not None:
+            body |= {"rate": self.rate, "period": self.period}
+        if self.parallelism is not None:
+            body["parallelism"] = self.parallelism
+        return body
+
+
+# --flow: limits far above anything 64 concurrent triggers can reach, so they are checked and never bind;
+# and a key with no limits at all (counted and shown, never held back).
+FLOW_NEVER_BINDS = FlowSpec("limits never bind", rate=1_000_000, period="1s", parallelism=100_000)
+FLOW_NO_LIMITS = FlowSpec("no limits")
+
+
+@dataclass(frozen=True, slots=True)
 class Mode:
     budget_ms: int | None  # None: the executor's default (the variable unset)
+    flow: FlowSpec | None = None  # every run of the mode triggered under one flow key with these limits
 
     @property
     def name(self) -> str:
+        if self.flow is not None:
+            # The executor sends a delivery under a key with a budget of 0 whatever its own setting.
+            return f"key, {self.flow.name} (budget 0)"
         return (
             "budget 0"
             if self.budget_ms == 0
@@ -260,10 +288,15 @@ class Mode:
 
     @property
     def effective_ms(self) -> int:
+        if self.flow is not None:
+            return 0
         return DEFAULT_BUDGET_MS if self.budget_ms is None else self.budget_ms
 
     def executor_env(self) -> dict[str, str]:
         return {} if self.budget_ms is None else {"STEPSTREAM_STEP_BUDGET_MS": str(self.budget_ms)}
+
+    def flow_control(self, key: str) -> dict[str, Any] | None:
+        return None if self.flow is None else self.flow.body(key)
 
 
 @dataclass(slots=True)
@@ -289,6 +322,7 @@ class Result:
     trigger_post_ms: dict[str, float] = field(default_factory=dict)
     produce_retries: int = 0
     rounds: list[dict[str, float | None]] = field(default_factory=list)
+    flow_control: dict[str, Any] | None = None  # the trigger's flow_control, if the mode has one
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -378,9 +412,11 @@ async def trigger_and_wait(
     runs: int,
     payload: dict[str, int],
     timeout_s: float,
+    flow_control: dict[str, Any] | None = None,
     quiet: bool = False,
 ) -> RoundData:
-    """Trigger ``runs`` runs at once, wait until all complete; when each was triggered, and the histories."""
+    """Trigger ``runs`` runs at once (each under ``flow_control``, if given), wait until all complete;
+    when each was triggered, and the histories."""
     run_ids = [f"{label}-{index:05d}" for index in range(runs)]
     triggered_at: dict[str, float] = {}
     accepted_at: dict[str, float] = {}
@@ -388,6 +424,8 @@ async def trigger_and_wait(
 
     async def trigger(run_id: str) -> None:
         body = {"workflow": "steps", "url": stack.workflow_url, "payload": payload, "run_id": run_id, "label": label}
+        if flow_control is not None:
+            body["flow_control"] = flow_control
         async with slots:
             triggered_at[run_id] = time.time()
             for attempt in range(1, 4):
@@ -542,6 +580,7 @@ def result(mode: Mode, samples: Samples, *, steps: int, sleep_ms: int) -> Result
         trigger_post_ms=summary(samples.trigger_post),
         produce_retries=samples.produce_retries,
         rounds=samples.rounds,
+        flow_control=mode.flow_control("<one key per mode>"),
     )
 
 
@@ -580,9 +619,8 @@ def fmt(value: Any) -> str:
     return f"{value:.3f}"
 
 
-def ratios(results: list[Result]) -> dict[str, float | None]:
-    """Each column of the last mode divided by the same column of the first (e.g. default / budget 0)."""
-    base, other = results[0], results[-1]
+def ratios(base: Result, other: Result) -> dict[str, float | None]:
+    """Each column of ``other`` divided by the same column of ``base`` (e.g. default / budget 0)."""
     values: dict[str, float | None] = {}
     for index, (header, get) in enumerate(COLUMNS[4:], start=4):
         a, b = get(base), get(other)
@@ -616,25 +654,39 @@ def fmt_ratio(value: float | None) -> str:
     return f"1/{1 / value:.0f}x" if 0 < value < 0.1 else f"{fmt(value)}x"
 
 
-def render(headers: list[str], rows: list[list[str]]) -> str:
+def render(headers: list[str], rows: list[list[str]], *, left: tuple[int, ...] = (0,)) -> str:
+    """A plain-text table; the columns in ``left`` aligned left (text), the others right (numbers)."""
     widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
         return " | ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(headers), "-+-".join("-" * width for width in widths), *(line(row) for row in rows)])
 
 
+def comparisons(results: list[Result]) -> list[tuple[Result, Result]]:
+    """The pairs (other, base) the table gives ratios of: every mode against the first; and, with modes
+    under a flow key, each of those against the last mode without one too (the default budget)."""
+    pairs = [(other, results[0]) for other in results[1:]]
+    unkeyed = [result for result in results if result.flow_control is None]
+    if len(unkeyed) >= 2:
+        pairs += [(other, unkeyed[-1]) for other in results if other.flow_control is not None]
+    return pairs
+
+
+def short(mode: str) -> str:
+    return mode.split(" (")[0]
+
+
 def table(results: list[Result]) -> str:
-    """The main table: a row per mode, then the ratio of the last mode to the first."""
+    """The main table: a row per mode, then the ratios of each pair of :func:`comparisons`."""
     rows = [[fmt(get(result)) for _, get in COLUMNS] for result in results]
-    if len(results) >= 2:
-        ratio = ratios(results)
+    for other, base in comparisons(results):
         rows.append(
-            [f"ratio {results[-1].mode.split(' (')[0]} / {results[0].mode}", "", "", ""]
-            + [fmt_ratio(value) for value in ratio.values()]
+            [f"ratio {short(other.mode)} / {short(base.mode)}", "", "", ""]
+            + [fmt_ratio(value) for value in ratios(base, other).values()]
         )
     return render([header for header, _ in COLUMNS], rows)
 
@@ -661,6 +713,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
         max_connections=TRIGGER_CONCURRENCY, max_keepalive_connections=TRIGGER_CONCURRENCY, keepalive_expiry=4
     )
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, limits=limits) as client:
+        flow_keys = {mode: f"bench-{tag}-m{index}" for index, mode in enumerate(modes)}
         for round_number in range(args.rounds):
             # Alternate the order, so a drift of the machine's load does not favour one mode.
             order = modes if round_number % 2 == 0 else modes[::-1]
@@ -680,6 +733,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
                     runs=args.warmup,
                     payload={"steps": 2, "sleep_ms": warmup_sleep_ms},
                     timeout_s=args.timeout,
+                    flow_control=mode.flow_control(flow_keys[mode]),
                     quiet=True,
                 )
                 progress(
@@ -695,6 +749,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
                     runs=args.runs,
                     payload={"steps": args.steps, "sleep_ms": args.sleep_ms},
                     timeout_s=args.timeout,
+                    flow_control=mode.flow_control(flow_keys[mode]),
                 )
                 headline = collect(samples[mode], steps=args.steps, sleep_ms=args.sleep_ms, data=data)
                 samples[mode].produce_retries += stack.count_in_logs_since(sizes, PRODUCE_RETRY)
@@ -728,7 +783,7 @@ def broker(directory: Path) -> Iterator[tuple[str, bool]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, help="concurrent runs per mode (default 50; --quick 10)")
+    parser.add_argument("--runs", type=int, help="concurrent runs per mode (default 100; --quick 10)")
     parser.add_argument("--steps", type=int, help="ctx.run steps per run (default 10; --quick 5)")
     parser.add_argument("--sleep-ms", type=int, help="one ctx.sleep per run after the steps, 0 for none "
                         "(default 500; --quick 200)")  # fmt: skip
@@ -738,6 +793,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="0,default",
         help="comma-separated executor step budgets in ms, one table row each; 'default' leaves "
         "STEPSTREAM_STEP_BUDGET_MS unset (default: 0,default)",
+    )
+    parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="add two modes under a flow-control key (one key per mode): limits that never bind "
+        "(rate 1,000,000/s, parallelism 100,000), and no limits; the executor runs them at budget 0",
     )
     parser.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
     parser.add_argument(
@@ -765,6 +826,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"expected --budgets like '0,default' or '0,250,1000', but got {args.budgets!r}")
     if not args.modes or any(mode.budget_ms is not None and mode.budget_ms < 0 for mode in args.modes):
         parser.error(f"expected at least one budget of 0 ms or more, but got {args.budgets!r}")
+    if args.flow:
+        args.modes += [Mode(None, FLOW_NEVER_BINDS), Mode(None, FLOW_NO_LIMITS)]
     return args
 
 
@@ -788,13 +851,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: clean up, then exit
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop like Ctrl-C: clean up, then exit
     directory = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
     stack: Stack | None = None
     dead: list[str] = []
@@ -829,12 +892,25 @@ def main(argv: list[str] | None = None) -> int:
             + f", {args.rounds} round{'s' if args.rounds > 1 else ''} per mode, {args.partitions} partitions, "
             f"took {took:.0f} s, load average {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after"
         )
-        print(table(results))
-        if len(results) >= 2:
-            ratio = ratios(results)
+        if args.flow:
             print(
-                f"{results[-1].mode} vs {results[0].mode}: {fmt_ratio(ratio['steps/s'])} the steps/s, "
+                "Modes 'key, …': every run under one flow-control key per mode (its deliveries through the "
+                "scheduler's queue; the executor gives each a budget of 0); the others: no key."
+            )
+        print(table(results))
+        for other, base in comparisons(results):
+            ratio = ratios(base, other)
+            print(
+                f"{other.mode} vs {base.mode}: {fmt_ratio(ratio['steps/s'])} the steps/s, "
                 f"{fmt_ratio(ratio['runs/s'])} the runs/s, step gap p50 {fmt_ratio(ratio['step gap p50 ms'])}"
+            )
+        if args.rounds > 1:  # the spread between rounds: how much of a ratio is noise
+            print(
+                "steps/s per round: "
+                + "; ".join(
+                    f"{result.mode}: {', '.join(fmt(one['steps_per_s']) for one in result.rounds)}"
+                    for result in results
+                )
             )
         print()
         print(
@@ -862,9 +938,11 @@ def main(argv: list[str] | None = None) -> int:
                     "warmup": args.warmup,
                     "rounds": args.rounds,
                     "budgets": [mode.effective_ms for mode in args.modes],
+                    "modes": [mode.name for mode in args.modes],
                 },
                 "results": [asdict(result) for result in results],
-                "ratio_last_over_first": ratios(results) if len(results) >= 2 else None,
+                "ratio_last_over_first": ratios(results[0], results[-1]) if len(results) >= 2 else None,
+                "ratios": {f"{other.mode} / {base.mode}": ratios(base, other) for other, base in comparisons(results)},
                 "service_log_error_lines": problems,
                 "service_log_startup_noise_lines": noise,
             }

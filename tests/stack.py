@@ -73,9 +73,10 @@ class Stack:
             if name == "app":
                 command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(ROOT / "examples"),
                            "--port", str(self.app_port), "--log-level", "warning"]  # fmt: skip
-            else:
-                command = [sys.executable, "-m", f"stepstream.{name}"]
-            with (self.directory / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+            else:  # "scheduler:2" is a second scheduler process
+                command = [sys.executable, "-m", f"stepstream.{name.split(':')[0]}"]
+            log_name = name.replace(":", "-")
+            with (self.directory / f"{log_name}.log").open("ab") as log:  # the child keeps its own descriptor
                 self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         if "api" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.api_port}/healthz")

@@ -5,10 +5,12 @@ stepstream projector|scheduler|executor|api
 stepstream kafka start|stop|status  the local single-node Kafka
 stepstream topics create            create the engine's topics
 stepstream trigger WORKFLOW [--payload JSON] [--run-id ID] [--delay 10s|--not-before TIME] [--watch] …
+                   [--flow-key K [--rate N] [--period 1m] [--parallelism N]]
 stepstream runs list|get|steps|history …
 stepstream notify EVENT_ID [--data JSON]       stepstream waiters EVENT_ID
 stepstream cancel RUN_ID | --workflow W | --label L | --created-before T | --all
 stepstream deadletter list|resume|restart|delete [RUN_ID]
+stepstream flow [KEY]                          flow-control keys: queued, in flight, limits
 
 Exit codes: 0 done; 1 a watched run failed or was cancelled, or watching gave up; 2 the command was
 wrong, the api refused it, or the api could not be reached.
@@ -307,6 +309,12 @@ def cmd_trigger(args: argparse.Namespace) -> None:
         body["not_before"] = _instant(args.not_before, "--not-before")
     if args.header:
         body["headers"] = dict(_header(value) for value in args.header)
+    limits = {name: value for name in ("rate", "period", "parallelism") if (value := getattr(args, name)) is not None}
+    if args.flow_key is not None:
+        body["flow_control"] = {"key": args.flow_key, **limits}
+    elif limits:
+        given = ", ".join(f"--{name}" for name in limits)
+        _fail(f"{given} limit the runs under a flow-control key: give one with --flow-key")
     answer = _api("POST", "/v1/runs", json=body)
     print(answer["run_id"])
     if answer.get("duplicate"):
@@ -563,6 +571,57 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
         print(f"run {args.run_id}: {args.action} requested", file=sys.stderr)
 
 
+def _duration(milliseconds: int) -> str:
+    """Milliseconds as the api writes durations: ``1m``, ``1h30m``, ``250ms``."""
+    parts: list[str] = []
+    rest = milliseconds
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts) or "0ms"
+
+
+def _print_flow_keys(keys: list[dict[str, Any]]) -> None:
+    """The keys as a table; each row as the scheduler last published it (the UPDATED column)."""
+    rows = [
+        (
+            key["key"],
+            str(key["queued"]),
+            str(key["in_flight"]) + (f"/{key['parallelism']}" if key["parallelism"] is not None else ""),
+            f"{key['starts_in_window']}/{key['rate']}" if key["rate"] is not None else str(key["starts_in_window"]),
+            _duration(key["period_ms"]),
+            _clock(key["updated_at_ms"], date=True),
+        )
+        for key in keys
+    ]
+    header = ("KEY", "QUEUED", "IN FLIGHT", "STARTED", "PER", "UPDATED")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    numbers = {1, 2, 3}  # right-aligned; the rest left-aligned
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(width) if column in numbers else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def cmd_flow(args: argparse.Namespace) -> None:
+    if args.key is not None:
+        _print_flow_keys([_api("GET", f"/v1/flow-control/{_segment(args.key)}")])
+        return
+    query: dict[str, Any] = {"limit": args.limit}
+    if args.cursor:
+        query["cursor"] = args.cursor
+    answer = _api("GET", "/v1/flow-control", params=query)
+    if answer["flow_keys"]:
+        _print_flow_keys(answer["flow_keys"])
+    else:
+        print("no flow-control key is known yet (a key shows once the scheduler has work under it)", file=sys.stderr)
+    if answer.get("next_cursor"):
+        print(f"more: add --cursor {answer['next_cursor']}", file=sys.stderr)
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -592,6 +651,11 @@ def _add_trigger(commands: Any) -> None:
     when.add_argument("--delay", help="start after a duration such as '10s', '5m' or '1h30m'")
     when.add_argument("--delay-ms", type=int, help="start after this many milliseconds")
     when.add_argument("--not-before", help="start no earlier than this time: epoch ms or ISO-8601 (local if no zone)")
+    flow = trigger.add_argument_group("flow control", "limits shared by every run triggered under the same key")
+    flow.add_argument("--flow-key", help="the flow-control key the run's deliveries wait under")
+    flow.add_argument("--rate", type=int, help="at most this many starts per period")
+    flow.add_argument("--period", help="the rate's window, a duration such as '10s' or '1m' (default 1s)")
+    flow.add_argument("--parallelism", type=int, help="at most this many deliveries in flight at once")
     trigger.add_argument("--watch", action="store_true", help="print the run's history as it happens")
     trigger.add_argument("--timeout", type=float, default=600, help="how long --watch waits (seconds)")
     trigger.set_defaults(handler=cmd_trigger)
@@ -640,6 +704,11 @@ def _add_events_and_control(commands: Any) -> None:
     deadletter.add_argument("run_id", nargs="?")
     _add_filters(deadletter)
     deadletter.set_defaults(handler=cmd_deadletter)
+    flow = commands.add_parser("flow", help="flow-control keys: work queued and in flight, starts, limits")
+    flow.add_argument("key", nargs="?", help="show only this key")
+    flow.add_argument("--limit", type=int, default=100)
+    flow.add_argument("--cursor", help="the next page, as a previous page said")
+    flow.set_defaults(handler=cmd_flow)
 
 
 def parser() -> argparse.ArgumentParser:

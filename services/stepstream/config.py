@@ -129,10 +129,15 @@ class ProjectorSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerSettings:
     kafka: KafkaSettings
+    # How often, at most, the scheduler publishes the state of the flow-control keys that changed.
+    flow_state_interval_ms: int = 1_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
-        return cls(kafka=KafkaSettings.from_env(environ))
+        return cls(
+            kafka=KafkaSettings.from_env(environ),
+            flow_state_interval_ms=_int(environ, "STEPSTREAM_FLOW_STATE_INTERVAL_MS", 1_000),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

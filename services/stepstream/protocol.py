@@ -30,6 +30,9 @@ MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_EVENT_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_RETRIES = 100
+MAX_FLOW_KEY_LENGTH = 200
+MAX_FLOW_PERIOD_MS = 7 * 86_400_000  # a week, as the engine's flow control allows
+MAX_FLOW_LIMIT = 1_000_000_000  # a rate or a parallelism: far beyond any real limit, and fits every record
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 StepKindName = Literal["run", "sleep", "sleep_until", "call", "wait_for_event", "notify", "invoke"]
@@ -119,6 +122,19 @@ class FailNext(_Model):
     name: str | None = None
 
 
+class FlowControlSpec(_Model):
+    """A flow-control key and its limits, for a planned ``call`` (the request) or ``invoke`` (the child run).
+
+    At most ``rate`` starts in any window of ``period_ms``, and at most ``parallelism`` started and
+    not yet finished; an unset limit does not apply. Work over a limit waits; it is never refused.
+    """
+
+    key: str = Field(min_length=1, max_length=MAX_FLOW_KEY_LENGTH)
+    rate: int | None = Field(default=None, ge=1, le=MAX_FLOW_LIMIT)
+    period_ms: int = Field(default=1_000, ge=1, le=MAX_FLOW_PERIOD_MS)
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_FLOW_LIMIT)
+
+
 class PlannedRun(_Model):
     """A `run` step awaited in parallel with others: the engine delivers it on its own (``execute_index``)."""
 
@@ -154,6 +170,8 @@ class PlannedCall(_Model):
     timeout_ms: int = Field(default=300_000, ge=1, le=MAX_DELAY_MS)
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     retry_delay: str | None = Field(default=None, max_length=200)
+    # Set: the request waits for the limits of its own flow-control key; None: it is not throttled.
+    flow_control: FlowControlSpec | None = None
 
 
 class PlannedWait(_Model):
@@ -185,6 +203,8 @@ class PlannedInvoke(_Model):
     label: str | None = Field(default=None, max_length=200)
     retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
     retry_delay: str | None = Field(default=None, max_length=200)
+    # Set: every delivery of the child run waits for the limits of this key; None: none.
+    flow_control: FlowControlSpec | None = None
 
 
 PlannedStep = Annotated[

@@ -35,6 +35,8 @@ from stepstream.avro import (
 from stepstream.avro.schemas import default_directory, fingerprint, freeze, read_directory
 from stepstream.avro.upcasters import UPCASTERS
 from stepstream.core import (
+    CallRequested,
+    DeliveryRequested,
     ErrorInfo,
     FireTimer,
     Outcome,
@@ -488,11 +490,25 @@ def test_run_state_v1_files_are_read_through_the_built_in_upcaster(codec: Codec)
         "depth": 0,
         "failure_delivery": None,
         "dead_letter": False,
+        "flow": None,
     }
     for decoded in (decoded_full, decoded_minimal):
         assert {name: getattr(decoded, name) for name in added} == added
     # and the upcaster is the one registered for the frozen shape, applied by every default codec
     assert set(UPCASTERS) == {"stepstream.RunState.v1"}
+
+
+@pytest.mark.parametrize("stem", ["DeliveryRequested.full", "DeliveryRequested.failure_handler", "CallRequested.full"])
+def test_requests_written_with_the_removed_flow_key_field_read_as_not_flow_controlled(codec: Codec, stem: str) -> None:
+    # given a request an earlier shape wrote with a flow_key (the field is gone; flow_key is now flow's key)
+    data = (GOLDEN / f"{stem}.bin").read_bytes()
+    assert b"tenant:acme" in data or b"host:payments" in data
+    # when the current codec decodes it
+    decoded = codec.decode(data, TOPIC_TYPES["timers"])
+    # then resolution dropped the field: no flow control, so the scheduler emits it once due
+    assert isinstance(decoded, DeliveryRequested | CallRequested)
+    assert decoded.flow is None
+    assert decoded.flow_key is None
 
 
 def test_upcasters_given_to_a_codec_add_to_the_built_in_ones(tmp_path: Path) -> None:

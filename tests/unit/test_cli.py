@@ -13,7 +13,7 @@ import pytest
 
 from stepstream import cli
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
-from stepstream.core import Complete, Recovery
+from stepstream.core import Complete, FlowControl, FlowKeyState, Recovery
 from stepstream.store import QueryStore, event_to_dict
 from tests.unit.test_api import (
     NOW,
@@ -470,3 +470,130 @@ def test_runs_history_follow_exits_1_when_the_run_fails_and_0_when_it_completes(
     assert completed_result.out.splitlines()[-1].endswith('run completed → "ok"')
     assert failed_result.code == 1
     assert "RunFailed" in failed_result.out.splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# flow control
+
+
+def test_trigger_sends_the_flow_control_options(run_cli: Cli, published: FakePublisher) -> None:
+    result = run_cli(
+        "trigger", "orders", "--flow-key", "mailer", "--rate", "10", "--period", "1m", "--parallelism", "3"
+    )
+
+    assert result.code == 0, result.err
+    (record,) = published.records
+    assert isinstance(record, TriggerRequest)
+    assert record.flow == FlowControl(key="mailer", rate=10, period_ms=60_000, parallelism=3)
+
+
+def test_trigger_with_only_a_flow_key_groups_without_limits(run_cli: Cli, published: FakePublisher) -> None:
+    assert run_cli("trigger", "orders", "--flow-key", "mailer").code == 0
+
+    (record,) = published.records
+    assert isinstance(record, TriggerRequest)
+    assert record.flow == FlowControl(key="mailer")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--rate", "10"), "stepstream: --rate limit the runs under a flow-control key: give one with --flow-key"),
+        (
+            ("--period", "1m", "--parallelism", "2"),
+            "stepstream: --period, --parallelism limit the runs under a flow-control key: give one with --flow-key",
+        ),
+        (
+            ("--flow-key", "mailer", "--rate", "0"),
+            "stepstream: 422: Expected a flow-control rate of 1 or more starts per period, but got 0",
+        ),
+        (
+            ("--flow-key", "mailer", "--rate", "1", "--period", "a minute"),
+            "stepstream: 422: flow_control.period: Expected a duration such as '10s', '5m' or '2h'",
+        ),
+    ],
+)
+def test_a_bad_flow_control_exits_2_with_the_reason(
+    run_cli: Cli, published: FakePublisher, argv: tuple[str, ...], expected: str
+) -> None:
+    result = run_cli("trigger", "orders", *argv)
+
+    assert result.code == 2
+    assert result.err.startswith(expected), result.err
+    assert published.records == []
+
+
+def flow_state(key: str, **changes: Any) -> FlowKeyState:
+    values: dict[str, Any] = {
+        "queued": 0,
+        "in_flight": 0,
+        "starts_in_window": 0,
+        "rate": None,
+        "period_ms": 1_000,
+        "parallelism": None,
+        "updated_ms": NOW,
+        **changes,
+    }
+    return FlowKeyState(key=key, **values)
+
+
+@pytest.fixture
+def flow_keys(store: QueryStore) -> None:
+    store.apply_flow(
+        [
+            (
+                "mailer",
+                flow_state(
+                    "mailer", queued=42, in_flight=3, starts_in_window=10, rate=10, period_ms=60_000, parallelism=3
+                ),
+            ),
+            ("billing-api", flow_state("billing-api", queued=0, in_flight=1, parallelism=1, period_ms=5_400_000)),
+            ("grouped", flow_state("grouped", starts_in_window=7, period_ms=250)),
+        ]
+    )
+
+
+def test_flow_prints_every_key_as_a_table(run_cli: Cli, flow_keys: None) -> None:
+    result = run_cli("flow")
+
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        "KEY          QUEUED  IN FLIGHT  STARTED  PER    UPDATED",
+        "billing-api       0        1/1        0  1h30m  2023-11-14 23:13:20",
+        "grouped           0          0        7  250ms  2023-11-14 23:13:20",
+        "mailer           42        3/3    10/10  1m     2023-11-14 23:13:20",
+    ]
+
+
+def test_flow_with_a_key_prints_that_key(run_cli: Cli, flow_keys: None) -> None:
+    result = run_cli("flow", "mailer")
+
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1:] == ["mailer      42        3/3    10/10  1m   2023-11-14 23:13:20"]
+
+
+def test_flow_with_an_unknown_key_exits_2(run_cli: Cli, flow_keys: None) -> None:
+    result = run_cli("flow", "mailers")
+
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.startswith(
+        "stepstream: 404: Expected a flow-control key the scheduler has published, but 'mailers'"
+    )
+
+
+def test_flow_pages_with_a_cursor(run_cli: Cli, flow_keys: None) -> None:
+    first = run_cli("flow", "--limit", "2")
+    cursor = first.err.split("--cursor ")[1].strip()
+    second = run_cli("flow", "--limit", "2", "--cursor", cursor)
+
+    keys = [line.split()[0] for line in first.out.splitlines()[1:] + second.out.splitlines()[1:]]
+    assert keys == ["billing-api", "grouped", "mailer"]
+    assert "--cursor" not in second.err
+
+
+def test_flow_without_keys_says_so(run_cli: Cli) -> None:
+    result = run_cli("flow")
+
+    assert (result.code, result.out) == (0, "")
+    assert "no flow-control key is known yet" in result.err

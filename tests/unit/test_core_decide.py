@@ -7,6 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from stepstream.core import (
+    CallSpec,
+    CallStarted,
     Command,
     Complete,
     Continue,
@@ -16,8 +18,13 @@ from stepstream.core import (
     Fail,
     FailureHandlerScheduled,
     FireTimer,
+    FlowControl,
+    InvokeStarted,
     Outcome,
     PendingDelivery,
+    PlanCall,
+    PlanInvoke,
+    PlannedStep,
     Rejected,
     ReportDelivery,
     RunCompleted,
@@ -33,6 +40,7 @@ from stepstream.core import (
     StepKind,
     StepResult,
     StepScheduled,
+    Suspend,
     TriggerRun,
     decide,
     evolve,
@@ -55,6 +63,7 @@ def trigger(
     retries: int | None = None,
     retry_base_ms: int | None = None,
     not_before_ms: int | None = None,
+    flow: FlowControl | None = None,
 ) -> TriggerRun:
     return TriggerRun(
         run_id=run_id,
@@ -67,6 +76,7 @@ def trigger(
         retries=retries,
         retry_base_ms=retry_base_ms,
         not_before_ms=not_before_ms,
+        flow=flow,
     )
 
 
@@ -710,3 +720,109 @@ def test_a_finished_run_accepts_no_reports_or_timers(finished: Callable[[], RunS
     assert state.status.terminal
 
     assert when_rejected(state, command).duplicate
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow control settings: refused at the trigger, or failing the run that plans them
+
+WEEK_MS = 7 * 24 * 3_600_000
+INVALID_FLOWS = [
+    (FlowControl(key="", rate=1), "Expected a flow-control key of 1 to 200 characters, but got 0"),
+    (FlowControl(key="k" * 201, rate=1), "Expected a flow-control key of 1 to 200 characters, but got 201"),
+    (FlowControl(key="acme", rate=0), "Expected a flow-control rate of 1 or more starts per period, but got 0"),
+    (FlowControl(key="acme", rate=-3), "Expected a flow-control rate of 1 or more starts per period, but got -3"),
+    (FlowControl(key="acme", rate=1, period_ms=0), "Expected a flow-control period from 1 ms to 7 days, but got 0 ms"),
+    (
+        FlowControl(key="acme", rate=1, period_ms=WEEK_MS + 1),
+        f"Expected a flow-control period from 1 ms to 7 days, but got {WEEK_MS + 1} ms",
+    ),
+    (FlowControl(key="acme", parallelism=0), "Expected a flow-control parallelism of 1 or more, but got 0"),
+]
+INVALID_IDS = [
+    "empty-key",
+    "long-key",
+    "zero-rate",
+    "negative-rate",
+    "zero-period",
+    "period-over-a-week",
+    "zero-parallelism",
+]
+VALID_FLOWS = [
+    FlowControl(key="k" * 200, rate=1, period_ms=1),
+    FlowControl(key="acme", rate=100, period_ms=WEEK_MS, parallelism=1),
+    FlowControl(key="acme", parallelism=5),
+    FlowControl(key="acme"),  # a key alone: queued in order, nothing held back
+]
+VALID_IDS = ["longest-key-shortest-period", "longest-period", "parallelism-only", "no-limits"]
+
+
+def charge(flow: FlowControl | None) -> CallSpec:
+    return CallSpec(
+        method="POST", url="http://api.local/charge", headers=(), body="{}", timeout_ms=5_000, retries=1, flow=flow
+    )
+
+
+def suspend(*plans: PlannedStep) -> Suspend:
+    return Suspend(steps=plans)
+
+
+@pytest.mark.parametrize("flow", VALID_FLOWS, ids=VALID_IDS)
+def test_a_trigger_under_flow_control_starts_the_run_under_it(flow: FlowControl) -> None:
+    events = when(None, trigger(flow=flow))
+
+    started = events[0]
+    assert isinstance(started, RunStarted)
+    assert started.flow == flow
+    assert given(trigger(flow=flow)).flow == flow
+
+
+@pytest.mark.parametrize(("flow", "reason"), INVALID_FLOWS, ids=INVALID_IDS)
+def test_a_trigger_with_an_invalid_flow_control_is_rejected_with_the_reason(flow: FlowControl, reason: str) -> None:
+    rejected = when_rejected(None, trigger(flow=flow))
+
+    assert rejected.reason == reason
+    assert not rejected.duplicate
+
+
+@pytest.mark.parametrize("flow", VALID_FLOWS, ids=VALID_IDS)
+def test_a_planned_call_under_flow_control_starts_under_it(flow: FlowControl) -> None:
+    events = when(given(trigger()), report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge(flow)))))
+
+    [started] = [event for event in events if isinstance(event, CallStarted)]
+    assert started.call.flow == flow
+
+
+@pytest.mark.parametrize(("flow", "reason"), INVALID_FLOWS, ids=INVALID_IDS)
+def test_a_planned_call_with_an_invalid_flow_control_fails_the_run(flow: FlowControl, reason: str) -> None:
+    state = given(trigger())
+
+    events = when(state, report(1, steps=(step(0),), outcome=suspend(PlanCall(index=1, name="pay", call=charge(flow)))))
+
+    assert [type(event) for event in events] == [StepCompleted, RunFailed, FailureHandlerScheduled]
+    failed = events[1]
+    assert isinstance(failed, RunFailed)
+    assert failed.error == ErrorInfo(type="InvalidCall", message=f"step 1 'pay': {reason}")
+    then_seqs_continue(state, events)
+
+
+@pytest.mark.parametrize("flow", VALID_FLOWS, ids=VALID_IDS)
+def test_an_invoke_under_flow_control_starts_its_child_under_it(flow: FlowControl) -> None:
+    plan = PlanInvoke(index=0, name="ship", workflow="ship", url=None, payload="{}", flow=flow)
+
+    events = when(given(trigger()), report(1, outcome=suspend(plan)))
+
+    [started] = [event for event in events if isinstance(event, InvokeStarted)]
+    assert started.flow == flow
+
+
+@pytest.mark.parametrize(("flow", "reason"), INVALID_FLOWS, ids=INVALID_IDS)
+def test_an_invoke_with_an_invalid_flow_control_fails_the_run(flow: FlowControl, reason: str) -> None:
+    state = given(trigger())
+    plan = PlanInvoke(index=1, name="ship", workflow="ship", url=None, payload="{}", flow=flow)
+
+    events = when(state, report(1, steps=(step(0),), outcome=suspend(plan)))
+
+    assert [type(event) for event in events] == [StepCompleted, RunFailed, FailureHandlerScheduled]
+    failed = events[1]
+    assert isinstance(failed, RunFailed)
+    assert failed.error == ErrorInfo(type="InvalidInvoke", message=f"step 1 'ship': {reason}")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from stepstream.core import (
+    CallDelivery,
+    CallRequested,
+    CallSpec,
+    CancelRun,
     Command,
     Complete,
     Continue,
@@ -15,14 +19,25 @@ from stepstream.core import (
     ErrorInfo,
     Fail,
     FireTimer,
+    FlowControl,
     Outcome,
+    PendingCall,
     PendingSleep,
+    PlanCall,
+    PlanInvoke,
+    PlannedStep,
     PlanRun,
+    PlanSleep,
     RecordedStep,
+    RecoverRun,
+    Recovery,
     Rejected,
+    ReportCall,
     ReportDelivery,
     RunState,
+    RunStatus,
     ScheduleCancelled,
+    ScheduleRecord,
     SleepFor,
     SleepUntil,
     StepKind,
@@ -30,10 +45,13 @@ from stepstream.core import (
     Suspend,
     TimerRequested,
     TriggerRun,
+    call_deadline_id,
+    call_request_id,
     decide,
     deliverable_now,
     effects,
     evolve,
+    schedule_key,
     timer_request_id,
 )
 
@@ -45,7 +63,7 @@ DEFAULTS = Defaults(retries=3, retry_base_ms=1_000, retry_max_ms=60_000)
 BOOM = ErrorInfo(type="RuntimeError", message="boom")
 
 
-def trigger(*, not_before_ms: int | None = None) -> TriggerRun:
+def trigger(*, not_before_ms: int | None = None, flow: FlowControl | None = None) -> TriggerRun:
     return TriggerRun(
         run_id=RUN,
         workflow="order",
@@ -54,6 +72,7 @@ def trigger(*, not_before_ms: int | None = None) -> TriggerRun:
         now_ms=T0,
         headers=HEADERS,
         not_before_ms=not_before_ms,
+        flow=flow,
     )
 
 
@@ -95,7 +114,14 @@ def when(state: RunState | None, command: Command) -> tuple[RunState, list[Effec
     return state, effects(before, decision)
 
 
-def delivery(*, number: int, attempt: int = 1, step_index: int, steps: tuple[RecordedStep, ...] = ()) -> Delivery:
+def delivery(
+    *,
+    number: int,
+    attempt: int = 1,
+    step_index: int,
+    steps: tuple[RecordedStep, ...] = (),
+    flow_key: str | None = None,
+) -> Delivery:
     return Delivery(
         run_id=RUN,
         workflow="order",
@@ -106,6 +132,7 @@ def delivery(*, number: int, attempt: int = 1, step_index: int, steps: tuple[Rec
         payload='{"order":42}',
         steps=steps,
         headers=HEADERS,
+        flow_key=flow_key,
     )
 
 
@@ -120,7 +147,6 @@ def test_a_trigger_requests_the_first_delivery_with_the_payload_and_headers() ->
         DeliveryRequested(
             request_id=f"{RUN}/1#1",
             not_before_ms=T0,
-            flow_key=None,
             delivery=delivery(number=1, step_index=0),
         )
     ]
@@ -143,7 +169,6 @@ def test_the_next_delivery_carries_every_step_recorded_so_far() -> None:
         DeliveryRequested(
             request_id=f"{RUN}/3#1",
             not_before_ms=T0 + 50,
-            flow_key=None,
             delivery=delivery(number=3, step_index=3, steps=(recorded(0), recorded(1), recorded(2))),
         )
     ]
@@ -158,7 +183,6 @@ def test_a_retry_is_requested_for_when_it_is_due_with_its_own_request_id() -> No
         DeliveryRequested(
             request_id=f"{RUN}/2#2",
             not_before_ms=T0 + 10 + 1_000,
-            flow_key=None,
             delivery=delivery(number=2, attempt=2, step_index=0),
         )
     ]
@@ -203,7 +227,6 @@ def test_a_fired_timer_requests_the_next_delivery_with_the_sleep_recorded() -> N
         DeliveryRequested(
             request_id=f"{RUN}/2#1",
             not_before_ms=T0 + 10,
-            flow_key=None,
             delivery=delivery(number=2, step_index=2, steps=(recorded(0), nap)),
         )
     ]
@@ -251,12 +274,12 @@ def test_a_failed_run_requests_only_its_failure_handler() -> None:
 # deliverable_now: the fast path past the scheduler
 
 
-def requested(*, not_before_ms: int, flow_key: str | None = None) -> DeliveryRequested:
+def requested(*, not_before_ms: int, flow: FlowControl | None = None) -> DeliveryRequested:
     return DeliveryRequested(
         request_id=f"{RUN}/1#1",
         not_before_ms=not_before_ms,
-        flow_key=flow_key,
         delivery=delivery(number=1, step_index=0),
+        flow=flow,
     )
 
 
@@ -272,7 +295,7 @@ def test_a_delivery_due_later_waits_for_the_scheduler() -> None:
 
 
 def test_a_delivery_under_flow_control_waits_for_the_scheduler_even_when_due() -> None:
-    assert deliverable_now(requested(not_before_ms=T0, flow_key="tenant-acme"), T0) is None
+    assert deliverable_now(requested(not_before_ms=T0, flow=FlowControl(key="tenant-acme", rate=10)), T0) is None
 
 
 def test_a_timer_never_takes_the_fast_path() -> None:
@@ -293,3 +316,312 @@ def test_a_retry_waits_for_its_backoff_before_taking_the_fast_path() -> None:
 
     assert deliverable_now(retry, T0) is None
     assert deliverable_now(retry, T0 + 1_000) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow control: where each record goes, and what stands in for a call's deadline
+
+RUN_FLOW = FlowControl(key="tenant-acme", rate=10, period_ms=1_000, parallelism=2)
+CALL_FLOW = FlowControl(key="api.stripe.com", rate=25, period_ms=1_000)
+GRACE = DEFAULTS.call_grace_ms
+
+
+def charge(*, flow: FlowControl | None = CALL_FLOW, retries: int = 2) -> CallSpec:
+    return CallSpec(
+        method="POST",
+        url="http://api.local/charge",
+        headers=(("content-type", "application/json"),),
+        body='{"amount":1}',
+        timeout_ms=5_000,
+        retries=retries,
+        flow=flow,
+    )
+
+
+def suspend(*plans: PlannedStep) -> Suspend:
+    return Suspend(steps=plans)
+
+
+def answer(step_index: int, status: int, *, attempt: int = 1, now: int = T0) -> ReportCall:
+    return ReportCall(
+        run_id=RUN,
+        step_index=step_index,
+        attempt=attempt,
+        now_ms=now,
+        status=status,
+        headers=(("content-type", "application/json"),),
+        body='{"id":"ch_1"}',
+    )
+
+
+def history(*commands: Command) -> tuple[RunState, list[Effect]]:
+    """The state after ``commands``, and every effect they called for, in order."""
+    state: RunState | None = None
+    records: list[Effect] = []
+    for command in commands:
+        state, more = when(state, command)
+        records += more
+    assert state is not None
+    return state, records
+
+
+def schedule_records(records: list[Effect]) -> list[ScheduleRecord]:
+    return [
+        record
+        for record in records
+        if isinstance(record, DeliveryRequested | CallRequested | TimerRequested | ScheduleCancelled)
+    ]
+
+
+def test_a_run_under_flow_control_requests_its_delivery_under_its_key() -> None:
+    _, records = when(None, trigger(flow=RUN_FLOW))
+
+    assert records == [
+        DeliveryRequested(
+            request_id=f"{RUN}/1#1",
+            not_before_ms=T0,
+            delivery=delivery(number=1, step_index=0, flow_key=RUN_FLOW.key),
+            flow=RUN_FLOW,
+        )
+    ]
+    [record] = records
+    assert isinstance(record, DeliveryRequested)
+    assert record.flow_key == RUN_FLOW.key
+    assert schedule_key(record) == RUN_FLOW.key
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        (report(1, steps=1, outcome=Continue()),),
+        (report(1, outcome=Fail(error=BOOM, retryable=True)),),
+        (report(1, outcome=suspend(PlanRun(index=0, name="a"), PlanRun(index=1, name="b"))),),
+        (
+            report(1, steps=1, outcome=SleepFor(index=1, name="nap", duration_ms=10)),
+            FireTimer(run_id=RUN, step_index=1, now_ms=T0 + 10),
+        ),
+        (report(1, outcome=Fail(error=BOOM, retryable=False)),),
+    ],
+    ids=["next", "retry", "branches", "after-a-sleep", "failure-handler"],
+)  # fmt: skip
+def test_every_delivery_of_a_run_under_flow_control_is_requested_under_its_key(commands: tuple[Command, ...]) -> None:
+    _, records = history(trigger(flow=RUN_FLOW), *commands)
+
+    deliveries = [record for record in records if isinstance(record, DeliveryRequested)]
+    assert len(deliveries) >= 2
+    for record in deliveries:
+        assert (record.flow, record.delivery.flow_key, schedule_key(record)) == (RUN_FLOW, RUN_FLOW.key, RUN_FLOW.key)
+
+
+def test_without_flow_control_every_schedule_record_is_keyed_by_its_run() -> None:
+    plans = suspend(
+        PlanRun(index=0, name="a"),
+        PlanCall(index=1, name="pay", call=charge(flow=None)),
+        PlanSleep(index=2, name="nap", kind=StepKind.SLEEP, duration_ms=1_000),
+    )
+    _, records = history(trigger(), report(1, outcome=plans), CancelRun(run_id=RUN, reason=None, now_ms=T0 + 1))
+
+    scheduled = schedule_records(records)
+    assert {type(record) for record in scheduled} == {
+        DeliveryRequested,
+        CallRequested,
+        TimerRequested,
+        ScheduleCancelled,
+    }
+    assert {schedule_key(record) for record in scheduled} == {RUN}
+    assert all(record.flow is None for record in scheduled if isinstance(record, DeliveryRequested | CallRequested))
+
+
+def test_a_call_with_its_own_flow_control_is_requested_under_its_key_with_a_lease_instead_of_a_deadline() -> None:
+    state = given(trigger(flow=RUN_FLOW))
+
+    after, records = when(state, report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge()))))
+
+    pending = after.pending(0)
+    assert isinstance(pending, PendingCall)
+    assert records == [
+        CallRequested(
+            request_id=call_request_id(RUN, 0, 1),
+            not_before_ms=T0,
+            call=CallDelivery(run_id=RUN, step_index=0, attempt=1, call=charge(), flow_key=CALL_FLOW.key),
+            flow=CALL_FLOW,
+            lease_ms=pending.deadline_ms - T0,
+        )
+    ]
+    assert pending.deadline_ms - T0 == 5_000 + GRACE
+    [record] = records
+    assert isinstance(record, CallRequested)
+    assert schedule_key(record) == CALL_FLOW.key  # its own key, not the run's
+
+
+def test_a_call_without_its_own_flow_control_is_not_throttled_by_its_runs() -> None:
+    state = given(trigger(flow=RUN_FLOW))
+
+    _, records = when(state, report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge(flow=None)))))
+
+    [requested_call, deadline] = records
+    assert isinstance(requested_call, CallRequested)
+    assert (requested_call.flow, requested_call.call.flow_key, schedule_key(requested_call)) == (None, None, RUN)
+    assert deliverable_now(requested_call, T0) == requested_call.call
+    assert deadline == TimerRequested(
+        request_id=call_deadline_id(RUN, 0, 1), run_id=RUN, step_index=0, due_ms=T0 + 5_000 + GRACE
+    )
+
+
+def test_a_retry_of_a_call_under_flow_control_has_a_lease_of_its_own_and_no_deadline_to_drop() -> None:
+    state = given(trigger(), report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge()))))
+
+    after, records = when(state, answer(0, 503, now=T0 + 100))
+
+    pending = after.pending(0)
+    assert isinstance(pending, PendingCall)
+    [retry] = records
+    assert isinstance(retry, CallRequested)
+    assert retry.request_id == call_request_id(RUN, 0, 2)
+    assert retry.not_before_ms > T0 + 100
+    assert (retry.flow, retry.call.flow_key, retry.call.attempt) == (CALL_FLOW, CALL_FLOW.key, 2)
+    assert retry.lease_ms == pending.deadline_ms - retry.not_before_ms == 5_000 + GRACE
+
+
+def test_a_retry_after_a_lease_ended_under_flow_control_drops_no_deadline() -> None:
+    state, _ = history(trigger(), report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge()))))
+    pending = state.pending(0)
+    assert isinstance(pending, PendingCall)
+
+    _, records = when(state, FireTimer(run_id=RUN, step_index=0, now_ms=pending.deadline_ms))
+
+    assert [type(record) for record in records] == [CallRequested]
+
+
+def test_the_answer_to_a_call_under_flow_control_drops_no_deadline() -> None:
+    state = given(trigger(), report(1, outcome=suspend(PlanCall(index=0, name="pay", call=charge()))))
+
+    _, records = when(state, answer(0, 200, now=T0 + 100))
+
+    assert [type(record) for record in records] == [DeliveryRequested]
+
+
+def test_a_cancelled_run_drops_each_pending_request_under_the_key_it_was_requested_under() -> None:
+    # given a run under flow control with a branch delivery in flight, a call under its own key, and a sleep
+    plans = suspend(
+        PlanRun(index=0, name="a"),
+        PlanCall(index=1, name="pay", call=charge()),
+        PlanSleep(index=2, name="nap", kind=StepKind.SLEEP, duration_ms=60_000),
+    )
+    state, earlier = history(trigger(flow=RUN_FLOW), report(1, outcome=plans))
+
+    # when the run is cancelled
+    _, records = when(state, CancelRun(run_id=RUN, reason="operator", now_ms=T0 + 5))
+
+    # then one cancellation per key, each going where its requests went
+    assert schedule_records(records) == [
+        ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/2#1",), flow_key=RUN_FLOW.key),
+        ScheduleCancelled(run_id=RUN, request_ids=(call_request_id(RUN, 1, 1),), flow_key=CALL_FLOW.key),
+        ScheduleCancelled(run_id=RUN, request_ids=(timer_request_id(RUN, 2),), flow_key=None),
+    ]
+    went = {
+        record.request_id: schedule_key(record)
+        for record in schedule_records(earlier)
+        if not isinstance(record, ScheduleCancelled)
+    }
+    for cancelled in schedule_records(records):
+        assert isinstance(cancelled, ScheduleCancelled)
+        assert all(went[request_id] == schedule_key(cancelled) for request_id in cancelled.request_ids)
+
+
+@pytest.mark.parametrize(
+    ("run_flow", "call_flow"),
+    [(None, None), (RUN_FLOW, None), (None, CALL_FLOW), (RUN_FLOW, CALL_FLOW)],
+    ids=["none", "run-only", "call-only", "both"],
+)
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+def test_a_run_that_ends_drops_every_pending_request_where_it_was_requested(
+    run_flow: FlowControl | None, call_flow: FlowControl | None, ending: str
+) -> None:
+    plans = suspend(
+        PlanRun(index=0, name="a"),
+        PlanCall(index=1, name="pay", call=charge(flow=call_flow)),
+        PlanSleep(index=2, name="nap", kind=StepKind.SLEEP, duration_ms=60_000),
+        PlanRun(index=3, name="b"),
+    )
+    state, earlier = history(trigger(flow=run_flow), report(1, outcome=plans))
+    end: Command = (
+        CancelRun(run_id=RUN, reason=None, now_ms=T0 + 5)
+        if ending == "cancelled"
+        else report(3, outcome=Fail(error=BOOM, retryable=False), now=T0 + 5)  # the branch of step 3 fails
+    )
+
+    _, records = when(state, end)
+
+    cancelled = [record for record in records if isinstance(record, ScheduleCancelled)]
+    went = {
+        record.request_id: schedule_key(record)
+        for record in schedule_records(earlier)
+        if not isinstance(record, ScheduleCancelled)
+    }
+    dropped = [request_id for record in cancelled for request_id in record.request_ids]
+    assert len(dropped) == len(set(dropped))
+    assert len({schedule_key(record) for record in cancelled}) == len(cancelled), "one cancellation per key"
+    for record in cancelled:
+        assert record.run_id == RUN
+        for request_id in record.request_ids:
+            assert went[request_id] == schedule_key(record), f"{request_id} is not where it was requested"
+    # everything still pending is dropped: the other branch, the call (and its deadline, if any), the sleep
+    expected = {f"{RUN}/2#1", call_request_id(RUN, 1, 1), timer_request_id(RUN, 2)}
+    if call_flow is None:
+        expected.add(call_deadline_id(RUN, 1, 1))
+    if ending == "cancelled":
+        expected.add(f"{RUN}/3#1")
+    assert set(dropped) == expected
+
+
+def test_the_fast_path_never_takes_a_request_under_flow_control() -> None:
+    plans = suspend(PlanRun(index=0, name="a"), PlanCall(index=1, name="pay", call=charge()))
+    _, records = history(trigger(flow=RUN_FLOW), report(1, outcome=plans), answer(1, 503, now=T0 + 1))
+
+    requests = [record for record in records if isinstance(record, DeliveryRequested | CallRequested)]
+    assert {type(record) for record in requests} == {DeliveryRequested, CallRequested}
+    assert [deliverable_now(record, T0 + 86_400_000) for record in requests] == [None] * len(requests)
+
+
+def test_a_child_run_invoked_with_flow_control_is_triggered_under_it() -> None:
+    child_flow = FlowControl(key="shipping", parallelism=1)
+    plan = PlanInvoke(index=1, name="ship", workflow="ship", url=None, payload="{}", flow=child_flow)
+
+    _, records = when(given(trigger(flow=RUN_FLOW)), report(1, steps=1, outcome=suspend(plan)))
+
+    [child] = records
+    assert isinstance(child, TriggerRun)
+    assert (child.flow, child.parent_run_id) == (child_flow, RUN)
+    decision = decide(None, child, DEFAULTS)
+    assert not isinstance(decision, Rejected), decision.reason
+    [first] = effects(None, decision)
+    assert isinstance(first, DeliveryRequested)
+    assert (first.flow, schedule_key(first)) == (child_flow, "shipping")
+
+
+def test_a_child_run_invoked_without_flow_control_is_not_under_its_parents() -> None:
+    plan = PlanInvoke(index=1, name="ship", workflow="ship", url=None, payload="{}")
+
+    _, [child] = when(given(trigger(flow=RUN_FLOW)), report(1, steps=1, outcome=suspend(plan)))
+
+    assert isinstance(child, TriggerRun)
+    assert child.flow is None
+
+
+def test_a_recovered_run_drops_its_failure_handlers_retry_under_the_runs_key() -> None:
+    # given a failed run under flow control whose failure handler failed and is due again later
+    state, _ = history(trigger(flow=RUN_FLOW), report(1, outcome=Fail(error=BOOM, retryable=False)))
+    handler = state.failure_delivery
+    assert handler is not None
+    state, [retry] = when(state, report(2, outcome=Fail(error=BOOM, retryable=True), now=T0 + 10))
+    assert isinstance(retry, DeliveryRequested)
+    assert schedule_key(retry) == RUN_FLOW.key
+    assert state.status is RunStatus.FAILED
+
+    # when an operator resumes it
+    _, records = when(state, RecoverRun(run_id=RUN, action=Recovery.RESUME, now_ms=T0 + 20))
+
+    # then the retry is dropped where it waits, under the run's flow key
+    cancelled = [record for record in records if isinstance(record, ScheduleCancelled)]
+    assert cancelled == [ScheduleCancelled(run_id=RUN, request_ids=(retry.request_id,), flow_key=RUN_FLOW.key)]

@@ -270,7 +270,7 @@ def delivery(
 
 
 def requested(record: Delivery, *, not_before_ms: int = T0) -> DeliveryRequested:
-    return DeliveryRequested(request_id=record.request_id, not_before_ms=not_before_ms, flow_key=None, delivery=record)
+    return DeliveryRequested(request_id=record.request_id, not_before_ms=not_before_ms, delivery=record)
 
 
 def replays(events: list[Event]) -> list[StepScheduled]:
@@ -563,7 +563,7 @@ def test_a_started_call_requests_its_first_attempt_now_and_a_deadline_timer() ->
 
     attempt = CallDelivery(run_id=RUN, step_index=0, attempt=1, call=CHARGE)
     assert records == [
-        CallRequested(request_id=call_request_id(RUN, 0, 1), not_before_ms=T0, flow_key=None, call=attempt),
+        CallRequested(request_id=call_request_id(RUN, 0, 1), not_before_ms=T0, call=attempt),
         TimerRequested(request_id=call_deadline_id(RUN, 0, 1), run_id=RUN, step_index=0, due_ms=T0 + 10_000 + GRACE),
     ]
     assert deliverable_now(records[0], T0) == attempt
@@ -623,7 +623,7 @@ def test_a_retried_call_replaces_the_old_deadline_and_requests_the_next_attempt_
     second = CallDelivery(run_id=RUN, step_index=0, attempt=2, call=CHARGE)
     assert records == [
         ScheduleCancelled(run_id=RUN, request_ids=(call_deadline_id(RUN, 0, 1),)),
-        CallRequested(request_id=call_request_id(RUN, 0, 2), not_before_ms=T0 + 1_100, flow_key=None, call=second),
+        CallRequested(request_id=call_request_id(RUN, 0, 2), not_before_ms=T0 + 1_100, call=second),
         TimerRequested(
             request_id=call_deadline_id(RUN, 0, 2), run_id=RUN, step_index=0, due_ms=T0 + 1_100 + 10_000 + GRACE
         ),

@@ -16,6 +16,7 @@ from stepstream.core import (
     Delivery,
     ErrorInfo,
     Fail,
+    FlowControl,
     Outcome,
     PlanCall,
     PlanInvoke,
@@ -30,7 +31,9 @@ from stepstream.core import (
     StepKind,
     StepResult,
     Suspend,
+    flow_control_problem,
 )
+from stepstream.core.messages import FLOW_KEY_MAX_LENGTH, FLOW_PERIOD_MAX_MS
 from stepstream.executor.outcome import (
     from_response,
     from_transport_error,
@@ -38,7 +41,14 @@ from stepstream.executor.outcome import (
     unrecordable_delivery,
 )
 from stepstream.executor.service import request_body
-from stepstream.protocol import MAX_DELAY_MS, MAX_EPOCH_MS, DeliveryRequest
+from stepstream.protocol import (
+    MAX_DELAY_MS,
+    MAX_EPOCH_MS,
+    MAX_FLOW_KEY_LENGTH,
+    MAX_FLOW_LIMIT,
+    MAX_FLOW_PERIOD_MS,
+    DeliveryRequest,
+)
 
 T0 = 1_700_000_000_000
 MAX_MESSAGE = 2_000
@@ -353,6 +363,95 @@ def test_suspend_on_an_invoke_of_the_same_app_leaves_url_and_options_unset() -> 
     assert outcome.steps == (
         PlanInvoke(index=0, name="child", workflow="child", url=None, payload="null", headers=(), label=None),
     )
+
+
+def test_suspend_on_a_call_with_flow_control_plans_the_call_under_its_key_and_limits() -> None:
+    flow = {"key": "payments-api", "rate": 10, "period_ms": 60_000, "parallelism": 2}
+
+    outcome = suspended(
+        {"kind": "call", "index": 2, "name": "capture", "url": "https://pay.example/c", "flow_control": flow}
+    )
+
+    (step,) = outcome.steps
+    assert isinstance(step, PlanCall)
+    assert step.call.flow == FlowControl(key="payments-api", rate=10, period_ms=60_000, parallelism=2)
+
+
+def test_suspend_on_an_invoke_with_flow_control_plans_the_child_run_under_its_key_and_limits() -> None:
+    flow = {"key": "receipts", "parallelism": 5}
+
+    outcome = suspended(
+        {"kind": "invoke", "index": 3, "name": "receipt", "workflow": "make-receipt", "flow_control": flow}
+    )
+
+    assert outcome.steps == (
+        PlanInvoke(
+            index=3,
+            name="receipt",
+            workflow="make-receipt",
+            url=None,
+            payload="null",
+            headers=(),
+            flow=FlowControl(key="receipts", rate=None, period_ms=1_000, parallelism=5),
+        ),
+    )
+
+
+def test_flow_control_with_only_a_key_reaches_the_core_with_no_limits_and_the_default_period() -> None:
+    outcome = suspended(
+        {"kind": "call", "index": 0, "name": "c", "url": "http://x.local/", "flow_control": {"key": "k"}}
+    )
+
+    (step,) = outcome.steps
+    assert isinstance(step, PlanCall)
+    assert step.call.flow == FlowControl(key="k", rate=None, period_ms=1_000, parallelism=None)
+
+
+def test_the_protocols_flow_control_bounds_are_the_cores() -> None:
+    # An answer the protocol accepts must be a setting the core accepts: the executor does not check it again.
+    at_bounds: dict[str, Any] = {
+        "key": "k" * MAX_FLOW_KEY_LENGTH,
+        "rate": MAX_FLOW_LIMIT,
+        "period_ms": MAX_FLOW_PERIOD_MS,
+        "parallelism": MAX_FLOW_LIMIT,
+    }
+    at_least: dict[str, Any] = {"key": "k", "rate": 1, "period_ms": 1, "parallelism": 1}
+
+    outcome = suspended(
+        {"kind": "call", "index": 0, "name": "c", "url": "http://x.local/", "flow_control": at_bounds},
+        {"kind": "invoke", "index": 1, "name": "i", "workflow": "w", "flow_control": at_least},
+    )
+
+    call, invoke = outcome.steps
+    assert isinstance(call, PlanCall)
+    assert isinstance(invoke, PlanInvoke)
+    assert call.call.flow == FlowControl(**at_bounds)
+    assert invoke.flow == FlowControl(**at_least)
+    assert (flow_control_problem(call.call.flow), flow_control_problem(invoke.flow)) == (None, None)
+    assert (MAX_FLOW_KEY_LENGTH, MAX_FLOW_PERIOD_MS) == (FLOW_KEY_MAX_LENGTH, FLOW_PERIOD_MAX_MS)
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        pytest.param({"key": ""}, id="empty-key"),
+        pytest.param({"key": "k" * (MAX_FLOW_KEY_LENGTH + 1)}, id="key-too-long"),
+        pytest.param({"key": "k", "rate": 0}, id="rate-0"),
+        pytest.param({"key": "k", "period_ms": 0}, id="period-0"),
+        pytest.param({"key": "k", "period_ms": MAX_FLOW_PERIOD_MS + 1}, id="period-over-a-week"),
+        pytest.param({"key": "k", "parallelism": 0}, id="parallelism-0"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["call", "invoke"])
+def test_flow_control_the_core_would_refuse_is_an_invalid_response(flow: dict[str, Any], kind: str) -> None:
+    step = {"kind": "call", "url": "http://x.local/"} if kind == "call" else {"kind": "invoke", "workflow": "w"}
+
+    _, outcome = ok({"type": "suspend", "steps": [{**step, "index": 0, "name": "s", "flow_control": flow}]})
+
+    fail = failed(outcome)
+    assert (fail.error.type, fail.retryable) == ("InvalidResponse", True)
+    assert "flow_control" in fail.error.message
+    assert flow_control_problem(FlowControl(**flow)) is not None  # the protocol refuses no more than the core
 
 
 def test_suspend_on_steps_of_every_kind_at_once_keeps_them_all_in_order() -> None:
@@ -701,10 +800,24 @@ _HUGE = 10**20
                             "timeout_ms": MAX_DELAY_MS,
                             "retries": 100,
                             "retry_delay": "1000",
+                            "flow_control": {
+                                "key": "k" * MAX_FLOW_KEY_LENGTH,
+                                "rate": MAX_FLOW_LIMIT,
+                                "period_ms": MAX_FLOW_PERIOD_MS,
+                                "parallelism": MAX_FLOW_LIMIT,
+                            },
                         },
                         {"kind": "wait_for_event", "index": 4, "name": "w", "event_id": "e" * 256, "timeout_ms": 0},
                         {"kind": "notify", "index": 5, "name": "n", "event_id": "e", "data": {"x": [1, None]}},
-                        {"kind": "invoke", "index": 6, "name": "i", "workflow": "w", "payload": None, "retries": 0},
+                        {
+                            "kind": "invoke",
+                            "index": 6,
+                            "name": "i",
+                            "workflow": "w",
+                            "payload": None,
+                            "retries": 0,
+                            "flow_control": {"key": "k", "rate": MAX_FLOW_LIMIT, "period_ms": MAX_FLOW_PERIOD_MS},
+                        },
                     ],
                 }
             ),

@@ -148,6 +148,7 @@ def test_the_sdk_exports_the_workflow_api_and_the_result_of_every_primitive() ->
         "CallResponse",
         "ConfigurationError",
         "FailureInfo",
+        "FlowControl",
         "InvokeResult",
         "NonRetryableError",
         "NondeterminismError",

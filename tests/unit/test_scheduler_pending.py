@@ -21,7 +21,6 @@ def delivery(request_id: str, not_before: int, *, attempt: int = 1) -> DeliveryR
     return DeliveryRequested(
         request_id=request_id,
         not_before_ms=not_before,
-        flow_key=None,
         delivery=Delivery(
             run_id=f"run-{request_id}",
             workflow="order",

@@ -1,6 +1,6 @@
 """The api: trigger, notify and cancel runs, act on the dead-letter list, and read runs, their steps and
-histories. Stateless: it writes ``triggers`` (through a :class:`Publisher`) and reads the query store
-the indexer keeps, so what it reads may lag what it wrote by the indexer's delay.
+histories, and flow-control keys. Stateless: it writes ``triggers`` (through a :class:`Publisher`) and
+reads the query store the indexer keeps, so what it reads may lag what it wrote by the indexer's delay.
 """
 
 from __future__ import annotations
@@ -75,6 +75,20 @@ def _parse_cursor(cursor: str) -> tuple[int, str]:
     try:
         created_at_ms, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return int(created_at_ms), str(run_id)
+    except (ValueError, TypeError) as error:
+        raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+
+
+def _flow_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key]).encode()).decode()
+
+
+def _parse_flow_cursor(cursor: str) -> str:
+    try:
+        (key,) = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(key, str):
+            raise TypeError(key)
+        return key
     except (ValueError, TypeError) as error:
         raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
 
@@ -211,6 +225,10 @@ def create_app(
                 check_delay_rule(body.retry_delay)
             except ValueError as error:
                 raise _invalid(f"retry_delay: {error}") from None
+        try:
+            flow = body.flow_control.flow() if body.flow_control is not None else None
+        except ValueError as error:
+            raise _invalid(str(error)) from None
         now_ms = clock.now_ms()
         not_before_ms = _not_before(body, now_ms)
         if body.run_id is not None:
@@ -233,6 +251,7 @@ def create_app(
                 requested_at_ms=now_ms,
                 retry_delay=body.retry_delay,
                 failure_url=body.failure_url,
+                flow=flow,
             )
         )
         return JSONResponse({"run_id": run_id, "duplicate": False, "not_before_ms": not_before_ms}, status_code=202)
@@ -415,6 +434,31 @@ def create_app(
     @app.delete("/v1/deadletter/{run_id}", status_code=202)
     async def delete(run_id: str) -> JSONResponse:
         return await recover(run_id, Recovery.DELETE)
+
+    # -- flow control -----------------------------------------------------------------------------
+
+    @app.get("/v1/flow-control")
+    async def flow_keys(
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Every flow-control key by key, as the scheduler last published it (see ``updated_at_ms``)."""
+        rows = query_store().flow_keys(limit=limit, after=_parse_flow_cursor(cursor) if cursor else None)
+        next_cursor = _flow_cursor(rows[-1].key) if len(rows) == limit else None
+        return {"flow_keys": [row.to_dict() for row in rows], "next_cursor": next_cursor}
+
+    @app.get("/v1/flow-control/{key:path}")
+    async def flow_key(key: str) -> dict[str, Any]:
+        """One flow-control key, as the scheduler last published it (see ``updated_at_ms``)."""
+        row = query_store().flow_key(key)
+        if row is None:
+            raise ApiError(
+                404,
+                "unknown_flow_key",
+                f"Expected a flow-control key the scheduler has published, but {key!r} is not known (yet): "
+                "no work has been scheduled under it, or the scheduler has not published it yet",
+            )
+        return row.to_dict()
 
     @app.get("/healthz")
     async def health() -> dict[str, str]:

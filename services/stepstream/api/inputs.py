@@ -7,10 +7,14 @@ them with a 422.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from stepstream.core import FlowControl, flow_control_problem
+from stepstream.core.messages import FLOW_KEY_MAX_LENGTH
 
 MAX_EVENT_ID_LENGTH: Final = 256
 MAX_DELAY_MS: Final = 3_650 * 86_400_000  # ten years: later than that is a mistake, not a plan
@@ -25,12 +29,17 @@ Instant = StrictInt | StrictStr  # epoch milliseconds, or an ISO-8601 time with 
 
 def parse_duration_ms(value: Any) -> int:
     """``"10s"``, ``"5m"``, ``"2h"``, ``"1h30m"``, ``"1d"``, ``"250ms"``, ``"1.5s"`` as milliseconds."""
+    return check_delay_ms(duration_ms(value))
+
+
+def duration_ms(value: Any, *, milliseconds_field: str = "delay_ms") -> int:
+    """A duration as :func:`parse_duration_ms` reads it, without its limit; a number is refused with a
+    pointer to ``milliseconds_field``, the field that takes milliseconds instead."""
     text = value.strip() if isinstance(value, str) else None
     if not text or not _DURATION.fullmatch(text):
-        hint = " (for milliseconds, use delay_ms)" if isinstance(value, int | float) else ""
+        hint = f" (for milliseconds, use {milliseconds_field})" if isinstance(value, int | float) else ""
         raise ValueError(f"Expected a duration such as '10s', '5m' or '2h', but got {value!r}{hint}")
-    total = sum(float(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text))
-    return check_delay_ms(round(total))
+    return round(sum(float(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)))
 
 
 def check_delay_ms(delay_ms: int) -> int:
@@ -68,6 +77,35 @@ def check_event_id(event_id: str) -> str:
     return event_id
 
 
+class FlowControlBody(BaseModel):
+    """A trigger's ``flow_control``: the key its deliveries share limits under, and the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=FLOW_KEY_MAX_LENGTH)
+    rate: StrictInt | None = Field(default=None, description="Starts per period, at most")
+    period: Any = Field(default=None, description="The rate's window as a duration such as '1m'; default 1s")
+    period_ms: StrictInt | None = Field(default=None, description="The same in milliseconds")
+    parallelism: StrictInt | None = Field(default=None, description="Deliveries in flight at once, at most")
+
+    def flow(self) -> FlowControl:
+        """The setting the trigger carries; ``ValueError`` ("Expected …, but …") if it is not a valid one."""
+        if self.period is not None and self.period_ms is not None:
+            raise ValueError("Expected at most one of flow_control.period and flow_control.period_ms, but got both")
+        flow = FlowControl(key=self.key, rate=self.rate, parallelism=self.parallelism)  # the default period
+        if self.period is not None:
+            try:
+                flow = replace(flow, period_ms=duration_ms(self.period, milliseconds_field="flow_control.period_ms"))
+            except ValueError as error:
+                raise ValueError(f"flow_control.period: {error}") from None
+        elif self.period_ms is not None:
+            flow = replace(flow, period_ms=self.period_ms)
+        problem = flow_control_problem(flow)
+        if problem is not None:
+            raise ValueError(problem)
+        return flow
+
+
 class TriggerBody(BaseModel):
     """``POST /v1/runs``: start a run of a workflow."""
 
@@ -86,6 +124,7 @@ class TriggerBody(BaseModel):
     delay: Any = Field(default=None, description="A duration such as '10s', '5m' or '1h30m'")
     not_before: Instant | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    flow_control: FlowControlBody | None = None
 
 
 class NotifyBody(BaseModel):

@@ -20,6 +20,7 @@ from stepstream.core.effects import (
     ScheduleCancelled,
     TimerRequested,
 )
+from stepstream.core.flow import FlowKeyState, FlowSettled, FlowSlot
 from stepstream.core.messages import (
     CallRetried,
     CallStarted,
@@ -29,6 +30,7 @@ from stepstream.core.messages import (
     FailureHandled,
     FailureHandlerScheduled,
     FireTimer,
+    FlowControl,
     InvokeStarted,
     NotifyStarted,
     ReceiveEvent,
@@ -75,6 +77,7 @@ class TriggerRequest:
     requested_at_ms: int | None = None  # the caller's clock, for tracing only
     retry_delay: str | None = None  # a delay rule such as "1000 * pow(2, retried)"; None: exponential backoff
     failure_url: str | None = None  # where the failure handler is called; None: the workflow's own url
+    flow: FlowControl | None = None  # every delivery of the run under this key and these limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,9 +167,12 @@ TOPIC_TYPES: Final[Mapping[str, tuple[type, ...]]] = MappingProxyType(
         "events": EVENT_TYPES,
         "runs": (RunState,),
         "waiters": (WaiterState,),
-        "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled),
+        # Keyed by flow key where flow control sets one, else by run id; the executor's settlements too.
+        "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowSettled),
         "deliveries": (Delivery, CallDelivery),
-        "timers": (DeliveryRequested, CallRequested, TimerRequested),  # a null value is a tombstone
+        # The scheduler's changelog, keyed by request id: its requests and its flow-control slots.
+        "timers": (DeliveryRequested, CallRequested, TimerRequested, FlowSlot),  # a null value is a tombstone
+        "flow": (FlowKeyState,),  # compacted: the latest state of each flow-control key
         "deadletter": (DeadLetter,),
     }
 )

@@ -21,7 +21,9 @@ def run_state_v1(old: dict[str, Any]) -> dict[str, Any]:
 
     ``pending_delivery`` becomes the one delivery in ``in_flight`` (a replay delivery, so not
     ``execute_only``), ``pending_sleep`` the one step in ``waiting``; the fields added since take their
-    defaults (v1 runs had no parent, no retry rule, no failure handler, and no dead-letter mark).
+    defaults (v1 runs had no parent, no retry rule, no failure handler, no dead-letter mark and no
+    flow control). A field added to ``RunState`` later needs its default here too: an upcast record
+    is not resolved against the current schema.
     """
     current = dict(old)
     pending_delivery = current.pop("pending_delivery")
@@ -37,6 +39,7 @@ def run_state_v1(old: dict[str, Any]) -> dict[str, Any]:
         depth=0,
         failure_delivery=None,
         dead_letter=False,
+        flow=None,
     )
     return current
 

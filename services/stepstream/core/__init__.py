@@ -17,8 +17,18 @@ from stepstream.core.effects import (
     command_key,
     deliverable_now,
     effects,
+    schedule_key,
     timer_request_id,
     wait_timer_id,
+)
+from stepstream.core.flow import (
+    FlowKeyState,
+    FlowLedger,
+    FlowSettled,
+    FlowSlot,
+    FlowStarted,
+    Queued,
+    most_permissive,
 )
 from stepstream.core.messages import (
     CallRetried,
@@ -37,6 +47,7 @@ from stepstream.core.messages import (
     FailureHandled,
     FailureHandlerScheduled,
     FireTimer,
+    FlowControl,
     InvokeStarted,
     NotifyStarted,
     Outcome,
@@ -72,6 +83,7 @@ from stepstream.core.messages import (
     TriggerRun,
     WaitStarted,
     WaitTimedOut,
+    flow_control_problem,
 )
 from stepstream.core.retry import backoff_ms, check_delay_rule, delay_rule_ms
 from stepstream.core.state import (
@@ -124,6 +136,12 @@ __all__ = [
     "FailureHandled",
     "FailureHandlerScheduled",
     "FireTimer",
+    "FlowControl",
+    "FlowKeyState",
+    "FlowLedger",
+    "FlowSettled",
+    "FlowSlot",
+    "FlowStarted",
     "InvokeStarted",
     "NotifyEvent",
     "NotifyStarted",
@@ -144,6 +162,7 @@ __all__ = [
     "PlanSleep",
     "PlanWait",
     "PlannedStep",
+    "Queued",
     "ReceiveEvent",
     "RecordedStep",
     "RecoverRun",
@@ -195,7 +214,10 @@ __all__ = [
     "delivery_id",
     "effects",
     "evolve",
+    "flow_control_problem",
     "fold",
+    "most_permissive",
+    "schedule_key",
     "timer_request_id",
     "wait_timer_id",
 ]

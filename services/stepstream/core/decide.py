@@ -58,6 +58,7 @@ from stepstream.core.messages import (
     TriggerRun,
     WaitStarted,
     WaitTimedOut,
+    flow_control_problem,
 )
 from stepstream.core.retry import backoff_ms, check_delay_rule, delay_rule_ms
 from stepstream.core.state import (
@@ -227,6 +228,8 @@ def _trigger(state: RunState | None, command: TriggerRun, defaults: Defaults) ->
             check_delay_rule(command.retry_delay)
         except ValueError as error:
             return Rejected(reason=str(error))
+    if command.flow is not None and (problem := flow_control_problem(command.flow)) is not None:
+        return Rejected(reason=problem)
     builder = _Builder(None, command.run_id, command.now_ms)
     builder.add(
         RunStarted(
@@ -245,6 +248,7 @@ def _trigger(state: RunState | None, command: TriggerRun, defaults: Defaults) ->
             parent_run_id=command.parent_run_id,
             parent_step_index=command.parent_step_index,
             depth=command.depth,
+            flow=command.flow,
         )
     )
     builder.schedule(attempt=1, not_before_ms=max(command.now_ms, command.not_before_ms or 0))
@@ -448,6 +452,9 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                 except ValueError as error:
                     builder.fail_run(ErrorInfo(type="InvalidCall", message=f"step {plan.index} '{plan.name}': {error}"))
                     return None
+            if plan.call.flow is not None and (problem := flow_control_problem(plan.call.flow)) is not None:
+                builder.fail_run(ErrorInfo(type="InvalidCall", message=f"step {plan.index} '{plan.name}': {problem}"))
+                return None
             builder.add(
                 CallStarted(
                     run_id=run_id,
@@ -506,6 +513,9 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                         ErrorInfo(type="InvalidInvoke", message=f"step {plan.index} '{plan.name}': {error}")
                     )
                     return None
+            if plan.flow is not None and (problem := flow_control_problem(plan.flow)) is not None:
+                builder.fail_run(ErrorInfo(type="InvalidInvoke", message=f"step {plan.index} '{plan.name}': {problem}"))
+                return None
             builder.add(
                 InvokeStarted(
                     run_id=run_id,
@@ -521,6 +531,7 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                     label=plan.label,
                     retries=plan.retries,
                     retry_delay=plan.retry_delay,
+                    flow=plan.flow,
                 )
             )
         case _:

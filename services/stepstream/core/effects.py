@@ -19,6 +19,7 @@ from stepstream.core.messages import (
     Event,
     EventReceived,
     FailureHandlerScheduled,
+    FlowControl,
     InvokeStarted,
     NotifyStarted,
     Recovery,
@@ -65,6 +66,7 @@ class Delivery:
     headers: tuple[tuple[str, str], ...]
     execute_index: int | None = None
     failure: ErrorInfo | None = None
+    flow_key: str | None = None  # the flow-control key it was let through under; the executor reports on it
 
     @property
     def request_id(self) -> str:
@@ -79,6 +81,7 @@ class CallDelivery:
     step_index: int
     attempt: int
     call: CallSpec
+    flow_key: str | None = None  # the call's flow-control key; the executor reports on it
 
     @property
     def request_id(self) -> str:
@@ -87,22 +90,37 @@ class CallDelivery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryRequested:
-    """A delivery to emit once it is due (and, with a later issue, allowed by flow control)."""
+    """A delivery to emit once it is due and allowed by its flow control (``flow``, if any)."""
 
     request_id: str
     not_before_ms: int
-    flow_key: str | None
     delivery: Delivery
+    flow: FlowControl | None = None
+
+    @property
+    def flow_key(self) -> str | None:
+        return None if self.flow is None else self.flow.key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRequested:
-    """An attempt of a call to emit to ``deliveries`` once it is due."""
+    """An attempt of a call to emit to ``deliveries`` once it is due and allowed by its flow control.
+
+    ``lease_ms`` (with ``flow`` set): how long after it is let through the attempt may go without a
+    report before the scheduler counts it as lost, frees its place and fires the call's deadline.
+    A call's offset is not held while it runs, so a crashed executor never reports it; without
+    flow control the projector's own deadline timer does this.
+    """
 
     request_id: str
     not_before_ms: int
-    flow_key: str | None
     call: CallDelivery
+    flow: FlowControl | None = None
+    lease_ms: int = 0
+
+    @property
+    def flow_key(self) -> str | None:
+        return None if self.flow is None else self.flow.key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,10 +135,14 @@ class TimerRequested:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleCancelled:
-    """Drop these pending requests: their run ended, or what they were for happened first."""
+    """Drop these pending requests: their run ended, or what they were for happened first.
+
+    ``flow_key`` set: the requests are queued under that flow-control key, in its partition.
+    """
 
     run_id: str
     request_ids: tuple[str, ...]
+    flow_key: str | None = None
 
 
 ScheduleRecord = DeliveryRequested | CallRequested | TimerRequested | ScheduleCancelled
@@ -143,6 +165,21 @@ def call_request_id(run_id: str, step_index: int, attempt: int) -> str:
 
 def call_deadline_id(run_id: str, step_index: int, attempt: int) -> str:
     return f"{run_id}/deadline/{step_index}#{attempt}"
+
+
+def schedule_key(record: ScheduleRecord) -> str:
+    """The Kafka key of a record on ``schedule`` (and so its partition and scheduler): its flow-control
+    key, which gives each key one owner, else its run id."""
+    if isinstance(record, TimerRequested):
+        return record.run_id
+    if isinstance(record, ScheduleCancelled):
+        return record.flow_key or record.run_id
+    key = record.flow_key
+    return (
+        key
+        if key is not None
+        else (record.delivery.run_id if isinstance(record, DeliveryRequested) else record.call.run_id)
+    )
 
 
 def command_key(command: OutgoingCommand) -> str:
@@ -184,15 +221,30 @@ def _delivery(
         headers=state.headers,
         execute_index=execute_index,
         failure=failure,
+        flow_key=None if state.flow is None else state.flow.key,
     )
 
 
 def _call(
     state: RunState, step_index: int, attempt: int, call: CallSpec, not_before_ms: int, deadline_ms: int
 ) -> list[Effect]:
-    delivery = CallDelivery(run_id=state.run_id, step_index=step_index, attempt=attempt, call=call)
+    flow_key = None if call.flow is None else call.flow.key
+    delivery = CallDelivery(run_id=state.run_id, step_index=step_index, attempt=attempt, call=call, flow_key=flow_key)
+    if call.flow is not None:
+        # Queued behind its key's limits, the attempt may start long after ``not_before_ms``: the
+        # scheduler's lease on it, counted from when it is let through, stands in for the deadline.
+        lease = max(0, deadline_ms - not_before_ms)
+        return [
+            CallRequested(
+                request_id=delivery.request_id,
+                not_before_ms=not_before_ms,
+                call=delivery,
+                flow=call.flow,
+                lease_ms=lease,
+            )
+        ]
     return [
-        CallRequested(request_id=delivery.request_id, not_before_ms=not_before_ms, flow_key=None, call=delivery),
+        CallRequested(request_id=delivery.request_id, not_before_ms=not_before_ms, call=delivery),
         TimerRequested(
             request_id=call_deadline_id(state.run_id, step_index, attempt),
             run_id=state.run_id,
@@ -215,7 +267,10 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
             )
             return [
                 DeliveryRequested(
-                    request_id=delivery.request_id, not_before_ms=event.not_before_ms, flow_key=None, delivery=delivery
+                    request_id=delivery.request_id,
+                    not_before_ms=event.not_before_ms,
+                    delivery=delivery,
+                    flow=state.flow,
                 )
             ]
         case FailureHandlerScheduled():
@@ -229,7 +284,10 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
             )
             return [
                 DeliveryRequested(
-                    request_id=delivery.request_id, not_before_ms=event.not_before_ms, flow_key=None, delivery=delivery
+                    request_id=delivery.request_id,
+                    not_before_ms=event.not_before_ms,
+                    delivery=delivery,
+                    flow=state.flow,
                 )
             ]
         case SleepStarted():
@@ -246,15 +304,14 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
         case CallRetried():
             pending = state.pending(event.step_index)
             assert isinstance(pending, PendingCall)
-            return [
-                ScheduleCancelled(
-                    run_id=run_id, request_ids=(call_deadline_id(run_id, event.step_index, event.attempt),)
-                ),
-                *_call(state, event.step_index, pending.attempt, pending.call, event.retry_at_ms, event.deadline_ms),
-            ]
+            retry = _call(state, event.step_index, pending.attempt, pending.call, event.retry_at_ms, event.deadline_ms)
+            if pending.call.flow is not None:
+                return retry  # no deadline timer: the scheduler's lease on the attempt ended, or it reported
+            deadline = call_deadline_id(run_id, event.step_index, event.attempt)
+            return [ScheduleCancelled(run_id=run_id, request_ids=(deadline,)), *retry]
         case StepCompleted(kind=StepKind.CALL):
             pending = previous.pending(event.step_index) if previous is not None else None
-            if isinstance(pending, PendingCall):
+            if isinstance(pending, PendingCall) and pending.call.flow is None:
                 deadline = call_deadline_id(run_id, event.step_index, pending.attempt)
                 return [ScheduleCancelled(run_id=run_id, request_ids=(deadline,))]
             return []
@@ -301,7 +358,8 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
             # A failure handler still due (a retry of it) is not called for a run that goes on.
             handler = previous.failure_delivery if previous is not None else None
             if handler is not None and event.action is not Recovery.DELETE:
-                return [ScheduleCancelled(run_id=run_id, request_ids=(f"{handler.delivery_id}#{handler.attempt}",))]
+                request_id = f"{handler.delivery_id}#{handler.attempt}"
+                return [ScheduleCancelled(run_id=run_id, request_ids=(request_id,), flow_key=_flow_key(state.flow))]
             return []
         case _:
             return []
@@ -318,6 +376,7 @@ def _child_trigger(state: RunState, event: InvokeStarted) -> TriggerRun:
         label=event.label,
         retries=event.retries,
         retry_delay=event.retry_delay,
+        flow=event.flow,
         parent_run_id=state.run_id,
         parent_step_index=event.step_index,
         depth=state.depth + 1,
@@ -329,29 +388,38 @@ def _abandon(previous: RunState | None, now: int, *, completed: bool) -> list[Ef
     if previous is None:
         return []
     run_id = previous.run_id
+    # Requests live in the partition of their key: the run's flow key for its deliveries, a call's
+    # own for the call, the run id for timers. One cancellation per key, in order of first mention.
+    by_key: dict[str | None, list[str]] = {}
     # A completed run's only delivery in flight is the one that just reported: nothing to drop.
     deliveries = () if completed else previous.in_flight
-    request_ids: list[str] = [f"{delivery.delivery_id}#{delivery.attempt}" for delivery in deliveries]
+    for delivery in deliveries:
+        by_key.setdefault(_flow_key(previous.flow), []).append(f"{delivery.delivery_id}#{delivery.attempt}")
     records: list[Effect] = []
     for step in previous.waiting:
         match step:
             case PendingSleep():
-                request_ids.append(timer_request_id(run_id, step.step_index))
+                by_key.setdefault(None, []).append(timer_request_id(run_id, step.step_index))
             case PendingWait():
-                request_ids.append(wait_timer_id(run_id, step.step_index))
+                by_key.setdefault(None, []).append(wait_timer_id(run_id, step.step_index))
                 records.append(
                     UnregisterWaiter(event_id=step.event_id, run_id=run_id, step_index=step.step_index, now_ms=now)
                 )
             case PendingCall():
-                request_ids.append(call_request_id(run_id, step.step_index, step.attempt))
-                request_ids.append(call_deadline_id(run_id, step.step_index, step.attempt))
+                call_key = _flow_key(step.call.flow)
+                by_key.setdefault(call_key, []).append(call_request_id(run_id, step.step_index, step.attempt))
+                if call_key is None:
+                    by_key[None].append(call_deadline_id(run_id, step.step_index, step.attempt))
             case PendingInvoke():
                 records.append(CancelRun(run_id=step.child_run_id, reason=f"parent run {run_id} ended", now_ms=now))
             case _:
                 pass
-    if request_ids:
-        records.insert(0, ScheduleCancelled(run_id=run_id, request_ids=tuple(request_ids)))
-    return records
+    cancels = [ScheduleCancelled(run_id=run_id, request_ids=tuple(ids), flow_key=key) for key, ids in by_key.items()]
+    return [*cancels, *records]
+
+
+def _flow_key(flow: FlowControl | None) -> str | None:
+    return None if flow is None else flow.key
 
 
 def _tell_parent(state: RunState, now: int) -> list[Effect]:
@@ -394,10 +462,6 @@ def child_reattached(child: RunState, trigger: TriggerRun) -> ChildFinished | No
 
 def deliverable_now(record: Effect, now_ms: int) -> Delivery | CallDelivery | None:
     """The fast path: work due now and under no flow limit skips the scheduler's hop."""
-    if (
-        isinstance(record, DeliveryRequested | CallRequested)
-        and record.flow_key is None
-        and record.not_before_ms <= now_ms
-    ):
+    if isinstance(record, DeliveryRequested | CallRequested) and record.flow is None and record.not_before_ms <= now_ms:
         return record.delivery if isinstance(record, DeliveryRequested) else record.call
     return None

@@ -45,6 +45,42 @@ class ErrorInfo:
     message: str
 
 
+FLOW_KEY_MAX_LENGTH = 200
+FLOW_PERIOD_MAX_MS = 7 * 24 * 3_600_000  # a week: longer windows are better served by a sleep
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowControl:
+    """Limits shared by all work under one flow-control key (docs/flow-control.md).
+
+    ``rate`` starts per ``period_ms`` (a sliding window) and ``parallelism`` deliveries started and
+    not yet settled; either may be None (no such limit). Each queued delivery carries its own copy,
+    so a change of limits applies to work queued after it.
+    """
+
+    key: str
+    rate: int | None = None
+    period_ms: int = 1_000
+    parallelism: int | None = None
+
+    @property
+    def limits(self) -> tuple[int | None, int, int | None]:
+        return (self.rate, self.period_ms, self.parallelism)
+
+
+def flow_control_problem(flow: FlowControl) -> str | None:
+    """Why ``flow`` is not a valid setting ("Expected …, but …"), or None if it is."""
+    if not flow.key or len(flow.key) > FLOW_KEY_MAX_LENGTH:
+        return f"Expected a flow-control key of 1 to {FLOW_KEY_MAX_LENGTH} characters, but got {len(flow.key)}"
+    if flow.rate is not None and flow.rate < 1:
+        return f"Expected a flow-control rate of 1 or more starts per period, but got {flow.rate}"
+    if not 1 <= flow.period_ms <= FLOW_PERIOD_MAX_MS:
+        return f"Expected a flow-control period from 1 ms to 7 days, but got {flow.period_ms} ms"
+    if flow.parallelism is not None and flow.parallelism < 1:
+        return f"Expected a flow-control parallelism of 1 or more, but got {flow.parallelism}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # What a delivery ended with: the SDK's answer, or the executor's account of why there was none.
 
@@ -124,6 +160,7 @@ class CallSpec:
     timeout_ms: int
     retries: int  # further attempts after the first, on no answer, 5xx, 408, 425 or 429
     retry_delay: str | None = None  # a delay rule (see ``core.retry``); None: exponential from 1 s
+    flow: FlowControl | None = None  # the call's own key and limits; None: not throttled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +208,7 @@ class PlanInvoke:
     label: str | None = None
     retries: int | None = None
     retry_delay: str | None = None
+    flow: FlowControl | None = None  # the child run's flow control; None: none
 
 
 PlannedStep = PlanRun | PlanSleep | PlanCall | PlanWait | PlanNotify | PlanInvoke
@@ -219,6 +257,7 @@ class TriggerRun:
     parent_run_id: str | None = None  # set for a child run started by ``invoke``
     parent_step_index: int | None = None
     depth: int = 0  # 0 for a run triggered from outside; a child's is its parent's plus one
+    flow: FlowControl | None = None  # every delivery of the run is under these limits; None: none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -353,6 +392,7 @@ class RunStarted:
     parent_run_id: str | None = None
     parent_step_index: int | None = None
     depth: int = 0
+    flow: FlowControl | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -500,6 +540,7 @@ class InvokeStarted:
     label: str | None
     retries: int | None
     retry_delay: str | None
+    flow: FlowControl | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

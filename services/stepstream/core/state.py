@@ -25,6 +25,7 @@ from stepstream.core.messages import (
     EventReceived,
     FailureHandled,
     FailureHandlerScheduled,
+    FlowControl,
     InvokeStarted,
     NotifyStarted,
     Recovery,
@@ -151,6 +152,7 @@ class RunState:
     depth: int = 0
     failure_delivery: PendingDelivery | None = None  # the failure handler's delivery, while due
     dead_letter: bool = False  # failed, and not yet resumed, restarted or deleted by an operator
+    flow: FlowControl | None = None  # the limits every delivery of the run is under
 
     @property
     def first_open_index(self) -> int:
@@ -263,6 +265,7 @@ def evolve(state: RunState | None, event: Event) -> RunState:
             parent_run_id=event.parent_run_id,
             parent_step_index=event.parent_step_index,
             depth=event.depth,
+            flow=event.flow,
         )
     if state is None:
         raise ValueError(

@@ -16,6 +16,7 @@ from stepstream.core import (
     Continue,
     ErrorInfo,
     Fail,
+    FlowControl,
     Outcome,
     PlanCall,
     PlanInvoke,
@@ -38,6 +39,7 @@ from stepstream.protocol import (
     ContinueNext,
     DeliveryResponse,
     FailNext,
+    FlowControlSpec,
     Next,
     PlannedCall,
     PlannedInvoke,
@@ -151,6 +153,7 @@ def _planned(
                 timeout_ms=step.timeout_ms,
                 retries=step.retries,
                 retry_delay=step.retry_delay,
+                flow=_flow(step.flow_control),
             )
             return PlanCall(index=step.index, name=step.name, call=call)
         case PlannedWait():
@@ -168,9 +171,17 @@ def _planned(
                 label=step.label,
                 retries=step.retries,
                 retry_delay=step.retry_delay,
+                flow=_flow(step.flow_control),
             )
         case _:
             assert_never(step)
+
+
+def _flow(flow: FlowControlSpec | None) -> FlowControl | None:
+    # The protocol's bounds lie within the core's (``flow_control_problem``): a valid answer is a valid setting.
+    if flow is None:
+        return None
+    return FlowControl(key=flow.key, rate=flow.rate, period_ms=flow.period_ms, parallelism=flow.parallelism)
 
 
 def _headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

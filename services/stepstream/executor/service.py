@@ -12,6 +12,15 @@ for every call attempt and treats one whose report never comes as unanswered (to
 crash mid-call loses nothing, and a call that takes an hour does not hold back the commits of its
 partition, or a rebalance, for an hour. The executor never retries a call itself: the projector
 decides from the report.
+
+Work under a flow-control key (``flow_key`` set) is counted by the key's scheduler from the moment
+it lets the work through until ``period`` after the work's settlement reaches it, so the executor
+tells it of the settlement: ``FlowSettled`` on ``schedule``, keyed by the flow key, once the report
+is written, whatever the outcome. It carries the time taken just before the HTTP request went out,
+for information only (the scheduler counts on its own clock). Such a delivery asks for one step
+(``budget_ms`` 0), since every step start counts against the key's limits. A delivery's offset waits
+for its settlement as for its report, so a crash between the two repeats the delivery and settles it
+then; a call's settlement lost in a crash is made good by the scheduler's lease on the call.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -31,7 +41,7 @@ from stepstream import protocol, signing
 from stepstream.avro import Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
-from stepstream.core import CallDelivery, Delivery, Outcome, ReportCall, ReportDelivery, StepResult
+from stepstream.core import CallDelivery, Delivery, FlowSettled, Outcome, ReportCall, ReportDelivery, StepResult
 from stepstream.executor import calls
 from stepstream.executor.outcome import (
     from_response,
@@ -70,6 +80,21 @@ def request_body(delivery: Delivery, budget_ms: int) -> bytes:
     return json.dumps(request, separators=(",", ":")).encode()
 
 
+def budget_ms_for(delivery: Delivery, configured_ms: int) -> int:
+    """The time the SDK may run further steps in ``delivery``: none under a flow-control key, whose
+    limits count every step start, so the SDK must not start several steps in one delivery."""
+    return 0 if delivery.flow_key is not None else configured_ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A request under a flow-control key whose HTTP request has begun, until it is settled."""
+
+    request_id: str
+    flow_key: str
+    started_ms: int  # just before the request went out; informational, in ``FlowSettled``
+
+
 class PartitionProgress:
     """Offsets in flight for one partition; the committable offset is the lowest one held (a delivery
     not yet reported), else the one after the highest seen."""
@@ -104,7 +129,7 @@ class Executor:
         self._call_slots = asyncio.Semaphore(settings.call_concurrency)
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._committed: dict[TopicPartition, int] = {}
-        self._deliveries: set[asyncio.Task[None]] = set()  # each holds back its offset until it reports
+        self._deliveries: set[asyncio.Task[None]] = set()  # each holds back its offset until it reports (and settles)
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
         self._producer = make_producer(self.kafka)
@@ -217,7 +242,9 @@ class Executor:
 
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
-        steps, outcome = await self._post(delivery)
+        body, headers = self._delivery_request(delivery)
+        flight = self._begin(delivery.request_id, delivery.flow_key)
+        steps, outcome = await self._post(delivery.url, body, headers)
         report = ReportDelivery(
             run_id=delivery.run_id,
             delivery_id=delivery.delivery_id,
@@ -227,13 +254,14 @@ class Executor:
             outcome=outcome,
         )
         await self._report(delivery.run_id, report, unrecordable_delivery)
+        await self._settle(flight)
         log.debug(
             "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
         )
 
-    async def _post(self, delivery: Delivery) -> tuple[tuple[StepResult, ...], Outcome]:
-        assert self._session is not None
-        body = request_body(delivery, self.settings.budget_ms)
+    def _delivery_request(self, delivery: Delivery) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the POST of ``delivery``, signed."""
+        body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms))
         headers = dict(delivery.headers)
         headers.update(
             {
@@ -246,9 +274,13 @@ class Executor:
         )
         if self.settings.signing_keys:
             headers[protocol.SIGNATURE_HEADER] = signing.sign(body, self.settings.signing_keys, int(time.time()))
+        return body, headers
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[tuple[StepResult, ...], Outcome]:
+        assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_ms / 1000)
         try:
-            async with self._session.post(delivery.url, data=body, headers=headers, timeout=timeout) as response:
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
                 answer = await response.read()
                 return from_response(response.status, answer, parse_retry_after(response.headers.get("Retry-After")))
         except TimeoutError:
@@ -262,10 +294,13 @@ class Executor:
     async def _handle_call(self, call: CallDelivery) -> None:
         started = time.perf_counter()
         try:
+            flight = self._begin(call.request_id, call.flow_key)
             report = await self._request(call)
             await self._report(call.run_id, report, calls.unrecordable)
+            await self._settle(flight)
         except Exception:
-            # Nothing to hold back: the projector's deadline timer for this attempt retries it.
+            # Nothing to hold back: the projector's deadline timer for this attempt retries it (under
+            # flow control, the scheduler's lease on it, which frees its place too).
             log.exception("executor failed on call %s", call.request_id)
             return
         finally:
@@ -321,27 +356,50 @@ class Executor:
             # The answer does not fit the records (the protocol's bounds should prevent this).
             value = self.codec.encode(unrecordable(report, str(error)))
         try:
-            await self._send_report(run_id, value)
+            await self._send(self.topics.commands, run_id, value)
         except MessageSizeTooLargeError as error:
             reason = f"its report of {len(value)} bytes is larger than Kafka accepts ({error})"
-            await self._send_report(run_id, self.codec.encode(unrecordable(report, reason)))
+            await self._send(self.topics.commands, run_id, self.codec.encode(unrecordable(report, reason)))
 
-    async def _send_report(self, run_id: str, value: bytes) -> None:
-        """Write a report, retrying while Kafka is unreachable: without it the run cannot move on.
+    async def _send(self, topic: str, key: str, value: bytes) -> None:
+        """Write a record, retrying while Kafka is unreachable: without a report the run cannot move
+        on, and without a settlement its flow-control key keeps a place taken.
 
         Raises :class:`MessageSizeTooLargeError`, which no retry mends.
         """
         delay = 0.1
         while True:
             try:
-                await (await self._producer.send(self.topics.commands, value=value, key=run_id.encode()))
+                await (await self._producer.send(topic, value=value, key=key.encode()))
                 return
             except MessageSizeTooLargeError:
                 raise
             except KafkaError as error:
-                log.warning("cannot write a report for %s yet (%s); retrying in %.1f s", run_id, error, delay)
+                log.warning("cannot write to %s for %s yet (%s); retrying in %.1f s", topic, key, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------------------------------------
+    # Flow control
+
+    def _begin(self, request_id: str, flow_key: str | None) -> _Flight | None:
+        """Note that the request under ``flow_key`` starts now (called just before it is sent); None
+        without a key. Nothing is written: the scheduler counts from letting the request through."""
+        if flow_key is None:
+            return None
+        return _Flight(request_id=request_id, flow_key=flow_key, started_ms=self.clock.now_ms())
+
+    async def _settle(self, flight: _Flight | None) -> None:
+        """Tell the key's scheduler the request is done (its report is written)."""
+        if flight is None:
+            return
+        settled = FlowSettled(
+            request_id=flight.request_id,
+            flow_key=flight.flow_key,
+            started_ms=flight.started_ms,
+            settled_ms=self.clock.now_ms(),
+        )
+        await self._send(self.topics.schedule, flight.flow_key, self.codec.encode(settled))
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:

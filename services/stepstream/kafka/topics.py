@@ -61,6 +61,11 @@ class TopicNames:
         return self.prefix + "timers"
 
     @property
+    def flow(self) -> str:
+        """The state of each flow-control key, as its scheduler last published it (compacted)."""
+        return self.prefix + "flow"
+
+    @property
     def deadletter(self) -> str:
         return self.prefix + "deadletter"
 
@@ -74,6 +79,7 @@ class TopicNames:
             self.schedule,
             self.deliveries,
             self.timers,
+            self.flow,
             self.deadletter,
         )
 
@@ -86,6 +92,7 @@ def topic_configs(names: TopicNames) -> dict[str, dict[str, str]]:
         names.runs: compacted,
         names.timers: compacted,
         names.waiters: compacted,
+        names.flow: compacted,
         names.events: kept_forever,  # a run's history is replayed from here, so it must never expire
         names.deadletter: kept_forever,  # kept until an operator has looked at it
     }

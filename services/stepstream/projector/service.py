@@ -50,6 +50,8 @@ from stepstream.core import (
     deliverable_now,
     effects,
     evolve,
+    flow_control_problem,
+    schedule_key,
 )
 from stepstream.kafka.clients import (
     PartitionListener,
@@ -85,6 +87,7 @@ def trigger_command(request: TriggerRequest, now_ms: int) -> TriggerRun:
         not_before_ms=request.not_before_ms,
         retry_delay=request.retry_delay,
         failure_url=request.failure_url,
+        flow=request.flow,
     )
 
 
@@ -107,6 +110,8 @@ def public_command(request: PublicRequest, now_ms: int) -> Command | WaiterComma
     """
     if isinstance(request, TriggerRequest):
         _check_json("payload", request.payload)
+        if request.flow is not None and (problem := flow_control_problem(request.flow)) is not None:
+            raise ValueError(problem)
     elif isinstance(request, NotifyRequest):
         _check_json("data", request.data)
     match request:
@@ -345,7 +350,7 @@ class Projector:
             if work is not None:
                 outbox.add(self.topics.deliveries, run_id, self.codec.encode(work))
             else:
-                outbox.add(self.topics.schedule, run_id, self.codec.encode(effect))
+                outbox.add(self.topics.schedule, schedule_key(effect), self.codec.encode(effect))
 
     def _send_command(self, command: Command | WaiterCommand, outbox: _Outbox) -> None:
         key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id

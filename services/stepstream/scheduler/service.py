@@ -1,10 +1,18 @@
-"""The scheduler: owns time (and, with a later issue, flow control).
+"""The scheduler: owns time and flow control.
 
 It consumes ``schedule`` and holds each request until it is due; then it emits the delivery to
-``deliveries``, or a ``FireTimer`` command to ``commands``. Its pending work is mirrored in the
-compacted ``timers`` topic, in the same partition number as the ``schedule`` record it came from, so
-whoever owns a schedule partition restores exactly that partition's pending work. Input offsets,
-outputs and changelog entries are committed in one transaction.
+``deliveries``, or a ``FireTimer`` command to ``commands``. A delivery or call under a flow-control
+key waits, once due, in its key's queue until the key's rate and parallelism allow it
+(:mod:`stepstream.core.flow`); the executor's ``FlowStarted``/``FlowSettled`` records, on the same
+partition, tell the scheduler when it began and when it is done.
+
+``schedule`` is keyed by flow key (else run id), so each key has one owner at a time, and the
+limits hold across any number of scheduler replicas. The pending work — requests not yet due,
+queued requests, and each key's slots (let through and not settled, or settled and still in the
+rate window) — is mirrored in the compacted ``timers`` topic, in the same partition number as the
+``schedule`` records it came from, so whoever owns a schedule partition next restores exactly that
+partition's work, in flight included. Input offsets, outputs and changelog entries are committed in
+one transaction. Each key's state goes to the compacted ``flow`` topic for the api to show.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -23,6 +32,11 @@ from stepstream.core import (
     CallRequested,
     DeliveryRequested,
     FireTimer,
+    FlowLedger,
+    FlowSettled,
+    FlowSlot,
+    FlowStarted,
+    Queued,
     ScheduleCancelled,
     TimerRequested,
 )
@@ -34,26 +48,32 @@ from stepstream.kafka.clients import (
     read_partitions_to_end,
 )
 from stepstream.kafka.topics import TopicNames
-from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
+from stepstream.scheduler.pending import HeldRecord, PendingWork, due_ms
 
 log = logging.getLogger(__name__)
 
 SERVICE = "scheduler"
-SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled)
+SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowStarted, FlowSettled)
+CHANGELOG_TYPES = (DeliveryRequested, CallRequested, TimerRequested, FlowSlot)
 _IDLE_WAIT_MS = 500
+
+Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
 
 
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, *, codec: Codec | None = None, clock: Clock | None = None) -> None:
         self.kafka = settings.kafka
+        self.settings = settings
         self.topics = TopicNames(self.kafka.topic_prefix)
         self.codec = codec or Codec()
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}scheduler"
         self.pending = PendingWork()
+        self.flow = FlowLedger()
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._states_due_ms = 0  # when the changed keys' state may be published next
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
         self._producer = make_producer(
             self.kafka, transactional_id=f"{self.kafka.topic_prefix}scheduler-{self.kafka.instance_id}"
@@ -67,32 +87,26 @@ class Scheduler:
                 [self.topics.schedule], listener=PartitionListener(assigned=self.assigned, revoked=self.revoked)
             )
             while True:
-                next_due = self.pending.next_due_ms()
-                wait = _IDLE_WAIT_MS if next_due is None else max(0, min(_IDLE_WAIT_MS, next_due - self.clock.now_ms()))
-                batch = await self._consumer.getmany(timeout_ms=wait, max_records=1_000)
+                batch = await self._consumer.getmany(timeout_ms=self._wait_ms(), max_records=1_000)
                 async with self._lock:
                     await self._step(batch)
         finally:
             await self._consumer.stop()
             await self._producer.stop()
 
+    def _wait_ms(self) -> int:
+        now = self.clock.now_ms()
+        wakes = [self.pending.next_due_ms(), self.flow.next_wake_ms()]
+        if self.flow.touched:
+            wakes.append(self._states_due_ms)
+        due = [when for when in wakes if when is not None]
+        return _IDLE_WAIT_MS if not due else max(0, min(_IDLE_WAIT_MS, min(due) - now))
+
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
-        before = len(self.pending)
-        for record in await read_partitions_to_end(self.kafka, self.topics.timers, new):
-            request_id = record.key.decode()
-            if record.value is None:
-                self.pending.remove(request_id)
-                continue
-            try:
-                held = self.codec.decode(record.value, expected=(DeliveryRequested, CallRequested, TimerRequested))
-            except DecodeError as error:
-                log.error("cannot restore pending request %s: %s", request_id, error)
-                continue
-            self.pending.add(record.partition, held)
+        restored = await self._restore(new)
         self.owned |= new
-        restored = len(self.pending) - before
-        log.info("scheduler owns schedule partitions %s (restored %d pending)", sorted(self.owned), restored)
+        log.info("scheduler owns schedule partitions %s (restored %d requests and slots)", sorted(self.owned), restored)
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
@@ -100,19 +114,39 @@ class Scheduler:
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.schedule}
             self.owned -= gone
             self.pending.drop_partitions(gone)
+            self.flow.drop_partitions(gone)
+
+    async def _restore(self, partitions: set[int]) -> int:
+        """Read back the changelog of ``partitions``: the latest entry per request, in the order of
+        their last writes (so a key's queue keeps its order of arrival)."""
+        latest: dict[str, tuple[int, bytes | None]] = {}
+        for record in await read_partitions_to_end(self.kafka, self.topics.timers, partitions):
+            request_id = record.key.decode()
+            latest.pop(request_id, None)
+            latest[request_id] = (record.partition, record.value)
+        count = 0
+        for request_id, (partition, value) in latest.items():
+            if value is None:
+                continue
+            try:
+                entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
+            except DecodeError as error:
+                log.error("cannot restore pending request %s: %s", request_id, error)
+                continue
+            if isinstance(entry, FlowSlot):
+                self.flow.restore(partition, entry)
+            else:
+                self.pending.add(partition, cast(HeldRecord, entry))
+            count += 1
+        return count
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = self.clock.now_ms()
-        outputs: list[tuple[str, bytes, bytes | None, int | None]] = []
-        added: list[Held] = []
-        cancelled: list[Held] = []
+        outputs: list[Output] = []
         for tp, records in batch.items():
             for record in records:
                 try:
-                    # decode checks the type against ``expected``; the cast only tells mypy.
-                    request = cast(
-                        HeldRecord | ScheduleCancelled, self.codec.decode(record.value, expected=SCHEDULE_TYPES)
-                    )
+                    request = self.codec.decode(record.value, expected=SCHEDULE_TYPES)
                 except DecodeError as error:
                     outputs.append(
                         (
@@ -123,25 +157,34 @@ class Scheduler:
                         )
                     )
                     continue
-                if isinstance(request, ScheduleCancelled):
-                    for request_id in request.request_ids:
-                        gone = self.pending.remove(request_id)
-                        if gone is not None:
-                            cancelled.append(gone)
-                            outputs.append((self.topics.timers, request_id.encode(), None, gone.partition))
-                    continue
-                if due_ms(request) <= now:
-                    outputs.append(self._emit(request, now))
-                else:
-                    # Held at once, so a cancellation later in the same batch finds it.
-                    held = Held(tp.partition, request)
-                    added.append(held)
-                    self.pending.add(held.partition, held.record)
-                    outputs.append((self.topics.timers, request.request_id.encode(), record.value, tp.partition))
-        fired = self.pending.pop_due(now)
-        for held in fired:
-            outputs.append(self._emit(held.record, now))
-            outputs.append((self.topics.timers, held.record.request_id.encode(), None, held.partition))
+                match request:
+                    case ScheduleCancelled():
+                        outputs.extend(self._cancel(request))
+                    case FlowStarted():
+                        pass  # the window counts from the settle, as seen here (docs/flow-control.md)
+                    case FlowSettled():
+                        # Counted in the rate window from now: the endpoint saw the request start before
+                        # this report of its end reached us, whatever the delays and clocks on the way.
+                        self.flow.settled(replace(request, started_ms=now), now)
+                    case _:
+                        work = cast(HeldRecord, request)
+                        if due_ms(work) > now:
+                            # Held at once, so a cancellation later in the same batch finds it.
+                            self.pending.add(tp.partition, work)
+                            outputs.append((self.topics.timers, work.request_id.encode(), record.value, tp.partition))
+                        elif isinstance(work, DeliveryRequested | CallRequested) and work.flow is not None:
+                            self.flow.queue(self._queued(tp.partition, work))
+                            outputs.append((self.topics.timers, work.request_id.encode(), record.value, tp.partition))
+                        else:
+                            outputs.append(self._emit(work, now))
+        for held in self.pending.pop_due(now):
+            due = held.record
+            if isinstance(due, DeliveryRequested | CallRequested) and due.flow is not None:
+                self.flow.queue(self._queued(held.partition, due))  # its changelog entry stays as it is
+                continue
+            outputs.append(self._emit(due, now))
+            outputs.append((self.topics.timers, due.request_id.encode(), None, held.partition))
+        outputs.extend(self._release(now))
         if not outputs and not batch:
             return
         try:
@@ -152,27 +195,75 @@ class Scheduler:
                     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                     await self._producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception:
-            log.exception("scheduler transaction failed; re-reading the batch")
-            for held in added:
-                self.pending.remove(held.record.request_id)
-            for held in (*fired, *cancelled):
-                if all(held.record.request_id != new.record.request_id for new in added):
-                    self.pending.add(held.partition, held.record)
+            log.exception("scheduler transaction failed; restoring from the changelog and re-reading the batch")
+            # Memory ran ahead of what was committed: start again from the changelog, as a new owner would.
+            self.pending.drop_partitions(self.owned)
+            self.flow.drop_partitions(self.owned)
+            self.flow.take_changes()
+            await self._restore(self.owned)
             for tp, records in batch.items():
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
 
-    def _emit(self, request: HeldRecord, now: int) -> tuple[str, bytes, bytes | None, int | None]:
+    def _cancel(self, request: ScheduleCancelled) -> list[Output]:
+        outputs: list[Output] = []
+        for request_id in request.request_ids:
+            gone = self.pending.remove(request_id)
+            partition = gone.partition if gone is not None else None
+            if request.flow_key is not None:
+                queued = self.flow.cancel(request.flow_key, request_id)
+                partition = queued.partition if queued is not None else partition
+            if partition is not None:
+                outputs.append((self.topics.timers, request_id.encode(), None, partition))
+        return outputs
+
+    def _queued(self, partition: int, request: DeliveryRequested | CallRequested) -> Queued:
+        assert request.flow is not None
+        if isinstance(request, DeliveryRequested):
+            return Queued(
+                request_id=request.request_id,
+                flow=request.flow,
+                partition=partition,
+                run_id=request.delivery.run_id,
+                value=self.codec.encode(request.delivery),
+            )
+        return Queued(
+            request_id=request.request_id,
+            flow=request.flow,
+            partition=partition,
+            run_id=request.call.run_id,
+            value=self.codec.encode(request.call),
+            call_step_index=request.call.step_index,
+            lease_ms=request.lease_ms,
+        )
+
+    def _release(self, now: int) -> list[Output]:
+        """What flow control lets through now, the deadlines of calls whose lease ended, the
+        changelog writes for the keys' slots, and (at most once per interval) the changed keys' state."""
+        let_through, expired = self.flow.release(now)
+        outputs: list[Output] = [
+            (self.topics.deliveries, item.flow.key.encode(), item.value, None) for item, _ in let_through
+        ]
+        for slot in expired:
+            assert slot.call_step_index is not None
+            log.warning("call %s under flow key %r: no report by its lease end", slot.request_id, slot.flow.key)
+            command = FireTimer(run_id=slot.run_id, step_index=slot.call_step_index, now_ms=now)
+            outputs.append((self.topics.commands, slot.run_id.encode(), self.codec.encode(command), None))
+        for partition, request_id, change in self.flow.take_changes():
+            value = None if change is None else self.codec.encode(change)
+            outputs.append((self.topics.timers, request_id.encode(), value, partition))
+        if self.flow.touched and now >= self._states_due_ms:
+            states = self.flow.take_states(now)
+            outputs.extend((self.topics.flow, state.key.encode(), self.codec.encode(state), None) for state in states)
+            self._states_due_ms = now + self.settings.flow_state_interval_ms
+        return outputs
+
+    def _emit(self, request: HeldRecord, now: int) -> Output:
         if isinstance(request, DeliveryRequested):
             delivery = request.delivery
-            return (
-                self.topics.deliveries,
-                (request.flow_key or delivery.run_id).encode(),
-                self.codec.encode(delivery),
-                None,
-            )
+            return self.topics.deliveries, delivery.run_id.encode(), self.codec.encode(delivery), None
         if isinstance(request, CallRequested):
             call = request.call
-            return self.topics.deliveries, (request.flow_key or call.run_id).encode(), self.codec.encode(call), None
+            return self.topics.deliveries, call.run_id.encode(), self.codec.encode(call), None
         command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
         return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None

@@ -32,7 +32,8 @@ The engine calls the endpoint once per step (or a few steps, within a time budge
 recorded steps; the function runs from the top and every recorded step returns its recorded result
 instead of running again. Steps: ``run``, ``sleep``, ``sleep_until``, ``call`` (an HTTP request the
 engine makes), ``wait_for_event`` and ``notify``, ``invoke`` (a child run), several at once with
-``asyncio.gather``; ``ctx.cancel()`` ends the run, and ``on_failure=`` handles its failure. See
+``asyncio.gather``; ``ctx.cancel()`` ends the run, and ``on_failure=`` handles its failure.
+``FlowControl`` throttles a ``call``'s requests or an ``invoke``'s child run under a key. See
 ``docs/sdk.md`` for a guide and ``docs/protocol.md`` for the wire protocol.
 """
 
@@ -45,6 +46,7 @@ from stepstream.sdk._errors import (
     RetryAfterError,
     StepstreamSDKError,
 )
+from stepstream.sdk._flow import FlowControl
 from stepstream.sdk._results import CallResponse, FailureInfo, InvokeResult, WaitResult
 from stepstream.sdk._workflows import WorkflowDecorator, WorkflowDefinition, Workflows
 
@@ -52,6 +54,7 @@ __all__ = [
     "CallResponse",
     "ConfigurationError",
     "FailureInfo",
+    "FlowControl",
     "InvokeResult",
     "NonRetryableError",
     "NondeterminismError",

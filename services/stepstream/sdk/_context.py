@@ -21,6 +21,7 @@ from stepstream.protocol import (
 )
 from stepstream.sdk import _checks as checks
 from stepstream.sdk._driver import Driver
+from stepstream.sdk._flow import FlowControl, flow_control_spec
 from stepstream.sdk._machine import to_json_text
 from stepstream.sdk._results import (
     CallResponse,
@@ -217,6 +218,7 @@ class WorkflowContext(Generic[PayloadT]):
         timeout: timedelta | float = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109
         retries: int = 0,
         retry_delay: str | timedelta | float | None = None,
+        flow_control: FlowControl | None = None,
     ) -> CallResponse:
         """Have the engine make an HTTP request as the durable step ``name``, and return its answer.
 
@@ -226,8 +228,10 @@ class WorkflowContext(Generic[PayloadT]):
         With ``retries``, the engine repeats the request when no answer comes or the answer is 5xx,
         408, 425 or 429, waiting ``retry_delay`` between attempts: a fixed ``timedelta`` or seconds,
         or a rule in milliseconds over ``retried`` such as ``"1000 * pow(2, retried)"`` (default:
-        exponential backoff). Any status is a result, not an exception: check ``response.status``;
-        ``status`` 0 means no answer came at all, with the reason in ``response.error``.
+        exponential backoff). With ``flow_control``, each attempt waits until the limits of its
+        :class:`~stepstream.sdk.FlowControl` key allow it, shared with every other request under that key.
+        Any status is a result, not an exception: check ``response.status``; ``status`` 0 means no
+        answer came at all, with the reason in ``response.error``.
         """
         checks.step_name(name)
         checked_url = checks.http_url(url, "url", name)
@@ -255,6 +259,7 @@ class WorkflowContext(Generic[PayloadT]):
         timeout_ms = checks.delay_ms(timeout, "timeout", name, minimum_ms=1)
         checked_retries = checks.retries(retries, name, optional=False) or 0
         rule = checks.retry_delay(retry_delay, name)
+        flow = flow_control_spec(flow_control, name)
 
         def plan(index: int) -> PlannedCall:
             return PlannedCall(
@@ -267,6 +272,7 @@ class WorkflowContext(Generic[PayloadT]):
                 timeout_ms=timeout_ms,
                 retries=checked_retries,
                 retry_delay=rule,
+                flow_control=flow,
             )
 
         return call_response(await self._driver.step(name, "call", plan))
@@ -321,6 +327,7 @@ class WorkflowContext(Generic[PayloadT]):
         label: str | None = None,
         retries: int | None = None,
         retry_delay: str | timedelta | float | None = None,
+        flow_control: FlowControl | None = None,
         result_type: type[ResultT],
     ) -> InvokeResult[ResultT]: ...
 
@@ -336,6 +343,7 @@ class WorkflowContext(Generic[PayloadT]):
         label: str | None = None,
         retries: int | None = None,
         retry_delay: str | timedelta | float | None = None,
+        flow_control: FlowControl | None = None,
         result_type: None = None,
     ) -> InvokeResult[Any]: ...
 
@@ -350,6 +358,7 @@ class WorkflowContext(Generic[PayloadT]):
         label: str | None = None,
         retries: int | None = None,
         retry_delay: str | timedelta | float | None = None,
+        flow_control: FlowControl | None = None,
         result_type: Any = None,
     ) -> InvokeResult[Any]:
         """Start a child run of ``workflow`` with ``payload`` as the durable step ``name``, and wait for it to end.
@@ -357,7 +366,9 @@ class WorkflowContext(Generic[PayloadT]):
         ``workflow`` is a workflow's name, or a workflow function registered with the same
         :class:`~stepstream.sdk.Workflows`. Without ``url`` the child is served by this app, at the
         workflow's route next to this one's; ``headers`` are added to those of this run. Unset
-        ``retries`` and ``retry_delay`` take the engine's defaults. Returns how the child ended:
+        ``retries`` and ``retry_delay`` take the engine's defaults. With ``flow_control``, every
+        delivery of the child run waits for the limits of that :class:`~stepstream.sdk.FlowControl`
+        key; without it the child has none. Returns how the child ended:
         ``completed`` with its output (validated into ``result_type`` if given), ``failed`` with its
         error, or ``cancelled``; a failed child does not fail this run.
         """
@@ -383,6 +394,7 @@ class WorkflowContext(Generic[PayloadT]):
         checked_label = checks.label(label, name)
         checked_retries = checks.retries(retries, name, optional=True)
         rule = checks.retry_delay(retry_delay, name)
+        flow = flow_control_spec(flow_control, name)
 
         def plan(index: int) -> PlannedInvoke:
             return PlannedInvoke(
@@ -395,6 +407,7 @@ class WorkflowContext(Generic[PayloadT]):
                 label=checked_label,
                 retries=checked_retries,
                 retry_delay=rule,
+                flow_control=flow,
             )
 
         result = invoke_result(await self._driver.step(name, "invoke", plan))

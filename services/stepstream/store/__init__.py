@@ -1,8 +1,16 @@
-"""The query store: runs, their steps and histories, and who waits on which event id; kept by the
-indexer, read by the api."""
+"""The query store: runs, their steps and histories, who waits on which event id, and the state of
+each flow-control key; kept by the indexer, read by the api."""
 
 from stepstream.store.history import REDACTED, event_to_dict
-from stepstream.store.rows import ACTIVE_STATUSES, ENDED_STATUSES, RUN_STATUSES, RunRow, StepRow, WaiterRow
+from stepstream.store.rows import (
+    ACTIVE_STATUSES,
+    ENDED_STATUSES,
+    RUN_STATUSES,
+    FlowKeyRow,
+    RunRow,
+    StepRow,
+    WaiterRow,
+)
 from stepstream.store.sqlite import QueryStore
 
 __all__ = [
@@ -10,6 +18,7 @@ __all__ = [
     "ENDED_STATUSES",
     "REDACTED",
     "RUN_STATUSES",
+    "FlowKeyRow",
     "QueryStore",
     "RunRow",
     "StepRow",

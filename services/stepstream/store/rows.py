@@ -1,4 +1,4 @@
-"""What the query store answers: a run, one of its steps, a run waiting on an event id."""
+"""What the query store answers: a run, one of its steps, a run waiting on an event id, a flow-control key."""
 
 from __future__ import annotations
 
@@ -71,6 +71,25 @@ class WaiterRow:
     step_index: int
     timeout_at_ms: int
     since_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowKeyRow:
+    """A flow-control key as its scheduler last published it, at ``updated_at_ms`` (at most about once a
+    second while it changes): work queued under its limits, deliveries in flight, starts in the current
+    rate window, and the limits in force (``rate`` and ``parallelism`` None: no such limit)."""
+
+    key: str
+    queued: int
+    in_flight: int
+    starts_in_window: int
+    rate: int | None
+    period_ms: int
+    parallelism: int | None
+    updated_at_ms: int
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

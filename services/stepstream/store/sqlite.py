@@ -1,10 +1,17 @@
 """The query store on SQLite (one file, WAL mode, so the api reads while the indexer writes).
 
-Four tables: ``events`` (each run's history as the api shows it), ``runs`` (one row per run),
-``steps`` (each run's steps, pending or completed) and ``waiters`` (which runs wait on which event
-id). Every write is idempotent by (run id, seq): an event is inserted once, and the derived tables
-change only for an event newer than the run's ``last_seq``, so re-reading ``events`` after a crash
-changes nothing and a run's row never moves back.
+Four tables from ``events``: ``events`` (each run's history as the api shows it), ``runs`` (one row
+per run), ``steps`` (each run's steps, pending or completed) and ``waiters`` (which runs wait on which
+event id). Every write is idempotent by (run id, seq): an event is inserted once, and the derived
+tables change only for an event newer than the run's ``last_seq``, so re-reading ``events`` after a
+crash changes nothing and a run's row never moves back.
+
+A fifth, ``flow_keys``, mirrors the compacted ``flow`` topic: each flow-control key's state as its
+scheduler last published it, the later record replacing the earlier (as compaction does), so
+re-reading the topic after a crash ends in the same rows.
+
+Every table is created if missing when the store opens, so a store written by an older indexer gains
+the tables (and the columns of ``runs``) added since.
 
 The run's status follows the same rule as the core's ``RunState.status``: running while a replay
 delivery is in flight or a ``run`` or ``call`` step is pending, else waiting while a wait, notify or
@@ -27,6 +34,7 @@ from stepstream.core import (
     EventReceived,
     FailureHandled,
     FailureHandlerScheduled,
+    FlowKeyState,
     InvokeStarted,
     NotifyStarted,
     Recovery,
@@ -45,7 +53,7 @@ from stepstream.core import (
     WaitTimedOut,
 )
 from stepstream.store.history import event_to_dict
-from stepstream.store.rows import ENDED_STATUSES, RunRow, StepRow, WaiterRow
+from stepstream.store.rows import ENDED_STATUSES, FlowKeyRow, RunRow, StepRow, WaiterRow
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -92,6 +100,16 @@ CREATE TABLE IF NOT EXISTS waiters (
     timeout_at_ms INTEGER NOT NULL,
     since_ms INTEGER NOT NULL,
     PRIMARY KEY (event_id, run_id, step_index)
+);
+CREATE TABLE IF NOT EXISTS flow_keys (
+    key TEXT PRIMARY KEY,
+    queued INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    starts_in_window INTEGER NOT NULL,
+    rate INTEGER,
+    period_ms INTEGER NOT NULL,
+    parallelism INTEGER,
+    updated_at_ms INTEGER NOT NULL
 );
 """
 
@@ -366,6 +384,36 @@ class QueryStore:
                 cursor.execute("ROLLBACK")
                 raise
 
+    def apply_flow(self, changes: Iterable[tuple[str, FlowKeyState | None]]) -> None:
+        """Keep each key's latest state, in one transaction: for each (key, state) in topic order, the
+        state replaces the key's row, or, if None (a tombstone on ``flow``), the key is forgotten."""
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN")
+            try:
+                for key, state in changes:
+                    if state is None:
+                        cursor.execute("DELETE FROM flow_keys WHERE key = ?", (key,))
+                        continue
+                    cursor.execute(
+                        "INSERT OR REPLACE INTO flow_keys (key, queued, in_flight, starts_in_window, rate, period_ms,"
+                        " parallelism, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            key,
+                            state.queued,
+                            state.in_flight,
+                            state.starts_in_window,
+                            state.rate,
+                            state.period_ms,
+                            state.parallelism,
+                            state.updated_ms,
+                        ),
+                    )
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+
     # -- reads (the api) --------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRow | None:
@@ -453,6 +501,21 @@ class QueryStore:
             for event, run_id, step_index, timeout, since in rows
         ]
 
+    def flow_key(self, key: str) -> FlowKeyRow | None:
+        with self._lock:
+            row = self._connection.execute(f"SELECT {_FLOW_COLUMNS} FROM flow_keys WHERE key = ?", (key,)).fetchone()
+        return FlowKeyRow(**dict(zip(_FLOW_FIELDS, row, strict=True))) if row else None
+
+    def flow_keys(self, *, limit: int = 50, after: str | None = None) -> list[FlowKeyRow]:
+        """The flow-control keys in order of key; ``after`` is the last key of the previous page."""
+        where = "WHERE key > ?" if after is not None else ""
+        parameters = (after, limit) if after is not None else (limit,)
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT {_FLOW_COLUMNS} FROM flow_keys {where} ORDER BY key LIMIT ?", parameters
+            ).fetchall()
+        return [FlowKeyRow(**dict(zip(_FLOW_FIELDS, row, strict=True))) for row in rows]
+
     def history(self, run_id: str, *, after_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._connection.execute(
@@ -465,6 +528,10 @@ _RUN_COLUMNS = (
     "run_id, workflow, url, status, label, payload, output, error_type, error_message, steps, wake_at_ms,"
     " created_at_ms, updated_at_ms, last_seq, parent_run_id, dead_letter, cancel_reason"
 )
+
+
+_FLOW_FIELDS = ("key", "queued", "in_flight", "starts_in_window", "rate", "period_ms", "parallelism", "updated_at_ms")
+_FLOW_COLUMNS = ", ".join(_FLOW_FIELDS)
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:

@@ -12,6 +12,8 @@ that is the record as the current codec reads it: fields added since take their 
 ``RunState`` v1 files go through their upcaster (``pending_delivery``/``pending_sleep`` became
 ``in_flight``/``waiting``). So the samples below that were written by an earlier shape (the first
 group) are kept as they decode, never "updated" to show new fields: new fields get new samples.
+A field removed since is not in the sample either: ``DeliveryRequested``/``CallRequested`` files
+written with a ``flow_key`` (never acted on) read as requests without flow control.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from stepstream.core import (
     FailureHandled,
     FailureHandlerScheduled,
     FireTimer,
+    FlowControl,
+    FlowKeyState,
+    FlowSettled,
+    FlowSlot,
     InvokeStarted,
     NotifyEvent,
     NotifyStarted,
@@ -267,12 +273,11 @@ FIRST_SAMPLES: dict[str, object] = {
     "RunState.minimal": run_state(label=None, steps=(), in_flight=(), waiting=(), output=None, error=None, headers=()),
     "RunState.failed": run_state(status=RunStatus.FAILED, in_flight=(), waiting=(), output=None),
     "Delivery.full": DELIVERY,
+    # Written with flow_key "tenant:acme", a field since removed: it reads as no flow control.
     "DeliveryRequested.full": DeliveryRequested(
-        request_id=f"{RUN_ID}/4#2", not_before_ms=NOW_MS + 2_000, flow_key="tenant:acme", delivery=DELIVERY
+        request_id=f"{RUN_ID}/4#2", not_before_ms=NOW_MS + 2_000, delivery=DELIVERY
     ),
-    "DeliveryRequested.minimal": DeliveryRequested(
-        request_id=f"{RUN_ID}/4#2", not_before_ms=NOW_MS, flow_key=None, delivery=DELIVERY
-    ),
+    "DeliveryRequested.minimal": DeliveryRequested(request_id=f"{RUN_ID}/4#2", not_before_ms=NOW_MS, delivery=DELIVERY),
     "TimerRequested.full": TimerRequested(
         request_id=f"{RUN_ID}/sleep/2", run_id=RUN_ID, step_index=2, due_ms=NOW_MS + 7_200_000
     ),
@@ -699,18 +704,19 @@ NEW_SAMPLES: dict[str, object] = {
     # schedule, deliveries, timers
     "Delivery.execute_one": DELIVERY_EXECUTE_ONE,
     "Delivery.failure_handler": DELIVERY_FAILURE,
+    # Written with flow_key "tenant:acme", a field since removed: it reads as no flow control.
     "DeliveryRequested.failure_handler": DeliveryRequested(
-        request_id=f"{RUN_ID}/6#1", not_before_ms=NOW_MS, flow_key="tenant:acme", delivery=DELIVERY_FAILURE
+        request_id=f"{RUN_ID}/6#1", not_before_ms=NOW_MS, delivery=DELIVERY_FAILURE
     ),
     "CallDelivery.full": CALL_DELIVERY,
     "CallDelivery.minimal": CallDelivery(run_id=RUN_ID, step_index=10, attempt=1, call=CALL_SPEC_MINIMAL),
+    # Written with flow_key "host:payments", a field since removed: it reads as no flow control.
     "CallRequested.full": CallRequested(
-        request_id=CALL_DELIVERY.request_id, not_before_ms=NOW_MS + 1_000, flow_key="host:payments", call=CALL_DELIVERY
+        request_id=CALL_DELIVERY.request_id, not_before_ms=NOW_MS + 1_000, call=CALL_DELIVERY
     ),
     "CallRequested.minimal": CallRequested(
         request_id=f"{RUN_ID}/call/10#1",
         not_before_ms=NOW_MS,
-        flow_key=None,
         call=CallDelivery(run_id=RUN_ID, step_index=10, attempt=1, call=CALL_SPEC_MINIMAL),
     ),
     "ScheduleCancelled.full": ScheduleCancelled(
@@ -719,8 +725,139 @@ NEW_SAMPLES: dict[str, object] = {
     "ScheduleCancelled.minimal": ScheduleCancelled(run_id=RUN_ID, request_ids=()),
 }
 
+
+# ---------------------------------------------------------------------------------------------
+# Written by the shapes flow control brought: a flow (key and limits) on runs, calls and child runs,
+# the flow key on deliveries and cancellations, and the scheduler's and executor's flow records.
+
+FLOW = FlowControl(key="tenant:acme", rate=10, period_ms=60_000, parallelism=3)
+FLOW_RATE = FlowControl(key="host:payments.example", rate=50)
+FLOW_PARALLEL = FlowControl(key="warehouse:eu-1", parallelism=1)
+CALL_SPEC_FLOW = dataclasses.replace(CALL_SPEC, flow=FLOW_RATE)
+CALL_DELIVERY_FLOW = CallDelivery(run_id=RUN_ID, step_index=9, attempt=2, call=CALL_SPEC_FLOW, flow_key=FLOW_RATE.key)
+DELIVERY_FLOW = dataclasses.replace(DELIVERY, delivery_id=f"{RUN_ID}/7", attempt=1, flow_key=FLOW.key)
+PLAN_INVOKE_FLOW = PlanInvoke(
+    index=11, name="ship", workflow="ship", url=CHILD_URL, payload='{"order_id":"ord_7731"}', flow=FLOW_PARALLEL
+)
+
+FLOW_SAMPLES: dict[str, object] = {
+    "TriggerRequest.flow": TriggerRequest(workflow="checkout", url=URL, payload=PAYLOAD, run_id=RUN_ID, flow=FLOW),
+    "TriggerRun.flow": TriggerRun(
+        run_id=RUN_ID, workflow="checkout", url=URL, payload=PAYLOAD, now_ms=NOW_MS, flow=FLOW
+    ),
+    "ReportDelivery.suspend_flow": report(
+        Suspend(steps=(PlanCall(index=10, name="charge", call=CALL_SPEC_FLOW), PLAN_INVOKE_FLOW))
+    ),
+    "RunStarted.flow": RunStarted(
+        run_id=RUN_ID,
+        seq=1,
+        at_ms=NOW_MS,
+        workflow="checkout",
+        url=URL,
+        payload=PAYLOAD,
+        headers=(),
+        label=None,
+        retries=3,
+        retry_base_ms=1_000,
+        flow=FLOW,
+    ),
+    "CallStarted.flow": CallStarted(
+        run_id=RUN_ID,
+        seq=13,
+        at_ms=NOW_MS,
+        step_index=9,
+        name="charge",
+        call=CALL_SPEC_FLOW,
+        deadline_ms=NOW_MS + 40_000,
+    ),
+    "InvokeStarted.flow": InvokeStarted(
+        run_id=RUN_ID,
+        seq=19,
+        at_ms=NOW_MS,
+        step_index=11,
+        name="ship",
+        child_run_id=f"{RUN_ID}.11",
+        workflow="ship",
+        url=CHILD_URL,
+        payload='{"order_id":"ord_7731"}',
+        headers=HEADERS,
+        label=None,
+        retries=None,
+        retry_delay=None,
+        flow=FLOW_PARALLEL,
+    ),
+    "RunState.flow": current_run_state(
+        seq=6,
+        status=RunStatus.WAITING,
+        steps=STEPS,
+        deliveries=4,
+        in_flight=(
+            PendingDelivery(
+                delivery_id=f"{RUN_ID}/4", step_index=8, attempt=1, not_before_ms=NOW_MS, execute_only=True
+            ),
+        ),
+        waiting=(
+            PendingCall(step_index=9, name="charge", call=CALL_SPEC_FLOW, attempt=2, deadline_ms=NOW_MS + 40_000),
+            PendingInvoke(step_index=11, name="ship", child_run_id=f"{RUN_ID}.11"),
+        ),
+        flow=FLOW,
+    ),
+    "Delivery.flow": DELIVERY_FLOW,
+    "CallDelivery.flow": CALL_DELIVERY_FLOW,
+    "DeliveryRequested.flow": DeliveryRequested(
+        request_id=DELIVERY_FLOW.request_id, not_before_ms=NOW_MS + 2_000, delivery=DELIVERY_FLOW, flow=FLOW
+    ),
+    "CallRequested.flow": CallRequested(
+        request_id=CALL_DELIVERY_FLOW.request_id,
+        not_before_ms=NOW_MS + 1_000,
+        call=CALL_DELIVERY_FLOW,
+        flow=FLOW_RATE,
+        lease_ms=39_000,
+    ),
+    "ScheduleCancelled.flow": ScheduleCancelled(
+        run_id=RUN_ID, request_ids=(f"{RUN_ID}/7#1", f"{RUN_ID}/8#2"), flow_key=FLOW.key
+    ),
+    "FlowSettled.full": FlowSettled(
+        request_id=CALL_DELIVERY_FLOW.request_id,
+        flow_key=FLOW_RATE.key,
+        started_ms=NOW_MS + 15,
+        settled_ms=NOW_MS + 420,
+    ),
+    "FlowSlot.emitted": FlowSlot(request_id=DELIVERY_FLOW.request_id, flow=FLOW, run_id=RUN_ID, emitted_ms=NOW_MS),
+    "FlowSlot.call_settled": FlowSlot(
+        request_id=CALL_DELIVERY_FLOW.request_id,
+        flow=FLOW_RATE,
+        run_id=RUN_ID,
+        emitted_ms=NOW_MS,
+        started_ms=NOW_MS + 15,
+        settled_ms=NOW_MS + 420,
+        call_step_index=9,
+        lease_until_ms=NOW_MS + 39_000,
+    ),
+    "FlowKeyState.busy": FlowKeyState(
+        key=FLOW.key,
+        queued=42,
+        in_flight=3,
+        starts_in_window=10,
+        rate=10,
+        period_ms=60_000,
+        parallelism=3,
+        updated_ms=NOW_MS,
+    ),
+    "FlowKeyState.idle": FlowKeyState(
+        key=FLOW_RATE.key,
+        queued=0,
+        in_flight=0,
+        starts_in_window=0,
+        rate=None,
+        period_ms=1_000,
+        parallelism=None,
+        updated_ms=NOW_MS,
+    ),
+}
+
 # Every sample: the golden file of each decodes to it.
-SAMPLES: dict[str, object] = {**FIRST_SAMPLES, **NEW_SAMPLES}
+SAMPLES: dict[str, object] = {**FIRST_SAMPLES, **NEW_SAMPLES, **FLOW_SAMPLES}
 
 
 def golden_path(stem: str) -> Path:

@@ -1,0 +1,248 @@
+"""The query store's flow-control keys, and the indexer that fills them from the compacted ``flow``
+topic: each key's latest state as its scheduler published it, in topic order, a tombstone forgetting it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from stepstream.avro import Codec
+from stepstream.config import KafkaSettings
+from stepstream.core import FlowKeyState
+from stepstream.kafka.topics import TopicNames
+from stepstream.projector import indexer as indexer_module
+from stepstream.projector.indexer import Indexer, flow_change
+from stepstream.store import FlowKeyRow, QueryStore
+from tests.unit.test_query_store import T0, Run
+
+TOPICS = TopicNames(KafkaSettings().topic_prefix)
+
+
+def state(key: str = "mailer", *, queued: int = 0, updated_ms: int = T0, **changes: Any) -> FlowKeyState:
+    values: dict[str, Any] = {
+        "in_flight": 0,
+        "starts_in_window": 0,
+        "rate": 10,
+        "period_ms": 60_000,
+        "parallelism": 3,
+        **changes,
+    }
+    return FlowKeyState(key=key, queued=queued, updated_ms=updated_ms, **values)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[QueryStore]:
+    store = QueryStore(tmp_path / "query.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec()
+
+
+def shown(store: QueryStore) -> dict[str, int]:
+    return {row.key: row.queued for row in store.flow_keys(limit=100)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def test_a_key_shows_every_field_of_its_state(store: QueryStore) -> None:
+    store.apply_flow(
+        [("mailer", state(queued=42, in_flight=3, starts_in_window=10, rate=10, period_ms=60_000, parallelism=3))]
+    )
+
+    assert store.flow_key("mailer") == FlowKeyRow(
+        key="mailer",
+        queued=42,
+        in_flight=3,
+        starts_in_window=10,
+        rate=10,
+        period_ms=60_000,
+        parallelism=3,
+        updated_at_ms=T0,
+    )
+
+
+def test_a_key_without_limits_keeps_them_as_none(store: QueryStore) -> None:
+    store.apply_flow([("grouped", state("grouped", rate=None, parallelism=None, period_ms=1_000))])
+
+    row = store.flow_key("grouped")
+
+    assert row is not None
+    assert (row.rate, row.parallelism, row.period_ms) == (None, None, 1_000)
+
+
+def test_the_later_state_of_a_key_replaces_the_earlier_and_other_keys_stay(store: QueryStore) -> None:
+    store.apply_flow([("mailer", state(queued=5)), ("billing", state("billing", queued=7))])
+    store.apply_flow([("mailer", state(queued=4, updated_ms=T0 + 1_000)), ("mailer", state(queued=2))])
+
+    assert shown(store) == {"billing": 7, "mailer": 2}
+    assert store.flow_keys(limit=100)[1].updated_at_ms == T0  # the last one written, whatever its time
+
+
+def test_reading_the_topic_again_after_a_crash_ends_in_the_same_rows(store: QueryStore) -> None:
+    changes = [("mailer", state(queued=5)), ("billing", state("billing", queued=7)), ("mailer", state(queued=1))]
+    store.apply_flow(changes)
+
+    store.apply_flow(changes)
+
+    assert shown(store) == {"billing": 7, "mailer": 1}
+
+
+def test_a_tombstone_forgets_the_key(store: QueryStore) -> None:
+    store.apply_flow([("mailer", state(queued=5)), ("billing", state("billing", queued=7))])
+
+    store.apply_flow([("mailer", None), ("nobody", None)])
+
+    assert store.flow_key("mailer") is None
+    assert shown(store) == {"billing": 7}
+
+
+def test_an_unknown_key_has_no_row(store: QueryStore) -> None:
+    store.apply_flow([("mailer", state())])
+
+    assert store.flow_key("mail") is None
+    assert store.flow_key("mailer ") is None
+
+
+def test_keys_are_listed_by_key_and_paged_after_the_last_key(store: QueryStore) -> None:
+    store.apply_flow([(key, state(key)) for key in ["b", "a", "é", "Z", "a/b"]])
+
+    assert [row.key for row in store.flow_keys(limit=100)] == ["Z", "a", "a/b", "b", "é"]
+    assert [row.key for row in store.flow_keys(limit=2)] == ["Z", "a"]
+    assert [row.key for row in store.flow_keys(limit=2, after="a")] == ["a/b", "b"]
+    assert [row.key for row in store.flow_keys(limit=2, after="b")] == ["é"]
+    assert store.flow_keys(limit=2, after="é") == []
+
+
+def test_keys_survive_a_reopened_store(tmp_path: Path) -> None:
+    with closing(QueryStore(tmp_path / "query.db")) as store:
+        store.apply_flow([("mailer", state(queued=9))])
+
+    with closing(QueryStore(tmp_path / "query.db")) as reopened:
+        assert shown(reopened) == {"mailer": 9}
+
+
+def test_a_store_written_before_flow_control_gains_the_table_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(QueryStore(path)) as store:
+        store.apply(Run().events)
+    with closing(sqlite3.connect(path)) as old:
+        old.execute("DROP TABLE flow_keys")
+        old.commit()
+
+    with closing(QueryStore(path)) as store:
+        assert store.flow_keys() == []
+        store.apply_flow([("mailer", state(queued=1))])
+        assert shown(store) == {"mailer": 1}
+        assert store.get_run("run_A") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The indexer
+
+
+def record(topic: str, offset: int, key: str | None, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=T0,
+        timestamp_type=0,
+        key=None if key is None else key.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=(),
+    )
+
+
+def test_a_flow_record_is_its_keys_state_and_a_tombstone_forgets_its_key(codec: Codec) -> None:
+    busy = state(queued=3)
+
+    assert flow_change(codec, record(TOPICS.flow, 0, "mailer", codec.encode(busy))) == ("mailer", busy)
+    assert flow_change(codec, record(TOPICS.flow, 1, "mailer", None)) == ("mailer", None)
+
+
+def test_a_flow_record_that_cannot_be_read_is_skipped_loudly(codec: Codec, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, "stepstream.projector.indexer")
+    run_event = Run().events[0]
+
+    assert flow_change(codec, record(TOPICS.flow, 7, "mailer", b"not avro")) is None
+    assert flow_change(codec, record(TOPICS.flow, 8, "mailer", codec.encode(run_event))) is None
+    assert flow_change(codec, record(TOPICS.flow, 9, None, None)) is None
+    assert [message.split(":")[0] for message in caplog.messages] == [
+        f"indexer cannot decode {TOPICS.flow}@7",
+        f"indexer cannot decode {TOPICS.flow}@8",
+        f"indexer skips {TOPICS.flow}@9",
+    ]
+
+
+class Stop(Exception):
+    """Ends the indexer's loop after the batches given."""
+
+
+class FakeConsumer:
+    def __init__(self, *batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        self.batches = list(batches)
+        self.subscribed: list[str] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.subscribed = topics
+
+    async def getmany(self, **options: Any) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if not self.batches:
+            raise Stop
+        return self.batches.pop(0)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+
+
+def test_the_indexer_reads_events_and_flow_and_commits_both(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Run()
+    events = TopicPartition(TOPICS.events, 0)
+    flow = TopicPartition(TOPICS.flow, 0)
+    consumer = FakeConsumer(
+        {
+            events: [record(TOPICS.events, 10 + n, "run_A", codec.encode(event)) for n, event in enumerate(run.events)],
+            flow: [
+                record(TOPICS.flow, 4, "mailer", codec.encode(state(queued=5))),
+                record(TOPICS.flow, 5, "billing", codec.encode(state("billing", queued=7))),
+                record(TOPICS.flow, 6, "mailer", codec.encode(state(queued=2))),
+            ],
+        },
+        {flow: [record(TOPICS.flow, 7, "billing", None)]},
+    )
+
+    monkeypatch.setattr(indexer_module, "make_consumer", lambda *args, **options: consumer)
+
+    with pytest.raises(Stop):
+        asyncio.run(Indexer(KafkaSettings(), store, codec=codec).run())
+
+    assert set(consumer.subscribed) == {TOPICS.events, TOPICS.flow}
+    assert shown(store) == {"mailer": 2}
+    assert store.get_run("run_A") is not None
+    assert consumer.commits == [{events: 10 + len(run.events), flow: 7}, {flow: 8}]
