@@ -74,6 +74,17 @@ class FlowApp:
         for run_id in run_ids:
             self.stack.wait_for_status(run_id, "completed", timeout=max(1.0, deadline - time.monotonic()))
 
+    def idle_state(self, key: str) -> dict[str, Any]:
+        """The key's state once the api shows nothing queued or in flight for it."""
+
+        def idle() -> dict[str, Any] | None:
+            state = self.key_state(key)
+            return state if state is not None and state["queued"] == 0 and state["in_flight"] == 0 else None
+
+        state = wait_until(idle, 10)
+        assert state is not None
+        return state
+
     def key_state(self, key: str) -> dict[str, Any] | None:
         response = self.stack.api.get(f"/v1/flow-control/{key}")
         if response.status_code == 404:
@@ -178,9 +189,8 @@ def test_sixty_runs_on_one_key_keep_parallelism_and_rate(flow: FlowApp) -> None:
     key = f"one-{uuid.uuid4().hex[:6]}"
     records, states = _run_sixty(flow, key)
     _assert_limits_held(records, states)
-    # The api shows the key idle once every run is done.
-    idle = wait_until(lambda: (state := flow.key_state(key)) is not None and state["queued"] == 0 and state, 10)
-    assert idle["in_flight"] == 0
+    # The api shows the key idle once every run is done, with its limits.
+    assert flow.idle_state(key)["rate"] == 10
 
 
 def test_two_schedulers_keep_the_limits(flow: FlowApp) -> None:
@@ -226,7 +236,7 @@ def test_a_call_with_its_own_key_is_serialised_while_the_runs_steps_go_on(flow: 
     assert any(step["start"] < call["end"] and call["start"] < step["end"] for step in steps for call in calls), (
         "no run step ran while a call was in flight"
     )
-    state = wait_until(lambda: flow.key_state(call_key), 10)
+    state = flow.idle_state(call_key)
     assert (state["parallelism"], state["rate"]) == (1, None)
 
 
@@ -246,5 +256,4 @@ def test_lower_limits_for_new_triggers_apply_once_the_old_work_is_done(flow: Flo
     after = [record for record in new_records if record["start"] >= old_done]
     assert after, "every new delivery started before the old work was done"
     assert max_concurrency(after) == 1
-    state = wait_until(lambda: (s := flow.key_state(key)) is not None and s["queued"] == 0 and s, 10)
-    assert state["parallelism"] == 1  # the new limits, once the old work has gone
+    assert flow.idle_state(key)["parallelism"] == 1  # the new limits, once the old work has gone

@@ -3,8 +3,8 @@
 It consumes ``schedule`` and holds each request until it is due; then it emits the delivery to
 ``deliveries``, or a ``FireTimer`` command to ``commands``. A delivery or call under a flow-control
 key waits, once due, in its key's queue until the key's rate and parallelism allow it
-(:mod:`stepstream.core.flow`); the executor's ``FlowStarted``/``FlowSettled`` records, on the same
-partition, tell the scheduler when it began and when it is done.
+(:mod:`stepstream.core.flow`); the executor's ``FlowSettled`` record, on the same partition, tells
+the scheduler when it is done, and it counts in the key's rate window until a period after that.
 
 ``schedule`` is keyed by flow key (else run id), so each key has one owner at a time, and the
 limits hold across any number of scheduler replicas. The pending work — requests not yet due,
@@ -35,7 +35,6 @@ from stepstream.core import (
     FlowLedger,
     FlowSettled,
     FlowSlot,
-    FlowStarted,
     Queued,
     ScheduleCancelled,
     TimerRequested,
@@ -53,7 +52,7 @@ from stepstream.scheduler.pending import HeldRecord, PendingWork, due_ms
 log = logging.getLogger(__name__)
 
 SERVICE = "scheduler"
-SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowStarted, FlowSettled)
+SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowSettled)
 CHANGELOG_TYPES = (DeliveryRequested, CallRequested, TimerRequested, FlowSlot)
 _IDLE_WAIT_MS = 500
 
@@ -160,8 +159,6 @@ class Scheduler:
                 match request:
                     case ScheduleCancelled():
                         outputs.extend(self._cancel(request))
-                    case FlowStarted():
-                        pass  # the window counts from the settle, as seen here (docs/flow-control.md)
                     case FlowSettled():
                         # Counted in the rate window from now: the endpoint saw the request start before
                         # this report of its end reached us, whatever the delays and clocks on the way.
@@ -247,7 +244,10 @@ class Scheduler:
         for slot in expired:
             assert slot.call_step_index is not None
             log.warning("call %s under flow key %r: no report by its lease end", slot.request_id, slot.flow.key)
-            command = FireTimer(run_id=slot.run_id, step_index=slot.call_step_index, now_ms=now)
+            # At the lease's end, not now: a lease of an earlier attempt, fired late, then reads as early
+            # for a later attempt of the same step (FireTimer names no attempt) and is rejected.
+            fired_at = slot.lease_until_ms if slot.lease_until_ms is not None else now
+            command = FireTimer(run_id=slot.run_id, step_index=slot.call_step_index, now_ms=fired_at)
             outputs.append((self.topics.commands, slot.run_id.encode(), self.codec.encode(command), None))
         for partition, request_id, change in self.flow.take_changes():
             value = None if change is None else self.codec.encode(change)
