@@ -27,8 +27,8 @@ lint: $(BIN)/stepstream
 bench: $(BIN)/stepstream
 	$(BIN)/python bench/run.py
 
-# Flow control (bench/README.md): the bookkeeping's cost on throughput (~3 min), and the scheduler's
-# memory and restore time with 100,000 queued deliveries (~1.5 min).
+# Flow control (bench/README.md): the bookkeeping's cost on throughput (~2 min), and the scheduler's
+# memory and restore time with 100,000 queued deliveries (~2 min).
 bench-flow: $(BIN)/stepstream
 	$(BIN)/python bench/run.py --flow --runs 100 --steps 5 --sleep-ms 0 --rounds 5
 

@@ -7,7 +7,11 @@ processes (``python -m stepstream.projector|scheduler|executor|api``) and the be
 ``0,default``: one step per delivery, and the engine's default budget), it (re)starts the executor with
 that ``STEPSTREAM_STEP_BUDGET_MS``, warms up with a few small runs, triggers N runs at once through the
 api, waits for all of them to complete, and reads their histories; it does that ``--rounds`` times per
-mode, the modes alternating, and pools the rounds of each mode. It measures:
+mode, the modes alternating, and pools the rounds of each mode. ``--flow`` adds two modes whose runs
+are all triggered under one flow-control key per mode (docs/flow-control.md): with limits too high to
+bind, and with none; the executor gives a delivery under a key a budget of 0, so they compare with
+budget 0 (the cost of flow control's bookkeeping: the scheduler's hop and the executor's reports).
+It measures:
 
 * step gap: the time between the starts of consecutive step bodies of a run, by the bodies' own clock
   (the bodies do nothing, so this is the engine's overhead per step);
@@ -20,15 +24,16 @@ mode, the modes alternating, and pools the rounds of each mode. It measures:
   code's resumption after the sleep, the api's trigger rate, and the NotEnoughReplicas produce
   retries the services logged meanwhile.
 
-It prints one table, a row per budget and a ratio row, then the details, writes the numbers as JSON
-with ``--json``, and
-stops everything it started (services, app, broker) on success, failure or Ctrl-C. It exits 1 when a
+It prints one table, a row per mode and ratio rows (each mode against the first; keyed modes against
+the default budget too), then the details, writes the numbers as JSON with ``--json``, and stops
+everything it started (services, app, broker) on success, failure or Ctrl-C. It exits 1 when a
 run fails, does not complete in time, or a service dies, printing the run's last events and the tail
 of the service logs.
 
     .venv/bin/python bench/run.py                      # 3 rounds of 100 runs x 10 steps, sleep 500 ms, ~1.5 min
     .venv/bin/python bench/run.py --quick              # 1 round of 10 runs x 5 steps, sleep 200 ms, ~25 s
     .venv/bin/python bench/run.py --runs 200 --steps 20 --sleep-ms 1000 --json /tmp/bench.json
+    .venv/bin/python bench/run.py --flow --runs 100 --steps 5 --sleep-ms 0 --rounds 5   # make bench-flow, ~2 min
 """
 
 from __future__ import annotations
@@ -264,8 +269,8 @@ class FlowSpec:
         return body
 
 
-# --flow: limits far above anything 64 concurrent triggers can reach, so they are checked and never bind;
-# and a key with no limits at all (counted and shown, never held back).
+# --flow: limits far above what the benchmark reaches (a few hundred starts a second, --runs in flight),
+# so they are checked on every delivery and never bind; and a key with no limits (counted, never held back).
 FLOW_NEVER_BINDS = FlowSpec("limits never bind", rate=1_000_000, period="1s", parallelism=100_000)
 FLOW_NO_LIMITS = FlowSpec("no limits")
 
@@ -558,7 +563,7 @@ def collect(
     return headline
 
 
-def result(mode: Mode, samples: Samples, *, steps: int, sleep_ms: int) -> Result:
+def result(mode: Mode, samples: Samples, *, steps: int, sleep_ms: int, flow_key: str) -> Result:
     return Result(
         mode=mode.name,
         budget_ms=mode.effective_ms,
@@ -580,7 +585,7 @@ def result(mode: Mode, samples: Samples, *, steps: int, sleep_ms: int) -> Result
         trigger_post_ms=summary(samples.trigger_post),
         produce_retries=samples.produce_retries,
         rounds=samples.rounds,
-        flow_control=mode.flow_control("<one key per mode>"),
+        flow_control=mode.flow_control(flow_key),
     )
 
 
@@ -708,12 +713,12 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
     await wait_for_http(f"http://127.0.0.1:{stack.app_port}/healthz", stack)
     samples = {mode: Samples() for mode in modes}
     tag = uuid.uuid4().hex[:6]
+    flow_keys = {mode: f"bench-{tag}-m{index}" for index, mode in enumerate(modes)}  # used by keyed modes only
     # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request.
     limits = httpx.Limits(
         max_connections=TRIGGER_CONCURRENCY, max_keepalive_connections=TRIGGER_CONCURRENCY, keepalive_expiry=4
     )
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, limits=limits) as client:
-        flow_keys = {mode: f"bench-{tag}-m{index}" for index, mode in enumerate(modes)}
         for round_number in range(args.rounds):
             # Alternate the order, so a drift of the machine's load does not favour one mode.
             order = modes if round_number % 2 == 0 else modes[::-1]
@@ -756,7 +761,10 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
                 progress(
                     f"{where} {headline['steps_per_s']:.0f} steps/s, step gap p50 {fmt(headline['step_gap_p50_ms'])} ms"
                 )
-    return [result(mode, samples[mode], steps=args.steps, sleep_ms=args.sleep_ms) for mode in modes]
+    return [
+        result(mode, samples[mode], steps=args.steps, sleep_ms=args.sleep_ms, flow_key=flow_keys[mode])
+        for mode in modes
+    ]
 
 
 @contextlib.contextmanager
