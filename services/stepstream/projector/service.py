@@ -158,7 +158,10 @@ class Projector:
         self.owned: set[int] = set()  # the commands partitions this instance writes runs for
         self.commands_partitions = settings.kafka.partitions
         self.ready = asyncio.Event()
-        self._lock = asyncio.Lock()  # a rebalance waits for the batch in hand
+        # A rebalance waits for the batch in hand, and a batch waits for a restore in progress: aiokafka
+        # fetches for new partitions while the assignment callback still reads their snapshots.
+        self._lock = asyncio.Lock()
+        self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._consumer = make_consumer(
             self.kafka, group_id=self.group_id, max_poll_records=settings.max_batch, fetch_max_wait_ms=5
         )
@@ -179,8 +182,11 @@ class Projector:
             )
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
+                generation = self._generation
                 if batch:
                     async with self._lock:
+                        if generation != self._generation:
+                            continue  # a rebalance came between: the partitions start again at their committed offsets
                         await self._process(batch)
         finally:
             await self._consumer.stop()
@@ -189,7 +195,21 @@ class Projector:
     # -- partition ownership -----------------------------------------------------------------
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        new = {tp.partition for tp in partitions if tp.topic == self.topics.commands} - self.owned
+        self._generation += 1
+        async with self._lock:
+            new = {tp.partition for tp in partitions if tp.topic == self.topics.commands} - self.owned
+            restored = await self._restore(new)
+            self.owned |= new
+        log.info(
+            "projector owns commands partitions %s (restored %d runs, %d event ids with waiters)",
+            sorted(self.owned),
+            restored,
+            len(self.waiters),
+        )
+        self.ready.set()
+
+    async def _restore(self, new: set[int]) -> int:
+        """Read back the run snapshots and waiter indexes of the ``new`` partitions; returns how many runs."""
         records = await read_partitions_to_end(self.kafka, self.topics.runs, new)
         restored: set[str] = set()
         for record in records:  # oldest first: the last snapshot of a run wins
@@ -215,16 +235,10 @@ class Projector:
                 self.waiters[event_id] = self.codec.decode(record.value, expected=(WaiterState,))
             except DecodeError as error:
                 log.error("cannot restore the waiters of %r from %s: %s", event_id, self.topics.waiters, error)
-        self.owned |= new
-        log.info(
-            "projector owns commands partitions %s (restored %d runs, %d event ids with waiters)",
-            sorted(self.owned),
-            len(restored),
-            len(self.waiters),
-        )
-        self.ready.set()
+        return len(restored)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        self._generation += 1
         async with self._lock:
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.commands}
             self.owned -= gone

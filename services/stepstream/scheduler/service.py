@@ -71,7 +71,10 @@ class Scheduler:
         self.flow = FlowLedger()
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
+        # A rebalance waits for the batch in hand, and a batch waits for a restore in progress: aiokafka
+        # fetches for new partitions while the assignment callback still reads the changelog.
         self._lock = asyncio.Lock()
+        self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._states_due_ms = 0  # when the changed keys' state may be published next
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
         self._producer = make_producer(
@@ -87,7 +90,10 @@ class Scheduler:
             )
             while True:
                 batch = await self._consumer.getmany(timeout_ms=self._wait_ms(), max_records=1_000)
+                generation = self._generation
                 async with self._lock:
+                    if generation != self._generation:
+                        continue  # a rebalance came between: the partitions start again at their committed offsets
                     await self._step(batch)
         finally:
             await self._consumer.stop()
@@ -102,13 +108,16 @@ class Scheduler:
         return _IDLE_WAIT_MS if not due else max(0, min(_IDLE_WAIT_MS, min(due) - now))
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
-        restored = await self._restore(new)
-        self.owned |= new
+        self._generation += 1
+        async with self._lock:
+            new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
+            restored = await self._restore(new)
+            self.owned |= new
         log.info("scheduler owns schedule partitions %s (restored %d requests and slots)", sorted(self.owned), restored)
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        self._generation += 1
         async with self._lock:
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.schedule}
             self.owned -= gone
