@@ -121,6 +121,7 @@ class Stack:
             "STEPSTREAM_PARTITIONS": str(partitions),
             "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
+            "STEPSTREAM_HEALTH_PORT": "off",  # several services on one host; the bench does not probe them
             "STEPSTREAM_API_PORT": str(self.api_port),
             "STEPSTREAM_WORKFLOWS": f"steps={self.workflow_url}",
             "STEPSTREAM_LOG_LEVEL": "INFO",

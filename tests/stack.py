@@ -59,6 +59,7 @@ class Stack:
             **env,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.health_ports: dict[str, int] = {}  # the health port of each service process started
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10)
 
     # -- processes --------------------------------------------------------------------------------
@@ -76,10 +77,13 @@ class Stack:
             else:  # "scheduler:2" is a second scheduler process
                 command = [sys.executable, "-m", f"stepstream.{name.split(':')[0]}"]
             log_name = name.replace(":", "-")
+            # Each process its own health port: several services share this host.
+            self.health_ports[name] = free_port()
+            env = {**self.env, "STEPSTREAM_HEALTH_PORT": str(self.health_ports[name])}
             with (self.directory / f"{log_name}.log").open("ab") as log:  # the child keeps its own descriptor
-                self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         if "api" in names or not names:
-            self.wait_for_http(f"http://127.0.0.1:{self.api_port}/healthz")
+            self.wait_for_http(f"http://127.0.0.1:{self.api_port}/readyz")
         if "app" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.app_port}/healthz")
 

@@ -206,12 +206,12 @@ def cmd_service(args: argparse.Namespace) -> None:
         "executor": config.ExecutorSettings.from_env,
         "api": config.ApiSettings.from_env,
     }
-    tasks = getattr(runner, f"{name}_tasks")
+    build = getattr(runner, f"{name}_service")
     try:
         settings = readers[name]()
     except config.ConfigurationError as error:
         _fail(str(error))
-    runner.run_service(name, lambda: tasks(settings))
+    runner.run_service(lambda: build(settings))
 
 
 # -- the api's client -------------------------------------------------------------------------

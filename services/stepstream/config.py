@@ -149,6 +149,9 @@ class ExecutorSettings:
     budget_ms: int = 1_000
     allow_unsigned: bool = False
     call_concurrency: int = 1_000  # engine-side calls (``ctx.call``) in flight, apart from deliveries
+    # On SIGTERM, how long deliveries in flight may take to finish and report before they are handed
+    # back (left uncommitted, so the next owner of their partition makes them again).
+    shutdown_grace_ms: int = 20_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
@@ -167,6 +170,7 @@ class ExecutorSettings:
             budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 1_000),
             allow_unsigned=allow_unsigned,
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
+            shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
         )
 
 
@@ -180,6 +184,16 @@ def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
             )
         registry[name.strip()] = url.strip()
     return registry
+
+
+def health_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """Where the projector, scheduler and executor serve /healthz and /readyz (the api serves them on
+    its own port): STEPSTREAM_HEALTH_HOST (0.0.0.0, for the kubelet's probes) and STEPSTREAM_HEALTH_PORT
+    (8081; ``off``: not served)."""
+    if environ.get("STEPSTREAM_HEALTH_PORT", "").strip().lower() == "off":
+        return None
+    host = environ.get("STEPSTREAM_HEALTH_HOST") or "0.0.0.0"  # probes come from outside the pod
+    return host, _int(environ, "STEPSTREAM_HEALTH_PORT", 8081, minimum=1, maximum=65_535)
 
 
 def database_url(environ: Mapping[str, str]) -> str:

@@ -1,7 +1,9 @@
 """Starting services: each alone in its own process, or all together (``stepstream dev``).
 
 A service runs until SIGTERM or SIGINT, then stops its clients cleanly (leaving its consumer group,
-so its partitions move at once).
+so its partitions move at once). Alone, the projector, scheduler and executor serve ``/healthz`` and
+``/readyz`` on STEPSTREAM_HEALTH_PORT (:mod:`stepstream.health`); the api serves them on its own port.
+The api also runs the indexer of its query store, and is ready once the store has caught up.
 """
 
 from __future__ import annotations
@@ -12,9 +14,18 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from stepstream.config import ApiSettings, ExecutorSettings, KafkaSettings, ProjectorSettings, SchedulerSettings
+from stepstream.config import (
+    ApiSettings,
+    ExecutorSettings,
+    KafkaSettings,
+    ProjectorSettings,
+    SchedulerSettings,
+    health_address,
+)
+from stepstream.health import Readiness, serve_health
 
 log = logging.getLogger("stepstream")
 
@@ -65,33 +76,56 @@ async def ensure_topics_for(kafka: KafkaSettings) -> None:
     )
 
 
-def projector_tasks(settings: ProjectorSettings) -> list[Coroutine[Any, Any, None]]:
-    from stepstream.projector.indexer import Indexer
+@dataclass(slots=True)
+class Service:
+    """A service's work (coroutines to run until the process stops) and whether it is ready."""
+
+    name: str
+    tasks: list[Coroutine[Any, Any, None]]
+    ready: Readiness
+
+
+def _joined(event: asyncio.Event) -> Readiness:
+    return lambda: None if event.is_set() else "has not joined its consumer group and restored its partitions yet"
+
+
+def projector_service(settings: ProjectorSettings) -> Service:
     from stepstream.projector.service import Projector
-    from stepstream.store import QueryStore
 
-    return [Projector(settings).run(), Indexer(settings.kafka, QueryStore(settings.database)).run()]
+    projector = Projector(settings)
+    return Service("projector", [projector.run()], _joined(projector.ready))
 
 
-def scheduler_tasks(settings: SchedulerSettings) -> list[Coroutine[Any, Any, None]]:
+def scheduler_service(settings: SchedulerSettings) -> Service:
     from stepstream.scheduler.service import Scheduler
 
-    return [Scheduler(settings).run()]
+    scheduler = Scheduler(settings)
+    return Service("scheduler", [scheduler.run()], _joined(scheduler.ready))
 
 
-def executor_tasks(settings: ExecutorSettings) -> list[Coroutine[Any, Any, None]]:
+def executor_service(settings: ExecutorSettings) -> Service:
     from stepstream.executor.service import Executor
 
-    return [Executor(settings).run()]
+    executor = Executor(settings)
+    return Service("executor", [executor.run()], _joined(executor.ready))
 
 
-def api_tasks(settings: ApiSettings) -> list[Coroutine[Any, Any, None]]:
+def api_service(settings: ApiSettings) -> Service:
+    """The api and the indexer of its own query store (at ``settings.database``)."""
     import uvicorn
 
     from stepstream.api.app import create_app
+    from stepstream.api.indexer import Indexer
+    from stepstream.store import QueryStore
 
+    store = QueryStore(settings.database)
+    indexer = Indexer(settings.kafka, store)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning", lifespan="on"
+        create_app(settings, store=store, readiness=indexer.lag),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
     )
 
     class Server(uvicorn.Server):
@@ -100,7 +134,7 @@ def api_tasks(settings: ApiSettings) -> list[Coroutine[Any, Any, None]]:
             # uvicorn would take SIGINT/SIGTERM while it serves; ours decide when the process stops.
             yield
 
-    return [_serve_until_cancelled(Server(config))]
+    return Service("api", [_serve_until_cancelled(Server(config)), indexer.run()], indexer.lag)
 
 
 async def _serve_until_cancelled(server: Any) -> None:
@@ -114,16 +148,35 @@ async def _serve_until_cancelled(server: Any) -> None:
         raise
 
 
-def run_service(name: str, build: Callable[[], list[Coroutine[Any, Any, None]]]) -> None:
+def run_service(build: Callable[[], Service]) -> None:
+    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints."""
     configure_logging()
 
     async def main() -> None:
-        tasks = build()
-        log.info("%s started", name)
+        service = build()
+        tasks = service.tasks
+        address = health_address()
+        if service.name != "api" and address is not None:
+            tasks = [*tasks, _health(*address, service.ready)]
+        log.info("%s started", service.name)
         await _until_signalled(tasks)
-        log.info("%s stopped", name)
+        log.info("%s stopped", service.name)
 
     asyncio.run(main())
+
+
+async def _health(host: str, port: int, ready: Readiness) -> None:
+    try:
+        await serve_health(host, port, ready)
+    except OSError as error:
+        # The service runs on without them: a probe that fails says so where it matters.
+        log.error(
+            "health endpoints not served on %s:%d (%s); set STEPSTREAM_HEALTH_PORT to a free port, or to off",
+            host,
+            port,
+            error,
+        )
+        await asyncio.Event().wait()  # a task that ends would stop the service
 
 
 async def run_all(
@@ -134,7 +187,13 @@ async def run_all(
     *,
     started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    tasks = [*projector_tasks(projector), *scheduler_tasks(scheduler), *executor_tasks(executor), *api_tasks(api)]
+    services = [
+        projector_service(projector),
+        scheduler_service(scheduler),
+        executor_service(executor),
+        api_service(api),
+    ]
+    tasks = [task for service in services for task in service.tasks]
 
     async def announce() -> None:
         if started is not None:

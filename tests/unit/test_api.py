@@ -16,12 +16,12 @@ from fastapi import FastAPI
 
 from stepstream.api import app as app_module
 from stepstream.api.app import create_app
+from stepstream.api.indexer import index
 from stepstream.api.publisher import TriggersRecord, triggers_key
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.clock import ManualClock
 from stepstream.config import ApiSettings, KafkaSettings
 from stepstream.core import Complete, PlanSleep, PlanWait, Recovery, StepKind, check_delay_rule
-from stepstream.projector.indexer import index
 from stepstream.store import QueryStore
 from tests.unit.test_query_store import Run
 

@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import pytest
 
+from stepstream.api.indexer import index
 from stepstream.core import (
     CallSpec,
     CallStarted,
@@ -61,7 +62,6 @@ from stepstream.core import (
     decide,
     evolve,
 )
-from stepstream.projector.indexer import index
 from stepstream.store import QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
 
 T0 = 1_700_000_000_000

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
+from stepstream.api import indexer as indexer_module
+from stepstream.api.indexer import Indexer, flow_change
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings
 from stepstream.core import FlowKeyState
 from stepstream.kafka.topics import TopicNames
-from stepstream.projector import indexer as indexer_module
-from stepstream.projector.indexer import Indexer, flow_change
 from stepstream.store import FlowKeyRow, QueryStore
 from tests.unit.test_query_store import T0, Run
 
@@ -178,7 +178,7 @@ def test_a_flow_record_is_its_keys_state_and_a_tombstone_forgets_its_key(codec: 
 
 
 def test_a_flow_record_that_cannot_be_read_is_skipped_loudly(codec: Codec, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, "stepstream.projector.indexer")
+    caplog.set_level(logging.ERROR, "stepstream.api.indexer")
     run_event = Run().events[0]
 
     assert flow_change(codec, record(TOPICS.flow, 7, "mailer", b"not avro")) is None
@@ -196,10 +196,19 @@ class Stop(Exception):
 
 
 class FakeConsumer:
-    def __init__(self, *batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    """A consumer without a group over one partition of each topic: it gives ``batches`` in turn,
+    and its positions move past each batch (or to ``moves``, as past a transaction marker)."""
+
+    def __init__(
+        self, ends: dict[TopicPartition, int], *batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        self.ends = ends
         self.batches = list(batches)
-        self.subscribed: list[str] = []
-        self.commits: list[dict[TopicPartition, int]] = []
+        self.assigned: list[TopicPartition] = []
+        self.seeks: dict[TopicPartition, int | None] = {}  # None: to the beginning
+        self.positions: dict[TopicPartition, int] = {}
+        self.lags: list[str | None] = []  # the indexer's lag at each poll
+        self.indexer: Indexer | None = None
 
     async def start(self) -> None:
         pass
@@ -207,42 +216,124 @@ class FakeConsumer:
     async def stop(self) -> None:
         pass
 
-    def subscribe(self, topics: list[str]) -> None:
-        self.subscribed = topics
+    def partitions(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.ends if tp.topic == topic}
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seeks[tp], self.positions[tp] = None, 0
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp], self.positions[tp] = offset, offset
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
 
     async def getmany(self, **options: Any) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        assert self.indexer is not None
+        self.lags.append(self.indexer.lag())
         if not self.batches:
             raise Stop
-        return self.batches.pop(0)
+        batch = self.batches.pop(0)
+        for tp, records in batch.items():
+            self.positions[tp] = records[-1].offset + 1 if records else self.ends[tp]
+        return batch
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(offsets)
+
+EVENTS, FLOW = TopicPartition(TOPICS.events, 0), TopicPartition(TOPICS.flow, 0)
 
 
-def test_the_indexer_reads_events_and_flow_and_commits_both(
+def fake(monkeypatch: pytest.MonkeyPatch, consumer: FakeConsumer) -> None:
+    monkeypatch.setattr(indexer_module, "make_consumer", lambda *args, **options: consumer)
+
+    async def topic_partitions(given: FakeConsumer, topic: str) -> set[int]:
+        return given.partitions(topic)
+
+    monkeypatch.setattr(indexer_module, "topic_partitions", topic_partitions)
+
+
+def run_indexer(consumer: FakeConsumer, store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch) -> Indexer:
+    fake(monkeypatch, consumer)
+    indexer = consumer.indexer = Indexer(KafkaSettings(), store, codec=codec)
+    with pytest.raises(Stop):
+        asyncio.run(indexer.run())
+    return indexer
+
+
+def test_the_indexer_reads_every_partition_of_events_and_flow_and_keeps_its_positions_in_the_store(
     store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = Run()
-    events = TopicPartition(TOPICS.events, 0)
-    flow = TopicPartition(TOPICS.flow, 0)
+    events_end = 10 + len(run.events)
     consumer = FakeConsumer(
+        {EVENTS: events_end, FLOW: 8},
         {
-            events: [record(TOPICS.events, 10 + n, "run_A", codec.encode(event)) for n, event in enumerate(run.events)],
-            flow: [
+            EVENTS: [record(TOPICS.events, 10 + n, "run_A", codec.encode(event)) for n, event in enumerate(run.events)],
+            FLOW: [
                 record(TOPICS.flow, 4, "mailer", codec.encode(state(queued=5))),
                 record(TOPICS.flow, 5, "billing", codec.encode(state("billing", queued=7))),
                 record(TOPICS.flow, 6, "mailer", codec.encode(state(queued=2))),
             ],
         },
-        {flow: [record(TOPICS.flow, 7, "billing", None)]},
+        {FLOW: [record(TOPICS.flow, 7, "billing", None)]},
     )
 
-    monkeypatch.setattr(indexer_module, "make_consumer", lambda *args, **options: consumer)
+    run_indexer(consumer, store, codec, monkeypatch)
 
-    with pytest.raises(Stop):
-        asyncio.run(Indexer(KafkaSettings(), store, codec=codec).run())
-
-    assert set(consumer.subscribed) == {TOPICS.events, TOPICS.flow}
+    assert set(consumer.assigned) == {EVENTS, FLOW}
+    assert consumer.seeks == {EVENTS: None, FLOW: None}  # a new store: both from their beginning
     assert shown(store) == {"mailer": 2}
     assert store.get_run("run_A") is not None
-    assert consumer.commits == [{events: 10 + len(run.events), flow: 7}, {flow: 8}]
+    assert store.positions() == {(TOPICS.events, 0): events_end, (TOPICS.flow, 0): 8}
+
+
+def test_a_restarted_indexer_goes_on_where_its_store_left_off(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save_positions({(TOPICS.events, 0): 5, (TOPICS.flow, 0): 3})
+    consumer = FakeConsumer({EVENTS: 5, FLOW: 4}, {FLOW: [record(TOPICS.flow, 3, "mailer", codec.encode(state()))]})
+
+    run_indexer(consumer, store, codec, monkeypatch)
+
+    assert consumer.seeks == {EVENTS: 5, FLOW: 3}
+    assert store.positions() == {(TOPICS.events, 0): 5, (TOPICS.flow, 0): 4}
+
+
+def test_the_indexer_is_ready_once_it_reaches_the_ends_the_topics_had_when_it_started(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = FakeConsumer(
+        {EVENTS: 0, FLOW: 3},
+        {FLOW: [record(TOPICS.flow, 0, "mailer", codec.encode(state()))]},
+        {FLOW: []},  # a transaction marker at the end: the position moves, no record comes
+        {FLOW: [record(TOPICS.flow, 3, "mailer", codec.encode(state(queued=1)))]},  # written after the start
+    )
+    fake(monkeypatch, consumer)
+    indexer = consumer.indexer = Indexer(KafkaSettings(), store, codec=codec)
+
+    assert indexer.lag() == "the indexer has not started reading the events and flow topics yet"
+    with pytest.raises(Stop):
+        asyncio.run(indexer.run())
+
+    assert consumer.lags == [
+        "the query store is catching up: 3 records behind the events and flow topics",
+        "the query store is catching up: 2 records behind the events and flow topics",
+        None,
+        None,
+    ]
+
+
+def test_a_restarted_indexer_whose_store_has_everything_is_ready_before_it_reads(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save_positions({(TOPICS.events, 0): 5, (TOPICS.flow, 0): 3})
+    consumer = FakeConsumer({EVENTS: 5, FLOW: 3})
+
+    run_indexer(consumer, store, codec, monkeypatch)
+
+    assert consumer.lags == [None]  # at its first poll

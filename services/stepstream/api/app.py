@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -128,9 +128,11 @@ def create_app(
     store: QueryStore | None = None,
     publisher: Publisher | None = None,
     clock: Clock | None = None,
+    readiness: Callable[[], str | None] | None = None,
 ) -> FastAPI:
     """The api. A ``store`` or ``publisher`` passed in is the caller's to close; the app opens its own
-    (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts."""
+    (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts. ``readiness``
+    says why the api is not ready yet (its query store catching up), or None once it is."""
     clock = clock or SystemClock()
     state: dict[str, Any] = {}
 
@@ -463,6 +465,13 @@ def create_app(
     @app.get("/healthz")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", response_model=None)
+    async def ready() -> dict[str, str] | JSONResponse:
+        problem = readiness() if readiness is not None else None
+        if problem is not None:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+        return {"status": "ready"}
 
     return app
 

@@ -157,6 +157,7 @@ class Executor:
                         await self._start(tp, progress, record)
                 await self._commit()
         finally:
+            await self._finish_in_flight()
             tasks = [*self._deliveries, *self._calls]
             for task in tasks:
                 task.cancel()
@@ -202,6 +203,29 @@ class Executor:
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         self.ready.set()
+
+    async def _finish_in_flight(self) -> None:
+        """On shutdown: give the deliveries in flight up to the grace period to finish and report, and
+        commit them; the rest are handed back (uncommitted, made again by the partition's next owner).
+        Calls are not waited for: their offsets are committed already, and a lost attempt is retried
+        at its deadline."""
+        self.ready.clear()
+        pending = [task for task in self._deliveries if not task.done()]
+        if pending:
+            log.info(
+                "executor stopping: waiting up to %d ms for %d deliveries",
+                self.settings.shutdown_grace_ms,
+                len(pending),
+            )
+            _, unfinished = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_ms / 1000)
+            if unfinished:
+                log.warning("executor stopping: handing back %d deliveries still in flight", len(unfinished))
+        try:
+            await self._commit()
+        except Exception:
+            log.warning(
+                "executor could not commit while stopping; the next owner repeats those deliveries", exc_info=True
+            )
 
     async def drain(self, partitions: list[TopicPartition]) -> None:
         """Before partitions move away, let their deliveries finish and commit them.

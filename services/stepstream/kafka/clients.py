@@ -96,6 +96,17 @@ def encode_dead_letter(codec: Codec, record: ConsumerRecord, reason: str, consum
     return codec.encode(dead_letter(record, reason, consumer, now_ms))
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition numbers of ``topic`` from fresh cluster metadata; empty if there is no such topic.
+
+    (aiokafka's ``partitions_for_topic`` answers only from metadata the client holds already, which
+    a consumer that subscribes to nothing does not have, and ``topics()`` does not keep what it fetches.)
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    numbers: set[int] | None = cluster.partitions_for_topic(topic)
+    return numbers or set()
+
+
 async def read_partitions_to_end(
     settings: KafkaSettings, topic: str, partitions: Iterable[int]
 ) -> list[ConsumerRecord]:

@@ -10,6 +10,10 @@ A fifth, ``flow_keys``, mirrors the compacted ``flow`` topic: each flow-control 
 scheduler last published it, the later record replacing the earlier (as compaction does), so
 re-reading the topic after a crash ends in the same rows.
 
+``positions`` holds how far the indexer has read each partition of ``events`` and ``flow``: the
+store, not a consumer group, knows what it holds, so every api replica keeps a store of its own and
+a new or wiped one reads the topics again from their beginning.
+
 Every table is created if missing when the store opens, so a store written by an older indexer gains
 the tables (and the columns of ``runs``) added since.
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -110,6 +114,12 @@ CREATE TABLE IF NOT EXISTS flow_keys (
     period_ms INTEGER NOT NULL,
     parallelism INTEGER,
     updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
 );
 """
 
@@ -413,6 +423,23 @@ class QueryStore:
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+
+    def save_positions(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Record the next offset to read of each (topic, partition), after what they gave was applied."""
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN")
+            cursor.executemany(
+                "INSERT OR REPLACE INTO positions (topic, partition, next_offset) VALUES (?, ?, ?)",
+                [(topic, partition, offset) for (topic, partition), offset in positions.items()],
+            )
+            cursor.execute("COMMIT")
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to read of each (topic, partition) read so far."""
+        with self._lock:
+            rows = self._connection.execute("SELECT topic, partition, next_offset FROM positions").fetchall()
+        return {(topic, partition): offset for topic, partition, offset in rows}
 
     # -- reads (the api) --------------------------------------------------------------------------
 

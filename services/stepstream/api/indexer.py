@@ -1,0 +1,166 @@
+"""The indexer: keeps a query store from ``events`` and ``flow``, for the api that owns the store.
+
+Each api replica runs an indexer of its own over a store of its own: it reads every partition of both
+topics (no consumer group) and keeps how far it has read in the store itself, so a restart goes on
+where the store left off and a new or wiped store is rebuilt from the topics. Until it has caught up
+with the ends the topics had when it started, :meth:`Indexer.lag` says how far behind it is (the
+api's readiness).
+
+Every event kind is indexed (see :mod:`stepstream.store.sqlite`); the store is idempotent by
+(run id, seq), so a batch read again after a crash changes nothing. From the compacted ``flow`` topic
+it keeps each flow-control key's latest state, as the scheduler published it; reading it again ends in
+the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from typing import cast
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from stepstream.avro import EVENT_TYPES, Codec, DecodeError
+from stepstream.config import KafkaSettings
+from stepstream.core import Event, FlowKeyState
+from stepstream.kafka.clients import make_consumer, topic_partitions
+from stepstream.kafka.topics import TopicNames
+from stepstream.store import QueryStore
+
+log = logging.getLogger(__name__)
+
+FlowChange = tuple[str, FlowKeyState | None]  # a key and its new state; None: the key's tombstone
+
+
+class Indexer:
+    def __init__(self, kafka: KafkaSettings, store: QueryStore, *, codec: Codec | None = None) -> None:
+        self.topics = TopicNames(kafka.topic_prefix)
+        self.store = store
+        self.codec = codec or Codec()
+        self._consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=20)
+        self._targets: dict[TopicPartition, int] | None = None  # the topics' ends at start: caught up once there
+        self._positions: dict[TopicPartition, int] = {}
+        self._caught_up = False
+
+    def lag(self) -> str | None:
+        """None once the store holds what the topics held when the indexer started; else how far behind."""
+        if self._caught_up:
+            return None
+        if self._targets is None:
+            return "the indexer has not started reading the events and flow topics yet"
+        behind = sum(max(0, end - self._positions.get(tp, 0)) for tp, end in self._targets.items())
+        return f"the query store is catching up: {behind} records behind the events and flow topics"
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        try:
+            targets = await self._assign()
+            await self._check_caught_up(targets)  # a restart over a store that has it all is ready at once
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=1_000)
+                if batch:
+                    await self._index(batch)
+                if not self._caught_up:
+                    await self._check_caught_up(targets)
+        finally:
+            await self._consumer.stop()
+
+    async def _check_caught_up(self, targets: dict[TopicPartition, int]) -> None:
+        # Every partition's position, not only those of the last batch: a transaction marker at a
+        # partition's end moves its position without giving a record.
+        self._positions = {tp: await self._consumer.position(tp) for tp in targets}
+        self._caught_up = all(self._positions[tp] >= end for tp, end in targets.items())
+        if self._caught_up:
+            log.info("indexer caught up with %s and %s", self.topics.events, self.topics.flow)
+
+    async def _assign(self) -> dict[TopicPartition, int]:
+        """Every partition of both topics, each from where the store left off (else the beginning);
+        returns their ends now, which the indexer has caught up with once it reaches them."""
+        partitions: list[TopicPartition] = []
+        for topic in (self.topics.events, self.topics.flow):
+            numbers = await self._partitions_of(topic)
+            partitions += [TopicPartition(topic, number) for number in sorted(numbers)]
+        self._consumer.assign(partitions)
+        saved = self.store.positions()
+        for tp in partitions:
+            offset = saved.get((tp.topic, tp.partition))
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+                self._positions[tp] = offset
+        self._targets = await self._consumer.end_offsets(partitions)
+        return self._targets
+
+    async def _partitions_of(self, topic: str) -> set[int]:
+        """The topic's partitions; waits (not ready meanwhile) while the topic does not exist yet."""
+        waited = False
+        while True:
+            numbers = await topic_partitions(self._consumer, topic)
+            if numbers:
+                return numbers
+            if not waited:
+                log.warning("indexer waits for the topic %r to be created (`stepstream topics create`)", topic)
+                waited = True
+            await asyncio.sleep(2)
+
+    async def _index(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        events: list[Event] = []
+        flow: list[FlowChange] = []
+        for records in batch.values():
+            for record in records:
+                if record.topic == self.topics.flow:
+                    change = flow_change(self.codec, record)
+                    if change is not None:
+                        flow.append(change)
+                    continue
+                try:
+                    events.append(cast(Event, self.codec.decode(record.value, EVENT_TYPES)))
+                except DecodeError as error:
+                    # The projector wrote it; a record here we cannot read is a deploy mistake
+                    # (an older indexer). Skip it loudly rather than stop the query store.
+                    log.error("indexer cannot decode %s@%d: %s", record.topic, record.offset, error)
+        if events:
+            await asyncio.to_thread(index, self.store, events)
+        if flow:
+            await asyncio.to_thread(self.store.apply_flow, flow)
+        # After what they gave is applied: a crash in between reads them again, which changes nothing.
+        # The consumer's position, not the last record's offset: read_committed skips transaction markers.
+        positions = {(tp.topic, tp.partition): await self._consumer.position(tp) for tp in batch}
+        await asyncio.to_thread(self.store.save_positions, positions)
+
+
+def flow_change(codec: Codec, record: ConsumerRecord) -> FlowChange | None:
+    """A record of ``flow`` as a change of its key's state; None, logged, for one that cannot be read.
+
+    A tombstone (no value) forgets its key. The scheduler wrote the record; one we cannot decode is a
+    deploy mistake (an older indexer), skipped loudly rather than stopping the query store.
+    """
+    if record.value is None:
+        if record.key is None:
+            log.error("indexer skips %s@%d: a tombstone without a key", record.topic, record.offset)
+            return None
+        return bytes(record.key).decode(errors="replace"), None
+    try:
+        state = codec.decode(record.value, (FlowKeyState,))
+    except DecodeError as error:
+        log.error("indexer cannot decode %s@%d: %s", record.topic, record.offset, error)
+        return None
+    return state.key, state
+
+
+def index(store: QueryStore, events: list[Event]) -> None:
+    """Apply a batch of events to the store; an event it cannot apply is skipped, loudly, not the batch.
+
+    The store applies a batch in one transaction, so one bad event (an output that is not JSON text)
+    would roll back the rest: then each is applied alone and only the bad one is left out.
+    """
+    try:
+        store.apply(events)
+    except (ValueError, sqlite3.Error):
+        for event in events:
+            try:
+                store.apply([event])
+            except (ValueError, sqlite3.Error) as error:
+                log.error("indexer cannot apply %s %s#%d: %s", type(event).__name__, event.run_id, event.seq, error)
