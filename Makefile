@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench bench-flow bench-flow-memory clean
+.PHONY: dev test lint bench bench-flow bench-flow-memory clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ bench-flow-memory: $(BIN)/stepstream
 
 clean:
 	rm -rf $(VENV) .stepstream
+
+# Dockerfile, compose.yaml and the Helm chart, checked without a Docker engine or a cluster
+# (deploy/check says what it checks). Its pinned tools are cached in ~/.cache/stepstream/tools.
+check-deploy: $(BIN)/stepstream
+	deploy/check
