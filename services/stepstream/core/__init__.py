@@ -26,7 +26,6 @@ from stepstream.core.flow import (
     FlowLedger,
     FlowSettled,
     FlowSlot,
-    FlowStarted,
     Queued,
     most_permissive,
 )
@@ -141,7 +140,6 @@ __all__ = [
     "FlowLedger",
     "FlowSettled",
     "FlowSlot",
-    "FlowStarted",
     "InvokeStarted",
     "NotifyEvent",
     "NotifyStarted",

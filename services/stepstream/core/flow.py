@@ -10,11 +10,16 @@ partition, so it has one owner at a time; the ledger's slots (work let through, 
 settled and still inside the rate window) are written to the scheduler's changelog, so a new owner
 after a rebalance knows what is in flight and what started lately, and keeps to the same limits.
 
-Starts are the executor's: a slot counts in the rate window from the time the executor reports it
-began (``FlowStarted``, or the start carried by ``FlowSettled``); until then it counts whatever its
-age, because it may not have begun yet. Each queued item carries the limits it was requested with;
-a key obeys the most permissive limits among its queued and unsettled work, so after a change the
-old work drains under the higher of the two, and the new limits alone hold once it has.
+The rate window is on the scheduler's clock, so that it holds as the endpoint sees the starts: a slot
+counts in it from the moment it is let through (its request may reach the endpoint at any time after
+that) until ``period_ms`` after its settlement reaches the scheduler, or after its lease ends for a
+call that was never reported; the request reached the endpoint, if at all, before then. So an
+unsettled slot counts whatever its age, and the times the executor reports are not used: neither its
+clock nor the delays between it and the endpoint matter.
+
+Each queued item carries the limits it was requested with; a key obeys the most permissive limits
+among its queued and unsettled work, so after a change the old work drains under the higher of the
+two, and the new limits alone hold once it has.
 """
 
 from __future__ import annotations
@@ -30,18 +35,12 @@ Limits = tuple[int | None, int, int | None]  # rate, period_ms, parallelism
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FlowStarted:
-    """The executor began a delivery (or call) let through under ``flow_key``. On ``schedule``."""
-
-    request_id: str
-    flow_key: str
-    started_ms: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class FlowSettled:
     """The executor is done with a delivery (or call) under ``flow_key``: answered, failed or timed
-    out, and reported. Its place under the key's parallelism is free. On ``schedule``."""
+    out, and reported. Its place under the key's parallelism is free. On ``schedule``.
+
+    Its times are the executor's clock. The ledger counts the slot in the rate window from when this
+    record reaches the scheduler, not from ``started_ms`` (kept for information)."""
 
     request_id: str
     flow_key: str
@@ -51,8 +50,12 @@ class FlowSettled:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowSlot:
-    """A request let through its key's limits: in flight until settled, then counted in the rate
-    window until its start is older than the window. Kept in the scheduler's changelog.
+    """A request let through its key's limits: in flight until settled, and counted in the rate
+    window until ``period_ms`` after the scheduler learnt it settled. Kept in the scheduler's changelog.
+
+    ``started_ms`` is the moment the rate window counts it from: when the scheduler learnt it settled
+    (None while in flight, when it counts whatever its age). ``settled_ms`` is when it settled, as
+    reported (the executor's clock), or when its lease ended.
 
     ``call_step_index`` and ``lease_until_ms`` are set for a call: its offset is not held while it
     runs, so if no report comes by ``lease_until_ms`` the scheduler frees the place and fires the
@@ -120,6 +123,7 @@ def most_permissive(limits: Counter[Limits]) -> Limits | None:
 
 class _Key:
     __slots__ = (
+        "anchors",
         "cancelled",
         "last_limits",
         "limits",
@@ -128,10 +132,7 @@ class _Key:
         "periods",
         "queue",
         "queued",
-        "settled",
         "slots",
-        "starts",
-        "unknown_start",
         "unsettled",
         "wake_ms",
     )
@@ -143,13 +144,13 @@ class _Key:
         self.queued: dict[str, Queued] = {}
         self.cancelled: set[str] = set()  # cancelled ids still in ``queue``
         self.slots: dict[str, FlowSlot] = {}
-        self.unsettled = 0
-        self.unknown_start = 0  # unsettled slots whose start is not reported yet
-        self.settled = 0  # settled slots, kept while their start is inside window_ms
-        self.starts: list[tuple[int, str]] = []  # known starts still inside window_ms, sorted
+        self.unsettled = 0  # each counts in the rate window, whatever its age
+        # The settled slots kept for the rate window, as (anchor: their started_ms, when the scheduler
+        # learnt they settled; request id), sorted. Kept exactly while the anchor is inside window_ms.
+        self.anchors: list[tuple[int, str]] = []
         self.limits: Counter[Limits] = Counter()  # of queued and unsettled work
         self.last_limits: Limits = (None, 1_000, None)
-        # The periods of queued work and of slots: starts older than the longest no longer matter. Of
+        # The periods of queued work and of slots: anchors older than the longest no longer matter. Of
         # the work held now, not of all seen, so a new owner restored from the changelog prunes alike.
         self.periods: Counter[int] = Counter()
         self.wake_ms: int | None = None  # the earliest wake of this key in the ledger's heap, if any
@@ -176,8 +177,8 @@ class _Key:
             del self.periods[flow.period_ms]
 
     def starts_in_window(self, now: int, period_ms: int) -> int:
-        known = len(self.starts) - bisect.bisect_right(self.starts, (now - period_ms, "\U0010ffff"))
-        return known + self.unknown_start
+        settled = len(self.anchors) - bisect.bisect_right(self.anchors, (now - period_ms, "\U0010ffff"))
+        return settled + self.unsettled  # an unsettled slot may be starting at the endpoint right now
 
     @property
     def idle(self) -> bool:
@@ -250,7 +251,11 @@ class FlowLedger:
 
     def restore(self, partition: int, slot: FlowSlot) -> None:
         """A slot read back from the changelog, when the scheduler takes over its partition."""
-        slot = replace(slot, flow=self._intern(slot.flow))
+        if slot.settled_ms is None:
+            anchor = None  # in flight, it counts whatever its age (older code may have written a start)
+        else:
+            anchor = slot.started_ms if slot.started_ms is not None else slot.settled_ms
+        slot = replace(slot, flow=self._intern(slot.flow), started_ms=anchor)
         key = self._key(slot.flow.key, partition)
         earlier = key.slots.get(slot.request_id)
         if earlier is not None:  # an older version of the same entry, read back before compaction
@@ -262,36 +267,22 @@ class FlowLedger:
         if slot.settled_ms is None:
             key.unsettled += 1
             key.add_limits(slot.flow)
-            if slot.started_ms is None:
-                key.unknown_start += 1
             if slot.lease_until_ms is not None:
                 heapq.heappush(self._leases, (slot.lease_until_ms, key.name, slot.request_id))
-        else:
-            key.settled += 1
-        if slot.started_ms is not None:
-            bisect.insort(key.starts, (slot.started_ms, slot.request_id))
-        self._dirty.add(key.name)
-        self.touched.add(key.name)
-
-    def started(self, record: FlowStarted) -> None:
-        key = self._keys.get(record.flow_key)
-        slot = key.slots.get(record.request_id) if key is not None else None
-        if key is None or slot is None or slot.started_ms is not None or slot.settled_ms is not None:
-            return
-        self._set_start(key, slot, record.started_ms)
-        # to the changelog too: a new owner must count it from its start, not whatever its age
-        key.slots[slot.request_id] = started = replace(slot, started_ms=record.started_ms)
-        self._change(key, slot.request_id, started)
+        if anchor is not None:
+            bisect.insort(key.anchors, (anchor, slot.request_id))
         self._dirty.add(key.name)
         self.touched.add(key.name)
 
     def settled(self, record: FlowSettled, now_ms: int) -> FlowSlot | None:
-        """The slot the report settles, or None if it was unknown or settled already."""
+        """The slot the report settles, or None if it was unknown or settled already. It counts in the
+        rate window until ``period_ms`` after ``now_ms``, when the report reached the scheduler (the
+        request reached the endpoint before that); the executor's ``record.started_ms`` is not used."""
         key = self._keys.get(record.flow_key)
         slot = key.slots.get(record.request_id) if key is not None else None
         if key is None or slot is None or slot.settled_ms is not None:
             return None
-        return self._settle(key, slot, record.started_ms, record.settled_ms, now_ms)
+        return self._settle(key, slot, record.settled_ms, now_ms)
 
     def release(self, now_ms: int) -> tuple[list[tuple[Queued, FlowSlot]], list[FlowSlot]]:
         """Let through every queued request the limits allow at ``now_ms``, in order per key.
@@ -306,8 +297,8 @@ class FlowLedger:
             slot = key.slots.get(request_id) if key is not None else None
             if key is None or slot is None or slot.settled_ms is not None or slot.lease_until_ms is None:
                 continue
-            start = slot.started_ms if slot.started_ms is not None else slot.emitted_ms
-            expired.append(self._settle(key, slot, start, now_ms, now_ms))
+            # the call may have reached its endpoint at any time until now
+            expired.append(self._settle(key, slot, now_ms, now_ms))
         while self._wakes and self._wakes[0][0] <= now_ms:
             _, name = heapq.heappop(self._wakes)
             key = self._keys.get(name)
@@ -322,7 +313,7 @@ class FlowLedger:
                 continue
             self._prune(key, now_ms)
             let_through.extend(self._drain(key, now_ms))
-            self._wake_when_a_settled_start_leaves(key)
+            self._wake_when_a_settled_slot_leaves(key)
             self._forget_if_idle(key)
         return let_through, expired
 
@@ -418,7 +409,6 @@ class FlowLedger:
             )
             key.slots[request_id] = slot
             key.unsettled += 1
-            key.unknown_start += 1
             if slot.lease_until_ms is not None:
                 heapq.heappush(self._leases, (slot.lease_until_ms, key.name, request_id))
             self._change(key, request_id, slot)
@@ -427,24 +417,18 @@ class FlowLedger:
         return out
 
     def _wake_when_window_opens(self, key: _Key, now: int, rate: int, period: int) -> None:
-        """Rate-blocked: wake when enough known starts have left the window to let one more in.
-        If the unknown starts alone fill it, only a report can open it."""
-        first = bisect.bisect_right(key.starts, (now - period, "\U0010ffff"))
+        """Rate-blocked: wake when enough settled slots have left the window to let one more in.
+        If the unsettled slots alone fill it, only a settlement can open it."""
+        first = bisect.bisect_right(key.anchors, (now - period, "\U0010ffff"))
         must_leave = key.starts_in_window(now, period) - rate + 1
-        known_in_window = len(key.starts) - first
-        if must_leave <= known_in_window:
-            self._wake_at(key, key.starts[first + must_leave - 1][0] + period)
+        if must_leave <= len(key.anchors) - first:
+            self._wake_at(key, key.anchors[first + must_leave - 1][0] + period)
 
-    def _wake_when_a_settled_start_leaves(self, key: _Key) -> None:
-        """A settled slot stays (in the changelog too) until its start leaves the longest window:
+    def _wake_when_a_settled_slot_leaves(self, key: _Key) -> None:
+        """A settled slot stays (in the changelog too) until its anchor leaves the longest window:
         wake then to delete it, though nothing may be queued to wake the key otherwise."""
-        if not key.settled:
-            return
-        for start, request_id in key.starts:
-            slot = key.slots.get(request_id)
-            if slot is not None and slot.settled_ms is not None:
-                self._wake_at(key, start + key.window_ms)
-                return
+        if key.anchors:
+            self._wake_at(key, key.anchors[0][0] + key.window_ms)
 
     def _wake_at(self, key: _Key, when: int) -> None:
         # One wake per key in the heap at a time, the earliest (waking, the key sets its next): a
@@ -453,26 +437,16 @@ class FlowLedger:
             key.wake_ms = when
             heapq.heappush(self._wakes, (when, key.name))
 
-    def _set_start(self, key: _Key, slot: FlowSlot, started_ms: int) -> None:
-        if slot.settled_ms is None and slot.started_ms is None:
-            key.unknown_start -= 1
-        if slot.started_ms is None:
-            bisect.insort(key.starts, (started_ms, slot.request_id))
-
-    def _settle(self, key: _Key, slot: FlowSlot, started_ms: int, settled_ms: int, now: int) -> FlowSlot:
-        start = started_ms if slot.started_ms is None else slot.started_ms
-        settled = replace(slot, started_ms=start, settled_ms=settled_ms)
+    def _settle(self, key: _Key, slot: FlowSlot, settled_ms: int, now: int) -> FlowSlot:
+        """Free ``slot``'s place; it counts in the rate window until ``period`` after ``now``."""
+        settled = replace(slot, started_ms=now, settled_ms=settled_ms)
         self._unaccount(key, slot)
         # Kept for the window if it, or the work held now, has a rate (not the last limits seen: a
         # new owner restored from the changelog does not know those, and must decide alike).
         in_force = most_permissive(key.limits)
-        counts = slot.flow.rate is not None or (in_force is not None and in_force[0] is not None)
-        if counts and start > now - key.window_ms:
-            # still counts in the rate window until it ages out (back in the window, if its start was
-            # pruned under a shorter window than the longest now)
+        if slot.flow.rate is not None or (in_force is not None and in_force[0] is not None):
             key.slots[slot.request_id] = settled
-            key.settled += 1
-            bisect.insort(key.starts, (start, slot.request_id))
+            bisect.insort(key.anchors, (now, slot.request_id))
             self._change(key, slot.request_id, settled)
         else:
             key.drop_period(slot.flow)
@@ -487,34 +461,27 @@ class FlowLedger:
         if slot.settled_ms is None:
             key.unsettled -= 1
             key.drop_limits(slot.flow)
-            if slot.started_ms is None:
-                key.unknown_start -= 1
-        else:
-            key.settled -= 1
-        if slot.started_ms is not None:
-            self._remove_start(key, slot.started_ms, slot.request_id)
+        elif slot.started_ms is not None:  # always, for a settled slot
+            self._remove_anchor(key, slot.started_ms, slot.request_id)
 
     def _change(self, key: _Key, request_id: str, slot: FlowSlot | None) -> None:
         self.changes[request_id] = slot
         self._change_partitions[request_id] = key.partition
 
-    def _remove_start(self, key: _Key, start: int, request_id: str) -> None:
-        index = bisect.bisect_left(key.starts, (start, request_id))
-        if index < len(key.starts) and key.starts[index] == (start, request_id):
-            del key.starts[index]
+    def _remove_anchor(self, key: _Key, anchor: int, request_id: str) -> None:
+        index = bisect.bisect_left(key.anchors, (anchor, request_id))
+        if index < len(key.anchors) and key.anchors[index] == (anchor, request_id):
+            del key.anchors[index]
 
     def _prune(self, key: _Key, now: int) -> None:
-        """Starts older than the longest window no longer count; settled slots with them are done (and
-        with them gone, the longest window may be shorter)."""
-        while cut := bisect.bisect_right(key.starts, (now - key.window_ms, "\U0010ffff")):
-            for _, request_id in key.starts[:cut]:
-                slot = key.slots.get(request_id)
-                if slot is not None and slot.settled_ms is not None:
-                    del key.slots[request_id]
-                    key.settled -= 1
-                    key.drop_period(slot.flow)
-                    self._change(key, request_id, None)
-            del key.starts[:cut]
+        """Settled slots whose anchor is older than the longest window no longer count, and are done
+        (and with them gone, the longest window may be shorter)."""
+        while cut := bisect.bisect_right(key.anchors, (now - key.window_ms, "\U0010ffff")):
+            for _, request_id in key.anchors[:cut]:
+                slot = key.slots.pop(request_id)
+                key.drop_period(slot.flow)
+                self._change(key, request_id, None)
+            del key.anchors[:cut]
             self.touched.add(key.name)
 
     def _forget_if_idle(self, key: _Key) -> None:
@@ -529,7 +496,6 @@ __all__ = [
     "FlowLedger",
     "FlowSettled",
     "FlowSlot",
-    "FlowStarted",
     "Limits",
     "Queued",
     "most_permissive",

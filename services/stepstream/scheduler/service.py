@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -171,7 +170,7 @@ class Scheduler:
                     case FlowSettled():
                         # Counted in the rate window from now: the endpoint saw the request start before
                         # this report of its end reached us, whatever the delays and clocks on the way.
-                        self.flow.settled(replace(request, started_ms=now), now)
+                        self.flow.settled(request, now)
                     case _:
                         work = cast(HeldRecord, request)
                         if due_ms(work) > now:
