@@ -25,6 +25,7 @@ from stepstream.core.messages import (
     FailureHandled,
     FailureHandlerScheduled,
     FireTimer,
+    FlowControl,
     InvokeStarted,
     NotifyStarted,
     PlanCall,
@@ -223,12 +224,7 @@ def _trigger(state: RunState | None, command: TriggerRun, defaults: Defaults) ->
             reason=f"Expected a new run id, but run {command.run_id} already exists ({state.status.value})",
             duplicate=True,
         )
-    if command.retry_delay is not None:
-        try:
-            check_delay_rule(command.retry_delay)
-        except ValueError as error:
-            return Rejected(reason=str(error))
-    if command.flow is not None and (problem := flow_control_problem(command.flow)) is not None:
+    if (problem := _option_problem(command.retry_delay, command.flow)) is not None:
         return Rejected(reason=problem)
     builder = _Builder(None, command.run_id, command.now_ms)
     builder.add(
@@ -253,6 +249,16 @@ def _trigger(state: RunState | None, command: TriggerRun, defaults: Defaults) ->
     )
     builder.schedule(attempt=1, not_before_ms=max(command.now_ms, command.not_before_ms or 0))
     return builder.events
+
+
+def _option_problem(retry_delay: str | None, flow: FlowControl | None) -> str | None:
+    """What is wrong with a run's, call's or child run's retry delay rule or flow control, if anything."""
+    if retry_delay is not None:
+        try:
+            check_delay_rule(retry_delay)
+        except ValueError as error:
+            return str(error)
+    return None if flow is None else flow_control_problem(flow)
 
 
 def _cancel(state: RunState | None, command: CancelRun) -> list[Event] | Rejected:
@@ -446,13 +452,7 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                 )
             )
         case PlanCall():
-            if plan.call.retry_delay is not None:
-                try:
-                    check_delay_rule(plan.call.retry_delay)
-                except ValueError as error:
-                    builder.fail_run(ErrorInfo(type="InvalidCall", message=f"step {plan.index} '{plan.name}': {error}"))
-                    return None
-            if plan.call.flow is not None and (problem := flow_control_problem(plan.call.flow)) is not None:
+            if (problem := _option_problem(plan.call.retry_delay, plan.call.flow)) is not None:
                 builder.fail_run(ErrorInfo(type="InvalidCall", message=f"step {plan.index} '{plan.name}': {problem}"))
                 return None
             builder.add(
@@ -504,16 +504,8 @@ def _start(builder: _Builder, plan: PlannedStep, defaults: Defaults) -> Rejected
                     )
                 )
                 return None
-            if plan.retry_delay is not None:
-                # The child's trigger would be rejected, and the parent would wait for it forever.
-                try:
-                    check_delay_rule(plan.retry_delay)
-                except ValueError as error:
-                    builder.fail_run(
-                        ErrorInfo(type="InvalidInvoke", message=f"step {plan.index} '{plan.name}': {error}")
-                    )
-                    return None
-            if plan.flow is not None and (problem := flow_control_problem(plan.flow)) is not None:
+            # An invalid option would get the child's trigger rejected, and the parent would wait forever.
+            if (problem := _option_problem(plan.retry_delay, plan.flow)) is not None:
                 builder.fail_run(ErrorInfo(type="InvalidInvoke", message=f"step {plan.index} '{plan.name}': {problem}"))
                 return None
             builder.add(
