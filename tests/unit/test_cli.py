@@ -505,7 +505,7 @@ def test_trigger_with_only_a_flow_key_groups_without_limits(run_cli: Cli, publis
         ),
         (
             ("--flow-key", "mailer", "--rate", "0"),
-            "stepstream: 422: Expected a flow-control rate of 1 or more starts per period, but got 0",
+            "stepstream: 422: Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got 0",
         ),
         (
             ("--flow-key", "mailer", "--rate", "1", "--period", "a minute"),

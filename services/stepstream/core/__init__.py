@@ -29,6 +29,7 @@ from stepstream.core.flow import (
     Queued,
     most_permissive,
 )
+from stepstream.core.limits import header_problem, headers_problem, run_id_problem, trigger_problem
 from stepstream.core.messages import (
     CallRetried,
     CallSpec,
@@ -214,8 +215,12 @@ __all__ = [
     "evolve",
     "flow_control_problem",
     "fold",
+    "header_problem",
+    "headers_problem",
     "most_permissive",
+    "run_id_problem",
     "schedule_key",
     "timer_request_id",
+    "trigger_problem",
     "wait_timer_id",
 ]

@@ -47,6 +47,7 @@ class ErrorInfo:
 
 FLOW_KEY_MAX_LENGTH = 200
 FLOW_PERIOD_MAX_MS = 7 * 24 * 3_600_000  # a week: longer windows are better served by a sleep
+FLOW_LIMIT_MAX = 1_000_000_000  # a rate or a parallelism: far beyond any real limit, and fits every record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,12 +73,12 @@ def flow_control_problem(flow: FlowControl) -> str | None:
     """Why ``flow`` is not a valid setting ("Expected …, but …"), or None if it is."""
     if not flow.key or len(flow.key) > FLOW_KEY_MAX_LENGTH:
         return f"Expected a flow-control key of 1 to {FLOW_KEY_MAX_LENGTH} characters, but got {len(flow.key)}"
-    if flow.rate is not None and flow.rate < 1:
-        return f"Expected a flow-control rate of 1 or more starts per period, but got {flow.rate}"
+    if flow.rate is not None and not 1 <= flow.rate <= FLOW_LIMIT_MAX:
+        return f"Expected a flow-control rate from 1 to {FLOW_LIMIT_MAX:,} starts per period, but got {flow.rate}"
     if not 1 <= flow.period_ms <= FLOW_PERIOD_MAX_MS:
         return f"Expected a flow-control period from 1 ms to 7 days, but got {flow.period_ms} ms"
-    if flow.parallelism is not None and flow.parallelism < 1:
-        return f"Expected a flow-control parallelism of 1 or more, but got {flow.parallelism}"
+    if flow.parallelism is not None and not 1 <= flow.parallelism <= FLOW_LIMIT_MAX:
+        return f"Expected a flow-control parallelism from 1 to {FLOW_LIMIT_MAX:,}, but got {flow.parallelism}"
     return None
 
 
