@@ -58,6 +58,14 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    # The largest record value the engine writes. Kafka refuses records over its own limit (a broker's
+    # message.max.bytes, a topic's max.message.bytes: about 1 MiB by default), and a refused record
+    # in a transaction fails the whole batch, every time it is tried: so each service checks what it
+    # is about to write against this bound first, and fails the one run (or dead-letters the one
+    # input) that asked for too much. Set it below the smallest limit of the cluster's topics.
+    max_record_bytes: int = 1_000_000
+    # A partition whose input waits this long without progress makes its service not ready (/readyz).
+    stall_ms: int = 30_000
     # Names this process's transactional producers. The default is unique per process; a stable value
     # per replica (a StatefulSet's pod name) lets a restarted replica fence its predecessor.
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -84,6 +92,10 @@ class KafkaSettings:
             ssl_certfile=environ.get("STEPSTREAM_KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=environ.get("STEPSTREAM_KAFKA_SSL_KEYFILE") or None,
             instance_id=environ.get("STEPSTREAM_INSTANCE_ID") or defaults.instance_id,
+            stall_ms=_int(environ, "STEPSTREAM_STALL_MS", defaults.stall_ms, minimum=1_000),
+            max_record_bytes=_int(
+                environ, "STEPSTREAM_MAX_RECORD_BYTES", defaults.max_record_bytes, minimum=65_536, maximum=100_000_000
+            ),
         )
 
     def client_options(self) -> dict[str, Any]:

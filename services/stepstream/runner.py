@@ -85,29 +85,25 @@ class Service:
     ready: Readiness
 
 
-def _joined(event: asyncio.Event) -> Readiness:
-    return lambda: None if event.is_set() else "has not joined its consumer group and restored its partitions yet"
-
-
 def projector_service(settings: ProjectorSettings) -> Service:
     from stepstream.projector.service import Projector
 
     projector = Projector(settings)
-    return Service("projector", [projector.run()], _joined(projector.ready))
+    return Service("projector", [projector.run()], projector.readiness)
 
 
 def scheduler_service(settings: SchedulerSettings) -> Service:
     from stepstream.scheduler.service import Scheduler
 
     scheduler = Scheduler(settings)
-    return Service("scheduler", [scheduler.run()], _joined(scheduler.ready))
+    return Service("scheduler", [scheduler.run()], scheduler.readiness)
 
 
 def executor_service(settings: ExecutorSettings) -> Service:
     from stepstream.executor.service import Executor
 
     executor = Executor(settings)
-    return Service("executor", [executor.run()], _joined(executor.ready))
+    return Service("executor", [executor.run()], executor.readiness)
 
 
 def api_service(settings: ApiSettings) -> Service:
@@ -116,10 +112,15 @@ def api_service(settings: ApiSettings) -> Service:
 
     from stepstream.api.app import create_app
     from stepstream.api.indexer import Indexer
+    from stepstream.avro import Codec
+    from stepstream.kafka.deadletter import DeadLetterWriter
     from stepstream.store import QueryStore
 
+    codec = Codec()
     store = QueryStore(settings.database)
-    indexer = Indexer(settings.kafka, store)
+    indexer = Indexer(
+        settings.kafka, store, codec=codec, dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer")
+    )
     config = uvicorn.Config(
         create_app(settings, store=store, readiness=indexer.lag),
         host=settings.host,

@@ -6,6 +6,9 @@ serves ``<workflow>`` normally:
 - ``http500``: answers 500;
 - ``slow``: waits 3 s before answering (longer than the tests' executor timeout);
 - ``ok``: never misbehaves.
+
+``big`` records large step outputs: ``{"steps": n, "size": bytes}`` runs n steps that each return a
+string of that many characters, for the record-size tests.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ async def crashes(ctx: WorkflowContext[Any]) -> None:
         raise RuntimeError("disk full")
 
     await ctx.run("explode", explode)
+
+
+@workflows.workflow("big")
+async def big(ctx: WorkflowContext[Any]) -> str:
+    for index in range(int(ctx.payload["steps"])):
+        await ctx.run(f"big-{index}", lambda: "x" * int(ctx.payload["size"]))
+    return "done"
 
 
 _inner = workflows.asgi()

@@ -837,7 +837,7 @@ def test_whatever_the_endpoint_answers_the_report_can_be_written(
     assert codec.decode(codec.encode(report), expected=(ReportDelivery,)) == report
 
 
-def test_an_unrecordable_delivery_report_becomes_a_retryable_failure_that_says_why() -> None:
+def test_an_unrecordable_delivery_report_becomes_a_failure_that_says_why_and_is_not_retried() -> None:
     report = ReportDelivery(
         run_id="r",
         delivery_id="r/1",
@@ -852,7 +852,7 @@ def test_an_unrecordable_delivery_report_becomes_a_retryable_failure_that_says_w
     assert (replaced.run_id, replaced.delivery_id, replaced.attempt, replaced.now_ms) == ("r", "r/1", 2, T0)
     assert replaced.steps == ()
     fail = failed(replaced.outcome)
-    assert (fail.error.type, fail.retryable) == ("InvalidResponse", True)
+    assert (fail.error.type, fail.retryable) == ("RecordTooLarge", False)
     assert "larger than Kafka accepts" in fail.error.message
 
 

@@ -4,7 +4,6 @@ topic: each key's latest state as its scheduler published it, in topic order, a 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -16,9 +15,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.api import indexer as indexer_module
 from stepstream.api.indexer import Indexer, flow_change
-from stepstream.avro import Codec
+from stepstream.avro import Codec, DecodeError
 from stepstream.config import KafkaSettings
-from stepstream.core import FlowKeyState
+from stepstream.core import FlowKeyState, StepCompleted, StepKind
 from stepstream.kafka.topics import TopicNames
 from stepstream.store import FlowKeyRow, QueryStore
 from tests.unit.test_query_store import T0, Run
@@ -177,18 +176,18 @@ def test_a_flow_record_is_its_keys_state_and_a_tombstone_forgets_its_key(codec: 
     assert flow_change(codec, record(TOPICS.flow, 1, "mailer", None)) == ("mailer", None)
 
 
-def test_a_flow_record_that_cannot_be_read_is_skipped_loudly(codec: Codec, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, "stepstream.api.indexer")
-    run_event = Run().events[0]
-
-    assert flow_change(codec, record(TOPICS.flow, 7, "mailer", b"not avro")) is None
-    assert flow_change(codec, record(TOPICS.flow, 8, "mailer", codec.encode(run_event))) is None
-    assert flow_change(codec, record(TOPICS.flow, 9, None, None)) is None
-    assert [message.split(":")[0] for message in caplog.messages] == [
-        f"indexer cannot decode {TOPICS.flow}@7",
-        f"indexer cannot decode {TOPICS.flow}@8",
-        f"indexer skips {TOPICS.flow}@9",
-    ]
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("mailer", b"not avro", "Expected at least 10 bytes"),
+        ("mailer", "a run event", "Expected FlowKeyState on this topic, but the record is a stepstream.RunStarted"),
+        (None, None, "Expected a flow-control key on a tombstone, but the record has none"),
+    ],
+)
+def test_a_flow_record_that_cannot_be_read_says_why(codec: Codec, key: str | None, value: object, reason: str) -> None:
+    data = codec.encode(Run().events[0]) if value == "a run event" else value
+    with pytest.raises(DecodeError, match=reason):
+        flow_change(codec, record(TOPICS.flow, 7, key, data))  # type: ignore[arg-type]
 
 
 class Stop(Exception):
@@ -337,3 +336,53 @@ def test_a_restarted_indexer_whose_store_has_everything_is_ready_before_it_reads
     run_indexer(consumer, store, codec, monkeypatch)
 
     assert consumer.lags == [None]  # at its first poll
+
+
+class FakeDeadLetters:
+    """Collects what the indexer sets aside (the real writer is covered in tests/integration/test_poison.py)."""
+
+    def __init__(self) -> None:
+        self.letters: list[tuple[str, int, str]] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def write(self, record: ConsumerRecord[bytes, bytes], reason: str, now_ms: int) -> None:
+        self.letters.append((record.topic, record.offset, reason))
+
+
+def test_records_the_indexer_cannot_read_or_apply_are_dead_lettered_and_the_rest_indexed(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Run()
+    good = [record(TOPICS.events, 3 + n, "run_A", codec.encode(event)) for n, event in enumerate(run.events)]
+    unusable = StepCompleted(  # its output is not JSON text: the store cannot apply it
+        run_id="run_B", seq=1, at_ms=T0, step_index=0, name="x", kind=StepKind.RUN, output="{not", delivery_id=""
+    )
+    consumer = FakeConsumer(
+        {EVENTS: 3 + len(good), FLOW: 2},
+        {
+            EVENTS: [
+                record(TOPICS.events, 0, "run_X", None),
+                record(TOPICS.events, 1, "run_X", b"\xc3\x01garbage!"),
+                record(TOPICS.events, 2, "run_B", codec.encode(unusable)),
+                *good,
+            ],
+            FLOW: [record(TOPICS.flow, 0, None, None), record(TOPICS.flow, 1, "mailer", codec.encode(state()))],
+        },
+    )
+    fake(monkeypatch, consumer)
+    letters = FakeDeadLetters()
+    indexer = consumer.indexer = Indexer(KafkaSettings(), store, codec=codec, dead_letters=letters)  # type: ignore[arg-type]
+    with pytest.raises(Stop):
+        asyncio.run(indexer.run())
+
+    reasons = {(topic, offset): reason for topic, offset, reason in letters.letters}
+    assert sorted(reasons) == sorted([(TOPICS.events, 0), (TOPICS.events, 1), (TOPICS.events, 2), (TOPICS.flow, 0)])
+    assert "a null value, or tombstone" in reasons[TOPICS.events, 0]
+    assert "is not written by any known schema" in reasons[TOPICS.events, 1]
+    assert reasons[TOPICS.events, 2].startswith("the indexer cannot apply StepCompleted: JSONDecodeError(")
+    assert reasons[TOPICS.flow, 0] == "Expected a flow-control key on a tombstone, but the record has none"
+    assert store.get_run("run_A") is not None
+    assert shown(store) == {"mailer": 0}

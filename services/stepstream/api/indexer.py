@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -25,6 +26,7 @@ from stepstream.avro import EVENT_TYPES, Codec, DecodeError
 from stepstream.config import KafkaSettings
 from stepstream.core import Event, FlowKeyState
 from stepstream.kafka.clients import make_consumer, topic_partitions
+from stepstream.kafka.deadletter import DeadLetterWriter
 from stepstream.kafka.topics import TopicNames
 from stepstream.store import QueryStore
 
@@ -34,10 +36,22 @@ FlowChange = tuple[str, FlowKeyState | None]  # a key and its new state; None: t
 
 
 class Indexer:
-    def __init__(self, kafka: KafkaSettings, store: QueryStore, *, codec: Codec | None = None) -> None:
+    """``dead_letters``: where a record that cannot be read or indexed goes, with the reason (else it is
+    only logged). Every api replica indexes every record, so each writes its own dead letter of a bad
+    one: they name the same topic, partition and offset."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        store: QueryStore,
+        *,
+        codec: Codec | None = None,
+        dead_letters: DeadLetterWriter | None = None,
+    ) -> None:
         self.topics = TopicNames(kafka.topic_prefix)
         self.store = store
         self.codec = codec or Codec()
+        self.dead_letters = dead_letters
         self._consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=20)
         self._targets: dict[TopicPartition, int] | None = None  # the topics' ends at start: caught up once there
         self._positions: dict[TopicPartition, int] = {}
@@ -54,6 +68,8 @@ class Indexer:
 
     async def run(self) -> None:
         await self._consumer.start()
+        if self.dead_letters is not None:
+            await self.dead_letters.start()
         try:
             targets = await self._assign()
             await self._check_caught_up(targets)  # a restart over a store that has it all is ready at once
@@ -65,6 +81,8 @@ class Indexer:
                     await self._check_caught_up(targets)
         finally:
             await self._consumer.stop()
+            if self.dead_letters is not None:
+                await self.dead_letters.stop()
 
     async def _check_caught_up(self, targets: dict[TopicPartition, int]) -> None:
         # Every partition's position, not only those of the last batch: a transaction marker at a
@@ -106,23 +124,25 @@ class Indexer:
             await asyncio.sleep(2)
 
     async def _index(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        events: list[Event] = []
+        events: list[tuple[ConsumerRecord, Event]] = []
         flow: list[FlowChange] = []
         for records in batch.values():
             for record in records:
-                if record.topic == self.topics.flow:
-                    change = flow_change(self.codec, record)
-                    if change is not None:
-                        flow.append(change)
-                    continue
                 try:
-                    events.append(cast(Event, self.codec.decode(record.value, EVENT_TYPES)))
+                    if record.topic == self.topics.flow:
+                        flow.append(flow_change(self.codec, record))
+                    else:
+                        events.append((record, cast(Event, self.codec.decode(record.value, EVENT_TYPES))))
                 except DecodeError as error:
-                    # The projector wrote it; a record here we cannot read is a deploy mistake
-                    # (an older indexer). Skip it loudly rather than stop the query store.
-                    log.error("indexer cannot decode %s@%d: %s", record.topic, record.offset, error)
+                    # The projector and scheduler wrote these topics: a record we cannot read is another
+                    # producer's, or a deploy mistake (an older indexer). Set it aside; never stop.
+                    await self._dead_letter(record, str(error))
         if events:
-            await asyncio.to_thread(index, self.store, events)
+            failures = await asyncio.to_thread(index, self.store, [event for _, event in events])
+            for record, event in events:
+                failure = failures.get(id(event))
+                if failure is not None:
+                    await self._dead_letter(record, f"the indexer cannot apply {type(event).__name__}: {failure!r}")
         if flow:
             await asyncio.to_thread(self.store.apply_flow, flow)
         # After what they gave is applied: a crash in between reads them again, which changes nothing.
@@ -130,37 +150,42 @@ class Indexer:
         positions = {(tp.topic, tp.partition): await self._consumer.position(tp) for tp in batch}
         await asyncio.to_thread(self.store.save_positions, positions)
 
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        log.error("indexer skips %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:1_000])
+        if self.dead_letters is not None:
+            await self.dead_letters.write(record, reason, int(time.time() * 1000))
 
-def flow_change(codec: Codec, record: ConsumerRecord) -> FlowChange | None:
-    """A record of ``flow`` as a change of its key's state; None, logged, for one that cannot be read.
 
-    A tombstone (no value) forgets its key. The scheduler wrote the record; one we cannot decode is a
-    deploy mistake (an older indexer), skipped loudly rather than stopping the query store.
+def flow_change(codec: Codec, record: ConsumerRecord) -> FlowChange:
+    """A record of ``flow`` as a change of its key's state; ``DecodeError`` for one that cannot be read.
+
+    A tombstone (no value) forgets its key.
     """
     if record.value is None:
         if record.key is None:
-            log.error("indexer skips %s@%d: a tombstone without a key", record.topic, record.offset)
-            return None
+            raise DecodeError("Expected a flow-control key on a tombstone, but the record has none")
         return bytes(record.key).decode(errors="replace"), None
-    try:
-        state = codec.decode(record.value, (FlowKeyState,))
-    except DecodeError as error:
-        log.error("indexer cannot decode %s@%d: %s", record.topic, record.offset, error)
-        return None
+    state = codec.decode(record.value, (FlowKeyState,))
     return state.key, state
 
 
-def index(store: QueryStore, events: list[Event]) -> None:
-    """Apply a batch of events to the store; an event it cannot apply is skipped, loudly, not the batch.
+def index(store: QueryStore, events: list[Event]) -> dict[int, Exception]:
+    """Apply a batch of events to the store; an event it cannot apply is left out, not the batch.
+    Returns the errors of those left out, by ``id()`` of the event.
 
-    The store applies a batch in one transaction, so one bad event (an output that is not JSON text)
-    would roll back the rest: then each is applied alone and only the bad one is left out.
+    The store applies a batch in one transaction, so one bad event (an output that is not JSON text,
+    a number SQLite cannot hold) would roll back the rest: then each is applied alone.
     """
     try:
         store.apply(events)
-    except (ValueError, sqlite3.Error):
-        for event in events:
-            try:
-                store.apply([event])
-            except (ValueError, sqlite3.Error) as error:
-                log.error("indexer cannot apply %s %s#%d: %s", type(event).__name__, event.run_id, event.seq, error)
+        return {}
+    except (ValueError, OverflowError, sqlite3.Error):
+        pass
+    failures: dict[int, Exception] = {}
+    for event in events:
+        try:
+            store.apply([event])
+        except (ValueError, OverflowError, sqlite3.Error) as error:
+            log.error("indexer cannot apply %s %s#%d: %s", type(event).__name__, event.run_id, event.seq, error)
+            failures[id(event)] = error
+    return failures

@@ -133,27 +133,31 @@ class Codec:
         return buffer.getvalue()
 
     @overload
-    def decode(self, data: bytes) -> object: ...
+    def decode(self, data: bytes | None) -> object: ...
 
     @overload
-    def decode(self, data: bytes, expected: tuple[type[RecordT]]) -> RecordT: ...
+    def decode(self, data: bytes | None, expected: tuple[type[RecordT]]) -> RecordT: ...
 
     @overload
-    def decode(self, data: bytes, expected: tuple[type[RecordT], type[OtherT]]) -> RecordT | OtherT: ...
+    def decode(self, data: bytes | None, expected: tuple[type[RecordT], type[OtherT]]) -> RecordT | OtherT: ...
 
     @overload
     def decode(
-        self, data: bytes, expected: tuple[type[RecordT], type[OtherT], type[ThirdT]]
+        self, data: bytes | None, expected: tuple[type[RecordT], type[OtherT], type[ThirdT]]
     ) -> RecordT | OtherT | ThirdT: ...
 
     @overload
-    def decode(self, data: bytes, expected: tuple[type[Any], ...]) -> object: ...
+    def decode(self, data: bytes | None, expected: tuple[type[Any], ...]) -> object: ...
 
-    def decode(self, data: bytes, expected: tuple[type[Any], ...] | None = None) -> object:
+    def decode(self, data: bytes | None, expected: tuple[type[Any], ...] | None = None) -> object:
         """The record a Kafka record value holds; with ``expected``, only a record of one of those types.
 
-        Raises :class:`DecodeError` for anything else, with the reason, for the dead letter.
+        Raises :class:`DecodeError` for anything else, with the reason, for the dead letter. A null
+        value (a tombstone, which any producer can send to any topic) is one of those: where a topic
+        gives tombstones a meaning, its reader looks for them before decoding.
         """
+        if data is None:
+            raise DecodeError("Expected a record value, but the record has none (a null value, or tombstone)")
         if len(data) < HEADER_SIZE:
             raise DecodeError(
                 f"Expected at least {HEADER_SIZE} bytes (the marker C3 01 and an 8-byte schema fingerprint), "

@@ -1,6 +1,6 @@
 """The pure core: commands, events, run state, ``decide`` and ``evolve``. No I/O, clock or randomness."""
 
-from stepstream.core.decide import Defaults, child_run_id, child_url, decide, delivery_id
+from stepstream.core.decide import Defaults, child_run_id, child_url, decide, delivery_id, fail_run
 from stepstream.core.effects import (
     CallDelivery,
     CallRequested,
@@ -213,6 +213,7 @@ __all__ = [
     "delivery_id",
     "effects",
     "evolve",
+    "fail_run",
     "flow_control_problem",
     "fold",
     "header_problem",

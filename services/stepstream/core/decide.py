@@ -218,6 +218,20 @@ def decide(state: RunState | None, command: Command, defaults: Defaults = Defaul
             assert_never(command)
 
 
+def fail_run(state: RunState | None, error: ErrorInfo, now_ms: int) -> list[Event] | Rejected:
+    """The run fails with ``error``, whatever it was waiting for: for what the engine itself finds it
+    cannot carry out, such as a command whose result would not fit in a Kafka record. Not a command,
+    since nobody sends it: the projector decides it in place of the command that asked too much.
+    """
+    if state is None:
+        return Rejected(reason="Expected a run to fail, but there is none")
+    if state.status.terminal:
+        return _duplicate(f"Expected a run that has not ended, but run {state.run_id} is {state.status.value}")
+    builder = _Builder(state, state.run_id, now_ms)
+    builder.fail_run(error)
+    return builder.events
+
+
 def _trigger(state: RunState | None, command: TriggerRun, defaults: Defaults) -> list[Event] | Rejected:
     if state is not None:
         return Rejected(

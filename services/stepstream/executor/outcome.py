@@ -93,8 +93,10 @@ def from_transport_error(kind: str, message: str) -> Outcome:
 
 def unrecordable_delivery(report: ReportDelivery, reason: str) -> ReportDelivery:
     """``report`` in a form that can always be written, for an answer the records cannot hold: a
-    retryable failure saying why, without the steps."""
-    outcome = from_transport_error("InvalidResponse", f"the endpoint's answer cannot be recorded: {reason}")
+    failure saying why, without the steps. Not retried: the steps would run again and answer the same
+    (a step's output over the record limit), and a run that waits on it would wait for ever."""
+    message = f"the endpoint's answer cannot be recorded: {reason}"
+    outcome = Fail(error=ErrorInfo(type="RecordTooLarge", message=message[:_MAX_MESSAGE]), retryable=False)
     return replace(report, steps=(), outcome=outcome)
 
 

@@ -41,7 +41,18 @@ from stepstream import protocol, signing
 from stepstream.avro import Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
-from stepstream.core import CallDelivery, Delivery, FlowSettled, Outcome, ReportCall, ReportDelivery, StepResult
+from stepstream.core import (
+    CallDelivery,
+    Delivery,
+    ErrorInfo,
+    Fail,
+    FlowSettled,
+    Outcome,
+    ReportCall,
+    ReportDelivery,
+    StepResult,
+    headers_problem,
+)
 from stepstream.executor import calls
 from stepstream.executor.outcome import (
     from_response,
@@ -49,7 +60,9 @@ from stepstream.executor.outcome import (
     parse_retry_after,
     unrecordable_delivery,
 )
-from stepstream.kafka.clients import PartitionListener, encode_dead_letter, make_consumer, make_producer
+from stepstream.kafka.clients import PartitionListener, make_consumer, make_producer
+from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -125,6 +138,10 @@ class Executor:
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}executor"
         self.ready = asyncio.Event()
+        # A partition stalls when its oldest delivery in hand has not let its offset move for longer
+        # than a delivery may take, plus the stall bound.
+        self.progress = Progress(self.clock, stall_ms=settings.timeout_ms + self.kafka.stall_ms)
+        self.dead_letters = DeadLetters(self.codec, SERVICE, self.kafka.max_record_bytes)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._call_slots = asyncio.Semaphore(settings.call_concurrency)
         self._progress: dict[TopicPartition, PartitionProgress] = {}
@@ -135,6 +152,9 @@ class Executor:
         self._producer = make_producer(self.kafka)
         self._session: aiohttp.ClientSession | None = None
         self._call_session: aiohttp.ClientSession | None = None
+
+    def readiness(self) -> str | None:
+        return readiness(self.ready, self.progress)
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=self.settings.concurrency)
@@ -171,8 +191,6 @@ class Executor:
         """Start the work of one record, once a slot of its kind is free."""
         message: Delivery | CallDelivery | DecodeError
         try:
-            if record.value is None:
-                raise DecodeError("Expected a Delivery or CallDelivery, but the record has no value (a tombstone)")
             message = self.codec.decode(record.value, expected=(Delivery, CallDelivery))
         except DecodeError as error:
             message = error
@@ -183,6 +201,7 @@ class Executor:
         else:
             await self._slots.acquire()
             progress.start(record.offset)
+            self.progress.waiting((tp,))
             self._spawn(self._deliveries, self._handle(tp, record, message))
 
     @staticmethod
@@ -200,6 +219,8 @@ class Executor:
         if offsets:
             await self._consumer.commit(offsets)
             self._committed.update(offsets)
+            for tp in offsets:
+                self.progress.done((tp,), more=bool(self._progress[tp].in_flight))
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         self.ready.set()
@@ -243,26 +264,54 @@ class Executor:
         for tp in partitions:
             self._progress.pop(tp, None)
             self._committed.pop(tp, None)
+        self.progress.forget(partitions)
 
     # ------------------------------------------------------------------------------------------
     # Deliveries
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord, message: Delivery | DecodeError) -> None:
+        """Make one delivery and report it; whatever happens, the record is done with at the end (reported,
+        or else dead-lettered), so no record can hold back its partition's offsets."""
         try:
             if isinstance(message, DecodeError):
-                value = encode_dead_letter(self.codec, record, str(message), SERVICE, self.clock.now_ms())
-                await (await self._producer.send(self.topics.deadletter, value=value, key=record.key))
+                await self._send_dead_letter(record, str(message))
             else:
-                await self._deliver(message)
-        except Exception:
+                try:
+                    await self._deliver(message)
+                except Exception as error:
+                    # A bug, or a value no check foresaw: the run must not wait for ever on this
+                    # delivery. Reported as a retryable failure, it is tried again, then fails the run.
+                    log.exception("executor failed on delivery %s#%d", message.delivery_id, message.attempt)
+                    await self._report_failure(message, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            # Not even a report could be written (Kafka refused it for good): set the record aside.
             log.exception("executor failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-            # Leave the offset uncommitted: a restart or rebalance will try the record again.
-            return
+            try:
+                await self._send_dead_letter(record, f"the executor failed on this record: {error!r}")
+            except Exception:
+                log.exception("executor could not dead-letter %s[%d]@%d", record.topic, record.partition, record.offset)
         finally:
             self._slots.release()
-        progress = self._progress.get(tp)
-        if progress is not None:
-            progress.finish(record.offset)
+            progress = self._progress.get(tp)
+            if progress is not None:
+                progress.finish(record.offset)
+
+    async def _send_dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        value = self.dead_letters.encode(record, reason, self.clock.now_ms())
+        await self._send(self.topics.deadletter, DeadLetters.key(record).decode(errors="replace"), value)
+
+    async def _report_failure(self, delivery: Delivery, message: str) -> None:
+        outcome = Fail(error=ErrorInfo(type="ExecutorError", message=message[:2_000]), retryable=True)
+        report = ReportDelivery(
+            run_id=delivery.run_id,
+            delivery_id=delivery.delivery_id,
+            attempt=delivery.attempt,
+            now_ms=self.clock.now_ms(),
+            steps=(),
+            outcome=outcome,
+        )
+        await self._report(delivery.run_id, report, unrecordable_delivery)
+        await self._settle(self._begin(delivery.request_id, delivery.flow_key))
 
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
@@ -302,6 +351,10 @@ class Executor:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[tuple[StepResult, ...], Outcome]:
         assert self._session is not None
+        problem = headers_problem(tuple(headers.items()))
+        if problem is not None:
+            # The same request would be refused on every attempt: the run fails with the reason.
+            return (), Fail(error=ErrorInfo(type="InvalidRequest", message=problem), retryable=False)
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_ms / 1000)
         try:
             async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
@@ -311,6 +364,8 @@ class Executor:
             return (), from_transport_error("Timeout", f"endpoint did not answer within {self.settings.timeout_ms} ms")
         except aiohttp.ClientError as error:
             return (), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}")
+        except ValueError as error:  # a request aiohttp will not send (a url it cannot parse, say): no retry mends it
+            return (), Fail(error=ErrorInfo(type="InvalidRequest", message=f"{error}"[:2_000]), retryable=False)
 
     # ------------------------------------------------------------------------------------------
     # Engine-side calls
@@ -379,6 +434,11 @@ class Executor:
         except EncodeError as error:
             # The answer does not fit the records (the protocol's bounds should prevent this).
             value = self.codec.encode(unrecordable(report, str(error)))
+        limit = self.kafka.max_record_bytes
+        if len(value) > limit:
+            reason = f"its report of {len(value):,} bytes is over the {limit:,} bytes "
+            reason += "STEPSTREAM_MAX_RECORD_BYTES allows"
+            value = self.codec.encode(unrecordable(report, reason))
         try:
             await self._send(self.topics.commands, run_id, value)
         except MessageSizeTooLargeError as error:

@@ -5,15 +5,18 @@ Translates aiokafka's exceptions nowhere: callers treat a failed transaction as 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.transaction_manager import TransactionState
 
-from stepstream.avro import Codec, DeadLetter
 from stepstream.config import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -73,27 +76,12 @@ def make_producer(settings: KafkaSettings, *, transactional_id: str | None = Non
         # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
         retry_backoff_ms=20,
         transactional_id=transactional_id,
+        # Above the engine's own bound, which the services check before they write: a record past it
+        # is theirs to refuse with a reason, not the client's to fail a whole transaction with.
+        max_request_size=max(1_048_576, settings.max_record_bytes + 65_536),
         **settings.client_options(),
         **options,
     )
-
-
-def dead_letter(record: ConsumerRecord, reason: str, consumer: str, now_ms: int) -> DeadLetter:
-    return DeadLetter(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        reason=reason,
-        consumer=consumer,
-        at_ms=now_ms,
-    )
-
-
-def encode_dead_letter(codec: Codec, record: ConsumerRecord, reason: str, consumer: str, now_ms: int) -> bytes:
-    log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-    return codec.encode(dead_letter(record, reason, consumer, now_ms))
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -134,3 +122,61 @@ async def read_partitions_to_end(
         return records
     finally:
         await reader.stop()
+
+
+@asynccontextmanager
+async def transaction(producer: AIOKafkaProducer) -> AsyncIterator[None]:
+    """A Kafka transaction that is aborted whenever it fails, the commit included.
+
+    aiokafka's own ``producer.transaction()`` aborts when its block raises, but not when the commit
+    does: a record the broker refused inside the transaction (too large for a topic, say) fails
+    the commit, and the producer is left in its abortable-error state, where the next transaction
+    hangs for ever. Kafka's rule is that a failed commit must be followed by an abort; this does it.
+    A fatal error (the producer fenced by a newer one with the same transactional id) is raised as
+    it is: no abort can mend it.
+    """
+    await producer.begin_transaction()
+    try:
+        yield
+        await producer.commit_transaction()
+    except BaseException:
+        manager = producer._txn_manager
+        if manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
+            try:
+                await producer.abort_transaction()
+            except Exception:
+                log.warning("could not abort a failed transaction", exc_info=True)
+        raise
+
+
+async def renewed(producer: AIOKafkaProducer, make: Callable[[], AIOKafkaProducer]) -> AIOKafkaProducer:
+    """A new transactional producer in place of one whose transaction failed.
+
+    aiokafka keeps counting the sequence numbers of batches the broker refused, so once the cause is
+    gone (a topic's limit raised, say) every later transaction of the same producer fails with
+    OutOfOrderSequenceNumber (Java's producer bumps its epoch instead, KIP-360; aiokafka does not).
+    A new producer with the same transactional id gets a new epoch from the broker, with sequences
+    from 0, and fences only its predecessor. Measured: docs/decisions/0006-poison-input.md.
+    """
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=10)
+    except Exception:  # it is being replaced: whatever it still holds, its transaction is aborted
+        log.warning("a failed producer did not stop cleanly", exc_info=True)
+    delay = 0.5
+    while True:
+        fresh = make()
+        try:
+            await fresh.start()
+            return fresh
+        except KafkaError as error:  # the broker is away: the work waits for it, the service stays up
+            log.warning("cannot start a new producer yet (%s); retrying in %.1f s", error, delay)
+            await fresh.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def raise_if_fatal(producer: AIOKafkaProducer, error: BaseException) -> None:
+    """Raise ``error`` again if it left ``producer`` unusable (fenced by a newer producer with the same
+    transactional id): retrying cannot help, and another instance now does this one's work."""
+    if producer._txn_manager is not None and producer._txn_manager.is_fatal_error():
+        raise error

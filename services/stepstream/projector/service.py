@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import TypeVar, cast
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from ulid import ULID
 
 from stepstream.avro import (
@@ -32,12 +32,18 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ProjectorSettings
 from stepstream.core import (
     CancelRun,
+    ChildFinished,
     Command,
     Defaults,
+    ErrorInfo,
+    Event,
     NotifyEvent,
+    ReceiveEvent,
     RecoverRun,
     RegisterWaiter,
     Rejected,
+    ReportCall,
+    ReportDelivery,
     RunState,
     TriggerRun,
     UnregisterWaiter,
@@ -50,17 +56,22 @@ from stepstream.core import (
     deliverable_now,
     effects,
     evolve,
-    flow_control_problem,
+    fail_run,
     schedule_key,
+    trigger_problem,
 )
 from stepstream.kafka.clients import (
     PartitionListener,
-    encode_dead_letter,
     make_consumer,
     make_producer,
     partition_for,
+    raise_if_fatal,
     read_partitions_to_end,
+    renewed,
+    transaction,
 )
+from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -106,17 +117,19 @@ def public_command(request: PublicRequest, now_ms: int) -> Command | WaiterComma
     """A record from the public ``triggers`` topic as the core command it asks for.
 
     Raises ``ValueError`` saying why for a record the engine cannot carry out (user data that is not
-    JSON text), so it is dead-lettered before it can break a delivery.
+    JSON text, a value out of the bounds the api enforces), so it is dead-lettered before it can
+    break a delivery.
     """
     if isinstance(request, TriggerRequest):
         _check_json("payload", request.payload)
-        if request.flow is not None and (problem := flow_control_problem(request.flow)) is not None:
-            raise ValueError(problem)
     elif isinstance(request, NotifyRequest):
         _check_json("data", request.data)
     match request:
         case TriggerRequest():
-            return trigger_command(request, now_ms)
+            trigger = trigger_command(request, now_ms)
+            if (problem := trigger_problem(trigger)) is not None:
+                raise ValueError(problem)
+            return trigger
         case NotifyRequest():
             return NotifyEvent(event_id=request.event_id, data=request.data, now_ms=now_ms)
         case CancelRequest():
@@ -125,18 +138,46 @@ def public_command(request: PublicRequest, now_ms: int) -> Command | WaiterComma
             return RecoverRun(run_id=request.run_id, action=request.action, now_ms=now_ms)
 
 
+Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
+
+
 @dataclass(slots=True)
 class _Outbox:
     """What one batch writes, in order, and how to undo its effect on memory if the transaction fails."""
 
-    records: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
-    snapshots: dict[str, RunState] = field(default_factory=dict)
+    records: list[Output] = field(default_factory=list)
+    snapshots: dict[str, bytes] = field(default_factory=dict)  # each run's latest state, encoded
     previous: dict[str, RunState | None] = field(default_factory=dict)
-    waiter_snapshots: dict[str, WaiterState | None] = field(default_factory=dict)
+    waiter_snapshots: dict[str, bytes | None] = field(default_factory=dict)  # None: the index's tombstone
     previous_waiters: dict[str, WaiterState | None] = field(default_factory=dict)
 
     def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.records.append((topic, key.encode(), value, partition))
+
+
+@dataclass(slots=True)
+class _Change:
+    """What one command does, worked out in full before any of it touches memory or the outbox, so a
+    command that cannot be written (too large, or an encoding that fails) changes nothing."""
+
+    records: list[Output] = field(default_factory=list)
+    snapshot: bytes | None = None
+
+    def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
+        self.records.append((topic, key.encode(), value, partition))
+
+    def too_large(self, limit: int, snapshot_topic: str) -> str | None:
+        """Why one of the records would not fit (the largest named), or None if all do."""
+        sizes = [(len(key) + len(value or b""), topic) for topic, key, value, _ in self.records]
+        if self.snapshot is not None:
+            sizes.append((len(self.snapshot), snapshot_topic))
+        size, topic = max(sizes, default=(0, ""))
+        if size <= limit:
+            return None
+        return (
+            f"Expected records of at most {limit:,} bytes (STEPSTREAM_MAX_RECORD_BYTES), "
+            f"but this would write one of {size:,} bytes to {topic}"
+        )
 
 
 class Projector:
@@ -158,6 +199,8 @@ class Projector:
         self.owned: set[int] = set()  # the commands partitions this instance writes runs for
         self.commands_partitions = settings.kafka.partitions
         self.ready = asyncio.Event()
+        self.progress = Progress(self.clock, stall_ms=self.kafka.stall_ms)
+        self.dead_letters = DeadLetters(self.codec, SERVICE, self.kafka.max_record_bytes)
         # A rebalance waits for the batch in hand, and a batch waits for a restore in progress: aiokafka
         # fetches for new partitions while the assignment callback still reads their snapshots.
         self._lock = asyncio.Lock()
@@ -165,7 +208,13 @@ class Projector:
         self._consumer = make_consumer(
             self.kafka, group_id=self.group_id, max_poll_records=settings.max_batch, fetch_max_wait_ms=5
         )
-        self._producer = make_producer(
+        self._producer = self._make_producer()
+
+    def readiness(self) -> str | None:
+        return readiness(self.ready, self.progress)
+
+    def _make_producer(self) -> AIOKafkaProducer:
+        return make_producer(
             self.kafka, transactional_id=f"{self.kafka.topic_prefix}projector-{self.kafka.instance_id}"
         )
 
@@ -187,6 +236,7 @@ class Projector:
                     async with self._lock:
                         if generation != self._generation:
                             continue  # a rebalance came between: the partitions start again at their committed offsets
+                        self.progress.waiting(batch)
                         await self._process(batch)
         finally:
             await self._consumer.stop()
@@ -209,37 +259,56 @@ class Projector:
         self.ready.set()
 
     async def _restore(self, new: set[int]) -> int:
-        """Read back the run snapshots and waiter indexes of the ``new`` partitions; returns how many runs."""
-        records = await read_partitions_to_end(self.kafka, self.topics.runs, new)
+        """Read back the run snapshots and waiter indexes of the ``new`` partitions; returns how many runs.
+
+        These compacted topics are the projector's own. A record in them it cannot read (another
+        producer's, or a newer version's during an upgrade) is skipped, and a copy dead-lettered,
+        rather than stop the restore; the record itself stays, for a version that can read it.
+        """
+        unreadable: list[tuple[ConsumerRecord, str]] = []
         restored: set[str] = set()
-        for record in records:  # oldest first: the last snapshot of a run wins
-            run_id = record.key.decode()
-            if record.value is None:
+        for record in await read_partitions_to_end(self.kafka, self.topics.runs, new):  # the last snapshot wins
+            try:
+                run_id, state = _restored(record, self.codec.decode, RunState)
+            except DecodeError as error:
+                unreadable.append((record, f"cannot restore a run from this record: {error}"))
+                continue
+            if state is None:
                 self.states.pop(run_id, None)
                 restored.discard(run_id)
-                continue
+            else:
+                self.states[run_id] = state
+                restored.add(run_id)
+        for record in await read_partitions_to_end(self.kafka, self.topics.waiters, new):
             try:
-                state = self.codec.decode(record.value, expected=(RunState,))
+                event_id, waiters = _restored(record, self.codec.decode, WaiterState)
             except DecodeError as error:
-                log.error("cannot restore run %s from %s: %s", run_id, self.topics.runs, error)
+                unreadable.append((record, f"cannot restore a waiter index from this record: {error}"))
                 continue
-            self.states[run_id] = state
-            restored.add(run_id)
-        waiter_records = await read_partitions_to_end(self.kafka, self.topics.waiters, new)
-        for record in waiter_records:
-            event_id = record.key.decode()
-            if record.value is None:
+            if waiters is None:
                 self.waiters.pop(event_id, None)
-                continue
-            try:
-                self.waiters[event_id] = self.codec.decode(record.value, expected=(WaiterState,))
-            except DecodeError as error:
-                log.error("cannot restore the waiters of %r from %s: %s", event_id, self.topics.waiters, error)
+            else:
+                self.waiters[event_id] = waiters
+        if unreadable:
+            await self._write_dead_letters(unreadable)
         return len(restored)
+
+    async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
+        """Dead-letter records outside a batch (found while restoring), in a transaction of their own."""
+        now = self.clock.now_ms()
+        try:
+            async with transaction(self._producer):
+                for record, reason in letters:
+                    value = self.dead_letters.encode(record, reason, now)
+                    await self._producer.send(self.topics.deadletter, value=value, key=DeadLetters.key(record))
+        except Exception:
+            # Logged above, record by record; the records stay where they are, and the next restore tries again.
+            log.exception("projector could not dead-letter %d records it cannot restore", len(letters))
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self._generation += 1
         async with self._lock:
+            self.progress.forget(partitions)
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.commands}
             self.owned -= gone
             for run_id in [r for r in self.states if partition_for(r, self.commands_partitions) in gone]:
@@ -256,24 +325,26 @@ class Projector:
             for record in records:
                 self._apply(record, outbox)
             offsets[tp] = records[-1].offset + 1
-        for run_id, state in outbox.snapshots.items():
-            outbox.add(
-                self.topics.runs, run_id, self.codec.encode(state), partition_for(run_id, self.commands_partitions)
-            )
+        for run_id, snapshot in outbox.snapshots.items():
+            outbox.add(self.topics.runs, run_id, snapshot, partition_for(run_id, self.commands_partitions))
         for event_id, waiters in outbox.waiter_snapshots.items():
-            value = None if waiters is None else self.codec.encode(waiters)
-            outbox.add(self.topics.waiters, event_id, value, partition_for(event_id, self.commands_partitions))
+            outbox.add(self.topics.waiters, event_id, waiters, partition_for(event_id, self.commands_partitions))
         try:
-            async with self._producer.transaction():
+            async with transaction(self._producer):
                 sends = [
                     await self._producer.send(topic, value=value, key=key, partition=partition)
                     for topic, key, value, partition in outbox.records
                 ]
                 await self._producer.send_offsets_to_transaction(offsets, self.group_id)
             await asyncio.gather(*sends)
-        except Exception:
-            # Nothing of the batch is visible: put memory back and read the batch again.
+        except Exception as error:
+            # Nothing of the batch is visible: put memory back and read the batch again. What each
+            # command writes was checked against the record limit before, so what fails here is the
+            # broker's (unreachable, a transaction fenced or timed out) and worth trying again.
+            raise_if_fatal(self._producer, error)
             log.exception("projector transaction failed; re-reading the batch")
+            self.progress.failed(error)
+            self._producer = await renewed(self._producer, self._make_producer)
             for run_id, previous in outbox.previous.items():
                 if previous is None:
                     self.states.pop(run_id, None)
@@ -287,48 +358,105 @@ class Projector:
             for tp, records in batch.items():
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
+            return
+        self.progress.done(batch)
 
     def _apply(self, record: ConsumerRecord, outbox: _Outbox) -> None:
+        """Apply one input record, or dead-letter it with the reason; never raise, so no record can stop
+        the partitions of this projector."""
         now = self.clock.now_ms()
         try:
-            if record.topic == self.topics.triggers:
-                # decode checks the type against ``expected``: the casts only tell mypy what it checked.
-                request = cast(PublicRequest, self.codec.decode(record.value, expected=PUBLIC_TYPES))
-                command = public_command(request, now)
-            else:
-                decoded = self.codec.decode(record.value, expected=RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES)
-                command = replace(cast(Command | WaiterCommand, decoded), now_ms=now)
+            command = self._command(record, now)
         except (DecodeError, ValueError) as error:
-            outbox.add(
-                self.topics.deadletter, _key(record), encode_dead_letter(self.codec, record, str(error), SERVICE, now)
-            )
+            self._dead_letter(record, str(error), outbox, now)
             return
-        key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
-        partition = partition_for(key, self.commands_partitions)
-        if partition not in self.owned:
-            # Another instance owns this run or event id (a producer partitioned the record
-            # differently, or the topics differ in partition count): hand the command to its owner.
-            outbox.add(self.topics.commands, key, self.codec.encode(command), partition)
-            return
-        if isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
-            self._apply_to_waiters(command, outbox)
-        else:
-            self._apply_to_run(command, record, outbox, now)
+        try:
+            key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
+            partition = partition_for(key, self.commands_partitions)
+            if partition not in self.owned:
+                # Another instance owns this run or event id (a producer partitioned the record
+                # differently, or the topics differ in partition count): hand the command to its owner.
+                self._forward(command, key, partition, record, outbox, now)
+            elif isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
+                self._apply_to_waiters(command, record, outbox, now)
+            else:
+                self._apply_to_run(command, record, outbox, now)
+        except Exception as error:
+            # A value no check foresaw (or a bug): this record is set aside, its run and every other
+            # run of the partition go on. Nothing of it reached memory or the outbox (see _Change).
+            log.exception("projector failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+            self._dead_letter(record, f"the projector failed on this record: {error!r}", outbox, now)
 
-    def _apply_to_waiters(self, command: WaiterCommand, outbox: _Outbox) -> None:
+    def _command(self, record: ConsumerRecord, now: int) -> Command | WaiterCommand:
+        """The core command an input record asks for; ``DecodeError`` or ``ValueError`` saying why not."""
+        if record.topic == self.topics.triggers:
+            # decode checks the type against ``expected``: the casts only tell mypy what it checked.
+            request = cast(PublicRequest, self.codec.decode(record.value, expected=PUBLIC_TYPES))
+            return public_command(request, now)
+        decoded = self.codec.decode(record.value, expected=RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES)
+        command = replace(cast(Command | WaiterCommand, decoded), now_ms=now)
+        if isinstance(command, TriggerRun) and (problem := trigger_problem(command)) is not None:
+            raise ValueError(problem)
+        return command
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str, outbox: _Outbox, now: int) -> None:
+        outbox.records.append(
+            (self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now), None)
+        )
+
+    def _forward(
+        self,
+        command: Command | WaiterCommand,
+        key: str,
+        partition: int,
+        record: ConsumerRecord,
+        outbox: _Outbox,
+        now: int,
+    ) -> None:
+        change = _Change()
+        change.add(self.topics.commands, key, self.codec.encode(command), partition)
+        self._commit_or_dead_letter(change, record, outbox, now)
+
+    def _commit_or_dead_letter(self, change: _Change, record: ConsumerRecord, outbox: _Outbox, now: int) -> bool:
+        problem = change.too_large(self.kafka.max_record_bytes, self.topics.runs)
+        if problem is not None:
+            self._dead_letter(record, problem, outbox, now)
+            return False
+        outbox.records.extend(change.records)
+        return True
+
+    def _apply_to_waiters(self, command: WaiterCommand, record: ConsumerRecord, outbox: _Outbox, now: int) -> None:
         event_id = command.event_id
         state = self.waiters.get(event_id)
-        if event_id not in outbox.previous_waiters:
-            outbox.previous_waiters[event_id] = state
-        new_state, outputs = decide_waiters(state, command, buffer_ms=self.settings.notify_buffer_ms)
+        new_state, change = self._waiter_change(state, command, self.settings.notify_buffer_ms)
+        if change.too_large(self.kafka.max_record_bytes, self.topics.waiters) is not None and isinstance(
+            command, NotifyEvent
+        ):
+            # The index would not fit with this notification kept for late waiters: deliver it to the
+            # runs waiting now, and keep none of it.
+            log.warning("notification of %r too large to keep for runs that wait later; delivered only now", event_id)
+            new_state, change = self._waiter_change(state, command, 0)
+        problem = change.too_large(self.kafka.max_record_bytes, self.topics.waiters)
+        if problem is not None:
+            self._dead_letter(record, problem, outbox, now)
+            return
+        outbox.previous_waiters.setdefault(event_id, state)
         if new_state is None:
             self.waiters.pop(event_id, None)
         else:
             self.waiters[event_id] = new_state
         if new_state != state:
-            outbox.waiter_snapshots[event_id] = new_state
+            outbox.waiter_snapshots[event_id] = change.snapshot
+        outbox.records.extend(change.records)
+
+    def _waiter_change(
+        self, state: WaiterState | None, command: WaiterCommand, buffer_ms: int
+    ) -> tuple[WaiterState | None, _Change]:
+        new_state, outputs = decide_waiters(state, command, buffer_ms=buffer_ms)
+        change = _Change(snapshot=None if new_state is None else self.codec.encode(new_state))
         for output in outputs:
-            self._send_command(output, outbox)
+            self._send_command(output, change)
+        return new_state, change
 
     def _apply_to_run(self, command: Command, record: ConsumerRecord, outbox: _Outbox, now: int) -> None:
         run_id = command.run_id
@@ -337,39 +465,88 @@ class Projector:
         if isinstance(result, Rejected):
             reattached = child_reattached(state, command) if state and isinstance(command, TriggerRun) else None
             if reattached is not None:
-                self._send_command(reattached, outbox)
+                change = _Change()
+                self._send_command(reattached, change)
+                self._commit_or_dead_letter(change, record, outbox, now)
             elif result.duplicate:
                 log.info("ignored: %s", result.reason)
             else:
-                outbox.add(
-                    self.topics.deadletter,
-                    _key(record),
-                    encode_dead_letter(self.codec, record, result.reason, SERVICE, now),
-                )
+                self._dead_letter(record, result.reason, outbox, now)
             return
-        if run_id not in outbox.previous:
-            outbox.previous[run_id] = state
-        before = state
-        for event in result:
+        new_state, change = self._run_change(state, result, now)
+        problem = change.too_large(self.kafka.max_record_bytes, self.topics.runs)
+        if problem is not None and state is not None:
+            # The run cannot record what this command asks: it fails with the reason instead (its
+            # failure handler is called, and it can be resumed from the dead-letter list), rather
+            # than wait for ever on a result that was set aside.
+            log.warning("run %s fails: %s", run_id, problem)
+            failed = fail_run(
+                state, ErrorInfo(type="RecordTooLarge", message=f"cannot record {_what(command)}: {problem}"), now
+            )
+            if not isinstance(failed, Rejected):
+                new_state, change = self._run_change(state, failed, now)
+                if change.too_large(self.kafka.max_record_bytes, self.topics.runs) is None:
+                    problem = None
+        if problem is not None:
+            # A trigger too large to start, or a run too large even to fail: set the command aside.
+            self._dead_letter(record, problem, outbox, now)
+            return
+        outbox.previous.setdefault(run_id, state)
+        self.states[run_id] = new_state
+        assert change.snapshot is not None
+        outbox.snapshots[run_id] = change.snapshot
+        outbox.records.extend(change.records)
+
+    def _run_change(self, before: RunState | None, events: list[Event], now: int) -> tuple[RunState, _Change]:
+        """The run's state after ``events``, and every record they write: the events, the commands and
+        schedule records their effects ask for, and the new snapshot."""
+        change = _Change()
+        state = before
+        run_id = events[0].run_id
+        for event in events:
             state = evolve(state, event)
-            outbox.add(self.topics.events, run_id, self.codec.encode(event))
+            change.add(self.topics.events, run_id, self.codec.encode(event))
         assert state is not None
-        self.states[run_id] = state
-        outbox.snapshots[run_id] = state
-        for effect in effects(before, result):
+        for effect in effects(before, events):
             if isinstance(effect, RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES):
-                self._send_command(effect, outbox)
+                self._send_command(effect, change)
                 continue
             work = deliverable_now(effect, now)
             if work is not None:
-                outbox.add(self.topics.deliveries, run_id, self.codec.encode(work))
+                change.add(self.topics.deliveries, run_id, self.codec.encode(work))
             else:
-                outbox.add(self.topics.schedule, schedule_key(effect), self.codec.encode(effect))
+                change.add(self.topics.schedule, schedule_key(effect), self.codec.encode(effect))
+        change.snapshot = self.codec.encode(state)
+        return state, change
 
-    def _send_command(self, command: Command | WaiterCommand, outbox: _Outbox) -> None:
+    def _send_command(self, command: Command | WaiterCommand, change: _Change) -> None:
         key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
-        outbox.add(self.topics.commands, key, self.codec.encode(command), partition_for(key, self.commands_partitions))
+        change.add(self.topics.commands, key, self.codec.encode(command), partition_for(key, self.commands_partitions))
 
 
-def _key(record: ConsumerRecord) -> str:
-    return record.key.decode(errors="replace") if record.key else ""
+StateT = TypeVar("StateT", RunState, WaiterState)
+
+
+def _restored(
+    record: ConsumerRecord, decode: Callable[[bytes | None, tuple[type[StateT]]], StateT], state_type: type[StateT]
+) -> tuple[str, StateT | None]:
+    """The key and state a changelog record holds (None: a tombstone); ``DecodeError`` if it holds neither."""
+    if record.key is None:
+        raise DecodeError("Expected a key (a run id or event id), but the record has none")
+    key = bytes(record.key).decode(errors="replace")
+    return key, None if record.value is None else decode(record.value, (state_type,))
+
+
+def _what(command: Command) -> str:
+    """The command's result, in words, for the reason a run fails with."""
+    match command:
+        case ReportDelivery():
+            return f"the answer to delivery {command.delivery_id} (attempt {command.attempt})"
+        case ReportCall():
+            return f"the answer to the call of step {command.step_index}"
+        case ReceiveEvent():
+            return f"the notification of event {command.event_id!r} for step {command.step_index}"
+        case ChildFinished():
+            return f"the result of child run {command.child_run_id}"
+        case _:
+            return f"the {type(command).__name__} command"

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import cast
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
@@ -37,14 +37,19 @@ from stepstream.core import (
     Queued,
     ScheduleCancelled,
     TimerRequested,
+    flow_control_problem,
 )
 from stepstream.kafka.clients import (
     PartitionListener,
-    encode_dead_letter,
     make_consumer,
     make_producer,
+    raise_if_fatal,
     read_partitions_to_end,
+    renewed,
+    transaction,
 )
+from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler.pending import HeldRecord, PendingWork, due_ms
 
@@ -70,13 +75,21 @@ class Scheduler:
         self.flow = FlowLedger()
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
+        self.progress = Progress(self.clock, stall_ms=self.kafka.stall_ms)
+        self.dead_letters = DeadLetters(self.codec, SERVICE, self.kafka.max_record_bytes)
         # A rebalance waits for the batch in hand, and a batch waits for a restore in progress: aiokafka
         # fetches for new partitions while the assignment callback still reads the changelog.
         self._lock = asyncio.Lock()
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._states_due_ms = 0  # when the changed keys' state may be published next
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
-        self._producer = make_producer(
+        self._producer = self._make_producer()
+
+    def readiness(self) -> str | None:
+        return readiness(self.ready, self.progress)
+
+    def _make_producer(self) -> AIOKafkaProducer:
+        return make_producer(
             self.kafka, transactional_id=f"{self.kafka.topic_prefix}scheduler-{self.kafka.instance_id}"
         )
 
@@ -93,6 +106,7 @@ class Scheduler:
                 async with self._lock:
                     if generation != self._generation:
                         continue  # a rebalance came between: the partitions start again at their committed offsets
+                    self.progress.waiting(batch)
                     await self._step(batch)
         finally:
             await self._consumer.stop()
@@ -110,42 +124,64 @@ class Scheduler:
         self._generation += 1
         async with self._lock:
             new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
-            restored = await self._restore(new)
+            restored, unreadable = await self._restore(new)
             self.owned |= new
+            if unreadable:
+                await self._write_dead_letters(unreadable)
         log.info("scheduler owns schedule partitions %s (restored %d requests and slots)", sorted(self.owned), restored)
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self._generation += 1
         async with self._lock:
+            self.progress.forget(partitions)
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.schedule}
             self.owned -= gone
             self.pending.drop_partitions(gone)
             self.flow.drop_partitions(gone)
 
-    async def _restore(self, partitions: set[int]) -> int:
+    async def _restore(self, partitions: set[int]) -> tuple[int, list[tuple[ConsumerRecord, str]]]:
         """Read back the changelog of ``partitions``: the latest entry per request, in the order of
-        their last writes (so a key's queue keeps its order of arrival)."""
-        latest: dict[str, tuple[int, bytes | None]] = {}
+        their last writes (so a key's queue keeps its order of arrival). Returns how many entries,
+        and the records that could not be read (another producer's, or a newer version's), with why."""
+        # By partition too: compaction keeps the latest record of a key per partition, and a key written
+        # to two partitions (by another producer) is two entries, each to restore or refuse.
+        latest: dict[tuple[int, bytes], ConsumerRecord] = {}
+        unreadable: list[tuple[ConsumerRecord, str]] = []
         for record in await read_partitions_to_end(self.kafka, self.topics.timers, partitions):
-            request_id = record.key.decode()
-            latest.pop(request_id, None)
-            latest[request_id] = (record.partition, record.value)
+            if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
+                unreadable.append((record, "Expected a key (a request id), but the record has none"))
+                continue
+            key = (record.partition, bytes(record.key))
+            latest.pop(key, None)
+            latest[key] = record
         count = 0
-        for request_id, (partition, value) in latest.items():
-            if value is None:
+        for record in latest.values():
+            if record.value is None:
                 continue
             try:
-                entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
+                entry = self.codec.decode(record.value, expected=CHANGELOG_TYPES)
             except DecodeError as error:
-                log.error("cannot restore pending request %s: %s", request_id, error)
+                unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
                 continue
             if isinstance(entry, FlowSlot):
-                self.flow.restore(partition, entry)
+                self.flow.restore(record.partition, entry)
             else:
-                self.pending.add(partition, cast(HeldRecord, entry))
+                self.pending.add(record.partition, cast(HeldRecord, entry))
             count += 1
-        return count
+        return count, unreadable
+
+    async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
+        """Dead-letter copies of changelog records the restore could not read, in a transaction of their
+        own; the records stay, for a version that can read them."""
+        now = self.clock.now_ms()
+        try:
+            async with transaction(self._producer):
+                for record, reason in letters:
+                    topic, key, value, _ = self._dead_letter(record, reason, now)
+                    await self._producer.send(topic, value=value, key=key)
+        except Exception:
+            log.exception("scheduler could not dead-letter %d records it cannot restore", len(letters))
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = self.clock.now_ms()
@@ -153,35 +189,13 @@ class Scheduler:
         for tp, records in batch.items():
             for record in records:
                 try:
-                    request = self.codec.decode(record.value, expected=SCHEDULE_TYPES)
-                except DecodeError as error:
-                    outputs.append(
-                        (
-                            self.topics.deadletter,
-                            record.key or b"",
-                            encode_dead_letter(self.codec, record, str(error), SERVICE, now),
-                            None,
-                        )
-                    )
-                    continue
-                match request:
-                    case ScheduleCancelled():
-                        outputs.extend(self._cancel(request))
-                    case FlowSettled():
-                        # Counted in the rate window from now: the endpoint saw the request start before
-                        # this report of its end reached us, whatever the delays and clocks on the way.
-                        self.flow.settled(request, now)
-                    case _:
-                        work = cast(HeldRecord, request)
-                        if due_ms(work) > now:
-                            # Held at once, so a cancellation later in the same batch finds it.
-                            self.pending.add(tp.partition, work)
-                            outputs.append((self.topics.timers, work.request_id.encode(), record.value, tp.partition))
-                        elif isinstance(work, DeliveryRequested | CallRequested) and work.flow is not None:
-                            self.flow.queue(self._queued(tp.partition, work))
-                            outputs.append((self.topics.timers, work.request_id.encode(), record.value, tp.partition))
-                        else:
-                            outputs.append(self._emit(work, now))
+                    outputs.extend(self._take(tp, record, now))
+                except (DecodeError, ValueError) as error:
+                    outputs.append(self._dead_letter(record, str(error), now))
+                except Exception as error:
+                    # A value no check foresaw (or a bug): this record is set aside, not the partition.
+                    log.exception("scheduler failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+                    outputs.append(self._dead_letter(record, f"the scheduler failed on this record: {error!r}", now))
         for held in self.pending.pop_due(now):
             due = held.record
             if isinstance(due, DeliveryRequested | CallRequested) and due.flow is not None:
@@ -193,22 +207,66 @@ class Scheduler:
         if not outputs and not batch:
             return
         try:
-            async with self._producer.transaction():
+            async with transaction(self._producer):
                 for topic, key, value, partition in outputs:
                     await self._producer.send(topic, value=value, key=key, partition=partition)
                 if batch:
                     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                     await self._producer.send_offsets_to_transaction(offsets, self.group_id)
-        except Exception:
+        except Exception as error:
+            raise_if_fatal(self._producer, error)
             log.exception("scheduler transaction failed; restoring from the changelog and re-reading the batch")
+            self.progress.failed(error)
+            self._producer = await renewed(self._producer, self._make_producer)
             # Memory ran ahead of what was committed: start again from the changelog, as a new owner would.
             self.pending.drop_partitions(self.owned)
             self.flow.drop_partitions(self.owned)
             self.flow.take_changes()
-            await self._restore(self.owned)
+            await self._restore(self.owned)  # what it cannot read was dead-lettered when first restored
             for tp, records in batch.items():
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
+            return
+        self.progress.done(batch)
+
+    def _take(self, tp: TopicPartition, record: ConsumerRecord, now: int) -> list[Output]:
+        """Take one ``schedule`` record in: hold it, queue it, or emit it now; returns what to write.
+
+        Raises ``DecodeError`` or ``ValueError`` for a record to dead-letter, before changing anything.
+        """
+        request = self.codec.decode(record.value, expected=SCHEDULE_TYPES)
+        if len(record.value) > self.kafka.max_record_bytes:
+            # What is held goes to the changelog as it came, and what is due goes on as a delivery of
+            # about its size: either would fail the transaction, batch after batch.
+            raise ValueError(
+                f"Expected records of at most {self.kafka.max_record_bytes:,} bytes (STEPSTREAM_MAX_RECORD_BYTES), "
+                f"but this one has {len(record.value):,}"
+            )
+        match request:
+            case ScheduleCancelled():
+                return self._cancel(request)
+            case FlowSettled():
+                # Counted in the rate window from now: the endpoint saw the request start before
+                # this report of its end reached us, whatever the delays and clocks on the way.
+                self.flow.settled(request, now)
+                return []
+        work = cast(HeldRecord, request)
+        if isinstance(work, DeliveryRequested | CallRequested) and work.flow is not None:
+            problem = flow_control_problem(work.flow)
+            if problem is not None:
+                raise ValueError(problem)
+        changelog = (self.topics.timers, work.request_id.encode(), record.value, tp.partition)
+        if due_ms(work) > now:
+            # Held at once, so a cancellation later in the same batch finds it.
+            self.pending.add(tp.partition, work)
+            return [changelog]
+        if isinstance(work, DeliveryRequested | CallRequested) and work.flow is not None:
+            self.flow.queue(self._queued(tp.partition, work))
+            return [changelog]
+        return [self._emit(work, now)]
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str, now: int) -> Output:
+        return self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now), None
 
     def _cancel(self, request: ScheduleCancelled) -> list[Output]:
         outputs: list[Output] = []
