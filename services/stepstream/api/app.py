@@ -9,6 +9,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
@@ -39,6 +40,13 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 
 # Runs read from the store per query while cancelling by filter.
 _CANCEL_PAGE = 500
+# What a trigger may hold besides its payload, as JSON: its other fields, headers among them. With the
+# payload's limit it keeps a trigger within one Kafka record.
+ENVELOPE_BYTES = 65_536
+# A body may send each character of a payload as \uXXXX, as Python's json does by default: "é" is 6
+# bytes sent and 2 recorded, "🙂" 12 and 4. So the body is read up to three times the payload's limit
+# (and the envelope) before it is refused unread; the payload's limit holds on the text as recorded.
+ESCAPED_GROWTH = 3
 
 
 class ApiError(Exception):
@@ -91,6 +99,26 @@ def _parse_flow_cursor(cursor: str) -> str:
         return key
     except (ValueError, TypeError) as error:
         raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+
+
+def _json_text(value: Any, name: str, limit: int) -> str:
+    """``value`` as the JSON text the engine records: refused with 422 if it holds a number JSON has no
+    text for (NaN, Infinity, or 1e400, which reads as Infinity), with 413 if it is over ``limit`` bytes."""
+    try:
+        # Not ASCII-escaped: "é" is 2 bytes of UTF-8 as it is and 6 as \u00e9, and the limit is in bytes.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise _invalid(
+            f"Expected {name} to be JSON, but it holds NaN, Infinity or a number too large for JSON (such as 1e400)"
+        ) from None
+    size = len(text.encode())
+    if size > limit:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"Expected {name} of at most {limit} bytes as JSON (STEPSTREAM_MAX_PAYLOAD_BYTES), but it has {size}",
+        )
+    return text
 
 
 def _instant(value: int | str | None, name: str) -> int | None:
@@ -183,15 +211,20 @@ def create_app(
         return run
 
     async def read_body(request: Request) -> bytes:
-        limit = settings.max_payload_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes, but got {length}")
+        """The raw body, read no further than a payload at its limit, escaped, and the envelope need."""
+        limit = ESCAPED_GROWTH * settings.max_payload_bytes + ENVELOPE_BYTES
+        expected = (
+            f"Expected a request body of at most {limit} bytes ({ESCAPED_GROWTH} times STEPSTREAM_MAX_PAYLOAD_BYTES "
+            f"for a payload's escaped characters, and {ENVELOPE_BYTES} for the other fields)"
+        )
+        length = request.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "payload_too_large", f"{expected}, but its content-length is {length}")
         raw = bytearray()
         async for chunk in request.stream():
             raw.extend(chunk)
             if len(raw) > limit:
-                raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes")
+                raise ApiError(413, "payload_too_large", f"{expected}, but it is longer")
         return bytes(raw)
 
     async def parse(request: Request, model: type[BodyT], *, optional: bool = False) -> BodyT:
@@ -233,30 +266,38 @@ def create_app(
             raise _invalid(str(error)) from None
         now_ms = clock.now_ms()
         not_before_ms = _not_before(body, now_ms)
+        record = TriggerRequest(
+            workflow=body.workflow,
+            url=url,
+            payload=_json_text(body.payload, "payload", settings.max_payload_bytes),
+            run_id=body.run_id or new_run_id(),
+            headers=tuple(body.headers.items()),
+            label=body.label,
+            retries=body.retries,
+            retry_base_ms=body.retry_base_ms,
+            not_before_ms=not_before_ms,
+            requested_at_ms=now_ms,
+            retry_delay=body.retry_delay,
+            failure_url=body.failure_url,
+            flow=flow,
+        )
+        envelope = _envelope_bytes(record)
+        if envelope > ENVELOPE_BYTES:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"Expected the fields of a trigger other than payload to take at most {ENVELOPE_BYTES} bytes as JSON,"
+                f" but they take {envelope} (headers: {sum(len(name) + len(value) for name, value in record.headers)}"
+                " characters)",
+            )
         if body.run_id is not None:
             existing = query_store().get_run(body.run_id)
             if existing is not None:
                 # Idempotent: the same trigger sent again (a client retry) is answered, not refused.
                 return JSONResponse({"run_id": body.run_id, "duplicate": True, "run": existing.to_dict()}, 200)
-        run_id = body.run_id or new_run_id()
-        await publish(
-            TriggerRequest(
-                workflow=body.workflow,
-                url=url,
-                payload=json.dumps(body.payload, separators=(",", ":")),
-                run_id=run_id,
-                headers=tuple(body.headers.items()),
-                label=body.label,
-                retries=body.retries,
-                retry_base_ms=body.retry_base_ms,
-                not_before_ms=not_before_ms,
-                requested_at_ms=now_ms,
-                retry_delay=body.retry_delay,
-                failure_url=body.failure_url,
-                flow=flow,
-            )
-        )
-        return JSONResponse({"run_id": run_id, "duplicate": False, "not_before_ms": not_before_ms}, status_code=202)
+        await publish(record)
+        answer = {"run_id": record.run_id, "duplicate": False, "not_before_ms": record.not_before_ms}
+        return JSONResponse(answer, status_code=202)
 
     @app.get("/v1/runs")
     async def list_runs(
@@ -354,9 +395,8 @@ def create_app(
         body = await parse(request, NotifyBody, optional=True)
         waiting = list(dict.fromkeys(waiter.run_id for waiter in query_store().waiters(event_id)))
         now_ms = clock.now_ms()
-        await publish(
-            NotifyRequest(event_id=event_id, data=json.dumps(body.data, separators=(",", ":")), requested_at_ms=now_ms)
-        )
+        data = _json_text(body.data, "data", settings.max_payload_bytes)
+        await publish(NotifyRequest(event_id=event_id, data=data, requested_at_ms=now_ms))
         buffer_ms = settings.notify_buffer_ms
         kept = f"the notification is kept for {_seconds(buffer_ms)} for runs that start waiting on it"
         if waiting:
@@ -474,6 +514,12 @@ def create_app(
         return {"status": "ready"}
 
     return app
+
+
+def _envelope_bytes(record: TriggerRequest) -> int:
+    """The size of a trigger's fields other than its payload, as JSON."""
+    fields = {name: value for name, value in asdict(record).items() if name != "payload"}
+    return len(json.dumps(fields, ensure_ascii=False).encode())
 
 
 def _not_before(body: TriggerBody, now_ms: int) -> int | None:
