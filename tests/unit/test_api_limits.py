@@ -1,5 +1,6 @@
-"""The api's payload limit: a payload (or a notification's data) no larger than a Kafka record can hold,
-measured as the JSON text the engine records, and a request body read no further than it needs."""
+"""The api's limits, where values are made: every number bounded where it is parsed (by the bounds of
+``core.limits`` that the engine holds every trigger to), headers as RFC 9110 allows them, and payloads
+no larger than a Kafka record can hold."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from stepstream.avro import Codec, NotifyRequest, TriggerRequest
 from stepstream.core import FlowKeyState
-from stepstream.core.limits import MAX_HEADERS
+from stepstream.core.limits import MAX_DELAY_MS, MAX_EPOCH_MS, MAX_HEADERS
 from stepstream.store import QueryStore
 from tests.unit.test_api import (
+    NOW,
     T0,
     FakePublisher,
     TestClient,
@@ -85,6 +87,272 @@ def api(store: QueryStore, published: RecordingPublisher) -> Iterator[TestClient
 
 def cursor_of(json_text: bytes) -> str:
     return base64.urlsafe_b64encode(json_text).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The requests of the issue, each a 500 before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        (
+            "POST",
+            "/v1/runs",
+            {"workflow": "orders", "delay": "1" * 401 + "d"},
+            (422, "Expected a duration of at most 64 characters such as '1h30m', but got 402 characters"),
+        ),
+        (
+            "POST",
+            "/v1/runs",
+            {"workflow": "orders", "flow_control": {"key": "mailer", "rate": 2**70}},
+            (422, f"Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got {2**70}"),
+        ),
+        (
+            "POST",
+            "/v1/runs",
+            {"workflow": "orders", "flow_control": {"key": "mailer", "parallelism": 2**70}},
+            (422, f"Expected a flow-control parallelism from 1 to 1,000,000,000, but got {2**70}"),
+        ),
+        (
+            "GET",
+            "/v1/runs?created_after=99999999999999999999999",
+            None,
+            (
+                422,
+                "Expected created_after as epoch milliseconds from 0 to 253402300799999 (9999-12-31T23:59:59.999Z), "
+                "but got 99999999999999999999999",
+            ),
+        ),
+        (
+            "GET",
+            f"/v1/runs/run_2/history?after_seq={10**23}",
+            None,
+            (422, "query.after_seq: Input should be less than or equal to 2147483647"),
+        ),
+        (
+            "POST",
+            "/v1/runs/cancel",
+            {"created_after": 2**70},
+            (
+                422,
+                "Expected created_after as epoch milliseconds from 0 to 253402300799999 (9999-12-31T23:59:59.999Z), "
+                f"but got {2**70}",
+            ),
+        ),
+        (
+            "POST",
+            "/v1/runs/cancel",
+            {"created_before": "1" * 24},
+            (
+                422,
+                "Expected created_before as epoch milliseconds from 0 to 253402300799999 (9999-12-31T23:59:59.999Z), "
+                f"but got {'1' * 24}",
+            ),
+        ),
+        (
+            "GET",
+            "/v1/runs?cursor=WzFlOTk5LCAieCJd",  # [1e999, "x"]
+            None,
+            (400, "Expected a cursor from a previous page, but got 'WzFlOTk5LCAieCJd'"),
+        ),
+        (
+            "GET",
+            "/v1/deadletter?cursor=WzFlOTk5LCAieCJd",
+            None,
+            (400, "Expected a cursor from a previous page, but got 'WzFlOTk5LCAieCJd'"),
+        ),
+    ],
+)
+def test_a_value_past_its_bounds_is_a_4xx_that_says_which_bound(
+    api: TestClient, published: RecordingPublisher, method: str, path: str, body: Any, expected: tuple[int, str]
+) -> None:
+    status, error, message = error_of(api.request(method, path, json=body))
+
+    assert (status, message) == expected
+    assert error == ("bad_request" if status == 400 else "invalid_request")
+    assert published.records == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers and instants at their bounds
+
+
+@pytest.mark.parametrize(
+    ("field", "good", "bad", "message"),
+    [
+        ("retries", 100, 101, "retries: Input should be less than or equal to 100"),
+        ("retry_base_ms", 86_400_000, 86_400_001, "retry_base_ms: Input should be less than or equal to 86400000"),
+        ("delay_ms", MAX_DELAY_MS, MAX_DELAY_MS + 1, "delay_ms: Input should be less than or equal to 315360000000"),
+        ("delay", "3650d", "3651d", "Expected a delay of at most 3650 days, but got 315446400000 ms"),
+        ("delay", "1d" * 32, "1d" * 32 + "1s", "Expected a duration of at most 64 characters such as '1h30m'"),
+        ("run_id", "r" * 200, "r" * 201, "run_id: String should have at most 200 characters"),
+        ("workflow", "w" * 200, "w" * 201, "workflow: String should have at most 200 characters"),
+        ("label", "l" * 200, "l" * 201, "label: String should have at most 200 characters"),
+        ("url", "http://app/" + "u" * 1_989, "http://app/" + "u" * 1_990, "url: String should have at most 2000"),
+        (
+            "failure_url",
+            "http://a/" + "u" * 1_991,
+            "http://a/" + "u" * 1_992,
+            "failure_url: String should have at most",
+        ),
+    ],
+)
+def test_a_trigger_field_is_taken_at_its_bound_and_refused_past_it(
+    api: TestClient, published: RecordingPublisher, field: str, good: Any, bad: Any, message: str
+) -> None:
+    body = {"workflow": "orders", "url": "http://app/orders"}
+    accepted = api.post("/v1/runs", json={**body, field: good})
+    refused = api.post("/v1/runs", json={**body, field: bad})
+
+    assert accepted.status_code == 202, accepted.text
+    status, error, text = error_of(refused)
+    assert (status, error) == (422, "invalid_request")
+    assert text.startswith(message)
+    assert len(published.records) == 1
+
+
+def test_a_long_duration_within_its_bound_is_counted_to_the_millisecond(
+    api: TestClient, published: RecordingPublisher
+) -> None:
+    # 3649.999999999 days: a float sum of the parts would be off by a millisecond.
+    response = api.post("/v1/runs", json={"workflow": "orders", "delay": "3649d23h59m59.999s"})
+
+    assert response.json()["not_before_ms"] == NOW + MAX_DELAY_MS - 86_400_000 + 86_399_999
+
+
+@pytest.mark.parametrize(
+    ("created_after", "status"),
+    [
+        (str(MAX_EPOCH_MS), 200),
+        ("9999-12-31T23:59:59.999Z", 200),
+        ("0", 200),
+        ("1970-01-01T00:00:00Z", 200),
+        (str(MAX_EPOCH_MS + 1), 422),
+        ("9999-12-31T23:59:59.999-01:00", 422),  # after the last instant, in UTC
+        ("1969-12-31T23:59:59.999Z", 422),
+        ("0001-01-01T00:00:00+01:00", 422),
+        ("\u0661\u0662\u0663", 422),  # Arabic-Indic digits: str.isdigit() says yes, and int() reads them
+        ("\u00b2", 422),  # '²': isdigit() says yes, and int() raises
+        ("9" * 5_000, 422),  # int() of it is refused by Python itself
+    ],
+)
+def test_an_instant_is_taken_from_1970_to_the_end_of_9999(api: TestClient, created_after: str, status: int) -> None:
+    response = api.get("/v1/runs", params={"created_after": created_after})
+
+    assert response.status_code == status, response.text
+    if status == 422:
+        assert error_of(response)[2].startswith("Expected created_after as epoch milliseconds")
+
+
+def test_a_not_before_past_the_end_of_9999_is_refused_before_any_arithmetic(api: TestClient) -> None:
+    response = api.post("/v1/runs", json={"workflow": "orders", "not_before": 2**70})
+
+    assert error_of(response)[:2] == (422, "invalid_request")
+    assert error_of(response)[2].startswith("Expected not_before as epoch milliseconds from 0 to 253402300799999")
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value", "message"),
+    [
+        ("/v1/runs/cancel", "workflow", "w" * 201, "workflow: String should have at most 200 characters"),
+        ("/v1/runs/cancel", "label", "l" * 201, "label: String should have at most 200 characters"),
+        ("/v1/runs/cancel", "reason", "r" * 1_001, "reason: String should have at most 1000 characters"),
+        ("/v1/runs/run_2/cancel", "reason", "r" * 1_001, "reason: String should have at most 1000 characters"),
+    ],
+)
+def test_a_cancel_field_past_its_bound_is_refused(
+    api: TestClient, published: RecordingPublisher, path: str, field: str, value: str, message: str
+) -> None:
+    assert error_of(api.post(path, json={field: value})) == (422, "invalid_request", message)
+    assert published.records == []
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        cursor_of(b'[NaN, "run_1"]'),
+        cursor_of(b'[-1, "run_1"]'),
+        cursor_of(b'[253402300800000, "run_1"]'),
+        cursor_of(b'[true, "run_1"]'),
+        cursor_of(b'[1.5, "run_1"]'),
+        cursor_of(b"[1, 2]"),
+        cursor_of(b'[1, "run_1", 3]'),
+        cursor_of(b'{"created_at_ms": 1}'),
+        cursor_of(b"[" * 5_000 + b"]" * 5_000),
+        cursor_of(b"\xff\xfe"),
+        "!!!!",
+        "x" * 5_000,
+    ],
+)
+def test_a_cursor_of_the_wrong_shape_is_a_400(api: TestClient, cursor: str) -> None:
+    status, error, message = error_of(api.get("/v1/runs", params={"cursor": cursor}))
+
+    assert (status, error) == (400, "bad_request")
+    assert message.startswith("Expected a cursor from a previous page, but got ")
+    assert len(message) < 200  # the cursor quoted, cut short
+
+
+@pytest.mark.parametrize("cursor", [cursor_of(b"[1]"), cursor_of(b'["mailer", 2]'), cursor_of(b"[" * 5_000)])
+def test_a_flow_cursor_of_the_wrong_shape_is_a_400(api: TestClient, cursor: str) -> None:
+    assert error_of(api.get("/v1/flow-control", params={"cursor": cursor}))[:2] == (400, "bad_request")
+
+
+def test_a_cursor_from_a_page_still_leads_to_the_next(api: TestClient) -> None:
+    first = api.get("/v1/runs", params={"limit": 2}).json()
+    second = api.get("/v1/runs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+
+    assert [run["run_id"] for run in first["runs"] + second["runs"]] == ["run_3", "run_2", "run_1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers (RFC 9110)
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (
+            {"X-Note": "one\r\nX-Injected: two"},
+            "Expected header 'X-Note' to hold visible characters, spaces and tabs only (RFC 9110), but it holds '\\r'",
+        ),
+        (
+            {"X-Note": "one\ntwo"},
+            "Expected header 'X-Note' to hold visible characters, spaces and tabs only (RFC 9110), but it holds '\\n'",
+        ),
+        (
+            {"X-Note": "nul\x00"},
+            "Expected header 'X-Note' to hold visible characters, spaces and tabs only (RFC 9110), "
+            "but it holds '\\x00'",
+        ),
+        (
+            {"X Note": "one"},
+            "Expected a header name made of letters, digits and !#$%&'*+-.^_`|~ (RFC 9110), but got 'X Note'",
+        ),
+        ({"": "one"}, "Expected a header name of 1 to 256 characters, but got 0"),
+        ({"X-Note": "v" * 8_193}, "Expected header 'X-Note' to have at most 8192 characters, but got 8193"),
+        ({f"X-{number}": "v" for number in range(MAX_HEADERS + 1)}, "Expected at most 64 headers, but got 65"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_refused(
+    api: TestClient, published: RecordingPublisher, headers: dict[str, str], message: str
+) -> None:
+    response = api.post("/v1/runs", json={"workflow": "orders", "headers": headers})
+
+    assert error_of(response) == (422, "invalid_request", message)
+    assert published.records == []
+
+
+def test_headers_as_rfc_9110_allows_them_are_carried(api: TestClient, published: RecordingPublisher) -> None:
+    headers = {f"X-{number}": "v" for number in range(MAX_HEADERS - 2)}
+    headers |= {"Authorization": "Bearer a\tb c", "X-Latin-1": "caf\u00e9"}  # a tab, a space, obs-text
+
+    response = api.post("/v1/runs", json={"workflow": "orders", "headers": headers})
+
+    assert response.status_code == 202, response.text
+    (record,) = published.records
+    assert isinstance(record, TriggerRequest)
+    assert dict(record.headers) == headers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ reads the query store the indexer keeps, so what it reads may lag what it wrote 
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.inputs import (
     CancelBody,
     CancelFilterBody,
@@ -32,8 +32,9 @@ from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
-from stepstream.core import Recovery, check_delay_rule
-from stepstream.projector.service import new_run_id
+from stepstream.core import Recovery, headers_problem, trigger_problem
+from stepstream.core.limits import MAX_SEQ
+from stepstream.projector.service import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -75,30 +76,18 @@ def _describe(problems: Sequence[Any]) -> str:
     )
 
 
-def _cursor(created_at_ms: int, run_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at_ms, run_id]).encode()).decode()
-
-
-def _parse_cursor(cursor: str) -> tuple[int, str]:
+def _run_cursor(cursor: str | None) -> tuple[int, str] | None:
     try:
-        created_at_ms, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return int(created_at_ms), str(run_id)
-    except (ValueError, TypeError) as error:
-        raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+        return parse_run_cursor(cursor) if cursor else None
+    except ValueError as error:
+        raise ApiError(400, "bad_request", str(error)) from None
 
 
-def _flow_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([key]).encode()).decode()
-
-
-def _parse_flow_cursor(cursor: str) -> str:
+def _flow_cursor(cursor: str | None) -> str | None:
     try:
-        (key,) = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(key, str):
-            raise TypeError(key)
-        return key
-    except (ValueError, TypeError) as error:
-        raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+        return parse_flow_cursor(cursor) if cursor else None
+    except ValueError as error:
+        raise ApiError(400, "bad_request", str(error)) from None
 
 
 def _json_text(value: Any, name: str, limit: int) -> str:
@@ -142,7 +131,7 @@ def _statuses(values: list[str] | None) -> list[str] | None:
 
 
 def _page(rows: list[RunRow], limit: int) -> dict[str, Any]:
-    next_cursor = _cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
+    next_cursor = run_cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
     return {"runs": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
@@ -252,14 +241,6 @@ def create_app(
                 "unknown_workflow",
                 f"Expected a registered workflow or a url, but {body.workflow!r} is unknown (registered: {known})",
             )
-        for name, value in (("url", url), ("failure_url", body.failure_url)):
-            if value is not None and not value.startswith(("http://", "https://")):
-                raise _invalid(f"Expected {name} to be an http(s) url, but got {value!r}")
-        if body.retry_delay is not None:
-            try:
-                check_delay_rule(body.retry_delay)
-            except ValueError as error:
-                raise _invalid(f"retry_delay: {error}") from None
         try:
             flow = body.flow_control.flow() if body.flow_control is not None else None
         except ValueError as error:
@@ -281,6 +262,12 @@ def create_app(
             failure_url=body.failure_url,
             flow=flow,
         )
+        # The engine's own check of a trigger, the one a record from any producer on triggers meets, so a
+        # trigger the api accepts is one the engine starts; and the characters of the headers, which that
+        # check leaves to the executor: a run whose deliveries cannot be sent is better refused now.
+        problem = trigger_problem(trigger_command(record, now_ms)) or headers_problem(record.headers)
+        if problem is not None:
+            raise _invalid(problem)
         envelope = _envelope_bytes(record)
         if envelope > ENVELOPE_BYTES:
             raise ApiError(
@@ -320,7 +307,7 @@ def create_app(
             dead_letter=dead_letter,
             parent_run_id=parent_run_id,
             limit=limit,
-            before=_parse_cursor(cursor) if cursor else None,
+            before=_run_cursor(cursor),
         )
         return _page(rows, limit)
 
@@ -361,7 +348,7 @@ def create_app(
         return {"run_id": run_id, "steps": [step.to_dict() for step in query_store().steps(run_id)]}
 
     @app.get("/v1/runs/{run_id}/history")
-    async def history(run_id: str, after_seq: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    async def history(run_id: str, after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> dict[str, Any]:
         known_run(run_id)
         return {"run_id": run_id, "events": query_store().history(run_id, after_seq=after_seq)}
 
@@ -447,7 +434,7 @@ def create_app(
             created_after_ms=_instant(created_after, "created_after"),
             created_before_ms=_instant(created_before, "created_before"),
             limit=limit,
-            before=_parse_cursor(cursor) if cursor else None,
+            before=_run_cursor(cursor),
         )
         return _page(rows, limit)
 
@@ -485,8 +472,8 @@ def create_app(
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Every flow-control key by key, as the scheduler last published it (see ``updated_at_ms``)."""
-        rows = query_store().flow_keys(limit=limit, after=_parse_flow_cursor(cursor) if cursor else None)
-        next_cursor = _flow_cursor(rows[-1].key) if len(rows) == limit else None
+        rows = query_store().flow_keys(limit=limit, after=_flow_cursor(cursor))
+        next_cursor = flow_cursor(rows[-1].key) if len(rows) == limit else None
         return {"flow_keys": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
     @app.get("/v1/flow-control/{key:path}")
