@@ -1,13 +1,16 @@
 """The api's limits, where values are made: every number bounded where it is parsed (by the bounds of
-``core.limits`` that the engine holds every trigger to), headers as RFC 9110 allows them, and payloads
-no larger than a Kafka record can hold."""
+``core.limits`` that the projector applies too), headers as RFC 9110 allows them, payloads no larger
+than a Kafka record can hold, and never a 500 for bad input — an unexpected error is a 500 that tells
+nothing but where to look."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -474,3 +477,237 @@ def test_a_value_json_cannot_hold_is_refused(
         f"Expected {field} to be JSON, but it holds NaN, Infinity or a number too large for JSON (such as 1e400)",
     )
     assert published.records == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The last line of defence
+
+
+def test_an_unexpected_error_is_a_500_that_tells_only_where_to_look(
+    store: QueryStore, published: RecordingPublisher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("disk I/O error in /var/lib/stepstream/secret.db")
+
+    monkeypatch.setattr(store, "list_runs", broken)
+    with api_client(store, published) as api, caplog.at_level(logging.ERROR, logger="stepstream.api.app"):
+        response = api.get("/v1/runs")
+
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == {"error", "message"}
+    assert body["error"] == "internal_error"
+    assert body["message"].startswith("Expected to answer, but the api failed unexpectedly (error ")
+    assert body["message"].endswith("): see the api's log")
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+    (logged,) = caplog.records
+    reference = body["message"].split("(error ")[1].split(")")[0]
+    assert logged.getMessage() == f"Unexpected error {reference} answering GET /v1/runs"
+    assert logged.exc_info is not None
+    assert "secret.db" in str(logged.exc_info[1])
+
+
+def test_an_error_the_api_expects_keeps_its_own_status(api: TestClient) -> None:
+    assert error_of(api.get("/v1/runs/nobody"))[:2] == (404, "unknown_run")
+    assert error_of(api.get("/v1/nowhere"))[:2] == (404, "not_found")
+    assert error_of(api.post("/v1/runs", content="{", headers={"content-type": "application/json"}))[0] == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile values at every field and every parameter: never a 5xx
+
+# JSON text, put where a field's value goes.
+HOSTILE_JSON = {
+    "10^25": "1" + "0" * 25,
+    "2^63": str(2**63),
+    "2^64": str(2**64),
+    "4000 digits": "9" * 4_000,
+    "5000 digits": "9" * 5_000,
+    "-1": "-1",
+    "-2^70": str(-(2**70)),
+    "NaN": "NaN",
+    "Infinity": "Infinity",
+    "-Infinity": "-Infinity",
+    "10^400": "1e400",
+    "10^-400": "1e-400",
+    "1.5": "1.5",
+    "0": "0",
+    "true": "true",
+    "false": "false",
+    "null": "null",
+    "{}": "{}",
+    "[]": "[]",
+    "object": '{"a": [1, {"b": null}], "c": "d"}',
+    "nested 100": "[" * 100 + "]" * 100,
+    "nested 5000": "[" * 5_000 + "]" * 5_000,
+    "nested objects": '{"a":' * 3_000 + "1" + "}" * 3_000,
+    "empty string": '""',
+    "blank": '"   "',
+    "NUL": '"\\u0000"',
+    "CR LF": '"a\\r\\nX-Injected: 1"',
+    "lone surrogate": '"\\ud800"',
+    "unicode escaped": json.dumps("\u00e9\u6f22\U0001f642\u202e"),
+    "unicode raw": json.dumps("\u00e9\u6f22\U0001f642\u202e", ensure_ascii=False),
+    "10,000 characters": json.dumps("x" * 10_000),
+    "70,000 characters": json.dumps("x" * 70_000),
+    "digits": '"' + "9" * 30 + '"',
+    "huge duration": json.dumps("1" * 401 + "d"),
+    "long duration": json.dumps("9" * 60 + "d"),
+    "many durations": json.dumps("1d" * 5_000),
+    "last instant": '"9999-12-31T23:59:59.999-23:59"',
+    "first instant": '"0001-01-01T00:00:00Z"',
+    "other digits": '"\u0661\u0662\u0663"',
+    "superscript": '"\u00b2"',
+    "url": '"javascript:alert(1)"',
+    "bare url": '"http://"',
+    "delay rule": '"9**9**9**9"',
+}
+
+# A body that is valid without the field; the field's value is put in at HOSTILE.
+HOSTILE = "__hostile__"
+TRIGGER = {"workflow": "orders", "run_id": "fresh"}
+FIELDS = [
+    *(("/v1/runs", {**TRIGGER, field: HOSTILE}) for field in ("workflow", "url", "payload", "run_id", "label")),
+    *(("/v1/runs", {**TRIGGER, field: HOSTILE}) for field in ("retries", "retry_base_ms", "retry_delay")),
+    *(("/v1/runs", {**TRIGGER, field: HOSTILE}) for field in ("failure_url", "delay_ms", "delay", "not_before")),
+    *(("/v1/runs", {**TRIGGER, field: HOSTILE}) for field in ("headers", "flow_control", "unknown")),
+    ("/v1/runs", {**TRIGGER, "headers": {"X-Note": HOSTILE}}),
+    *(
+        ("/v1/runs", {**TRIGGER, "flow_control": {"key": "mailer", field: HOSTILE}})
+        for field in ("rate", "period", "period_ms", "parallelism")
+    ),
+    ("/v1/runs", {**TRIGGER, "flow_control": {"key": HOSTILE}}),
+    *(
+        ("/v1/runs/cancel", {"label": "nothing", field: HOSTILE})
+        for field in ("workflow", "created_after", "created_before", "all", "reason")
+    ),
+    ("/v1/runs/cancel", {"workflow": "nothing", "label": HOSTILE}),
+    ("/v1/runs/run_2/cancel", {"reason": HOSTILE}),
+    ("/v1/events/order-42/notify", {"data": HOSTILE}),
+    *((path, HOSTILE) for path in ("/v1/runs", "/v1/runs/cancel", "/v1/runs/run_2/cancel", "/v1/events/e/notify")),
+]
+
+
+def assert_answered(response: Any, case: str, failures: list[str]) -> None:
+    """A 2xx, or a 4xx with an error code and a short message; anything else joins ``failures``."""
+    try:
+        body = response.json()
+    except ValueError:
+        failures.append(f"{case}: {response.status_code}, not JSON: {response.text[:200]}")
+        return
+    if response.status_code >= 500:
+        failures.append(f"{case}: {response.status_code} {response.text[:300]}")
+    elif response.status_code >= 400 and not (
+        isinstance(body, dict)
+        and isinstance(body.get("error"), str)
+        and isinstance(body.get("message"), str)
+        and 0 < len(body["message"]) < 2_000  # a refusal quotes a value cut short, never a whole body
+    ):
+        failures.append(f"{case}: {response.status_code} without a short error and message: {response.text[:300]}")
+
+
+@pytest.mark.parametrize(("path", "body"), FIELDS, ids=[f"{path} {json.dumps(body)}" for path, body in FIELDS])
+def test_a_hostile_value_in_any_body_field_is_never_a_5xx(api: TestClient, path: str, body: Any) -> None:
+    template = json.dumps(body)
+    failures: list[str] = []
+    for name, token in HOSTILE_JSON.items():
+        content = template.replace(json.dumps(HOSTILE), token)
+        response = api.post(path, content=content.encode(), headers={"content-type": "application/json"})
+        assert_answered(response, name, failures)
+
+    assert failures == []
+
+
+def test_a_hostile_header_name_is_never_a_5xx(api: TestClient) -> None:
+    failures: list[str] = []
+    for name, token in HOSTILE_JSON.items():
+        if token.startswith('"'):  # an object's keys are strings
+            content = '{"workflow": "orders", "headers": {' + token + ': "v"}}'
+            response = api.post("/v1/runs", content=content.encode(), headers={"content-type": "application/json"})
+            assert_answered(response, name, failures)
+
+    assert failures == []
+
+
+# Text, put where a query parameter's or a path segment's value goes.
+HOSTILE_TEXT = {
+    "10^23": "99999999999999999999999",
+    "2^63": str(2**63),
+    "-1": "-1",
+    "1e999": "1e999",
+    "NaN": "NaN",
+    "Infinity": "Infinity",
+    "empty": "",
+    "blank": "   ",
+    "NUL": "\x00",
+    "CR LF": "a\r\nb",
+    "unicode": "\u00e9\u6f22\U0001f642\u202e",
+    "other digits": "\u0661\u0662\u0663",
+    "superscript": "\u00b2",
+    "10,000 characters": "x" * 10_000,
+    "leading zeros": "0" * 5_000 + "1",
+    "5000 digits": "9" * 5_000,
+    "true": "true",
+    "array": "[1]",
+    "last instant": "9999-12-31T23:59:59.999-23:59",
+    "first instant": "0001-01-01T00:00:00Z",
+    "no zone": "2026-01-31T09:00:00",
+    "percent": "%",
+    "dots": "../..",
+    "cursor [1e999]": cursor_of(b'[1e999, "x"]'),
+    "cursor [NaN]": cursor_of(b'[NaN, "x"]'),
+    "cursor 10^23": cursor_of(b'[99999999999999999999999, "x"]'),
+    "cursor nested": cursor_of(b"[" * 5_000 + b"]" * 5_000),
+    "cursor [1]": cursor_of(b"[1]"),
+    "cursor not UTF-8": cursor_of(b"\xff\xfe"),
+    "not base64": "====",
+}
+
+PARAMETERS = [
+    *(
+        ("/v1/runs", parameter)
+        for parameter in ("status", "workflow", "label", "created_after", "created_before", "dead_letter")
+    ),
+    *(("/v1/runs", parameter) for parameter in ("parent_run_id", "limit", "cursor")),
+    *(
+        ("/v1/deadletter", parameter)
+        for parameter in ("workflow", "label", "created_after", "created_before", "limit", "cursor")
+    ),
+    ("/v1/runs/run_2/history", "after_seq"),
+    ("/v1/flow-control", "limit"),
+    ("/v1/flow-control", "cursor"),
+]
+
+
+@pytest.mark.parametrize(("path", "parameter"), PARAMETERS, ids=[f"{path}?{name}" for path, name in PARAMETERS])
+def test_a_hostile_value_in_any_query_parameter_is_never_a_5xx(api: TestClient, path: str, parameter: str) -> None:
+    failures: list[str] = []
+    for name, value in HOSTILE_TEXT.items():
+        assert_answered(api.get(path, params={parameter: value}), name, failures)
+
+    assert failures == []
+
+
+ROUTES = [
+    ("GET", "/v1/runs/{}"),
+    ("GET", "/v1/runs/{}/steps"),
+    ("GET", "/v1/runs/{}/history"),
+    ("POST", "/v1/runs/{}/cancel"),
+    ("POST", "/v1/events/{}/notify"),
+    ("GET", "/v1/events/{}/waiters"),
+    ("POST", "/v1/deadletter/{}/resume"),
+    ("POST", "/v1/deadletter/{}/restart"),
+    ("DELETE", "/v1/deadletter/{}"),
+    ("GET", "/v1/flow-control/{}"),
+]
+
+
+@pytest.mark.parametrize(("method", "route"), ROUTES, ids=[f"{method} {route}" for method, route in ROUTES])
+def test_a_hostile_value_in_any_path_is_never_a_5xx(api: TestClient, method: str, route: str) -> None:
+    failures: list[str] = []
+    for name, value in HOSTILE_TEXT.items():
+        if value:  # an empty segment is another route
+            assert_answered(api.request(method, route.format(quote(value, safe=""))), name, failures)
+
+    assert failures == []

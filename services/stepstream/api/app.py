@@ -6,6 +6,8 @@ reads the query store the indexer keeps, so what it reads may lag what it wrote 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.inputs import (
@@ -27,6 +30,7 @@ from stepstream.api.inputs import (
     check_event_id,
     parse_duration_ms,
     parse_instant_ms,
+    shown,
 )
 from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
@@ -36,6 +40,8 @@ from stepstream.core import Recovery, headers_problem, trigger_problem
 from stepstream.core.limits import MAX_SEQ
 from stepstream.projector.service import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
+
+log = logging.getLogger(__name__)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -48,6 +54,8 @@ ENVELOPE_BYTES = 65_536
 # bytes sent and 2 recorded, "🙂" 12 and 4. So the body is read up to three times the payload's limit
 # (and the envelope) before it is refused unread; the payload's limit holds on the text as recorded.
 ESCAPED_GROWTH = 3
+# An error's message, at most: its sentence names the bound and quotes the value, which need not be whole.
+MAX_MESSAGE_LENGTH = 1_000
 
 
 class ApiError(Exception):
@@ -62,6 +70,8 @@ class ApiError(Exception):
 
 
 def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_LENGTH:  # a value quoted whole, such as a number of 4,000 digits
+        message = f"{message[:MAX_MESSAGE_LENGTH]}… ({len(message)} characters)"
     return JSONResponse({"error": error, "message": message, **more}, status_code=status)
 
 
@@ -126,7 +136,7 @@ def _statuses(values: list[str] | None) -> list[str] | None:
     statuses = [status.strip() for value in values for status in value.split(",") if status.strip()]
     unknown = [status for status in statuses if status not in RUN_STATUSES]
     if unknown:
-        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {', '.join(unknown)}")
+        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {shown(', '.join(unknown))}")
     return statuses or None
 
 
@@ -169,6 +179,7 @@ def create_app(
                 state["store"].close()
 
     app = FastAPI(title="Stepstream", version="1", lifespan=lifespan)
+    app.add_middleware(InternalErrors)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -196,7 +207,7 @@ def create_app(
     def known_run(run_id: str) -> RunRow:
         run = query_store().get_run(run_id)
         if run is None:
-            raise ApiError(404, "unknown_run", f"Expected a known run id, but {run_id!r} is not known (yet)")
+            raise ApiError(404, "unknown_run", f"Expected a known run id, but {shown(run_id)} is not known (yet)")
         return run
 
     async def read_body(request: Request) -> bytes:
@@ -447,7 +458,7 @@ def create_app(
             raise ApiError(
                 404,
                 "not_in_dead_letter",
-                f"Expected a run in the dead-letter list to {action.value}, but run {run_id!r} is {found}",
+                f"Expected a run in the dead-letter list to {action.value}, but run {shown(run_id)} is {found}",
             )
         await publish(RecoverRequest(run_id=run_id, action=action, requested_at_ms=clock.now_ms()))
         return JSONResponse({"run_id": run_id, "action": action.value}, status_code=202)
@@ -484,7 +495,7 @@ def create_app(
             raise ApiError(
                 404,
                 "unknown_flow_key",
-                f"Expected a flow-control key the scheduler has published, but {key!r} is not known (yet): "
+                f"Expected a flow-control key the scheduler has published, but {shown(key)} is not known (yet): "
                 "no work has been scheduled under it, or the scheduler has not published it yet",
             )
         return row.to_dict()
@@ -501,6 +512,40 @@ def create_app(
         return {"status": "ready"}
 
     return app
+
+
+class InternalErrors:
+    """The last line of defence: an exception no route turned into an answer is logged with its traceback
+    and answered 500 with a reference to that log line, never with the exception's text, which may
+    hold what the client must not see (a query, a path, another run's data).
+
+    An ASGI middleware rather than an ``exception_handler(Exception)``: Starlette re-raises after such a
+    handler, so the server would log the traceback a second time, without the reference.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("Unexpected error %s answering %s %s", reference, scope["method"], scope["path"])
+            if started:  # too late for another answer: the server ends the response
+                raise
+            message = f"Expected to answer, but the api failed unexpectedly (error {reference}): see the api's log"
+            await JSONResponse({"error": "internal_error", "message": message}, status_code=500)(scope, receive, send)
 
 
 def _envelope_bytes(record: TriggerRequest) -> int:
