@@ -212,6 +212,9 @@ def database_url(environ: Mapping[str, str]) -> str:
     return environ.get("STEPSTREAM_DATABASE") or str(default_home(environ) / "stepstream.db")
 
 
+DEFAULT_MAX_PAYLOAD_BYTES = 524_288  # 512 KiB
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiSettings:
     kafka: KafkaSettings
@@ -219,7 +222,10 @@ class ApiSettings:
     port: int = 8080
     database: str = ""
     workflows: Mapping[str, str] = field(default_factory=dict)  # name -> endpoint url
-    max_payload_bytes: int = 1_048_576
+    # A payload's (or a notification's data's) JSON text, as the engine records it. Half of what one
+    # Kafka record may hold by default (about 1 MB, for the producer and the broker alike), so a
+    # trigger with its other fields fits in one record; raising it means raising those limits too.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     # The projector's notification buffer (STEPSTREAM_NOTIFY_BUFFER_MS, the same variable): the api
     # only tells a notifier how long its notification is kept for runs that start waiting later.
     notify_buffer_ms: int = 60_000
@@ -232,6 +238,6 @@ class ApiSettings:
             port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1, maximum=65_535),
             database=database_url(environ),
             workflows=_workflows(environ),
-            max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1_048_576, minimum=1),
+            max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, minimum=1),
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
         )

@@ -77,7 +77,7 @@ def test_api_defaults(home: Path) -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.database == str(home.resolve() / "stepstream.db")
     assert dict(settings.workflows) == {}
-    assert settings.max_payload_bytes == 1_048_576
+    assert settings.max_payload_bytes == 524_288
 
 
 # ---------------------------------------------------------------------------------------------

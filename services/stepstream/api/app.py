@@ -5,10 +5,12 @@ reads the query store the indexer keeps, so what it reads may lag what it wrote 
 
 from __future__ import annotations
 
-import base64
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
@@ -16,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.inputs import (
     CancelBody,
     CancelFilterBody,
@@ -26,19 +30,32 @@ from stepstream.api.inputs import (
     check_event_id,
     parse_duration_ms,
     parse_instant_ms,
+    shown,
 )
 from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
-from stepstream.core import Recovery, check_delay_rule
-from stepstream.projector.service import new_run_id
+from stepstream.core import Recovery, headers_problem, trigger_problem
+from stepstream.core.limits import MAX_SEQ
+from stepstream.projector.service import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
+
+log = logging.getLogger(__name__)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 # Runs read from the store per query while cancelling by filter.
 _CANCEL_PAGE = 500
+# What a trigger may hold besides its payload, as JSON: its other fields, headers among them. With the
+# payload's limit it keeps a trigger within one Kafka record.
+ENVELOPE_BYTES = 65_536
+# A body may send each character of a payload as \uXXXX, as Python's json does by default: "é" is 6
+# bytes sent and 2 recorded, "🙂" 12 and 4. So the body is read up to three times the payload's limit
+# (and the envelope) before it is refused unread; the payload's limit holds on the text as recorded.
+ESCAPED_GROWTH = 3
+# An error's message, at most: its sentence names the bound and quotes the value, which need not be whole.
+MAX_MESSAGE_LENGTH = 1_000
 
 
 class ApiError(Exception):
@@ -53,6 +70,8 @@ class ApiError(Exception):
 
 
 def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_LENGTH:  # a value quoted whole, such as a number of 4,000 digits
+        message = f"{message[:MAX_MESSAGE_LENGTH]}… ({len(message)} characters)"
     return JSONResponse({"error": error, "message": message, **more}, status_code=status)
 
 
@@ -67,30 +86,38 @@ def _describe(problems: Sequence[Any]) -> str:
     )
 
 
-def _cursor(created_at_ms: int, run_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at_ms, run_id]).encode()).decode()
-
-
-def _parse_cursor(cursor: str) -> tuple[int, str]:
+def _run_cursor(cursor: str | None) -> tuple[int, str] | None:
     try:
-        created_at_ms, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return int(created_at_ms), str(run_id)
-    except (ValueError, TypeError) as error:
-        raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+        return parse_run_cursor(cursor) if cursor else None
+    except ValueError as error:
+        raise ApiError(400, "bad_request", str(error)) from None
 
 
-def _flow_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([key]).encode()).decode()
-
-
-def _parse_flow_cursor(cursor: str) -> str:
+def _flow_cursor(cursor: str | None) -> str | None:
     try:
-        (key,) = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(key, str):
-            raise TypeError(key)
-        return key
-    except (ValueError, TypeError) as error:
-        raise ApiError(400, "bad_request", f"Expected a cursor from a previous page, but got {cursor!r}") from error
+        return parse_flow_cursor(cursor) if cursor else None
+    except ValueError as error:
+        raise ApiError(400, "bad_request", str(error)) from None
+
+
+def _json_text(value: Any, name: str, limit: int) -> str:
+    """``value`` as the JSON text the engine records: refused with 422 if it holds a number JSON has no
+    text for (NaN, Infinity, or 1e400, which reads as Infinity), with 413 if it is over ``limit`` bytes."""
+    try:
+        # Not ASCII-escaped: "é" is 2 bytes of UTF-8 as it is and 6 as \u00e9, and the limit is in bytes.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise _invalid(
+            f"Expected {name} to be JSON, but it holds NaN, Infinity or a number too large for JSON (such as 1e400)"
+        ) from None
+    size = len(text.encode())
+    if size > limit:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"Expected {name} of at most {limit} bytes as JSON (STEPSTREAM_MAX_PAYLOAD_BYTES), but it has {size}",
+        )
+    return text
 
 
 def _instant(value: int | str | None, name: str) -> int | None:
@@ -109,12 +136,12 @@ def _statuses(values: list[str] | None) -> list[str] | None:
     statuses = [status.strip() for value in values for status in value.split(",") if status.strip()]
     unknown = [status for status in statuses if status not in RUN_STATUSES]
     if unknown:
-        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {', '.join(unknown)}")
+        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {shown(', '.join(unknown))}")
     return statuses or None
 
 
 def _page(rows: list[RunRow], limit: int) -> dict[str, Any]:
-    next_cursor = _cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
+    next_cursor = run_cursor(rows[-1].created_at_ms, rows[-1].run_id) if len(rows) == limit else None
     return {"runs": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
@@ -152,6 +179,7 @@ def create_app(
                 state["store"].close()
 
     app = FastAPI(title="Stepstream", version="1", lifespan=lifespan)
+    app.add_middleware(InternalErrors)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -179,19 +207,24 @@ def create_app(
     def known_run(run_id: str) -> RunRow:
         run = query_store().get_run(run_id)
         if run is None:
-            raise ApiError(404, "unknown_run", f"Expected a known run id, but {run_id!r} is not known (yet)")
+            raise ApiError(404, "unknown_run", f"Expected a known run id, but {shown(run_id)} is not known (yet)")
         return run
 
     async def read_body(request: Request) -> bytes:
-        limit = settings.max_payload_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes, but got {length}")
+        """The raw body, read no further than a payload at its limit, escaped, and the envelope need."""
+        limit = ESCAPED_GROWTH * settings.max_payload_bytes + ENVELOPE_BYTES
+        expected = (
+            f"Expected a request body of at most {limit} bytes ({ESCAPED_GROWTH} times STEPSTREAM_MAX_PAYLOAD_BYTES "
+            f"for a payload's escaped characters, and {ENVELOPE_BYTES} for the other fields)"
+        )
+        length = request.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "payload_too_large", f"{expected}, but its content-length is {length}")
         raw = bytearray()
         async for chunk in request.stream():
             raw.extend(chunk)
             if len(raw) > limit:
-                raise ApiError(413, "payload_too_large", f"Expected at most {limit} bytes")
+                raise ApiError(413, "payload_too_large", f"{expected}, but it is longer")
         return bytes(raw)
 
     async def parse(request: Request, model: type[BodyT], *, optional: bool = False) -> BodyT:
@@ -219,44 +252,50 @@ def create_app(
                 "unknown_workflow",
                 f"Expected a registered workflow or a url, but {body.workflow!r} is unknown (registered: {known})",
             )
-        for name, value in (("url", url), ("failure_url", body.failure_url)):
-            if value is not None and not value.startswith(("http://", "https://")):
-                raise _invalid(f"Expected {name} to be an http(s) url, but got {value!r}")
-        if body.retry_delay is not None:
-            try:
-                check_delay_rule(body.retry_delay)
-            except ValueError as error:
-                raise _invalid(f"retry_delay: {error}") from None
         try:
             flow = body.flow_control.flow() if body.flow_control is not None else None
         except ValueError as error:
             raise _invalid(str(error)) from None
         now_ms = clock.now_ms()
         not_before_ms = _not_before(body, now_ms)
+        record = TriggerRequest(
+            workflow=body.workflow,
+            url=url,
+            payload=_json_text(body.payload, "payload", settings.max_payload_bytes),
+            run_id=body.run_id or new_run_id(),
+            headers=tuple(body.headers.items()),
+            label=body.label,
+            retries=body.retries,
+            retry_base_ms=body.retry_base_ms,
+            not_before_ms=not_before_ms,
+            requested_at_ms=now_ms,
+            retry_delay=body.retry_delay,
+            failure_url=body.failure_url,
+            flow=flow,
+        )
+        # The engine's own check of a trigger, the one a record from any producer on triggers meets, so a
+        # trigger the api accepts is one the engine starts; and the characters of the headers, which that
+        # check leaves to the executor: a run whose deliveries cannot be sent is better refused now.
+        problem = trigger_problem(trigger_command(record, now_ms)) or headers_problem(record.headers)
+        if problem is not None:
+            raise _invalid(problem)
+        envelope = _envelope_bytes(record)
+        if envelope > ENVELOPE_BYTES:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"Expected the fields of a trigger other than payload to take at most {ENVELOPE_BYTES} bytes as JSON,"
+                f" but they take {envelope} (headers: {sum(len(name) + len(value) for name, value in record.headers)}"
+                " characters)",
+            )
         if body.run_id is not None:
             existing = query_store().get_run(body.run_id)
             if existing is not None:
                 # Idempotent: the same trigger sent again (a client retry) is answered, not refused.
                 return JSONResponse({"run_id": body.run_id, "duplicate": True, "run": existing.to_dict()}, 200)
-        run_id = body.run_id or new_run_id()
-        await publish(
-            TriggerRequest(
-                workflow=body.workflow,
-                url=url,
-                payload=json.dumps(body.payload, separators=(",", ":")),
-                run_id=run_id,
-                headers=tuple(body.headers.items()),
-                label=body.label,
-                retries=body.retries,
-                retry_base_ms=body.retry_base_ms,
-                not_before_ms=not_before_ms,
-                requested_at_ms=now_ms,
-                retry_delay=body.retry_delay,
-                failure_url=body.failure_url,
-                flow=flow,
-            )
-        )
-        return JSONResponse({"run_id": run_id, "duplicate": False, "not_before_ms": not_before_ms}, status_code=202)
+        await publish(record)
+        answer = {"run_id": record.run_id, "duplicate": False, "not_before_ms": record.not_before_ms}
+        return JSONResponse(answer, status_code=202)
 
     @app.get("/v1/runs")
     async def list_runs(
@@ -279,7 +318,7 @@ def create_app(
             dead_letter=dead_letter,
             parent_run_id=parent_run_id,
             limit=limit,
-            before=_parse_cursor(cursor) if cursor else None,
+            before=_run_cursor(cursor),
         )
         return _page(rows, limit)
 
@@ -320,7 +359,7 @@ def create_app(
         return {"run_id": run_id, "steps": [step.to_dict() for step in query_store().steps(run_id)]}
 
     @app.get("/v1/runs/{run_id}/history")
-    async def history(run_id: str, after_seq: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    async def history(run_id: str, after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> dict[str, Any]:
         known_run(run_id)
         return {"run_id": run_id, "events": query_store().history(run_id, after_seq=after_seq)}
 
@@ -354,9 +393,8 @@ def create_app(
         body = await parse(request, NotifyBody, optional=True)
         waiting = list(dict.fromkeys(waiter.run_id for waiter in query_store().waiters(event_id)))
         now_ms = clock.now_ms()
-        await publish(
-            NotifyRequest(event_id=event_id, data=json.dumps(body.data, separators=(",", ":")), requested_at_ms=now_ms)
-        )
+        data = _json_text(body.data, "data", settings.max_payload_bytes)
+        await publish(NotifyRequest(event_id=event_id, data=data, requested_at_ms=now_ms))
         buffer_ms = settings.notify_buffer_ms
         kept = f"the notification is kept for {_seconds(buffer_ms)} for runs that start waiting on it"
         if waiting:
@@ -407,7 +445,7 @@ def create_app(
             created_after_ms=_instant(created_after, "created_after"),
             created_before_ms=_instant(created_before, "created_before"),
             limit=limit,
-            before=_parse_cursor(cursor) if cursor else None,
+            before=_run_cursor(cursor),
         )
         return _page(rows, limit)
 
@@ -420,7 +458,7 @@ def create_app(
             raise ApiError(
                 404,
                 "not_in_dead_letter",
-                f"Expected a run in the dead-letter list to {action.value}, but run {run_id!r} is {found}",
+                f"Expected a run in the dead-letter list to {action.value}, but run {shown(run_id)} is {found}",
             )
         await publish(RecoverRequest(run_id=run_id, action=action, requested_at_ms=clock.now_ms()))
         return JSONResponse({"run_id": run_id, "action": action.value}, status_code=202)
@@ -445,8 +483,8 @@ def create_app(
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Every flow-control key by key, as the scheduler last published it (see ``updated_at_ms``)."""
-        rows = query_store().flow_keys(limit=limit, after=_parse_flow_cursor(cursor) if cursor else None)
-        next_cursor = _flow_cursor(rows[-1].key) if len(rows) == limit else None
+        rows = query_store().flow_keys(limit=limit, after=_flow_cursor(cursor))
+        next_cursor = flow_cursor(rows[-1].key) if len(rows) == limit else None
         return {"flow_keys": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
     @app.get("/v1/flow-control/{key:path}")
@@ -457,7 +495,7 @@ def create_app(
             raise ApiError(
                 404,
                 "unknown_flow_key",
-                f"Expected a flow-control key the scheduler has published, but {key!r} is not known (yet): "
+                f"Expected a flow-control key the scheduler has published, but {shown(key)} is not known (yet): "
                 "no work has been scheduled under it, or the scheduler has not published it yet",
             )
         return row.to_dict()
@@ -474,6 +512,46 @@ def create_app(
         return {"status": "ready"}
 
     return app
+
+
+class InternalErrors:
+    """The last line of defence: an exception no route turned into an answer is logged with its traceback
+    and answered 500 with a reference to that log line, never with the exception's text, which may
+    hold what the client must not see (a query, a path, another run's data).
+
+    An ASGI middleware rather than an ``exception_handler(Exception)``: Starlette re-raises after such a
+    handler, so the server would log the traceback a second time, without the reference.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("Unexpected error %s answering %s %s", reference, scope["method"], scope["path"])
+            if started:  # too late for another answer: the server ends the response
+                raise
+            message = f"Expected to answer, but the api failed unexpectedly (error {reference}): see the api's log"
+            await JSONResponse({"error": "internal_error", "message": message}, status_code=500)(scope, receive, send)
+
+
+def _envelope_bytes(record: TriggerRequest) -> int:
+    """The size of a trigger's fields other than its payload, as JSON."""
+    fields = {name: value for name, value in asdict(record).items() if name != "payload"}
+    return len(json.dumps(fields, ensure_ascii=False).encode())
 
 
 def _not_before(body: TriggerBody, now_ms: int) -> int | None:

@@ -1,7 +1,9 @@
 """What the api accepts: request bodies, durations such as ``"1h30m"`` and instants (epoch ms or ISO-8601).
 
 Parsing errors are ``ValueError`` with a message of the form "Expected …, but got …"; the app answers
-them with a 422.
+them with a 422. Every number is bounded here, where it is parsed, by the bounds of
+:mod:`stepstream.core.limits` that the projector applies to a record on ``triggers`` too: a value past
+them would fail later and farther away (an Avro ``long``, an SQLite integer, a float's range).
 """
 
 from __future__ import annotations
@@ -9,22 +11,46 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from stepstream.core import FlowControl, flow_control_problem
+from stepstream.core.limits import (
+    MAX_DELAY_MS,
+    MAX_EPOCH_MS,
+    MAX_LABEL_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_RETRIES,
+    MAX_RETRY_BASE_MS,
+    MAX_RUN_ID_LENGTH,
+    MAX_URL_LENGTH,
+    MAX_WORKFLOW_LENGTH,
+    RUN_ID_PATTERN,
+)
 from stepstream.core.messages import FLOW_KEY_MAX_LENGTH
 
 MAX_EVENT_ID_LENGTH: Final = 256
-MAX_DELAY_MS: Final = 3_650 * 86_400_000  # ten years: later than that is a mistake, not a plan
+# "1h30m15s250ms" is 13 characters. A longer text is a mistake, and refusing it before any arithmetic
+# keeps a number of hundreds of digits from reaching it.
+MAX_DURATION_LENGTH: Final = 64
+_SHOWN: Final = 100  # characters of a refused value quoted back in a message
 
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only: \d alone matches the digits of every script.
+_DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+", re.ASCII)
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_INSTANT: Final = "9999-12-31T23:59:59.999Z"
 
 Instant = StrictInt | StrictStr  # epoch milliseconds, or an ISO-8601 time with a zone
+
+
+def shown(value: Any) -> str:
+    """``value`` as a message quotes it: its repr, cut short, so a refusal never echoes a whole body."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} characters)"
 
 
 def parse_duration_ms(value: Any) -> int:
@@ -36,10 +62,16 @@ def duration_ms(value: Any, *, milliseconds_field: str = "delay_ms") -> int:
     """A duration as :func:`parse_duration_ms` reads it, without its limit; a number is refused with a
     pointer to ``milliseconds_field``, the field that takes milliseconds instead."""
     text = value.strip() if isinstance(value, str) else None
+    if text is not None and len(text) > MAX_DURATION_LENGTH:
+        raise ValueError(
+            f"Expected a duration of at most {MAX_DURATION_LENGTH} characters such as '1h30m', "
+            f"but got {len(text)} characters"
+        )
     if not text or not _DURATION.fullmatch(text):
         hint = f" (for milliseconds, use {milliseconds_field})" if isinstance(value, int | float) else ""
-        raise ValueError(f"Expected a duration such as '10s', '5m' or '2h', but got {value!r}{hint}")
-    return round(sum(float(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)))
+        raise ValueError(f"Expected a duration such as '10s', '5m' or '2h', but got {shown(value)}{hint}")
+    # Exact arithmetic: a float loses milliseconds of a long duration, and a Fraction cannot overflow.
+    return round(sum(Fraction(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)))
 
 
 def check_delay_ms(delay_ms: int) -> int:
@@ -49,24 +81,40 @@ def check_delay_ms(delay_ms: int) -> int:
 
 
 def parse_instant_ms(value: int | str, name: str) -> int:
-    """Epoch milliseconds (a number, or digits in a query string), or an ISO-8601 time with a zone."""
+    """Epoch milliseconds (a number, or digits in a query string), or an ISO-8601 time with a zone;
+    from 0 (1970) to :data:`~stepstream.core.limits.MAX_EPOCH_MS` (the end of year 9999)."""
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"Expected {name} as epoch milliseconds of zero or more, but got {value}")
-        return value
+        return _check_instant(value, name)
     text = value.strip()
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():  # isdigit alone takes other scripts' digits, and '²'
+        if len(text.lstrip("0")) > len(str(MAX_EPOCH_MS)):  # out of range; and int() of many digits is slow
+            raise ValueError(_instant_range(name, _digits(text.lstrip("0"))))
+        return _check_instant(int(text), name)
     example = "'2026-01-31T09:00:00Z'"
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"Expected {name} as epoch milliseconds or an ISO-8601 time such as {example}, but got {value!r}"
+            f"Expected {name} as epoch milliseconds or an ISO-8601 time such as {example}, but got {shown(value)}"
         ) from None
     if moment.tzinfo is None:
-        raise ValueError(f"Expected {name} with a time zone, such as {example}, but {value!r} has none")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+        raise ValueError(f"Expected {name} with a time zone, such as {example}, but {shown(value)} has none")
+    return _check_instant((moment - _EPOCH) // timedelta(milliseconds=1), name)
+
+
+def _check_instant(instant_ms: int, name: str) -> int:
+    if not 0 <= instant_ms <= MAX_EPOCH_MS:
+        raise ValueError(_instant_range(name, _digits(str(instant_ms))))
+    return instant_ms
+
+
+def _digits(number: str) -> str:
+    """A number as a message quotes it: whole, unless it is absurdly long."""
+    return number if len(number) <= 40 else f"a number of {len(number.lstrip('-'))} digits"
+
+
+def _instant_range(name: str, got: str) -> str:
+    return f"Expected {name} as epoch milliseconds from 0 to {MAX_EPOCH_MS} ({_LAST_INSTANT}), but got {got}"
 
 
 def check_event_id(event_id: str) -> str:
@@ -111,19 +159,21 @@ class TriggerBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: str = Field(min_length=1, max_length=200)
-    url: str | None = Field(default=None, description="The endpoint; defaults to the registered one")
+    workflow: str = Field(min_length=1, max_length=MAX_WORKFLOW_LENGTH)
+    url: str | None = Field(
+        default=None, max_length=MAX_URL_LENGTH, description="The endpoint; default the registered one"
+    )
     payload: Any = None
-    run_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    label: str | None = Field(default=None, max_length=200)
-    retries: int | None = Field(default=None, ge=0, le=100)
-    retry_base_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    run_id: str | None = Field(default=None, min_length=1, max_length=MAX_RUN_ID_LENGTH, pattern=RUN_ID_PATTERN)
+    label: str | None = Field(default=None, max_length=MAX_LABEL_LENGTH)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    retry_base_ms: int | None = Field(default=None, ge=0, le=MAX_RETRY_BASE_MS)
     retry_delay: str | None = Field(default=None, description="A delay rule such as '1000 * pow(2, retried)'")
-    failure_url: str | None = Field(default=None, max_length=2_000)
-    delay_ms: int | None = Field(default=None, ge=0)
+    failure_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    delay_ms: int | None = Field(default=None, ge=0, le=MAX_DELAY_MS)
     delay: Any = Field(default=None, description="A duration such as '10s', '5m' or '1h30m'")
     not_before: Instant | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, description="Checked by headers_problem (RFC 9110)")
     flow_control: FlowControlBody | None = None
 
 
@@ -140,7 +190,7 @@ class CancelBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=1_000)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 
 
 class CancelFilterBody(BaseModel):
@@ -148,9 +198,9 @@ class CancelFilterBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: Annotated[str | None, Field(min_length=1)] = None
-    label: Annotated[str | None, Field(min_length=1)] = None
+    workflow: Annotated[str | None, Field(min_length=1, max_length=MAX_WORKFLOW_LENGTH)] = None
+    label: Annotated[str | None, Field(min_length=1, max_length=MAX_LABEL_LENGTH)] = None
     created_after: Instant | None = None
     created_before: Instant | None = None
     all: bool = False
-    reason: str | None = Field(default=None, max_length=1_000)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
