@@ -152,6 +152,9 @@ class ExecutorSettings:
     # On SIGTERM, how long deliveries in flight may take to finish and report before they are handed
     # back (left uncommitted, so the next owner of their partition makes them again).
     shutdown_grace_ms: int = 20_000
+    # Also sign with the older v1 scheme (no url, no nonce), for endpoints on an older SDK while they
+    # are upgraded; they stay open to replays until it is off again.
+    sign_v1: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
@@ -171,6 +174,7 @@ class ExecutorSettings:
             allow_unsigned=allow_unsigned,
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
             shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
+            sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1"),
         )
 
 
@@ -184,6 +188,13 @@ def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
             )
         registry[name.strip()] = url.strip()
     return registry
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigurationError(f"Expected {name} to be 1 (on) or 0 (off), but got {raw!r}")
+    return raw == "1"
 
 
 def health_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:

@@ -423,3 +423,13 @@ def test_default_home_is_dot_stepstream_in_the_working_directory(
 
     assert default_home() == (tmp_path / ".stepstream").resolve()
     assert default_home().is_absolute()
+
+
+@pytest.mark.parametrize(("raw", "on"), [("", False), ("0", False), ("1", True)])
+def test_signing_with_v1_too_is_off_unless_asked(raw: str, on: bool) -> None:
+    assert ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": raw}).sign_v1 is on
+
+
+def test_a_signature_v1_flag_that_is_not_0_or_1_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_SIGNATURE_V1 to be 1"):
+        ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": "yes"})

@@ -266,7 +266,7 @@ class Executor:
 
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
-        body, headers = self._delivery_request(delivery)
+        body, headers = self._delivery_request(delivery, delivery.url)
         flight = self._begin(delivery.request_id, delivery.flow_key)
         steps, outcome = await self._post(delivery.url, body, headers)
         report = ReportDelivery(
@@ -283,8 +283,8 @@ class Executor:
             "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
         )
 
-    def _delivery_request(self, delivery: Delivery) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of the POST of ``delivery``, signed."""
+    def _delivery_request(self, delivery: Delivery, url: str) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the POST of ``delivery`` to ``url``, signed for that url with a new nonce."""
         body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms))
         headers = dict(delivery.headers)
         headers.update(
@@ -297,7 +297,15 @@ class Executor:
             }
         )
         if self.settings.signing_keys:
-            headers[protocol.SIGNATURE_HEADER] = signing.sign(body, self.settings.signing_keys, int(time.time()))
+            headers[protocol.URL_HEADER] = url
+            headers[protocol.SIGNATURE_HEADER] = signing.sign(
+                body,
+                self.settings.signing_keys,
+                timestamp=int(time.time()),
+                nonce=signing.new_nonce(),  # per request: a redelivery is a new request, with a new nonce
+                url=url,
+                legacy=self.settings.sign_v1,
+            )
         return body, headers
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[tuple[StepResult, ...], Outcome]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from stepstream.protocol import SIGNATURE_HEADER, DeliveryRequest, ErrorBody
+from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER, DeliveryRequest, ErrorBody
 from stepstream.sdk._machine import history_problem
 from stepstream.signing import SignatureError, verify
 
@@ -29,6 +29,7 @@ Send = Callable[[Message], Awaitable[None]]
 logger = logging.getLogger("stepstream.sdk")
 
 _SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode("latin-1")
+_URL_HEADER = URL_HEADER.lower().encode("latin-1")
 
 
 class _ClientDisconnected(Exception):
@@ -101,6 +102,7 @@ class WorkflowsApp:
                     body,
                     signature,
                     self.workflows.signing_keys,
+                    url=_header(scope, _URL_HEADER),
                     now=int(self._wall_clock()),
                     tolerance_s=self.workflows.signature_tolerance_s,
                 )
