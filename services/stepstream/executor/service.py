@@ -43,6 +43,7 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import CallDelivery, Delivery, FlowSettled, Outcome, ReportCall, ReportDelivery, StepResult
 from stepstream.executor import calls
+from stepstream.executor.destinations import destination
 from stepstream.executor.outcome import (
     from_response,
     from_transport_error,
@@ -124,6 +125,11 @@ class Executor:
         self.codec = codec or Codec()
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}executor"
+        if not settings.allowed_url_hosts:
+            log.warning(
+                "no url host is allowed (STEPSTREAM_ALLOWED_URL_HOSTS and STEPSTREAM_WORKFLOWS are empty): "
+                "every delivery will fail with UrlNotAllowed"
+            )
         self.ready = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._call_slots = asyncio.Semaphore(settings.call_concurrency)
@@ -266,9 +272,15 @@ class Executor:
 
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
-        body, headers = self._delivery_request(delivery, delivery.url)
+        url = destination(delivery.url, self.settings.allowed_url_hosts)
         flight = self._begin(delivery.request_id, delivery.flow_key)
-        steps, outcome = await self._post(delivery.url, body, headers)
+        steps: tuple[StepResult, ...] = ()
+        if isinstance(url, str):
+            body, headers = self._delivery_request(delivery, url)
+            steps, outcome = await self._post(url, body, headers)
+        else:  # neither signed nor sent: the run fails with the reason
+            log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
+            outcome = url
         report = ReportDelivery(
             run_id=delivery.run_id,
             delivery_id=delivery.delivery_id,
