@@ -134,6 +134,7 @@ def create_app(
     (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts. ``readiness``
     says why the api is not ready yet (its query store catching up), or None once it is."""
     clock = clock or SystemClock()
+    url_hosts = settings.url_hosts
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -220,8 +221,14 @@ def create_app(
                 f"Expected a registered workflow or a url, but {body.workflow!r} is unknown (registered: {known})",
             )
         for name, value in (("url", url), ("failure_url", body.failure_url)):
-            if value is not None and not value.startswith(("http://", "https://")):
+            if value is None:
+                continue
+            if not value.startswith(("http://", "https://")):
                 raise _invalid(f"Expected {name} to be an http(s) url, but got {value!r}")
+            # The executor would refuse to sign a delivery there (and fail the run); say so now.
+            problem = url_hosts.url_problem(value, name=name)
+            if problem is not None:
+                raise ApiError(422, "url_not_allowed", problem)
         if body.retry_delay is not None:
             try:
                 check_delay_rule(body.retry_delay)
