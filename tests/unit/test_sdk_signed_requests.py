@@ -201,6 +201,7 @@ async def test_a_request_signed_for_another_url_is_401_and_runs_nothing(
         "http://app.internal:8001/orders",  # another port
         "http://app.internal/orders",  # the default port is another port
         "http://app.internal:8000/orders/x",
+        "http://app.internal:99999/orders",  # not a port at all
     ],
 )
 async def test_a_request_signed_for_another_path_or_port_is_401(

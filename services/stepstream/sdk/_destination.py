@@ -57,9 +57,15 @@ def target(url: str) -> str:
     ``ValueError`` for a URL that is not http(s) or names no host.
     """
     parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ValueError(f"Expected an http(s) url with a host, but got {url[:_MAX_ECHO]!r}")
-    return _origin(parts.hostname, parts.port, parts.scheme) + (unquote(parts.path) or "/")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or port == 0:
+        raise ValueError(
+            f"Expected an http(s) url with a host (and a port from 1 to 65535), but got {url[:_MAX_ECHO]!r}"
+        )
+    return _origin(parts.hostname, port, parts.scheme) + (unquote(parts.path) or "/")
 
 
 def destination_problem(signed_url: str, scope: Mapping[str, Any], base_urls: Sequence[BaseUrl]) -> str | None:
