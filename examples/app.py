@@ -5,7 +5,11 @@
 
 Run it with ``stepstream dev --example`` (which also starts the engine), or alone:
 
-    STEPSTREAM_SIGNING_KEYS=<the engine's key> uvicorn app:app --app-dir examples --port 8000
+    STEPSTREAM_SIGNING_KEYS=<the engine's key> STEPSTREAM_BASE_URL=http://127.0.0.1:8000 \
+        uvicorn app:app --app-dir examples --port 8000
+
+(``STEPSTREAM_BASE_URL``: where the engine reaches it, so that it accepts only deliveries signed for
+itself; without it the SDK checks against each request's Host header.)
 
 Every step body counts its executions in ``EXAMPLE_COUNTS_FILE`` (if set), so the tests can prove
 each step ran exactly once even across crashes of the engine.

@@ -6,6 +6,10 @@ C3 01, the writer schema's 8-byte fingerprint, then the Avro body.
 
     python examples/publish_trigger.py --workflow checkout \\
         --url http://127.0.0.1:8000/api/workflows/checkout --payload '{"order_id": "ord_1"}'
+
+The url's host must be one the engine delivers to (STEPSTREAM_ALLOWED_URL_HOSTS, by default the
+hosts of STEPSTREAM_WORKFLOWS): skipping the api skips its check, not the executor's, which fails
+the run with UrlNotAllowed.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ class Stack:
             "STEPSTREAM_SIGNING_KEYS": key,
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
             "STEPSTREAM_API_PORT": str(self.api_port),
+            # Its host, 127.0.0.1, is also where the executor may deliver by default (any port), so the
+            # tests' other apps on other ports need no STEPSTREAM_ALLOWED_URL_HOSTS.
             "STEPSTREAM_WORKFLOWS": f"onboarding={self.workflow_url}",
             "STEPSTREAM_DEFAULT_RETRY_BASE_MS": "200",
             "STEPSTREAM_LOG_LEVEL": "INFO",

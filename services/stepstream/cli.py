@@ -128,6 +128,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     if args.example:
         os.environ.setdefault("STEPSTREAM_WORKFLOWS", f"onboarding={example_url},order={order_url}")
         example = _start_example(home)
+    os.environ.setdefault("STEPSTREAM_ALLOWED_URL_HOSTS", _dev_allowed_url_hosts())
     settings = KafkaSettings.from_env()
     asyncio.run(ensure_topics_for(settings))
 
@@ -171,6 +172,15 @@ def cmd_dev(args: argparse.Namespace) -> None:
             started_kafka.stop()
 
 
+def _dev_allowed_url_hosts() -> str:
+    """Where the local stack delivers unless told otherwise: this machine, and the hosts of the
+    registered workflows (what a deployment allows by default)."""
+    from stepstream.config import allowed_url_hosts
+
+    registered = str(allowed_url_hosts({"STEPSTREAM_WORKFLOWS": os.environ.get("STEPSTREAM_WORKFLOWS", "")}))
+    return ",".join(dict.fromkeys(host for host in ("127.0.0.1", "localhost", "[::1]", *registered.split(",")) if host))
+
+
 def _start_example(home: Path) -> subprocess.Popen[bytes]:
     examples = Path(__file__).resolve().parents[2] / "examples"
     if not (examples / "app.py").exists():
@@ -193,6 +203,13 @@ def _start_example(home: Path) -> subprocess.Popen[bytes]:
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        # Where the engine reaches it, so it accepts only deliveries signed for itself (docs/sdk.md).
+        env={
+            **os.environ,
+            "STEPSTREAM_BASE_URL": os.environ.get(
+                "STEPSTREAM_BASE_URL", f"http://127.0.0.1:{EXAMPLE_PORT},http://localhost:{EXAMPLE_PORT}"
+            ),
+        },
     )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepstream.core.urls import VARIABLE as ALLOWED_URL_HOSTS_VARIABLE
+from stepstream.core.urls import AllowedHosts
 from stepstream.errors import StepstreamError
 
 
@@ -164,6 +166,12 @@ class ExecutorSettings:
     # On SIGTERM, how long deliveries in flight may take to finish and report before they are handed
     # back (left uncommitted, so the next owner of their partition makes them again).
     shutdown_grace_ms: int = 20_000
+    # The hosts deliveries may be signed and sent to. Nothing, unless given: from_env fills in the
+    # default (the hosts of STEPSTREAM_WORKFLOWS), so a settings object built by hand fails closed.
+    allowed_url_hosts: AllowedHosts = field(default_factory=AllowedHosts)
+    # Also sign with the older v1 scheme (no url, no nonce), for endpoints on an older SDK while they
+    # are upgraded; they stay open to replays until it is off again.
+    sign_v1: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
@@ -183,6 +191,8 @@ class ExecutorSettings:
             allow_unsigned=allow_unsigned,
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
             shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
+            allowed_url_hosts=allowed_url_hosts(environ),
+            sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1"),
         )
 
 
@@ -196,6 +206,25 @@ def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
             )
         registry[name.strip()] = url.strip()
     return registry
+
+
+def allowed_url_hosts(environ: Mapping[str, str] = os.environ) -> AllowedHosts:
+    """The hosts deliveries may be signed for: STEPSTREAM_ALLOWED_URL_HOSTS (comma-separated host,
+    host:port, *.suffix, or * for any), else the hosts of the workflows in STEPSTREAM_WORKFLOWS."""
+    entries = _list(environ, ALLOWED_URL_HOSTS_VARIABLE)
+    if not entries:
+        return AllowedHosts.of_urls(_workflows(environ).values())
+    try:
+        return AllowedHosts.parse(entries)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigurationError(f"Expected {name} to be 1 (on) or 0 (off), but got {raw!r}")
+    return raw == "1"
 
 
 def health_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
@@ -229,6 +258,9 @@ class ApiSettings:
     # The projector's notification buffer (STEPSTREAM_NOTIFY_BUFFER_MS, the same variable): the api
     # only tells a notifier how long its notification is kept for runs that start waiting later.
     notify_buffer_ms: int = 60_000
+    # The hosts a trigger's url and failure_url may name; None: the hosts of ``workflows``, as from_env
+    # reads STEPSTREAM_ALLOWED_URL_HOSTS when it is unset.
+    allowed_url_hosts: AllowedHosts | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -240,4 +272,12 @@ class ApiSettings:
             workflows=_workflows(environ),
             max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, minimum=1),
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
+            allowed_url_hosts=allowed_url_hosts(environ),
         )
+
+    @property
+    def url_hosts(self) -> AllowedHosts:
+        """The hosts a trigger's urls may name."""
+        if self.allowed_url_hosts is None:
+            return AllowedHosts.of_urls(self.workflows.values())
+        return self.allowed_url_hosts

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 PROTOCOL_VERSION: Final = 1
 
 # Request headers.
-SIGNATURE_HEADER = "Stepstream-Signature"  # "t=<unix seconds>,v1=<hex hmac>[,v1=<hex hmac>]"
+SIGNATURE_HEADER = "Stepstream-Signature"  # "t=<unix seconds>,n=<nonce>,v2=<hex hmac>[,v2=<hex hmac>]"
+URL_HEADER = "Stepstream-Url"  # the url the request was sent to, as signed
 PROTOCOL_HEADER = "Stepstream-Protocol"  # "1"
 RUN_ID_HEADER = "Stepstream-Run-Id"
 DELIVERY_ID_HEADER = "Stepstream-Delivery-Id"  # stable across redeliveries: the idempotency key

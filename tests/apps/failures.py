@@ -79,7 +79,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return
         if mode == "slow":
             await asyncio.sleep(3)
-    await _inner({**scope, "path": f"/{workflow}", "raw_path": f"/{workflow}".encode()}, receive, send)
+    # Mounted at /<mode>/<count>, as root_path says: the SDK checks the full path a delivery was signed for.
+    root_path = f"{scope.get('root_path', '')}/{mode}/{count}"
+    await _inner(
+        {**scope, "root_path": root_path, "path": f"/{workflow}", "raw_path": f"/{workflow}".encode()}, receive, send
+    )
 
 
 async def _answer(send: Any, status: int, body: bytes) -> None:

@@ -21,7 +21,7 @@ from stepstream.api.publisher import TriggersRecord, triggers_key
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.clock import ManualClock
 from stepstream.config import ApiSettings, KafkaSettings
-from stepstream.core import Complete, PlanSleep, PlanWait, Recovery, StepKind, check_delay_rule
+from stepstream.core import AllowedHosts, Complete, PlanSleep, PlanWait, Recovery, StepKind, check_delay_rule
 from stepstream.store import QueryStore
 from tests.unit.test_query_store import Run
 
@@ -275,6 +275,50 @@ def test_a_failure_url_must_be_http(api: TestClient, published: FakePublisher) -
         "Expected failure_url to be an http(s) url, but got 'ftp://files/failed'",
     )
     assert published.records == []
+
+
+@pytest.mark.parametrize(
+    ("field", "url", "shown"),
+    [
+        ("url", "https://listener.attacker.net/capture", "listener.attacker.net:443"),
+        ("failure_url", "http://app.local.attacker.net/failures", "app.local.attacker.net:80"),
+        ("url", "http://user@app.local/workflows/orders", None),
+    ],
+)
+def test_a_url_on_a_host_that_is_not_allowed_is_a_422_naming_the_host_and_the_variable(
+    api: TestClient, published: FakePublisher, field: str, url: str, shown: str | None
+) -> None:
+    response = api.post("/v1/runs", json={"workflow": "orders", field: url})
+
+    status, error, message = error_of(response)
+    assert (status, error) == (422, "url_not_allowed")
+    assert message.startswith(f"Expected {field} ")
+    if shown is not None:
+        assert "STEPSTREAM_ALLOWED_URL_HOSTS" in message
+        assert message.endswith(f"but {shown} is not allowed")
+    assert published.records == []
+
+
+def test_by_default_a_url_may_name_any_port_and_path_on_a_registered_workflows_host(
+    api: TestClient, published: FakePublisher
+) -> None:
+    response = api.post(
+        "/v1/runs",
+        json={"workflow": "other", "url": "http://app.local:9000/other", "failure_url": "https://app.local/f"},
+    )
+
+    assert response.status_code == 202, response.text
+    assert len(published.records) == 1
+
+
+def test_the_allowed_hosts_setting_replaces_the_default(store: QueryStore, published: FakePublisher) -> None:
+    with api_client(store, published, allowed_url_hosts=AllowedHosts.parse(["*.apps.example.com"])) as api:
+        elsewhere = api.post("/v1/runs", json={"workflow": "other", "url": "https://shop.apps.example.com/w"})
+        registered = api.post("/v1/runs", json={"workflow": "orders"})
+
+    assert elsewhere.status_code == 202
+    assert error_of(registered)[:2] == (422, "url_not_allowed")  # the executor would refuse it too
+    assert len(published.records) == 1
 
 
 def test_an_oversized_trigger_is_refused_with_413(api: TestClient, published: FakePublisher) -> None:

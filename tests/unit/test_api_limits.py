@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from stepstream.avro import Codec, NotifyRequest, TriggerRequest
-from stepstream.core import FlowKeyState
+from stepstream.core import AllowedHosts, FlowKeyState
 from stepstream.core.limits import MAX_DELAY_MS, MAX_EPOCH_MS, MAX_HEADERS
 from stepstream.store import QueryStore
 from tests.unit.test_api import (
@@ -32,6 +32,9 @@ from tests.unit.test_api import (
 )
 
 LIMIT = 2_000  # the payload limit these tests give the api (api_client's max_payload_bytes)
+
+# The bounds are what these tests look at: any url host is allowed (tests/unit/test_api.py checks the allow-list).
+ANY_HOST = AllowedHosts.parse(["*"])
 
 
 class RecordingPublisher(FakePublisher):
@@ -84,7 +87,7 @@ def published() -> RecordingPublisher:
 
 @pytest.fixture
 def api(store: QueryStore, published: RecordingPublisher) -> Iterator[TestClient]:
-    with api_client(store, published) as client:
+    with api_client(store, published, allowed_url_hosts=ANY_HOST) as client:
         yield client
 
 
@@ -438,7 +441,7 @@ def test_a_payload_at_its_limit_is_taken_when_every_character_is_sent_escaped(
     body = json.dumps({"workflow": "orders", "payload": payload})  # ASCII: 12 bytes for each 4 recorded
     assert len(body) > limit + 65_536
 
-    with api_client(store, published, max_payload_bytes=limit) as api:
+    with api_client(store, published, allowed_url_hosts=ANY_HOST, max_payload_bytes=limit) as api:
         response = api.post("/v1/runs", content=body, headers={"content-type": "application/json"})
 
     assert response.status_code == 202, response.text[:300]
@@ -452,7 +455,7 @@ def test_a_trigger_whose_other_fields_outgrow_a_kafka_record_is_a_413(
 ) -> None:
     headers = {f"X-{number}": "v" * 8_000 for number in range(MAX_HEADERS)}  # each header within its own bounds
 
-    with api_client(store, published, max_payload_bytes=262_144) as api:
+    with api_client(store, published, allowed_url_hosts=ANY_HOST, max_payload_bytes=262_144) as api:
         response = api.post("/v1/runs", json={"workflow": "orders", "headers": headers})
 
     status, error, message = error_of(response)
@@ -490,7 +493,10 @@ def test_an_unexpected_error_is_a_500_that_tells_only_where_to_look(
         raise RuntimeError("disk I/O error in /var/lib/stepstream/secret.db")
 
     monkeypatch.setattr(store, "list_runs", broken)
-    with api_client(store, published) as api, caplog.at_level(logging.ERROR, logger="stepstream.api.app"):
+    with (
+        api_client(store, published, allowed_url_hosts=ANY_HOST) as api,
+        caplog.at_level(logging.ERROR, logger="stepstream.api.app"),
+    ):
         response = api.get("/v1/runs")
 
     assert response.status_code == 500

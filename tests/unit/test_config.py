@@ -423,3 +423,67 @@ def test_default_home_is_dot_stepstream_in_the_working_directory(
 
     assert default_home() == (tmp_path / ".stepstream").resolve()
     assert default_home().is_absolute()
+
+
+# ---------------------------------------------------------------------------------------------
+# Where deliveries may go
+
+
+@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+def test_the_allowed_url_hosts_default_to_the_hosts_of_the_registered_workflows(read: Reader) -> None:
+    settings = read(
+        {
+            **UNSIGNED,
+            "STEPSTREAM_WORKFLOWS": "orders=http://shop.apps:8000/workflows/orders,mail=https://Mail.Apps/w/mail",
+        }
+    )
+
+    hosts = settings.allowed_url_hosts  # type: ignore[attr-defined]
+    assert str(hosts) == "shop.apps,mail.apps"
+    assert hosts.url_problem("http://shop.apps:9999/other") is None
+
+
+@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+def test_the_allowed_url_hosts_variable_replaces_the_default(read: Reader) -> None:
+    settings = read(
+        {
+            **UNSIGNED,
+            "STEPSTREAM_WORKFLOWS": "orders=http://shop.apps:8000/workflows/orders",
+            "STEPSTREAM_ALLOWED_URL_HOSTS": " *.apps.example.com , 127.0.0.1:8000 ",
+        }
+    )
+
+    hosts = settings.allowed_url_hosts  # type: ignore[attr-defined]
+    assert str(hosts) == "*.apps.example.com,127.0.0.1:8000"
+    assert hosts.url_problem("http://shop.apps:8000/workflows/orders") is not None
+
+
+def test_only_an_explicit_star_allows_any_host() -> None:
+    assert ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_ALLOWED_URL_HOSTS": "*"}).allowed_url_hosts.any_host
+    assert not ExecutorSettings.from_env(UNSIGNED).allowed_url_hosts  # nothing registered: nothing allowed
+
+
+@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+def test_a_malformed_allowed_url_host_is_refused_by_name(read: Reader) -> None:
+    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_ALLOWED_URL_HOSTS entries like"):
+        read({**UNSIGNED, "STEPSTREAM_ALLOWED_URL_HOSTS": "https://app.example.com"})
+
+
+def test_api_settings_built_by_hand_allow_the_hosts_of_their_workflows() -> None:
+    settings = ApiSettings(kafka=KafkaSettings(), workflows={"orders": "http://shop.apps:8000/w/orders"})
+
+    assert str(settings.url_hosts) == "shop.apps"
+
+
+def test_executor_settings_built_by_hand_allow_nothing_until_told() -> None:
+    assert not ExecutorSettings(kafka=KafkaSettings(), signing_keys=("k",)).allowed_url_hosts
+
+
+@pytest.mark.parametrize(("raw", "on"), [("", False), ("0", False), ("1", True)])
+def test_signing_with_v1_too_is_off_unless_asked(raw: str, on: bool) -> None:
+    assert ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": raw}).sign_v1 is on
+
+
+def test_a_signature_v1_flag_that_is_not_0_or_1_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_SIGNATURE_V1 to be 1"):
+        ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": "yes"})

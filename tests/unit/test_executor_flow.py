@@ -23,6 +23,7 @@ from stepstream.avro import Codec, DecodeError
 from stepstream.clock import ManualClock
 from stepstream.config import ExecutorSettings, KafkaSettings
 from stepstream.core import (
+    AllowedHosts,
     CallDelivery,
     CallSpec,
     Delivery,
@@ -227,7 +228,12 @@ async def make() -> AsyncIterator[Callable[[Answer | Exception], Awaitable[Harne
     async def harness(answer: Answer | Exception) -> Harness:
         clock = ManualClock(T0)
         codec = RecordCodec()
-        settings = ExecutorSettings(kafka=KafkaSettings(), signing_keys=(), budget_ms=BUDGET_MS)
+        settings = ExecutorSettings(
+            kafka=KafkaSettings(),
+            signing_keys=(),
+            budget_ms=BUDGET_MS,
+            allowed_url_hosts=AllowedHosts.parse(["app.local"]),
+        )
         executor = Executor(settings, codec=cast(Codec, codec), clock=clock)
         # Never started: close them so they do not warn, and put the fakes in their place.
         await executor._consumer.stop()

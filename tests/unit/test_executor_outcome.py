@@ -628,6 +628,15 @@ def test_a_client_error_fails_the_run_for_good_with_the_endpoints_message(status
     )
 
 
+def test_the_sdks_replayed_409_is_retryable_since_a_copy_of_the_request_was_accepted() -> None:
+    # A proxy repeated the executor's request and the first copy's answer was lost on the way back.
+    _, outcome = from_response(409, answer(error="replayed", message="accepted already"), retry_after_s=None)
+
+    fail = failed(outcome)
+    assert (fail.error.type, fail.retryable) == ("HTTP409", True)
+    assert fail.error.message == "endpoint answered 409: accepted already"
+
+
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 422])
 def test_a_client_error_ignores_retry_after(status: int) -> None:
     _, outcome = from_response(status, answer(error="x", message="no"), retry_after_s=5)

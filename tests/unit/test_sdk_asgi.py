@@ -14,9 +14,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from stepstream.protocol import SIGNATURE_HEADER, DeliveryResponse
+from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER, DeliveryResponse
 from stepstream.sdk import WorkflowContext, Workflows
-from stepstream.signing import sign
+from stepstream.signing import new_nonce, sign
 
 KEYS = ["current-key", "next-key"]
 
@@ -59,9 +59,22 @@ def delivery(workflow: str = "orders", payload: Any = None, **fields: Any) -> by
     return json.dumps(body).encode()
 
 
-def signed(body: bytes, keys: list[str] | None = None, timestamp: int | None = None) -> dict[str, str]:
+def signed(
+    body: bytes, keys: list[str] | None = None, timestamp: int | None = None, *, url: str | None = None
+) -> dict[str, str]:
+    """Headers signing ``body`` as the engine does, for ``url`` (default: the body's workflow's url)."""
     stamp = int(time.time()) if timestamp is None else timestamp
-    return {SIGNATURE_HEADER: sign(body, keys or KEYS, stamp), "content-type": "application/json"}
+    if url is None:
+        try:
+            workflow = json.loads(body).get("workflow", "orders")
+        except ValueError:
+            workflow = "orders"
+        url = f"http://endpoint/{workflow}"
+    return {
+        SIGNATURE_HEADER: sign(body, keys or KEYS, timestamp=stamp, nonce=new_nonce(), url=url),
+        URL_HEADER: url,
+        "content-type": "application/json",
+    }
 
 
 @pytest_asyncio.fixture
@@ -181,7 +194,7 @@ async def test_a_body_that_is_not_json_is_400(client: httpx.AsyncClient) -> None
 async def test_a_body_for_another_workflow_than_the_path_is_400(client: httpx.AsyncClient) -> None:
     body = delivery("refunds")
 
-    response = await client.post("/orders", content=body, headers=signed(body))
+    response = await client.post("/orders", content=body, headers=signed(body, url="http://endpoint/orders"))
 
     assert error_of(response) == (400, "bad_request")
     assert "'orders'" in response.json()["message"]
@@ -299,9 +312,13 @@ async def test_mounted_in_a_fastapi_app_it_serves_under_the_mount_point() -> Non
     transport = httpx.ASGITransport(app=app)
     body = delivery()
     async with httpx.AsyncClient(transport=transport, base_url="http://endpoint") as client:
-        served = await client.post("/workflows/orders", content=body, headers=signed(body))
+        served = await client.post(
+            "/workflows/orders", content=body, headers=signed(body, url="http://endpoint/workflows/orders")
+        )
         unknown = await client.post(
-            "/workflows/invoices", content=delivery("invoices"), headers=signed(delivery("invoices"))
+            "/workflows/invoices",
+            content=delivery("invoices"),
+            headers=signed(delivery("invoices"), url="http://endpoint/workflows/invoices"),
         )
         health_response = await client.get("/health")
 

@@ -230,6 +230,13 @@ STEPSTREAM_KAFKA_SSL_KEYFILE: {{ printf "%s/client.key" (include "stepstream.tls
 STEPSTREAM_HOME: "/var/lib/stepstream"
 STEPSTREAM_LOG_LEVEL: {{ .Values.logLevel | quote }}
 STEPSTREAM_NOTIFY_BUFFER_MS: {{ int64 .Values.notifyBufferMs | quote }}
+{{- /* The api starts them by name; their hosts are where the executor may deliver, by default. */}}
+{{- if .Values.workflows }}
+STEPSTREAM_WORKFLOWS: {{ include "stepstream.workflows" . | quote }}
+{{- end }}
+{{- if .Values.allowedUrlHosts }}
+STEPSTREAM_ALLOWED_URL_HOSTS: {{ join "," .Values.allowedUrlHosts | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The SASL Secret's data, when the chart creates it. */}}

@@ -161,6 +161,7 @@ def create_app(
     (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts. ``readiness``
     says why the api is not ready yet (its query store catching up), or None once it is."""
     clock = clock or SystemClock()
+    url_hosts = settings.url_hosts
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -279,6 +280,11 @@ def create_app(
         problem = trigger_problem(trigger_command(record, now_ms)) or headers_problem(record.headers)
         if problem is not None:
             raise _invalid(problem)
+        for name, value in (("url", url), ("failure_url", body.failure_url)):
+            # The executor would refuse to sign a delivery there (and fail the run); say so now.
+            problem = None if value is None else url_hosts.url_problem(value, name=name)
+            if problem is not None:
+                raise ApiError(422, "url_not_allowed", problem)
         envelope = _envelope_bytes(record)
         if envelope > ENVELOPE_BYTES:
             raise ApiError(

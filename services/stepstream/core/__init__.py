@@ -101,6 +101,7 @@ from stepstream.core.state import (
     evolve,
     fold,
 )
+from stepstream.core.urls import AllowedHosts, HostPattern, url_shape_problem
 from stepstream.core.waiters import (
     BufferedNotification,
     NotifyEvent,
@@ -113,6 +114,7 @@ from stepstream.core.waiters import (
 )
 
 __all__ = [
+    "AllowedHosts",
     "BufferedNotification",
     "CallDelivery",
     "CallRequested",
@@ -141,6 +143,7 @@ __all__ = [
     "FlowLedger",
     "FlowSettled",
     "FlowSlot",
+    "HostPattern",
     "InvokeStarted",
     "NotifyEvent",
     "NotifyStarted",
@@ -223,5 +226,6 @@ __all__ = [
     "schedule_key",
     "timer_request_id",
     "trigger_problem",
+    "url_shape_problem",
     "wait_timer_id",
 ]

@@ -77,7 +77,7 @@ def from_response(status: int, body: bytes, retry_after_s: float | None) -> tupl
             message = f"endpoint answered 200 with a body that is not a delivery response: {error}"
             return (), Fail(error=ErrorInfo(type="InvalidResponse", message=message[:_MAX_MESSAGE]), retryable=True)
     detail = _error_message(body)
-    retryable = status >= 500 or status in _RETRYABLE_CLIENT_ERRORS
+    retryable = status >= 500 or status in _RETRYABLE_CLIENT_ERRORS or _replayed(status, body)
     retry_after_ms = int(retry_after_s * 1000) if retry_after_s is not None and retryable else None
     return (), Fail(
         error=ErrorInfo(type=f"HTTP{status}", message=f"endpoint answered {status}: {detail}"[:_MAX_MESSAGE]),
@@ -188,6 +188,19 @@ def _flow(flow: FlowControlSpec | None) -> FlowControl | None:
 
 def _headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple((name, value) for name, value in headers)
+
+
+def _replayed(status: int, body: bytes) -> bool:
+    """The SDK's 409 ``replayed``: a copy of this very request (same nonce) reached the endpoint first
+    and was accepted, so only the way back failed, as when an answer is lost. Retried, like a
+    timeout; a new delivery is signed anew. Any other 409 is the endpoint's own and final."""
+    if status != 409:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("error") == "replayed"
 
 
 def _error_message(body: bytes) -> str:

@@ -54,6 +54,7 @@ from stepstream.core import (
     headers_problem,
 )
 from stepstream.executor import calls
+from stepstream.executor.destinations import destination
 from stepstream.executor.outcome import (
     from_response,
     from_transport_error,
@@ -137,6 +138,11 @@ class Executor:
         self.codec = codec or Codec()
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}executor"
+        if not settings.allowed_url_hosts:
+            log.warning(
+                "no url host is allowed (STEPSTREAM_ALLOWED_URL_HOSTS and STEPSTREAM_WORKFLOWS are empty): "
+                "every delivery will fail with UrlNotAllowed"
+            )
         self.ready = asyncio.Event()
         # A partition stalls when its oldest delivery in hand has not let its offset move for longer
         # than a delivery may take, plus the stall bound.
@@ -315,9 +321,15 @@ class Executor:
 
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
-        body, headers = self._delivery_request(delivery)
+        url = destination(delivery.url, self.settings.allowed_url_hosts)
         flight = self._begin(delivery.request_id, delivery.flow_key)
-        steps, outcome = await self._post(delivery.url, body, headers)
+        steps: tuple[StepResult, ...] = ()
+        if isinstance(url, str):
+            body, headers = self._delivery_request(delivery, url)
+            steps, outcome = await self._post(url, body, headers)
+        else:  # neither signed nor sent: the run fails with the reason
+            log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
+            outcome = url
         report = ReportDelivery(
             run_id=delivery.run_id,
             delivery_id=delivery.delivery_id,
@@ -332,8 +344,8 @@ class Executor:
             "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
         )
 
-    def _delivery_request(self, delivery: Delivery) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of the POST of ``delivery``, signed."""
+    def _delivery_request(self, delivery: Delivery, url: str) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the POST of ``delivery`` to ``url``, signed for that url with a new nonce."""
         body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms))
         headers = dict(delivery.headers)
         headers.update(
@@ -346,7 +358,15 @@ class Executor:
             }
         )
         if self.settings.signing_keys:
-            headers[protocol.SIGNATURE_HEADER] = signing.sign(body, self.settings.signing_keys, int(time.time()))
+            headers[protocol.URL_HEADER] = url
+            headers[protocol.SIGNATURE_HEADER] = signing.sign(
+                body,
+                self.settings.signing_keys,
+                timestamp=int(time.time()),
+                nonce=signing.new_nonce(),  # per request: a redelivery is a new request, with a new nonce
+                url=url,
+                legacy=self.settings.sign_v1,
+            )
         return body, headers
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[tuple[StepResult, ...], Outcome]:

@@ -9,7 +9,7 @@ Needs only pydantic and the standard library::
 
     from stepstream.sdk import WorkflowContext, Workflows
 
-    workflows = Workflows()  # signing keys from STEPSTREAM_SIGNING_KEYS
+    workflows = Workflows()  # signing keys from STEPSTREAM_SIGNING_KEYS, its own url from STEPSTREAM_BASE_URL
 
 
     class Order(BaseModel):

@@ -2,7 +2,8 @@
 
 A plain ASGI app, so it mounts in FastAPI, Starlette or any ASGI server without depending on them.
 Checks run cheapest and least revealing first: nobody learns which workflows exist, or how a
-request should look, without a valid signature.
+request should look, without a valid signature for this endpoint; and a signed request is run
+at most once (within this process), however often it is sent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from stepstream.protocol import SIGNATURE_HEADER, DeliveryRequest, ErrorBody
+from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER, DeliveryRequest, ErrorBody
+from stepstream.sdk._destination import destination_problem
 from stepstream.sdk._machine import history_problem
 from stepstream.signing import SignatureError, verify
 
@@ -29,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 logger = logging.getLogger("stepstream.sdk")
 
 _SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode("latin-1")
+_URL_HEADER = URL_HEADER.lower().encode("latin-1")
 
 
 class _ClientDisconnected(Exception):
@@ -96,16 +99,7 @@ class WorkflowsApp:
             raise _Reply(401, "unauthorized", f"Expected a {SIGNATURE_HEADER} header, but the request has none")
         body = await self._read_body(scope, receive)
         if verifying:
-            try:
-                verify(
-                    body,
-                    signature,
-                    self.workflows.signing_keys,
-                    now=int(self._wall_clock()),
-                    tolerance_s=self.workflows.signature_tolerance_s,
-                )
-            except SignatureError as exc:
-                raise _Reply(401, "unauthorized", str(exc)) from None
+            self._authenticate(scope, body, signature)
         try:
             request = DeliveryRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -130,6 +124,37 @@ class WorkflowsApp:
             raise _Reply(422, "invalid_payload", str(exc)) from None
         response = await definition.execute(request, payload, clock=self._clock, started_at=started_at)
         return response.model_dump_json().encode()
+
+    def _authenticate(self, scope: Scope, body: bytes, signature: str | None) -> None:
+        """Return if the request is signed by the engine, for this endpoint, and new; else reply
+        401 (not the engine's, or not for here) or 409 (sent before)."""
+        workflows = self.workflows
+        now = int(self._wall_clock())
+        try:
+            signed = verify(
+                body,
+                signature,
+                workflows.signing_keys,
+                url=_header(scope, _URL_HEADER),
+                now=now,
+                tolerance_s=workflows.signature_tolerance_s,
+            )
+        except SignatureError as exc:
+            raise _Reply(401, "unauthorized", str(exc)) from None
+        problem = destination_problem(signed.url, scope, workflows.base_urls)
+        if problem is not None:
+            raise _Reply(401, "unauthorized", problem)
+        # Checked and remembered with no await in between, so two copies arriving together cannot both pass.
+        if not workflows.nonces.accept(
+            signed.nonce, expires_at=signed.timestamp + workflows.signature_tolerance_s, now=now
+        ):
+            raise _Reply(
+                409,
+                "replayed",
+                f"Expected each signed request once, but one with nonce {signed.nonce} was accepted already "
+                f"within the last {workflows.signature_tolerance_s} s: a replay, or a request repeated on the way; "
+                "nothing was run",
+            )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.workflows.max_body_bytes

@@ -14,13 +14,18 @@ from pydantic import TypeAdapter
 from stepstream.protocol import CompleteNext, DeliveryRequest, DeliveryResponse
 from stepstream.sdk._asgi import WorkflowsApp
 from stepstream.sdk._context import WorkflowContext, type_adapter
+from stepstream.sdk._destination import BaseUrl
 from stepstream.sdk._driver import Driver
 from stepstream.sdk._errors import ConfigurationError
 from stepstream.sdk._machine import ReplayMachine, history_problem
+from stepstream.sdk._nonces import NonceCache
 from stepstream.sdk._results import FailureInfo
 
 SIGNING_KEYS_VARIABLE = "STEPSTREAM_SIGNING_KEYS"
+BASE_URL_VARIABLE = "STEPSTREAM_BASE_URL"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# About 300 bytes each: 30 MB at most, reached only past 330 deliveries a second (at a 300 s tolerance).
+DEFAULT_NONCE_CACHE_SIZE = 100_000
 
 PayloadT = TypeVar("PayloadT")
 OutputT = TypeVar("OutputT")
@@ -79,12 +84,31 @@ class WorkflowDefinition(Generic[PayloadT]):
         return machine.response()
 
 
+def _base_urls(base_url: str | Sequence[str] | None, environ: Mapping[str, str]) -> tuple[BaseUrl, ...]:
+    if base_url is None:
+        texts, name = environ.get(BASE_URL_VARIABLE, "").split(","), BASE_URL_VARIABLE
+    else:
+        texts, name = ([base_url] if isinstance(base_url, str) else list(base_url)), "base_url"
+    try:
+        return tuple(BaseUrl.parse(text, name=name) for text in texts if text.strip())
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+
+
 class Workflows:
     """The workflows one service serves, and the ASGI app that serves them.
 
     Signing keys come from ``signing_keys`` or else from the comma-separated environment variable
     ``STEPSTREAM_SIGNING_KEYS`` (the first is the current key; any key listed verifies, so list the
     next key too while rotating). ``allow_unsigned=True`` turns verification off: for tests only.
+
+    ``base_url`` (else the comma-separated ``STEPSTREAM_BASE_URL``) is the public URL the engine
+    reaches the app at, before the mount point, such as ``https://shop.example.com``; several if it
+    is reached at several. A delivery is accepted only if it was signed for that URL plus the path it
+    arrived at. Without one, the request's own ``Host`` header stands in, which a replayer can
+    forge: set it in production. The nonces of accepted deliveries are remembered (at most
+    ``nonce_cache_size``, each until its signature goes stale, in this process), and a delivery with
+    a nonce seen before is refused with 409 without running anything.
     """
 
     def __init__(
@@ -92,10 +116,13 @@ class Workflows:
         *,
         signing_keys: Sequence[str] | None = None,
         allow_unsigned: bool = False,
+        base_url: str | Sequence[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         signature_tolerance_s: int = 300,
+        nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE,
         environ: Mapping[str, str] | None = None,
     ) -> None:
+        environ = os.environ if environ is None else environ
         if signing_keys is not None and allow_unsigned:
             raise ConfigurationError(
                 "Expected either signing_keys or allow_unsigned=True, but got both: "
@@ -104,7 +131,7 @@ class Workflows:
         if isinstance(signing_keys, str):
             raise ConfigurationError("Expected signing_keys to be a list of keys, but got one string")
         if signing_keys is None and not allow_unsigned:
-            raw = (os.environ if environ is None else environ).get(SIGNING_KEYS_VARIABLE, "")
+            raw = environ.get(SIGNING_KEYS_VARIABLE, "")
             signing_keys = [key.strip() for key in raw.split(",") if key.strip()]
         keys = tuple(signing_keys or ())
         if not keys and not allow_unsigned:
@@ -117,10 +144,14 @@ class Workflows:
             raise ConfigurationError("Expected every signing key to be a non-empty string, but one is empty")
         if max_body_bytes <= 0:
             raise ConfigurationError(f"Expected max_body_bytes to be positive, but got {max_body_bytes}")
+        if nonce_cache_size <= 0:
+            raise ConfigurationError(f"Expected nonce_cache_size to be positive, but got {nonce_cache_size}")
         self.signing_keys: tuple[str, ...] = keys
         self.allow_unsigned = allow_unsigned
+        self.base_urls: tuple[BaseUrl, ...] = _base_urls(base_url, environ)
         self.max_body_bytes = max_body_bytes
         self.signature_tolerance_s = signature_tolerance_s
+        self.nonces = NonceCache(nonce_cache_size)
         self._definitions: dict[str, WorkflowDefinition[Any]] = {}
         # Each function's registered name; None for one registered under several names.
         self._names: dict[object, str | None] = {}
