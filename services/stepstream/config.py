@@ -23,7 +23,15 @@ class ConfigurationError(StepstreamError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+def _int(
+    environ: Mapping[str, str],
+    name: str,
+    default: int,
+    minimum: int = 0,
+    maximum: int | None = None,
+    *,
+    maximum_reason: str | None = None,
+) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -34,7 +42,8 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, 
     if value < minimum:
         raise ConfigurationError(f"Expected {name} to be at least {minimum}, but got {value}")
     if maximum is not None and value > maximum:
-        raise ConfigurationError(f"Expected {name} to be at most {maximum}, but got {value}")
+        why = f" ({maximum_reason})" if maximum_reason else ""
+        raise ConfigurationError(f"Expected {name} to be at most {maximum}{why}, but got {value}")
     return value
 
 
@@ -264,13 +273,25 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
+        kafka = KafkaSettings.from_env(environ)
+        # A payload is recorded whole in the run's first event, its state and each delivery: it must
+        # leave room in a record of STEPSTREAM_MAX_RECORD_BYTES for the run's other fields (64 KiB at
+        # most, as the api takes them), or every run it starts would fail.
+        most = kafka.max_record_bytes - 65_536
         return cls(
-            kafka=KafkaSettings.from_env(environ),
+            kafka=kafka,
             host=environ.get("STEPSTREAM_API_HOST", "127.0.0.1"),
             port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1, maximum=65_535),
             database=database_url(environ),
             workflows=_workflows(environ),
-            max_payload_bytes=_int(environ, "STEPSTREAM_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES, minimum=1),
+            max_payload_bytes=_int(
+                environ,
+                "STEPSTREAM_MAX_PAYLOAD_BYTES",
+                min(DEFAULT_MAX_PAYLOAD_BYTES, most),
+                minimum=1,
+                maximum=most,
+                maximum_reason="STEPSTREAM_MAX_RECORD_BYTES less 64 KiB",
+            ),
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
             allowed_url_hosts=allowed_url_hosts(environ),
         )

@@ -487,3 +487,23 @@ def test_signing_with_v1_too_is_off_unless_asked(raw: str, on: bool) -> None:
 def test_a_signature_v1_flag_that_is_not_0_or_1_is_refused_by_name() -> None:
     with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_SIGNATURE_V1 to be 1"):
         ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": "yes"})
+
+
+def test_the_payload_limit_leaves_room_in_a_record_for_the_runs_other_fields() -> None:
+    # by default 512 KiB; lowered with the record limit, so an accepted payload can always be recorded
+    assert ApiSettings.from_env({}).max_payload_bytes == 524_288
+    assert ApiSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000"}).max_payload_bytes == 200_000 - 65_536
+    with pytest.raises(ConfigurationError) as raised:
+        ApiSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000", "STEPSTREAM_MAX_PAYLOAD_BYTES": "200000"})
+    assert str(raised.value) == (
+        "Expected STEPSTREAM_MAX_PAYLOAD_BYTES to be at most 134464 (STEPSTREAM_MAX_RECORD_BYTES less 64 KiB), "
+        "but got 200000"
+    )
+
+
+def test_the_record_limit_and_the_stall_bound_are_read_once_for_every_service() -> None:
+    settings = KafkaSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "300000", "STEPSTREAM_STALL_MS": "5000"})
+    assert (settings.max_record_bytes, settings.stall_ms) == (300_000, 5_000)
+    assert (KafkaSettings().max_record_bytes, KafkaSettings().stall_ms) == (1_000_000, 30_000)
+    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_MAX_RECORD_BYTES to be at least 65536"):
+        KafkaSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "1000"})

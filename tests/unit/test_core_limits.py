@@ -38,6 +38,10 @@ def test_a_plain_trigger_has_no_problem() -> None:
         ({"not_before_ms": -1}, f"Expected not_before_ms within 3650 days from now ({NOW}), but got -1"),
         ({"headers": (("X", "v"),) * (MAX_HEADERS + 1)}, "Expected at most 64 headers, but got 65"),
         ({"headers": (("X", "v" * 8_193),)}, "Expected header 'X' to have at most 8192 characters, but got 8193"),
+        (
+            {"headers": tuple((f"X-{n}", "v" * 8_000) for n in range(9))},
+            "Expected headers of at most 65536 characters in all, but got 72027",
+        ),
         ({"flow": FlowControl(key="k", rate=2**70)}, "Expected a flow-control rate from 1 to 1,000,000,000"),
         ({"retry_delay": "import os"}, "retry_delay: "),
     ],

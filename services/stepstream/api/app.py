@@ -274,6 +274,15 @@ def create_app(
             failure_url=body.failure_url,
             flow=flow,
         )
+        envelope = _envelope_bytes(record)
+        if envelope > ENVELOPE_BYTES:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"Expected the fields of a trigger other than payload to take at most {ENVELOPE_BYTES} bytes as JSON,"
+                f" but they take {envelope} (headers: {sum(len(name) + len(value) for name, value in record.headers)}"
+                " characters)",
+            )
         # The engine's own check of a trigger, the one a record from any producer on triggers meets, so a
         # trigger the api accepts is one the engine starts; and the characters of the headers, which that
         # check leaves to the executor: a run whose deliveries cannot be sent is better refused now.
@@ -285,15 +294,6 @@ def create_app(
             problem = None if value is None else url_hosts.url_problem(value, name=name)
             if problem is not None:
                 raise ApiError(422, "url_not_allowed", problem)
-        envelope = _envelope_bytes(record)
-        if envelope > ENVELOPE_BYTES:
-            raise ApiError(
-                413,
-                "payload_too_large",
-                f"Expected the fields of a trigger other than payload to take at most {ENVELOPE_BYTES} bytes as JSON,"
-                f" but they take {envelope} (headers: {sum(len(name) + len(value) for name, value in record.headers)}"
-                " characters)",
-            )
         if body.run_id is not None:
             existing = query_store().get_run(body.run_id)
             if existing is not None:

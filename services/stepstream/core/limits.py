@@ -34,6 +34,7 @@ MAX_URL_LENGTH: Final = 2_000
 MAX_REASON_LENGTH: Final = 1_000
 
 MAX_HEADERS: Final = 64
+MAX_HEADERS_BYTES: Final = 65_536  # all names and values together: they ride along on every delivery
 MAX_HEADER_NAME_LENGTH: Final = 256
 MAX_HEADER_VALUE_LENGTH: Final = 8_192
 
@@ -74,6 +75,9 @@ def headers_problem(headers: Sequence[tuple[str, str]], *, characters: bool = Tr
     """Why a set of request headers cannot be sent (too many, or one that cannot), or None."""
     if len(headers) > MAX_HEADERS:
         return f"Expected at most {MAX_HEADERS} headers, but got {len(headers)}"
+    size = sum(len(name) + len(value) for name, value in headers)
+    if size > MAX_HEADERS_BYTES:
+        return f"Expected headers of at most {MAX_HEADERS_BYTES} characters in all, but got {size}"
     for name, value in headers:
         problem = header_problem(name, value, characters=characters)
         if problem is not None:

@@ -102,9 +102,14 @@ def trigger_command(request: TriggerRequest, now_ms: int) -> TriggerRun:
     )
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _check_json(field_name: str, text: str) -> None:
     try:
-        json.loads(text)
+        # Strictly JSON: Python's parser takes NaN and Infinity, which no other reader (nor the SDK's) does.
+        json.loads(text, parse_constant=_not_json)
     except ValueError as error:
         raise ValueError(f"Expected {field_name} to be JSON text, but it is not ({error}): {text[:100]!r}") from None
 
