@@ -1,0 +1,216 @@
+"""The projector's handling of one input record, given → when → then: applied, or set aside with the
+reason; a run that asks to record more than a Kafka record holds fails with the reason; and nothing
+of a record that is set aside reaches memory or the batch's writes.
+
+The real codec, no broker: ``_apply`` is called directly and the batch's writes read from its outbox
+(tests/integration/test_poison.py drives the same through Kafka).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiokafka import ConsumerRecord
+
+from stepstream.avro import Codec, DeadLetter, NotifyRequest, TriggerRequest
+from stepstream.clock import ManualClock
+from stepstream.config import KafkaSettings, ProjectorSettings
+from stepstream.core import (
+    BufferedNotification,
+    Complete,
+    FailureHandlerScheduled,
+    ReceiveEvent,
+    ReportDelivery,
+    RunFailed,
+    RunState,
+    RunStatus,
+    StepKind,
+    StepResult,
+    Waiter,
+    WaiterState,
+)
+from stepstream.core.messages import Continue
+from stepstream.kafka.topics import TopicNames
+from stepstream.projector import service as projector_service
+from stepstream.projector.service import Projector, _Outbox
+
+T0 = 1_700_000_000_000
+LIMIT = 70_000
+TOPICS = TopicNames(KafkaSettings().topic_prefix)
+CODEC = Codec()
+
+
+@pytest_asyncio.fixture
+async def projector() -> AsyncIterator[Projector]:
+    settings = ProjectorSettings(kafka=KafkaSettings(partitions=1, max_record_bytes=LIMIT))
+    made = Projector(settings, codec=CODEC, clock=ManualClock(T0))
+    made.owned = {0}
+    made.commands_partitions = 1
+    yield made
+    await made._consumer.stop()  # never started; closed so they do not warn
+    await made._producer.stop()
+
+
+def record(topic: str, value: bytes | None, key: bytes | None = b"run-1", offset: int = 5) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=topic, partition=0, offset=offset, timestamp=T0, timestamp_type=0, key=key, value=value,
+        checksum=None, serialized_key_size=0, serialized_value_size=0, headers=[],
+    )  # fmt: skip
+
+
+def trigger(run_id: str = "run-1", payload: str = "{}", **more: Any) -> bytes:
+    return CODEC.encode(TriggerRequest(workflow="w", url="http://app/w", payload=payload, run_id=run_id, **more))
+
+
+def apply(projector: Projector, *records: ConsumerRecord[Any, Any]) -> _Outbox:
+    outbox = _Outbox()
+    for each in records:
+        projector._apply(each, outbox)
+    return outbox
+
+
+def written(outbox: _Outbox, topic: str) -> list[object]:
+    return [CODEC.decode(value) for written_topic, _, value, _ in outbox.records if written_topic == topic]
+
+
+def dead_letters(outbox: _Outbox) -> list[DeadLetter]:
+    return [letter for letter in written(outbox, TOPICS.deadletter) if isinstance(letter, DeadLetter)]
+
+
+def started(projector: Projector, run_id: str = "run-1") -> RunState:
+    apply(projector, record(TOPICS.triggers, trigger(run_id)))
+    return projector.states[run_id]
+
+
+def report(state: RunState, output: str) -> bytes:
+    (pending,) = state.in_flight
+    step = StepResult(index=0, name="a", kind=StepKind.RUN, output=output)
+    return CODEC.encode(
+        ReportDelivery(
+            run_id=state.run_id,
+            delivery_id=pending.delivery_id,
+            attempt=pending.attempt,
+            now_ms=T0,
+            steps=(step,),
+            outcome=Continue(),
+        )
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "Expected a record value, but the record has none (a null value, or tombstone)"),
+        (b"", "Expected at least 10 bytes"),
+        (trigger(retries=1_000), "Expected retries from 0 to 100, but got 1000"),
+        (trigger(not_before_ms=2**63 - 1), "Expected not_before_ms within 3650 days from now"),
+        (trigger(payload="NaN"), "Expected payload to be JSON text, but it is not (NaN is not a JSON value)"),
+        (trigger(run_id="no spaces"), "Expected a run id of letters, digits and _.:- only"),
+    ],
+)
+async def test_a_record_that_cannot_be_applied_is_dead_lettered_and_changes_nothing(
+    projector: Projector, value: bytes | None, reason: str
+) -> None:
+    outbox = apply(projector, record(TOPICS.triggers, value))
+
+    (letter,) = dead_letters(outbox)
+    assert letter.reason.startswith(reason)
+    assert (letter.source_topic, letter.partition, letter.offset, letter.value) == (TOPICS.triggers, 0, 5, value)
+    assert [topic for topic, *_ in outbox.records] == [TOPICS.deadletter]
+    assert projector.states == {}
+
+
+@pytest.mark.asyncio
+async def test_a_trigger_too_large_to_record_is_dead_lettered_whole_and_starts_nothing(projector: Projector) -> None:
+    payload = '"' + "p" * LIMIT + '"'
+
+    outbox = apply(projector, record(TOPICS.triggers, trigger(payload=payload)))
+
+    (letter,) = dead_letters(outbox)
+    assert letter.reason.startswith(f"Expected records of at most {LIMIT:,} bytes (STEPSTREAM_MAX_RECORD_BYTES), ")
+    assert "value truncated" in letter.reason  # the dead letter itself must fit
+    assert projector.states == {}
+    assert outbox.snapshots == {}
+
+
+@pytest.mark.asyncio
+async def test_a_result_too_large_to_record_fails_the_run_with_the_reason(projector: Projector) -> None:
+    state = started(projector)
+
+    outbox = apply(projector, record(TOPICS.commands, report(state, '"' + "x" * LIMIT + '"')))
+
+    events = written(outbox, TOPICS.events)
+    assert [type(event) for event in events] == [RunFailed, FailureHandlerScheduled]
+    failed = events[0]
+    assert isinstance(failed, RunFailed)
+    assert failed.error.type == "RecordTooLarge"
+    assert failed.error.message.startswith(
+        f"cannot record the answer to delivery run-1/1 (attempt 1): Expected records of at most {LIMIT:,} bytes"
+    )
+    assert projector.states["run-1"].status is RunStatus.FAILED
+    assert projector.states["run-1"].steps == ()  # the output was not kept
+    assert CODEC.decode(outbox.snapshots["run-1"], expected=(RunState,)) == projector.states["run-1"]
+    assert dead_letters(outbox) == []
+
+
+@pytest.mark.asyncio
+async def test_a_result_that_fits_is_recorded(projector: Projector) -> None:
+    state = started(projector)
+
+    outbox = apply(projector, record(TOPICS.commands, report(state, '"' + "x" * (LIMIT // 2) + '"')))
+
+    assert projector.states["run-1"].status is RunStatus.RUNNING
+    assert len(projector.states["run-1"].steps) == 1
+    assert dead_letters(outbox) == []
+
+
+@pytest.mark.asyncio
+async def test_a_failure_in_deciding_sets_the_record_aside_and_nothing_of_it_is_written(
+    projector: Projector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = started(projector)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(projector_service, "effects", broken)  # fails after the events are worked out
+    outbox = apply(projector, record(TOPICS.commands, CODEC.encode(
+        ReportDelivery(run_id="run-1", delivery_id=state.in_flight[0].delivery_id, attempt=1, now_ms=T0, steps=(),
+                       outcome=Complete(output='"done"'))
+    )))  # fmt: skip
+
+    (letter,) = dead_letters(outbox)
+    assert letter.reason == "the projector failed on this record: RuntimeError('a bug')"
+    assert [topic for topic, *_ in outbox.records] == [TOPICS.deadletter]
+    assert projector.states["run-1"] == state  # untouched
+    assert outbox.previous == {}
+
+
+@pytest.mark.asyncio
+async def test_a_notification_too_large_to_keep_for_later_waiters_still_reaches_the_runs_waiting_now(
+    projector: Projector,
+) -> None:
+    # given an index that keeps a large notification already, and a run waiting
+    kept = BufferedNotification(data=big(0.6), at_ms=T0, expires_at_ms=T0 + 60_000, delivered_to=())
+    waiting = Waiter(run_id="run-9", step_index=2, timeout_at_ms=T0 + 60_000)
+    projector.waiters["paid"] = WaiterState(event_id="paid", waiters=(waiting,), buffered=(kept,))
+
+    # when a second large one comes: both would not fit in the index's record
+    data = big(0.6)
+    outbox = apply(projector, record(TOPICS.triggers, CODEC.encode(NotifyRequest(event_id="paid", data=data))))
+
+    # then the waiting run receives it, and the index keeps only what it kept before
+    (received,) = written(outbox, TOPICS.commands)
+    assert isinstance(received, ReceiveEvent)
+    assert (received.run_id, received.step_index, received.data) == ("run-9", 2, data)
+    assert projector.waiters["paid"] == WaiterState(event_id="paid", waiters=(), buffered=(kept,))
+    assert dead_letters(outbox) == []
+
+
+def big(share: float) -> str:
+    """A JSON string taking ``share`` of a record."""
+    return '"' + "d" * int(LIMIT * share) + '"'
