@@ -230,6 +230,8 @@ STEPSTREAM_KAFKA_SSL_KEYFILE: {{ printf "%s/client.key" (include "stepstream.tls
 STEPSTREAM_HOME: "/var/lib/stepstream"
 STEPSTREAM_LOG_LEVEL: {{ .Values.logLevel | quote }}
 STEPSTREAM_NOTIFY_BUFFER_MS: {{ int64 .Values.notifyBufferMs | quote }}
+STEPSTREAM_MAX_RECORD_BYTES: {{ int64 .Values.kafka.maxRecordBytes | quote }}
+STEPSTREAM_STALL_MS: {{ int64 .Values.stallMs | quote }}
 {{- /* The api starts them by name; their hosts are where the executor may deliver, by default. */}}
 {{- if .Values.workflows }}
 STEPSTREAM_WORKFLOWS: {{ include "stepstream.workflows" . | quote }}

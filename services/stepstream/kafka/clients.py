@@ -156,7 +156,7 @@ async def renewed(producer: AIOKafkaProducer, make: Callable[[], AIOKafkaProduce
     gone (a topic's limit raised, say) every later transaction of the same producer fails with
     OutOfOrderSequenceNumber (Java's producer bumps its epoch instead, KIP-360; aiokafka does not).
     A new producer with the same transactional id gets a new epoch from the broker, with sequences
-    from 0, and fences only its predecessor. Measured: docs/decisions/0006-poison-input.md.
+    from 0, and fences only its predecessor. Measured: docs/decisions/0005-poison-input.md.
     """
     try:
         await asyncio.wait_for(producer.stop(), timeout=10)
