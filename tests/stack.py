@@ -89,9 +89,10 @@ class Stack:
         if "app" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.app_port}/healthz")
 
-    def start_app(self, name: str, app_dir: Path, target: str) -> int:
-        """Another workflow app, as its own process on its own port; returns the port."""
-        port = free_port()
+    def start_app(self, name: str, app_dir: Path, target: str, port: int | None = None) -> int:
+        """Another workflow app, as its own process on its own port (``port``: the one it had before a
+        restart); returns the port."""
+        port = port or free_port()
         command = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(app_dir), "--port", str(port),
                    "--log-level", "warning"]  # fmt: skip
         with (self.directory / f"{name}.log").open("ab") as log:

@@ -169,8 +169,13 @@ class ExecutorSettings:
     signing_keys: tuple[str, ...]
     concurrency: int = 64
     timeout_ms: int = 30_000
-    budget_ms: int = 1_000
+    # 0: every step durable before the next runs (the hot path, executor/chain.py); more: the SDK runs
+    # consecutive steps for that long in one request, each batch durable only as a whole.
+    budget_ms: int = 0
     allow_unsigned: bool = False
+    # Let the SDK keep a workflow running between the requests of a delivery the executor goes on with
+    # (only the steps' acknowledgement travels; nothing is replayed). Off: every request replays.
+    sessions: bool = True
     call_concurrency: int = 1_000  # engine-side calls (``ctx.call``) in flight, apart from deliveries
     # On SIGTERM, how long deliveries in flight may take to finish and report before they are handed
     # back (left uncommitted, so the next owner of their partition makes them again).
@@ -196,8 +201,9 @@ class ExecutorSettings:
             signing_keys=keys,
             concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CONCURRENCY", 64, minimum=1),
             timeout_ms=_int(environ, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 30_000, minimum=1),
-            budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 1_000),
+            budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 0),
             allow_unsigned=allow_unsigned,
+            sessions=environ.get("STEPSTREAM_SESSIONS", "1") != "0",
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
             shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
             allowed_url_hosts=allowed_url_hosts(environ),

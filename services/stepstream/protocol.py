@@ -34,6 +34,8 @@ MAX_RETRIES = 100
 MAX_FLOW_KEY_LENGTH = 200
 MAX_FLOW_PERIOD_MS = 7 * 86_400_000  # a week, as the engine's flow control allows
 MAX_FLOW_LIMIT = 1_000_000_000  # a rate or a parallelism: far beyond any real limit, and fits every record
+MAX_SESSION_LENGTH = 64
+UNKNOWN_SESSION = "unknown_session"  # the error of a 409 to a ``resume`` the SDK has no session for
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 StepKindName = Literal["run", "sleep", "sleep_until", "call", "wait_for_event", "notify", "invoke"]
@@ -80,6 +82,15 @@ class DeliveryRequest(_Model):
     execute_index: int | None = Field(default=None, ge=0, le=MAX_STEP_INDEX)
     # Set: the run failed with this error; call the workflow's failure handler instead of the workflow.
     failure: ErrorDetail | None = None
+    # Set: the executor goes on with this delivery across requests (the hot path). The SDK may keep
+    # the workflow running when it answers ``continue``, waiting at its next step, and say so
+    # (``DeliveryResponse.session``); the next request of the session then ``resume``s it, without
+    # the payload and the steps, which the SDK has, instead of replaying the run from the top.
+    session: str | None = Field(default=None, min_length=1, max_length=MAX_SESSION_LENGTH)
+    # True: this request resumes the session ``session``: the steps the SDK answered last are durable
+    # now, and the workflow may go on. Without the session (another process, or it expired) the SDK
+    # answers 409 ``unknown_session``, and the executor sends the whole delivery again.
+    resume: bool = False
 
 
 class CompletedStep(_Model):
@@ -238,6 +249,9 @@ class DeliveryResponse(_Model):
     protocol: Literal[1] = PROTOCOL_VERSION
     steps: list[CompletedStep] = []
     next: Next
+    # "kept": the SDK answered ``continue`` and keeps the workflow waiting for the session's next
+    # request (``resume``); None: it kept nothing, and the next request must carry the whole delivery.
+    session: Literal["kept"] | None = None
 
 
 class ErrorBody(_Model):

@@ -68,7 +68,7 @@ def test_executor_defaults_when_unsigned_is_allowed() -> None:
 
     assert settings.signing_keys == ()
     assert settings.allow_unsigned is True
-    assert (settings.concurrency, settings.timeout_ms, settings.budget_ms) == (64, 30_000, 1_000)
+    assert (settings.concurrency, settings.timeout_ms, settings.budget_ms) == (64, 30_000, 0)
 
 
 def test_api_defaults(home: Path) -> None:

@@ -14,6 +14,7 @@ from stepstream.core import (
     Continue,
     Defaults,
     Delivery,
+    DeliveryCancelled,
     DeliveryRequested,
     Effect,
     ErrorInfo,
@@ -625,3 +626,34 @@ def test_a_recovered_run_drops_its_failure_handlers_retry_under_the_runs_key() -
     # then the retry is dropped where it waits, under the run's flow key
     cancelled = [record for record in records if isinstance(record, ScheduleCancelled)]
     assert cancelled == [ScheduleCancelled(run_id=RUN, request_ids=(retry.request_id,), flow_key=RUN_FLOW.key)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A run that ends while the executor may be going on with its delivery
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        pytest.param(CancelRun(run_id=RUN, reason=None, now_ms=T0 + 5), id="cancelled"),
+        pytest.param(RecoverRun(run_id=RUN, action=Recovery.DELETE, now_ms=T0 + 5), id="not an ending"),
+    ],
+)
+def test_a_run_cancelled_with_a_delivery_in_flight_tells_the_executor(ending: Command) -> None:
+    state = given(trigger())
+    assert state is not None
+
+    decision = decide(state, ending)
+
+    records = [] if isinstance(decision, Rejected) else effects(state, decision)
+    expected = [DeliveryCancelled(run_id=RUN)] if isinstance(ending, CancelRun) else []
+    assert [record for record in records if isinstance(record, DeliveryCancelled)] == expected
+
+
+def test_a_run_under_flow_control_or_waiting_on_no_delivery_tells_the_executor_nothing() -> None:
+    sleeping = given(trigger(), report(1, outcome=SleepFor(index=0, name="nap", duration_ms=60_000)))
+    under_flow = given(trigger(flow=RUN_FLOW))
+
+    for state in (sleeping, under_flow):
+        _, records = when(state, CancelRun(run_id=RUN, reason=None, now_ms=T0 + 5))
+        assert not any(isinstance(record, DeliveryCancelled) for record in records)

@@ -24,6 +24,7 @@ from stepstream.core import (
     Continue,
     Defaults,
     Delivery,
+    DeliveryCancelled,
     DeliveryRequested,
     Effect,
     ErrorInfo,
@@ -1297,11 +1298,12 @@ def test_cancelling_a_run_blocked_on_many_things_drops_them_all() -> None:
     ]
 
 
-def test_cancelling_while_a_delivery_is_in_flight_drops_it() -> None:
+def test_cancelling_while_a_delivery_is_in_flight_drops_it_and_stops_the_executor_going_on_with_it() -> None:
     state = given(trigger())
 
     assert when_effects(state, CancelRun(run_id=RUN, reason=None, now_ms=T0)) == [
-        ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/1#1",))
+        ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/1#1",)),
+        DeliveryCancelled(run_id=RUN),
     ]
 
 

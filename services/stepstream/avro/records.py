@@ -16,6 +16,7 @@ from stepstream.core.effects import (
     CallDelivery,
     CallRequested,
     Delivery,
+    DeliveryCancelled,
     DeliveryRequested,
     ScheduleCancelled,
     TimerRequested,
@@ -169,7 +170,7 @@ TOPIC_TYPES: Final[Mapping[str, tuple[type, ...]]] = MappingProxyType(
         "waiters": (WaiterState,),
         # Keyed by flow key where flow control sets one, else by run id; the executor's settlements too.
         "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowSettled),
-        "deliveries": (Delivery, CallDelivery),
+        "deliveries": (Delivery, CallDelivery, DeliveryCancelled),
         # The scheduler's changelog, keyed by request id: its requests and its flow-control slots.
         "timers": (DeliveryRequested, CallRequested, TimerRequested, FlowSlot),  # a null value is a tombstone
         "flow": (FlowKeyState,),  # compacted: the latest state of each flow-control key

@@ -18,6 +18,7 @@ from stepstream.core.messages import (
     Command,
     Complete,
     Continue,
+    Continuing,
     ErrorInfo,
     Event,
     EventReceived,
@@ -54,6 +55,7 @@ from stepstream.core.messages import (
     StepCompleted,
     StepFailed,
     StepKind,
+    StepResult,
     StepScheduled,
     Suspend,
     TriggerRun,
@@ -340,16 +342,26 @@ def _report(state: RunState, command: ReportDelivery, defaults: Defaults) -> lis
     builder = _Builder(state, command.run_id, command.now_ms)
     if pending.execute_only:
         return _report_branch(builder, command, pending, defaults)
-    for step in command.steps:
+    outcome = command.outcome
+    steps = command.steps
+    if isinstance(outcome, Continuing):
+        steps = tuple(step for step in steps if not _reported_before(state, step))
+        if not steps:
+            return _duplicate(
+                f"Expected new steps in the report of {command.delivery_id} attempt {command.attempt}, but "
+                f"steps {[step.index for step in command.steps]} are recorded already (a report sent twice)"
+            )
+    for step in steps:
         problem = _claimed(builder.current(), step.index)
         if problem is not None:
             return problem
         if step.kind is not StepKind.RUN:
             return Rejected(reason=f"Expected only run steps to complete inside a delivery, but got {step.kind.value}")
         builder.complete_step(step.index, step.name, step.kind, step.output, command.delivery_id)
-    outcome = command.outcome
     now = command.now_ms
     match outcome:
+        case Continuing():
+            pass  # the delivery goes on: it stays in flight, and its next report carries the next steps
         case Continue():
             builder.schedule(attempt=1, not_before_ms=now)
         case SleepFor():
@@ -367,13 +379,27 @@ def _report(state: RunState, command: ReportDelivery, defaults: Defaults) -> lis
         case Complete():
             builder.add(RunCompleted(run_id=command.run_id, seq=builder.next_seq, at_ms=now, output=outcome.output))
         case Fail():
-            step_attempt = pending.attempt if not command.steps else 1
+            # The delivery's attempt counts for the step it started with; a later step it reached
+            # (reported here, or earlier while the executor went on with it) fails at its first attempt.
+            progressed = bool(steps) or builder.current().first_open_index > pending.step_index
+            step_attempt = 1 if progressed else pending.attempt
             _fail_attempt(builder, outcome, step_attempt, command.delivery_id, None, defaults)
         case Cancel():
             builder.add(RunCancelled(run_id=command.run_id, seq=builder.next_seq, at_ms=now, reason=outcome.reason))
         case _:
             assert_never(outcome)
     return builder.events
+
+
+def _reported_before(state: RunState, step: StepResult) -> bool:
+    """Whether ``step`` is recorded already, exactly as reported: a report of a delivery the executor
+    went on with, sent again (its recovery after a crash reads back what it reported)."""
+    recorded = state.recorded(step.index)
+    return recorded is not None and (recorded.name, recorded.kind, recorded.output) == (
+        step.name,
+        step.kind,
+        step.output,
+    )
 
 
 def _report_branch(

@@ -145,10 +145,19 @@ class ScheduleCancelled:
     flow_key: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryCancelled:
+    """The run ended (cancelled, or failed) while a delivery of it was in flight: on ``deliveries``,
+    keyed by run id, for the executor, which stops going on with that delivery at its next step
+    instead of running the rest of the workflow for a run that has ended."""
+
+    run_id: str
+
+
 ScheduleRecord = DeliveryRequested | CallRequested | TimerRequested | ScheduleCancelled
 # Commands for other runs (keyed by run id) and for waiter indexes (keyed by event id).
 OutgoingCommand = TriggerRun | CancelRun | ChildFinished | RegisterWaiter | UnregisterWaiter | NotifyEvent
-Effect = ScheduleRecord | OutgoingCommand
+Effect = ScheduleRecord | OutgoingCommand | DeliveryCancelled
 
 
 def timer_request_id(run_id: str, step_index: int) -> str:
@@ -415,6 +424,9 @@ def _abandon(previous: RunState | None, now: int, *, completed: bool) -> list[Ef
             case _:
                 pass
     cancels = [ScheduleCancelled(run_id=run_id, request_ids=tuple(ids), flow_key=key) for key, ids in by_key.items()]
+    if previous.flow is None and any(not delivery.execute_only for delivery in deliveries):
+        # The executor may be going on with it (only without flow control, and only a replay).
+        records.append(DeliveryCancelled(run_id=run_id))
     return [*cancels, *records]
 
 

@@ -92,6 +92,16 @@ class Continue:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Continuing:
+    """Not an end: the executor goes on with the delivery itself, and reports the steps done so far.
+
+    The hot path: the executor makes each step durable by reporting it (one produce) before it asks
+    the endpoint for the next, instead of ending the delivery and waiting for the projector to
+    schedule another. The delivery stays in flight; its later reports carry the following steps.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SleepFor:
     """The next step is a sleep of a duration, counted from when the report is applied."""
 
@@ -232,7 +242,7 @@ class Cancel:
     reason: str | None = None
 
 
-Outcome = Continue | SleepFor | SleepUntil | Complete | Fail | Suspend | Cancel
+Outcome = Continue | SleepFor | SleepUntil | Complete | Fail | Suspend | Cancel | Continuing
 
 
 # ---------------------------------------------------------------------------------------------

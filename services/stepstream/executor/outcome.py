@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import assert_never
 
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ from stepstream.core import (
 )
 from stepstream.protocol import (
     MAX_DELAY_MS,
+    UNKNOWN_SESSION,
     CancelNext,
     CompleteNext,
     ContinueNext,
@@ -63,8 +64,24 @@ def json_text(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What an endpoint's answer to one request of a delivery says."""
+
+    steps: tuple[StepResult, ...]
+    outcome: Outcome
+    session_kept: bool = False  # the SDK keeps the workflow waiting: the next request may ``resume``
+    unknown_session: bool = False  # a ``resume`` found no session there: send the whole delivery
+
+
 def from_response(status: int, body: bytes, retry_after_s: float | None) -> tuple[tuple[StepResult, ...], Outcome]:
     """The completed steps and the outcome of a delivery whose endpoint answered ``status``."""
+    reply = reply_of(status, body, retry_after_s)
+    return reply.steps, reply.outcome
+
+
+def reply_of(status: int, body: bytes, retry_after_s: float | None) -> Reply:
+    """The completed steps, the outcome and the session of an endpoint's answer ``status``."""
     if status == 200:
         try:
             response = DeliveryResponse.model_validate_json(body)
@@ -72,14 +89,21 @@ def from_response(status: int, body: bytes, retry_after_s: float | None) -> tupl
                 StepResult(index=step.index, name=step.name, kind=StepKind.RUN, output=json_text(step.output))
                 for step in response.steps
             )
-            return steps, _next(response.next)
+            return Reply(steps, _next(response.next), session_kept=response.session == "kept")
         except (ValidationError, ValueError) as error:
             message = f"endpoint answered 200 with a body that is not a delivery response: {error}"
-            return (), Fail(error=ErrorInfo(type="InvalidResponse", message=message[:_MAX_MESSAGE]), retryable=True)
+            failed = Fail(error=ErrorInfo(type="InvalidResponse", message=message[:_MAX_MESSAGE]), retryable=True)
+            return Reply((), failed)
+    if status == 409 and _error_code(body) == UNKNOWN_SESSION:
+        return Reply((), Continue(), unknown_session=True)
+    return Reply((), _failure(status, body, retry_after_s))
+
+
+def _failure(status: int, body: bytes, retry_after_s: float | None) -> Fail:
     detail = _error_message(body)
     retryable = status >= 500 or status in _RETRYABLE_CLIENT_ERRORS or _replayed(status, body)
     retry_after_ms = int(retry_after_s * 1000) if retry_after_s is not None and retryable else None
-    return (), Fail(
+    return Fail(
         error=ErrorInfo(type=f"HTTP{status}", message=f"endpoint answered {status}: {detail}"[:_MAX_MESSAGE]),
         retryable=retryable,
         retry_after_ms=retry_after_ms,
@@ -194,13 +218,17 @@ def _replayed(status: int, body: bytes) -> bool:
     """The SDK's 409 ``replayed``: a copy of this very request (same nonce) reached the endpoint first
     and was accepted, so only the way back failed, as when an answer is lost. Retried, like a
     timeout; a new delivery is signed anew. Any other 409 is the endpoint's own and final."""
-    if status != 409:
-        return False
+    return status == 409 and _error_code(body) == "replayed"
+
+
+def _error_code(body: bytes) -> str | None:
+    """The ``error`` of an SDK's error answer (an ``ErrorBody``), if it is one."""
     try:
         data = json.loads(body)
     except ValueError:
-        return False
-    return isinstance(data, dict) and data.get("error") == "replayed"
+        return None
+    code = data.get("error") if isinstance(data, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _error_message(body: bytes) -> str:

@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,25 +44,30 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import (
     CallDelivery,
+    Continue,
+    Continuing,
     Delivery,
+    DeliveryCancelled,
     ErrorInfo,
     Fail,
     FlowSettled,
-    Outcome,
     ReportCall,
     ReportDelivery,
     StepResult,
     headers_problem,
 )
 from stepstream.executor import calls
+from stepstream.executor.chain import Chain, Recovered, may_chain
 from stepstream.executor.destinations import destination
 from stepstream.executor.outcome import (
-    from_response,
+    Reply,
     from_transport_error,
     parse_retry_after,
+    reply_of,
     unrecordable_delivery,
 )
-from stepstream.kafka.clients import PartitionListener, make_consumer, make_producer
+from stepstream.executor.recovery import DeliveryKey, read_reports, record_times
+from stepstream.kafka.clients import PartitionListener, make_consumer, make_producer, topic_partitions
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
@@ -73,20 +79,37 @@ SERVICE = "executor"
 ReportT = TypeVar("ReportT", ReportCall, ReportDelivery)
 
 
-def request_body(delivery: Delivery, budget_ms: int) -> bytes:
-    request = {
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+# How many cancelled runs the executor remembers, and for how long.
+CANCELLED_KEPT = 100_000
+CANCELLED_KEPT_MS = 600_000
+
+
+def request_body(delivery: Delivery, budget_ms: int, *, session: str | None = None, resume: bool = False) -> bytes:
+    """The JSON body of a request of ``delivery``. ``session``: the executor goes on with it across
+    requests; ``resume``: this one resumes the session the SDK keeps, and carries neither the payload
+    nor the steps, which the SDK has (so a step's request stays small however long the run)."""
+    request: dict[str, Any] = {
         "protocol": protocol.PROTOCOL_VERSION,
         "run_id": delivery.run_id,
         "workflow": delivery.workflow,
         "delivery_id": delivery.delivery_id,
         "attempt": delivery.attempt,
-        "payload": json.loads(delivery.payload),
-        "steps": [
-            {"index": step.index, "name": step.name, "kind": step.kind.value, "output": json.loads(step.output)}
-            for step in delivery.steps
-        ],
         "budget_ms": budget_ms,
     }
+    if session is not None:
+        request["session"] = session
+    if resume:
+        request["resume"] = True
+    else:
+        request["payload"] = json.loads(delivery.payload)
+        request["steps"] = [
+            {"index": step.index, "name": step.name, "kind": step.kind.value, "output": json.loads(step.output)}
+            for step in delivery.steps
+        ]
     if delivery.execute_index is not None:
         request["execute_index"] = delivery.execute_index
     if delivery.failure is not None:
@@ -153,6 +176,14 @@ class Executor:
         self._progress: dict[TopicPartition, PartitionProgress] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._deliveries: set[asyncio.Task[None]] = set()  # each holds back its offset until it reports (and settles)
+        # What the reports written before a crash say of the deliveries read again since (recovery).
+        self._recovered: dict[DeliveryKey, Recovered] = {}
+        # While partitions are let go (a rebalance, a shutdown), deliveries stop going on past a step.
+        self._letting_go = False
+        # Runs cancelled lately: a delivery of one stops going on (DeliveryCancelled on deliveries).
+        self._cancelled: dict[str, int] = {}
+        self._lock = asyncio.Lock()  # an assignment's recovery, against the batch loop
+        self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
         self._producer = make_producer(self.kafka)
@@ -177,10 +208,14 @@ class Executor:
             )
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.concurrency)
-                for tp, records in batch.items():
-                    progress = self._progress.setdefault(tp, PartitionProgress())
-                    for record in records:
-                        await self._start(tp, progress, record)
+                generation = self._generation
+                async with self._lock:
+                    if generation != self._generation:
+                        continue  # a rebalance came between: the partitions start again at their committed offsets
+                    for tp, records in batch.items():
+                        progress = self._progress.setdefault(tp, PartitionProgress())
+                        for record in records:
+                            await self._start(tp, progress, record)
                 await self._commit()
         finally:
             await self._finish_in_flight()
@@ -195,11 +230,15 @@ class Executor:
 
     async def _start(self, tp: TopicPartition, progress: PartitionProgress, record: ConsumerRecord) -> None:
         """Start the work of one record, once a slot of its kind is free."""
-        message: Delivery | CallDelivery | DecodeError
+        message: Delivery | CallDelivery | DeliveryCancelled | DecodeError
         try:
-            message = self.codec.decode(record.value, expected=(Delivery, CallDelivery))
+            message = self.codec.decode(record.value, expected=(Delivery, CallDelivery, DeliveryCancelled))
         except DecodeError as error:
             message = error
+        if isinstance(message, DeliveryCancelled):
+            self._cancel(message.run_id)
+            progress.start(record.offset, hold=False)
+            return
         if isinstance(message, CallDelivery):
             await self._call_slots.acquire()
             progress.start(record.offset, hold=False)
@@ -229,7 +268,38 @@ class Executor:
                 self.progress.done((tp,), more=bool(self._progress[tp].in_flight))
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
+        """Before reading new partitions, read back what their deliveries not yet committed reported
+        already (:mod:`stepstream.executor.recovery`), so that none is made twice."""
+        self._generation += 1
+        # aiokafka fetches for new partitions while this callback still runs: the batch loop waits for
+        # the lock, so no delivery starts before what was reported of it is known.
+        async with self._lock:
+            self._letting_go = False
+            since = await self._oldest_uncommitted([tp for tp in partitions if tp.partition not in self._owned()])
+            if since:
+                commands = await topic_partitions(self._consumer, self.topics.commands)
+                if len(commands) != len(await topic_partitions(self._consumer, self.topics.deliveries)):
+                    # Reports are keyed by run id on commands: without the same partition count, a
+                    # delivery's reports may be on any partition of it.
+                    since = dict.fromkeys(commands, min(since.values()))
+                self._recovered.update(await read_reports(self.kafka, self.codec, self.topics.commands, since))
         self.ready.set()
+
+    def _owned(self) -> set[int]:
+        return {tp.partition for tp in self._progress}
+
+    async def _oldest_uncommitted(self, partitions: list[TopicPartition]) -> dict[int, int]:
+        """For each partition with records not committed yet, the time of the oldest of them."""
+        if not partitions:
+            return {}
+        ends = await self._consumer.end_offsets(partitions)
+        firsts = await self._consumer.beginning_offsets(partitions)
+        # Not committed yet: the group reads the partition from its beginning (auto_offset_reset).
+        starts = {tp: (await self._consumer.committed(tp)) or firsts[tp] for tp in partitions}
+        behind = {tp: offset for tp, offset in starts.items() if offset < ends[tp]}
+        if not behind:
+            return {}
+        return await record_times(self.kafka, behind)
 
     async def _finish_in_flight(self) -> None:
         """On shutdown: give the deliveries in flight up to the grace period to finish and report, and
@@ -237,6 +307,7 @@ class Executor:
         Calls are not waited for: their offsets are committed already, and a lost attempt is retried
         at its deadline."""
         self.ready.clear()
+        self._letting_go = True
         pending = [task for task in self._deliveries if not task.done()]
         if pending:
             log.info(
@@ -258,8 +329,11 @@ class Executor:
         """Before partitions move away, let their deliveries finish and commit them.
 
         Calls are not waited for (one may take hours): their offsets are committable already, and
-        their reports, written whenever they end, are as good from this member as from any.
+        their reports, written whenever they end, are as good from this member as from any. A delivery
+        the executor goes on with stops at its next step: the new owner gets the rest as a new one.
         """
+        self._generation += 1
+        self._letting_go = True
         pending = [task for task in self._deliveries if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.timeout_ms / 1000 + 5)
@@ -320,33 +394,83 @@ class Executor:
         await self._settle(self._begin(delivery.request_id, delivery.flow_key))
 
     async def _deliver(self, delivery: Delivery) -> None:
+        """Make ``delivery``: one request to the endpoint, or, while the workflow runs one ``run`` step
+        after another, as many as it takes, each step reported (durable) before the next is asked
+        for (:mod:`stepstream.executor.chain`)."""
         started = time.perf_counter()
-        url = destination(delivery.url, self.settings.allowed_url_hosts)
+        recovered = self._recovered.pop((delivery.delivery_id, delivery.attempt), None)
+        if recovered is not None and recovered.ended:
+            log.info(
+                "delivery %s#%d was reported before a crash: not made again", delivery.delivery_id, delivery.attempt
+            )
+            return
+        chain = Chain.resuming(delivery, recovered)
         flight = self._begin(delivery.request_id, delivery.flow_key)
-        steps: tuple[StepResult, ...] = ()
-        if isinstance(url, str):
-            body, headers = self._delivery_request(delivery, url)
-            steps, outcome = await self._post(url, body, headers)
-        else:  # neither signed nor sent: the run fails with the reason
-            log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
-            outcome = url
-        report = ReportDelivery(
-            run_id=delivery.run_id,
-            delivery_id=delivery.delivery_id,
-            attempt=delivery.attempt,
-            now_ms=self.clock.now_ms(),
-            steps=steps,
-            outcome=outcome,
-        )
-        await self._report(delivery.run_id, report, unrecordable_delivery)
+        # The SDK may keep the workflow running between the requests of a chain (a session), so that
+        # the next request only resumes it: nothing replayed, nothing sent again.
+        session = new_session_id() if self.settings.sessions and may_chain(delivery) else None
+        resume = False
+        while True:
+            current = chain.current
+            url = destination(current.url, self.settings.allowed_url_hosts)
+            steps: tuple[StepResult, ...] = ()
+            kept = False
+            if isinstance(url, str):
+                body, headers = self._delivery_request(current, url, session=session, resume=resume)
+                reply = await self._post(url, body, headers)
+                if reply.unknown_session:
+                    # Served by another process of the app, or expired: the whole delivery, and no more
+                    # sessions for this one (behind several workers they would mostly miss).
+                    session, resume = None, False
+                    continue
+                steps, outcome, kept = reply.steps, reply.outcome, reply.session_kept
+            else:  # neither signed nor sent: the run fails with the reason
+                log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
+                outcome = url
+            going_on = isinstance(outcome, Continue) and bool(steps) and self._may_go_on(delivery)
+            report = ReportDelivery(
+                run_id=delivery.run_id,
+                delivery_id=delivery.delivery_id,
+                attempt=delivery.attempt,
+                now_ms=self.clock.now_ms(),
+                steps=steps,
+                outcome=Continuing() if going_on else outcome,
+            )
+            written = await self._report(delivery.run_id, report, unrecordable_delivery)
+            if not (going_on and written):
+                break
+            chain.record(steps)  # durable now: the next request replays them, or resumes past them
+            resume = session is not None and kept
         await self._settle(flight)
         log.debug(
-            "delivered %s#%d in %.1f ms", delivery.delivery_id, delivery.attempt, (time.perf_counter() - started) * 1000
+            "delivered %s#%d (%d steps gone on with) in %.1f ms",
+            delivery.delivery_id,
+            delivery.attempt,
+            chain.length,
+            (time.perf_counter() - started) * 1000,
         )
 
-    def _delivery_request(self, delivery: Delivery, url: str) -> tuple[bytes, dict[str, str]]:
+    def _cancel(self, run_id: str) -> None:
+        """The run ended: its delivery in flight, if any, stops at its next step. Remembered for a while
+        (a delivery read later from before the cancellation stops too), and at most so many."""
+        now = self.clock.now_ms()
+        self._cancelled[run_id] = now
+        if len(self._cancelled) > CANCELLED_KEPT:
+            for old in [run for run, at in self._cancelled.items() if at < now - CANCELLED_KEPT_MS]:
+                del self._cancelled[old]
+            while len(self._cancelled) > CANCELLED_KEPT:
+                del self._cancelled[next(iter(self._cancelled))]
+
+    def _may_go_on(self, delivery: Delivery) -> bool:
+        """Whether to go on with ``delivery`` past a ``continue``: not while letting partitions go (the
+        next owner gets a fresh delivery from the projector instead), nor for a cancelled run."""
+        return may_chain(delivery) and not self._letting_go and delivery.run_id not in self._cancelled
+
+    def _delivery_request(
+        self, delivery: Delivery, url: str, *, session: str | None = None, resume: bool = False
+    ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of the POST of ``delivery`` to ``url``, signed for that url with a new nonce."""
-        body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms))
+        body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms), session=session, resume=resume)
         headers = dict(delivery.headers)
         headers.update(
             {
@@ -369,23 +493,24 @@ class Executor:
             )
         return body, headers
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[tuple[StepResult, ...], Outcome]:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         assert self._session is not None
         problem = headers_problem(tuple(headers.items()))
         if problem is not None:
             # The same request would be refused on every attempt: the run fails with the reason.
-            return (), Fail(error=ErrorInfo(type="InvalidRequest", message=problem), retryable=False)
+            return Reply((), Fail(error=ErrorInfo(type="InvalidRequest", message=problem), retryable=False))
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_ms / 1000)
         try:
             async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
                 answer = await response.read()
-                return from_response(response.status, answer, parse_retry_after(response.headers.get("Retry-After")))
+                return reply_of(response.status, answer, parse_retry_after(response.headers.get("Retry-After")))
         except TimeoutError:
-            return (), from_transport_error("Timeout", f"endpoint did not answer within {self.settings.timeout_ms} ms")
+            message = f"endpoint did not answer within {self.settings.timeout_ms} ms"
+            return Reply((), from_transport_error("Timeout", message))
         except aiohttp.ClientError as error:
-            return (), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}")
+            return Reply((), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}"))
         except ValueError as error:  # a request aiohttp will not send (a url it cannot parse, say): no retry mends it
-            return (), Fail(error=ErrorInfo(type="InvalidRequest", message=f"{error}"[:2_000]), retryable=False)
+            return Reply((), Fail(error=ErrorInfo(type="InvalidRequest", message=f"{error}"[:2_000]), retryable=False))
 
     # ------------------------------------------------------------------------------------------
     # Engine-side calls
@@ -446,24 +571,29 @@ class Executor:
     # ------------------------------------------------------------------------------------------
     # Reports
 
-    async def _report(self, run_id: str, report: ReportT, unrecordable: Callable[[ReportT, str], ReportT]) -> None:
+    async def _report(self, run_id: str, report: ReportT, unrecordable: Callable[[ReportT, str], ReportT]) -> bool:
         """Write ``report``; if it cannot be encoded or is too large for Kafka, write what
-        ``unrecordable`` makes of it instead, so the run moves on rather than hang on it."""
+        ``unrecordable`` makes of it instead, so the run moves on rather than hang on it. Returns
+        whether ``report`` itself was written."""
+        reason: str | None = None
         try:
             value = self.codec.encode(report)
         except EncodeError as error:
             # The answer does not fit the records (the protocol's bounds should prevent this).
-            value = self.codec.encode(unrecordable(report, str(error)))
-        limit = self.kafka.max_record_bytes
-        if len(value) > limit:
-            reason = f"its report of {len(value):,} bytes is over the {limit:,} bytes "
-            reason += "STEPSTREAM_MAX_RECORD_BYTES allows"
-            value = self.codec.encode(unrecordable(report, reason))
-        try:
-            await self._send(self.topics.commands, run_id, value)
-        except MessageSizeTooLargeError as error:
-            reason = f"its report of {len(value)} bytes is larger than Kafka accepts ({error})"
-            await self._send(self.topics.commands, run_id, self.codec.encode(unrecordable(report, reason)))
+            reason = str(error)
+        else:
+            limit = self.kafka.max_record_bytes
+            if len(value) > limit:
+                reason = f"its report of {len(value):,} bytes is over the {limit:,} bytes "
+                reason += "STEPSTREAM_MAX_RECORD_BYTES allows"
+        if reason is None:
+            try:
+                await self._send(self.topics.commands, run_id, value)
+                return True
+            except MessageSizeTooLargeError as error:
+                reason = f"its report of {len(value)} bytes is larger than Kafka accepts ({error})"
+        await self._send(self.topics.commands, run_id, self.codec.encode(unrecordable(report, reason)))
+        return False
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         """Write a record, retrying while Kafka is unreachable: without a report the run cannot move

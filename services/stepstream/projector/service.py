@@ -35,6 +35,7 @@ from stepstream.core import (
     ChildFinished,
     Command,
     Defaults,
+    DeliveryCancelled,
     ErrorInfo,
     Event,
     NotifyEvent,
@@ -515,6 +516,9 @@ class Projector:
         for effect in effects(before, events):
             if isinstance(effect, RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES):
                 self._send_command(effect, change)
+                continue
+            if isinstance(effect, DeliveryCancelled):
+                change.add(self.topics.deliveries, run_id, self.codec.encode(effect))
                 continue
             work = deliverable_now(effect, now)
             if work is not None:

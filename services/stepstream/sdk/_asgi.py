@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER, DeliveryRequest, ErrorBody
+from stepstream.protocol import (
+    SIGNATURE_HEADER,
+    UNKNOWN_SESSION,
+    URL_HEADER,
+    DeliveryRequest,
+    DeliveryResponse,
+    ErrorBody,
+)
 from stepstream.sdk._destination import destination_problem
 from stepstream.sdk._machine import history_problem
+from stepstream.sdk._sessions import resume
 from stepstream.signing import SignatureError, verify
 
 if TYPE_CHECKING:
@@ -115,6 +123,8 @@ class WorkflowsApp:
                 "bad_request",
                 f"Expected the body's workflow to match the path's '{name}', but it is '{request.workflow}'",
             )
+        if request.resume:
+            return await self._resume(request)
         problem = history_problem(request)
         if problem is not None:
             raise _Reply(400, "bad_request", problem)
@@ -122,8 +132,22 @@ class WorkflowsApp:
             payload = definition.parse_payload(request.payload)
         except ValidationError as exc:
             raise _Reply(422, "invalid_payload", str(exc)) from None
-        response = await definition.execute(request, payload, clock=self._clock, started_at=started_at)
-        return response.model_dump_json().encode()
+        response = await definition.execute(
+            request, payload, clock=self._clock, started_at=started_at, sessions=self.workflows.sessions
+        )
+        return _json(response)
+
+    async def _resume(self, request: DeliveryRequest) -> bytes:
+        sessions = self.workflows.sessions
+        response = None if sessions is None or request.session is None else await resume(request, sessions)
+        if response is None:
+            raise _Reply(
+                409,
+                UNKNOWN_SESSION,
+                f"Expected a session this process keeps, but it has no session {request.session!r} for delivery "
+                f"{request.delivery_id} (served elsewhere, or expired): send the whole delivery",
+            )
+        return _json(response)
 
     def _authenticate(self, scope: Scope, body: bytes, signature: str | None) -> None:
         """Return if the request is signed by the engine, for this endpoint, and new; else reply
@@ -176,6 +200,11 @@ class WorkflowsApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _json(response: DeliveryResponse) -> bytes:
+    # ``session`` only when a session is kept: an answer to an engine that never asked stays as it was.
+    return response.model_dump_json(exclude=None if response.session else {"session"}).encode()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from stepstream.protocol import DeliveryResponse
 from stepstream.sdk._errors import DeliverySuspended
-from stepstream.sdk._machine import Execute, Plan, ReplayMachine, StepKind
+from stepstream.sdk._machine import Execute, Pause, Plan, ReplayMachine, StepKind
 
 # How many turns of the event loop without a new claim count as quiet. Each level of nested
 # asyncio.gather costs a turn or two between one step's result and the next claim.
@@ -35,6 +36,8 @@ _running_step: contextvars.ContextVar[tuple[Driver, int] | None] = contextvars.C
 )
 
 Work = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# Hands the answer of a pause to the request, and returns once the session is resumed.
+OnPause = Callable[[DeliveryResponse], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -47,8 +50,12 @@ class _Blocked:
 class Driver:
     """Drives one delivery: the workflow's tasks, the blocked step calls, the rounds."""
 
-    def __init__(self, machine: ReplayMachine) -> None:
+    def __init__(
+        self, machine: ReplayMachine, *, on_pause: OnPause | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
         self.machine = machine
+        self._on_pause = on_pause
+        self._clock = clock
         self._blocked: dict[int, _Blocked] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._claims = 0
@@ -111,6 +118,14 @@ class Driver:
             decision = machine.next_round(blocked)
             if decision is None:
                 return
+            if isinstance(decision, Pause):
+                # The workflow waits at its next step, with its tasks as they are, while the engine makes
+                # the steps answered so far durable; the same round goes on once it resumes.
+                if self._on_pause is None or self._clock is None:
+                    raise RuntimeError("Expected a session to pause in, but the driver has none")
+                await self._on_pause(machine.paused())
+                machine.resumed(self._clock())
+                continue
             if isinstance(decision, Execute):
                 await self._execute(decision.index)
                 if machine.decided:

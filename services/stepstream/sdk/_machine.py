@@ -72,7 +72,13 @@ class Execute:
     index: int
 
 
-Round = Resume | Execute | None  # None: the delivery's answer is decided
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Answer with the steps done so far and ``continue``, and keep the workflow waiting: the engine
+    makes them durable and resumes the session (``DeliveryRequest.session``) for the next step."""
+
+
+Round = Resume | Execute | Pause | None  # None: the delivery's answer is decided
 
 
 def history_problem(request: DeliveryRequest) -> str | None:
@@ -138,6 +144,9 @@ class ReplayMachine:
             raise ValueError(problem)
         self._history: dict[int, RecordedStep] = {step.index: step for step in request.steps}
         self._budget_ms = request.budget_ms
+        # A session lives across requests only where the engine may go on: one branch's delivery, or a
+        # failure handler's, ends at its first answer.
+        self._keeps_session = request.session is not None and request.execute_index is None and not request.failure
         self._execute_index = request.execute_index
         self._handling_failure = request.failure is not None
         self._clock = clock
@@ -213,6 +222,8 @@ class ReplayMachine:
             return Execute(target.index)
         if len(new) == 1 and new[0].kind == "run":
             if self._completed and not self._within_budget():
+                if self._keeps_session:
+                    return Pause()
                 self._decide(ContinueNext())
                 return None
             self._executing = new[0]
@@ -296,6 +307,15 @@ class ReplayMachine:
     def cancel(self, reason: str | None) -> None:
         """The workflow cancelled its own run."""
         self._decide(CancelNext(reason=reason))
+
+    def paused(self) -> DeliveryResponse:
+        """The answer of a request that ends at a pause: the steps done since the last one, and ``continue``."""
+        return DeliveryResponse(steps=list(self._completed), next=ContinueNext(), session="kept")
+
+    def resumed(self, clock_now: float) -> None:
+        """The steps of the last answer are durable: a new request, with its own budget, goes on."""
+        self._completed = []
+        self._started_at = clock_now
 
     def response(self) -> DeliveryResponse:
         """The answer: every step completed in this delivery, then what comes next."""

@@ -20,6 +20,7 @@ from stepstream.sdk._errors import ConfigurationError
 from stepstream.sdk._machine import ReplayMachine, history_problem
 from stepstream.sdk._nonces import NonceCache
 from stepstream.sdk._results import FailureInfo
+from stepstream.sdk._sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, Session, Sessions, answer
 
 SIGNING_KEYS_VARIABLE = "STEPSTREAM_SIGNING_KEYS"
 BASE_URL_VARIABLE = "STEPSTREAM_BASE_URL"
@@ -66,11 +67,31 @@ class WorkflowDefinition(Generic[PayloadT]):
         return self.payload_adapter.validate_python(raw)
 
     async def execute(
-        self, request: DeliveryRequest, payload: PayloadT, *, clock: Callable[[], float], started_at: float
+        self,
+        request: DeliveryRequest,
+        payload: PayloadT,
+        *,
+        clock: Callable[[], float],
+        started_at: float,
+        sessions: Sessions | None = None,
     ) -> DeliveryResponse:
         """Answer one delivery: run the workflow function from the top, or, when the request carries
-        a ``failure``, the failure handler (a run without one has nothing to do: ``complete``)."""
+        a ``failure``, the failure handler (a run without one has nothing to do: ``complete``).
+
+        With ``sessions`` and a request that opens one, the workflow may be kept running after the
+        answer, waiting at its next step for the session's ``resume`` (:mod:`._sessions`)."""
         machine = ReplayMachine(request, clock=clock, started_at=started_at)
+        if sessions is not None and request.session is not None and request.failure is None:
+            session = Session(run_id=request.run_id, delivery_id=request.delivery_id, workflow=request.workflow)
+            driver = Driver(machine, on_pause=session.on_pause, clock=clock)
+            context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
+
+            async def drive() -> DeliveryResponse:
+                await driver.drive(lambda: self.function(context))
+                return machine.response()
+
+            session.start(drive)
+            return await answer(session, request.session, sessions)
         driver = Driver(machine)
         context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
         if request.failure is None:
@@ -109,6 +130,10 @@ class Workflows:
     forge: set it in production. The nonces of accepted deliveries are remembered (at most
     ``nonce_cache_size``, each until its signature goes stale, in this process), and a delivery with
     a nonce seen before is refused with 409 without running anything.
+
+    When the engine goes on with a delivery step after step, a workflow is kept running between its
+    requests (a session) for at most ``session_ttl_s``, and at most ``max_sessions`` at once (0: none
+    is kept, and every request replays the run from the top).
     """
 
     def __init__(
@@ -120,6 +145,8 @@ class Workflows:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         signature_tolerance_s: int = 300,
         nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE,
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
@@ -152,6 +179,12 @@ class Workflows:
         self.max_body_bytes = max_body_bytes
         self.signature_tolerance_s = signature_tolerance_s
         self.nonces = NonceCache(nonce_cache_size)
+        if session_ttl_s <= 0 or max_sessions < 0:
+            raise ConfigurationError(
+                f"Expected session_ttl_s > 0 and max_sessions >= 0, but got {session_ttl_s} and {max_sessions}"
+            )
+        # Workflows kept running between the requests of a delivery the engine goes on with; 0: none.
+        self.sessions: Sessions | None = Sessions(ttl_s=session_ttl_s, limit=max_sessions) if max_sessions > 0 else None
         self._definitions: dict[str, WorkflowDefinition[Any]] = {}
         # Each function's registered name; None for one registered under several names.
         self._names: dict[object, str | None] = {}

@@ -34,7 +34,9 @@ from stepstream.core import (
     ChildFinished,
     Complete,
     Continue,
+    Continuing,
     Delivery,
+    DeliveryCancelled,
     DeliveryRequested,
     ErrorInfo,
     EventReceived,
@@ -856,8 +858,17 @@ FLOW_SAMPLES: dict[str, object] = {
     ),
 }
 
+# ---------------------------------------------------------------------------------------------
+# Written by the shapes the hot path brought: a report of the steps a delivery has done so far, which
+# the executor goes on with.
+
+HOT_PATH_SAMPLES: dict[str, object] = {
+    "ReportDelivery.continuing": report(Continuing(), steps=1),
+    "DeliveryCancelled.full": DeliveryCancelled(run_id=RUN_ID),
+}
+
 # Every sample: the golden file of each decodes to it.
-SAMPLES: dict[str, object] = {**FIRST_SAMPLES, **NEW_SAMPLES, **FLOW_SAMPLES}
+SAMPLES: dict[str, object] = {**FIRST_SAMPLES, **NEW_SAMPLES, **FLOW_SAMPLES, **HOT_PATH_SAMPLES}
 
 
 def golden_path(stem: str) -> Path:

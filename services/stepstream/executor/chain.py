@@ -1,0 +1,74 @@
+"""A delivery the executor goes on with: the hot path of a run's consecutive steps. Pure.
+
+The endpoint runs one step per request (or as many as the step budget allows) and answers
+``continue`` while the workflow has more to run. Instead of ending the delivery there, which would
+cost a projector transaction and two more Kafka hops before the next step, the executor reports the
+steps done so far (``Continuing``: one produce, acknowledged by the brokers, so the steps are
+durable) and only then asks the endpoint for the next. The delivery stays in flight; the projector
+folds its reports into the run's history in batches, off the steps' path.
+
+The chain ends where the workflow waits on anything but its next ``run`` step (a sleep, a call, a
+wait, parallel steps: the projector and scheduler take those), where it ends or fails, and where the
+executor must let go of it (a rebalance, a shutdown, a cancelled run): then its last report is an
+ordinary ``continue`` and the projector schedules the next delivery as before. Only deliveries that
+replay the run chain: not one under a flow-control key (every step start counts against the key's
+limits, so each goes through the scheduler), not the delivery of one parallel branch, not a failure
+handler's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from stepstream.core import Delivery, RecordedStep, StepResult
+
+
+def may_chain(delivery: Delivery) -> bool:
+    """Whether the executor may go on with ``delivery`` past the endpoint's ``continue``."""
+    return delivery.flow_key is None and delivery.execute_index is None and delivery.failure is None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What the reports of an earlier owner of a delivery (before a crash) say about it."""
+
+    steps: tuple[StepResult, ...] = ()  # reported while it went on with it, in order
+    ended: bool = False  # its last report is written: there is nothing left to do
+
+
+@dataclass(slots=True)
+class Chain:
+    """The steps of one delivery recorded so far: what it came with, and what its reports added."""
+
+    delivery: Delivery
+    added: list[RecordedStep] = field(default_factory=list)
+
+    @classmethod
+    def resuming(cls, delivery: Delivery, recovered: Recovered | None) -> Chain:
+        """A chain for ``delivery``, with the steps an earlier owner reported already, if any."""
+        chain = cls(delivery)
+        if recovered is not None:
+            chain.record(recovered.steps)
+        return chain
+
+    def record(self, steps: tuple[StepResult, ...]) -> None:
+        """``steps`` are durable: the next request replays them."""
+        known = {step.index for step in self.delivery.steps} | {step.index for step in self.added}
+        self.added.extend(
+            RecordedStep(index=step.index, name=step.name, kind=step.kind, output=step.output)
+            for step in steps
+            if step.index not in known
+        )
+
+    @property
+    def current(self) -> Delivery:
+        """The delivery as the next request makes it: every step recorded so far."""
+        if not self.added:
+            return self.delivery
+        steps = (*self.delivery.steps, *self.added)
+        return replace(self.delivery, steps=steps, step_index=max(step.index for step in steps) + 1)
+
+    @property
+    def length(self) -> int:
+        """How many steps the chain has added to the delivery."""
+        return len(self.added)
