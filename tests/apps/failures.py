@@ -7,8 +7,8 @@ serves ``<workflow>`` normally:
 - ``slow``: waits 3 s before answering (longer than the tests' executor timeout);
 - ``ok``: never misbehaves.
 
-``big`` records large step outputs: ``{"steps": n, "size": bytes}`` runs n steps that each return a
-string of that many characters, for the record-size tests.
+``big`` records large step outputs: ``{"steps": n, "size": bytes, "sleep_ms": t}`` runs n steps that
+each return a string of that many characters, then sleeps t ms if given, for the record-size tests.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ async def crashes(ctx: WorkflowContext[Any]) -> None:
 async def big(ctx: WorkflowContext[Any]) -> str:
     for index in range(int(ctx.payload["steps"])):
         await ctx.run(f"big-{index}", lambda: "x" * int(ctx.payload["size"]))
+    if ctx.payload.get("sleep_ms"):
+        await ctx.sleep("nap", ctx.payload["sleep_ms"] / 1000)
     return "done"
 
 

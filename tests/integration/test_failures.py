@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from stepstream.avro import Codec, DeadLetter, TriggerRequest
-from stepstream.core import RunState, fold
+from stepstream.core import RecordedStep, RunState, fold
+from stepstream.projector.snapshots import Assembly, parse_step_key
 from tests.helpers import wait_until
 from tests.stack import Stack, free_port, read_topic
 
@@ -169,9 +170,18 @@ def test_replaying_a_runs_events_gives_exactly_its_snapshot(stack: Stack, kafka_
     events = [
         codec.decode(r.value) for r in read_topic(kafka_bootstrap, stack.prefix + "events") if r.key == run_id.encode()
     ]
-    snapshots = [r.value for r in read_topic(kafka_bootstrap, stack.prefix + "runs") if r.key == run_id.encode()]
+    # and its snapshot is put together from its parts (its state without results, and each result)
+    parts = Assembly()
+    for record in read_topic(kafka_bootstrap, stack.prefix + "runs"):
+        key = record.key.decode()
+        step = parse_step_key(key)
+        if key == run_id:
+            parts.header(key, codec.decode(record.value, expected=(RunState,)))
+        elif step is not None and step[0] == run_id:
+            parts.step(*step, codec.decode(record.value, expected=(RecordedStep,)))
+    (snapshot,) = parts.states()
 
-    # then the result is exactly the last snapshot the projector wrote
-    assert snapshots, "the projector wrote no snapshot"
-    assert fold(events) == codec.decode(snapshots[-1], expected=(RunState,))  # type: ignore[arg-type]
+    # then the result is exactly the snapshot the projector wrote
+    assert fold(events) == snapshot  # type: ignore[arg-type]
+    assert snapshot.steps  # its results came from the parts
     assert [event.seq for event in events] == list(range(1, len(events) + 1))  # type: ignore[attr-defined]

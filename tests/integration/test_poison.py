@@ -326,35 +326,37 @@ def test_every_bad_record_on_every_topic_is_dead_lettered_with_its_reason_and_go
     ]
 
 
-def big(stack: Stack, steps: int, size: int, run_id: str) -> str:
+def big(stack: Stack, steps: int, size: int, run_id: str, sleep_ms: int = 0) -> str:
     url = f"http://127.0.0.1:{stack.big_port}/ok/0/big"  # type: ignore[attr-defined]
-    response = stack.api.post(
-        "/v1/runs", json={"workflow": "big", "url": url, "payload": {"steps": steps, "size": size}, "run_id": run_id}
-    )
+    payload = {"steps": steps, "size": size, "sleep_ms": sleep_ms}
+    response = stack.api.post("/v1/runs", json={"workflow": "big", "url": url, "payload": payload, "run_id": run_id})
     assert response.status_code == 202, response.text
     return run_id
 
 
-def test_a_run_whose_output_or_state_would_not_fit_a_record_fails_with_the_reason_and_others_go_on(
+def test_a_run_that_asks_to_record_more_than_a_record_holds_fails_with_the_reason_and_others_go_on(
     poisoned: tuple[Stack, Written],
 ) -> None:
     stack, _ = poisoned
-    # given a run whose one output is past the limit, one whose outputs pile up past it, and one within it
+    # given a run whose one output is past the limit; one whose outputs add up past it, step after step;
+    # and one whose outputs add up past it before a sleep, after which a new delivery must carry them all
     past = big(stack, 1, LIMIT + 1_000, "big-past")
-    piling = big(stack, 6, LIMIT // 4, "big-piling")
-    within = big(stack, 2, LIMIT // 4, "big-within")
+    adding_up = big(stack, 6, LIMIT // 4, "big-adding-up")
+    before_a_sleep = big(stack, 6, LIMIT // 4, "big-before-a-sleep", sleep_ms=50)
 
-    # then the first two fail, saying why, and the third completes
+    # then the first fails, saying why
     failed = stack.wait_for_status(past, ("failed", "completed"), timeout=60)
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "RecordTooLarge"
     assert f"over the {LIMIT:,} bytes STEPSTREAM_MAX_RECORD_BYTES allows" in failed["error"]["message"]
-    piled = stack.wait_for_status(piling, ("failed", "completed"), timeout=60)
-    assert piled["status"] == "failed"
-    assert piled["error"]["type"] == "RecordTooLarge"
-    assert f"Expected records of at most {LIMIT:,} bytes" in piled["error"]["message"]
-    assert 2 <= len(piled["steps"]) < 6  # the steps that fitted are kept
-    assert stack.wait_for_status(within, ("failed", "completed"), timeout=60)["status"] == "completed"
+    # and the second completes: each result is a record of its own, in the history and in the snapshot
+    assert stack.wait_for_status(adding_up, ("failed", "completed"), timeout=60)["status"] == "completed"
+    # and the third fails where the delivery after its sleep would carry them all (not yet in parts)
+    slept = stack.wait_for_status(before_a_sleep, ("failed", "completed"), timeout=60)
+    assert slept["status"] == "failed"
+    assert slept["error"]["type"] == "RecordTooLarge"
+    assert f"Expected records of at most {LIMIT:,} bytes" in slept["error"]["message"]
+    assert len(slept["steps"]) >= 6  # the results it recorded are kept
     # and a run triggered after them completes
     later = stack.trigger({"name": "later", "sleep_seconds": 0})
     stack.wait_for_status(later, "completed", timeout=60)

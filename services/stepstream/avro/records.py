@@ -54,7 +54,7 @@ from stepstream.core.messages import (
     WaitStarted,
     WaitTimedOut,
 )
-from stepstream.core.state import RunState
+from stepstream.core.state import RecordedStep, RunState
 from stepstream.core.waiters import NotifyEvent, RegisterWaiter, UnregisterWaiter, WaiterState
 
 
@@ -166,7 +166,7 @@ TOPIC_TYPES: Final[Mapping[str, tuple[type, ...]]] = MappingProxyType(
         # Run commands are keyed by run id; waiter commands by event id.
         "commands": RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES,
         "events": EVENT_TYPES,
-        "runs": (RunState,),
+        "runs": (RunState, RecordedStep),  # a run's state without results, and each result (deltas)
         "waiters": (WaiterState,),
         # Keyed by flow key where flow control sets one, else by run id; the executor's settlements too.
         "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowSettled),

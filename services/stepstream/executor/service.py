@@ -67,7 +67,13 @@ from stepstream.executor.outcome import (
     unrecordable_delivery,
 )
 from stepstream.executor.recovery import DeliveryKey, read_reports, record_times
-from stepstream.kafka.clients import PartitionListener, make_consumer, make_producer, topic_partitions
+from stepstream.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
+    PartitionListener,
+    make_consumer,
+    make_producer,
+    topic_partitions,
+)
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
@@ -185,7 +191,7 @@ class Executor:
         self._lock = asyncio.Lock()  # an assignment's recovery, against the batch loop
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
-        self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
+        self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         self._producer = make_producer(self.kafka)
         self._session: aiohttp.ClientSession | None = None
         self._call_session: aiohttp.ClientSession | None = None

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar, cast
+from typing import cast
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from ulid import ULID
@@ -36,16 +36,19 @@ from stepstream.core import (
     Command,
     Defaults,
     DeliveryCancelled,
+    DeliveryRequested,
     ErrorInfo,
     Event,
     NotifyEvent,
     ReceiveEvent,
+    RecordedStep,
     RecoverRun,
     RegisterWaiter,
     Rejected,
     ReportCall,
     ReportDelivery,
     RunState,
+    ScheduleRecord,
     TriggerRun,
     UnregisterWaiter,
     WaiterCommand,
@@ -62,6 +65,7 @@ from stepstream.core import (
     trigger_problem,
 )
 from stepstream.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
     PartitionListener,
     make_consumer,
     make_producer,
@@ -74,6 +78,7 @@ from stepstream.kafka.clients import (
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.projector.snapshots import Assembly, parse_step_key, parts, step_key
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +217,10 @@ class Projector:
         self._lock = asyncio.Lock()
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._consumer = make_consumer(
-            self.kafka, group_id=self.group_id, max_poll_records=settings.max_batch, fetch_max_wait_ms=5
+            self.kafka,
+            group_id=self.group_id,
+            max_poll_records=settings.max_batch,
+            fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
         )
         self._producer = self._make_producer()
 
@@ -272,22 +280,19 @@ class Projector:
         rather than stop the restore; the record itself stays, for a version that can read it.
         """
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        restored: set[str] = set()
-        for record in await read_partitions_to_end(self.kafka, self.topics.runs, new):  # the last snapshot wins
+        runs = Assembly()
+        for record in await read_partitions_to_end(self.kafka, self.topics.runs, new):  # the last of each key wins
             try:
-                run_id, state = _restored(record, self.codec.decode, RunState)
+                self._restore_part(record, runs)
             except DecodeError as error:
                 unreadable.append((record, f"cannot restore a run from this record: {error}"))
-                continue
-            if state is None:
-                self.states.pop(run_id, None)
-                restored.discard(run_id)
-            else:
-                self.states[run_id] = state
-                restored.add(run_id)
+        restored = 0
+        for state in runs.states():
+            self.states[state.run_id] = state
+            restored += 1
         for record in await read_partitions_to_end(self.kafka, self.topics.waiters, new):
             try:
-                event_id, waiters = _restored(record, self.codec.decode, WaiterState)
+                event_id, waiters = _restored(record, self.codec)
             except DecodeError as error:
                 unreadable.append((record, f"cannot restore a waiter index from this record: {error}"))
                 continue
@@ -297,7 +302,19 @@ class Projector:
                 self.waiters[event_id] = waiters
         if unreadable:
             await self._write_dead_letters(unreadable)
-        return len(restored)
+        return restored
+
+    def _restore_part(self, record: ConsumerRecord, runs: Assembly) -> None:
+        """Take one record of ``runs`` into ``runs``: a run's state, or one of its results (snapshots.py)."""
+        if record.key is None:
+            raise DecodeError("Expected a key (a run id, or a run id and a step index), but the record has none")
+        key = bytes(record.key).decode(errors="replace")
+        step = parse_step_key(key)
+        if step is None:
+            runs.header(key, None if record.value is None else self.codec.decode(record.value, (RunState,)))
+        else:
+            run_id, index = step
+            runs.step(run_id, index, None if record.value is None else self.codec.decode(record.value, (RecordedStep,)))
 
     async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
         """Dead-letter records outside a batch (found while restoring), in a transaction of their own."""
@@ -490,9 +507,13 @@ class Projector:
                 state, ErrorInfo(type="RecordTooLarge", message=f"cannot record {_what(command)}: {problem}"), now
             )
             if not isinstance(failed, Rejected):
-                new_state, change = self._run_change(state, failed, now)
-                if change.too_large(self.kafka.max_record_bytes, self.topics.runs) is None:
-                    problem = None
+                # The failure handler's delivery carries the run's results, which may be what does not
+                # fit: then it goes without them (the handler replays nothing; the history has them).
+                for lean in (False, True):
+                    new_state, change = self._run_change(state, failed, now, lean=lean)
+                    if change.too_large(self.kafka.max_record_bytes, self.topics.runs) is None:
+                        problem = None
+                        break
         if problem is not None:
             # A trigger too large to start, or a run too large even to fail: set the command aside.
             self._dead_letter(record, problem, outbox, now)
@@ -503,9 +524,12 @@ class Projector:
         outbox.snapshots[run_id] = change.snapshot
         outbox.records.extend(change.records)
 
-    def _run_change(self, before: RunState | None, events: list[Event], now: int) -> tuple[RunState, _Change]:
+    def _run_change(
+        self, before: RunState | None, events: list[Event], now: int, *, lean: bool = False
+    ) -> tuple[RunState, _Change]:
         """The run's state after ``events``, and every record they write: the events, the commands and
-        schedule records their effects ask for, and the new snapshot."""
+        schedule records their effects ask for, and the new snapshot. ``lean``: a failure handler's
+        delivery goes without the run's results."""
         change = _Change()
         state = before
         run_id = events[0].run_id
@@ -520,12 +544,20 @@ class Projector:
             if isinstance(effect, DeliveryCancelled):
                 change.add(self.topics.deliveries, run_id, self.codec.encode(effect))
                 continue
-            work = deliverable_now(effect, now)
+            scheduled = without_results(effect) if lean else effect
+            work = deliverable_now(scheduled, now)
             if work is not None:
                 change.add(self.topics.deliveries, run_id, self.codec.encode(work))
             else:
-                change.add(self.topics.schedule, schedule_key(effect), self.codec.encode(effect))
-        change.snapshot = self.codec.encode(state)
+                change.add(self.topics.schedule, schedule_key(scheduled), self.codec.encode(scheduled))
+        # The snapshot as deltas: the state without results, and each result once (snapshots.py).
+        delta = parts(before, state)
+        partition = partition_for(run_id, self.commands_partitions)
+        for step in delta.recorded:
+            change.add(self.topics.runs, step_key(run_id, step.index), self.codec.encode(step), partition)
+        for index in delta.removed:
+            change.add(self.topics.runs, step_key(run_id, index), None, partition)
+        change.snapshot = self.codec.encode(delta.header)
         return state, change
 
     def _send_command(self, command: Command | WaiterCommand, change: _Change) -> None:
@@ -533,17 +565,19 @@ class Projector:
         change.add(self.topics.commands, key, self.codec.encode(command), partition_for(key, self.commands_partitions))
 
 
-StateT = TypeVar("StateT", RunState, WaiterState)
-
-
-def _restored(
-    record: ConsumerRecord, decode: Callable[[bytes | None, tuple[type[StateT]]], StateT], state_type: type[StateT]
-) -> tuple[str, StateT | None]:
-    """The key and state a changelog record holds (None: a tombstone); ``DecodeError`` if it holds neither."""
+def _restored(record: ConsumerRecord, codec: Codec) -> tuple[str, WaiterState | None]:
+    """The event id and waiter index a ``waiters`` record holds (None: a tombstone); ``DecodeError`` if neither."""
     if record.key is None:
-        raise DecodeError("Expected a key (a run id or event id), but the record has none")
+        raise DecodeError("Expected a key (an event id), but the record has none")
     key = bytes(record.key).decode(errors="replace")
-    return key, None if record.value is None else decode(record.value, (state_type,))
+    return key, None if record.value is None else codec.decode(record.value, (WaiterState,))
+
+
+def without_results(record: ScheduleRecord) -> ScheduleRecord:
+    """``record`` with a failure handler's delivery stripped of the run's results."""
+    if isinstance(record, DeliveryRequested) and record.delivery.failure is not None:
+        return replace(record, delivery=replace(record.delivery, steps=()))
+    return record
 
 
 def _what(command: Command) -> str:

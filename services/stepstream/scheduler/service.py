@@ -40,6 +40,7 @@ from stepstream.core import (
     flow_control_problem,
 )
 from stepstream.kafka.clients import (
+    IDLE_FETCH_WAIT_MS,
     PartitionListener,
     make_consumer,
     make_producer,
@@ -82,7 +83,7 @@ class Scheduler:
         self._lock = asyncio.Lock()
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._states_due_ms = 0  # when the changed keys' state may be published next
-        self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=5)
+        self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         self._producer = self._make_producer()
 
     def readiness(self) -> str | None:

@@ -865,6 +865,8 @@ FLOW_SAMPLES: dict[str, object] = {
 HOT_PATH_SAMPLES: dict[str, object] = {
     "ReportDelivery.continuing": report(Continuing(), steps=1),
     "DeliveryCancelled.full": DeliveryCancelled(run_id=RUN_ID),
+    # A step's result on its own, as the projector writes a run's snapshot in parts.
+    "RecordedStep.full": RecordedStep(index=3, name="charge", kind=StepKind.RUN, output='{"charge_id":"ch_1"}'),
 }
 
 # Every sample: the golden file of each decodes to it.
