@@ -49,7 +49,6 @@ from harness import (  # bench/harness.py: the broker, the stack, the session an
     Memory,
     Stack,
     broker,
-    engine_commit,
     fmt,
     machine,
     memory,
@@ -57,6 +56,7 @@ from harness import (  # bench/harness.py: the broker, the stack, the session an
     render,
     session,
     wait_for_http,
+    write_json,
 )
 
 from stepstream.avro import Codec
@@ -440,18 +440,15 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args, numbers))
         bench.warn_about_logs()
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {"queued": args.queued, "partitions": args.partitions, "payload": PAYLOAD},
-                "results": {
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={"queued": args.queued, "partitions": args.partitions, "payload": PAYLOAD},
+                results={
                     name: (asdict(value) if isinstance(value, Memory) else value) for name, value in numbers.items()
                 },
-                "service_log_error_lines": stack.log_problems,
-            }
-            args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
+                service_log_error_lines=stack.log_problems,
+            )
         bench.code = 0
     return bench.code
 

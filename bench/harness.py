@@ -42,6 +42,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 # The uvicorn apps a Stack can start, by process name: the benchmark's workflows, and the plain-HTTP floor.
 APPS = {"app": "workflow_app:app", "floor": "floor_app:app"}
 STARTUP_NOISE = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError")
+# What the broker answers (KAFKA-14561) to a transactional produce that arrives while the producer's
+# previous transaction is still being committed, for clients without transactions v2 (aiokafka): the
+# client retries it after its retry backoff (100 ms by default), so each one delays a batch.
+PRODUCE_RETRY = "NotEnoughReplicasError"
 
 
 class BenchFailure(Exception):
@@ -426,6 +430,20 @@ def engine_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+def write_json(path: Path, *, load_before: list[float] | float, parameters: dict[str, Any], **numbers: Any) -> None:
+    """A benchmark's numbers as JSON at ``path``: the date, the machine (its load average before and
+    now), the commit, the parameters, then ``numbers``."""
+    document = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine(), "load_average_before": load_before},
+        "commit": engine_commit(),
+        "parameters": parameters,
+        **numbers,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    progress(f"wrote {path}")
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -445,6 +463,14 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()  # the name, in parentheses, may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds all of the machine's cores have been busy, and stolen by the hypervisor (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]  # guest time is inside user
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,12 +58,12 @@ from harness import (  # bench/harness.py: the broker, the session and the helpe
     BenchFailure,
     broker,
     delete_topics,
-    engine_commit,
     fmt,
     machine,
     progress,
     render,
     session,
+    write_json,
 )
 
 from stepstream.api.indexer import Indexer
@@ -552,15 +552,12 @@ def main(argv: list[str] | None = None) -> int:
             f"store alone: {numbers.alone.decode_seconds:.1f} s of its {numbers.alone.seconds:.1f} s decoding"
         )
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {"runs": args.runs, "steps": args.steps, "partitions": args.partitions},
-                "results": asdict(numbers),
-            }
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={"runs": args.runs, "steps": args.steps, "partitions": args.partitions},
+                results=asdict(numbers),
+            )
         bench.code = 0
     return bench.code
 

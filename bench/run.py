@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import sys
 import time
@@ -53,11 +52,11 @@ from typing import Any
 
 import httpx
 from harness import (  # bench/harness.py: the broker, the stack, the session and the tables
+    PRODUCE_RETRY,
     BenchFailure,
     Stack,
     broker,
     describe_event,
-    engine_commit,
     fmt,
     fmt_ratio,
     machine,
@@ -67,6 +66,7 @@ from harness import (  # bench/harness.py: the broker, the stack, the session an
     session,
     summary,
     wait_for_http,
+    write_json,
 )
 
 from stepstream.config import ExecutorSettings, KafkaSettings
@@ -76,10 +76,6 @@ DEFAULT_BUDGET_MS = ExecutorSettings(kafka=KafkaSettings(), signing_keys=()).bud
 TRIGGER_CONCURRENCY = 64
 HISTORY_CONCURRENCY = 8
 POLL_INTERVAL_S = 0.25
-# What the broker answers (KAFKA-14561) to a transactional produce that arrives while the producer's
-# previous transaction is still being committed, for clients without transactions v2 (aiokafka): the
-# client retries it after its retry backoff (100 ms by default), so each one delays a batch.
-PRODUCE_RETRY = "NotEnoughReplicasError"
 
 
 # -- one measurement ----------------------------------------------------------------------------
@@ -632,11 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         print(breakdown(results))
         bench.warn_about_logs()
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={
                     "runs": args.runs,
                     "steps": args.steps,
                     "sleep_ms": args.sleep_ms,
@@ -646,14 +641,12 @@ def main(argv: list[str] | None = None) -> int:
                     "budgets": [mode.effective_ms for mode in args.modes],
                     "modes": [mode.name for mode in args.modes],
                 },
-                "results": [asdict(result) for result in results],
-                "ratio_last_over_first": ratios(results[0], results[-1]) if len(results) >= 2 else None,
-                "ratios": {f"{other.mode} / {base.mode}": ratios(base, other) for other, base in comparisons(results)},
-                "service_log_error_lines": stack.log_problems,
-                "service_log_startup_noise_lines": stack.log_noise,
-            }
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
+                results=[asdict(result) for result in results],
+                ratio_last_over_first=ratios(results[0], results[-1]) if len(results) >= 2 else None,
+                ratios={f"{other.mode} / {base.mode}": ratios(base, other) for other, base in comparisons(results)},
+                service_log_error_lines=stack.log_problems,
+                service_log_startup_noise_lines=stack.log_noise,
+            )
         bench.code = 0
     return bench.code
 
