@@ -112,7 +112,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    floor_runs=300, engine_runs=100, warmup_s=3, window_s=15, idle_s=15, sleepers=100, sleep_ms=1000, long_steps=500
+    floor_runs=300, engine_runs=200, warmup_s=3, window_s=15, idle_s=15, sleepers=100, sleep_ms=1000, long_steps=500
 )
 QUICK = Sizes(
     floor_runs=100, engine_runs=20, warmup_s=1, window_s=5, idle_s=5, sleepers=100, sleep_ms=1000, long_steps=100
@@ -199,6 +199,8 @@ class Measured:
     latency_ms: dict[str, float]  # one run at a time, from the client's side
     latency_others_percent: float  # of a core, meanwhile: CPU of the machine's other processes
     server_ms: dict[str, float] = field(default_factory=dict)  # trigger POST → RunCompleted.at_ms
+    # The same runs' time split by their histories and the step bodies' clocks (see split_run).
+    split_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     polls_per_run: float | None = None
     throughput: Throughput | None = None
     peak_mib: dict[str, float] = field(default_factory=dict)  # VmHWM by process, and "total"
@@ -464,6 +466,38 @@ class Engine:
             await asyncio.sleep(0.1)
 
 
+def split_run(outcomes: list[Outcome], histories: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Where a run's time went, by the events' ``at_ms`` and the step bodies' own clocks (``output.t``):
+    POST → RunStarted (the api and the trigger's way to the engine), RunStarted → the first step's body
+    (to the first delivery), first → last step body (the steps), last body → RunCompleted (the result's
+    way back), RunCompleted → the client knew (waiting or polling). An event the engine does not
+    record leaves its parts out."""
+    parts: dict[str, list[float]] = {
+        "post_to_started": [],
+        "started_to_first_step": [],
+        "first_to_last_step": [],
+        "last_step_to_completed": [],
+        "completed_to_client": [],
+    }
+    for outcome in outcomes:
+        events = histories[outcome.run_id]
+        started = next((event["at_ms"] for event in events if event["type"] == "RunStarted"), None)
+        completed = completion_ms(events, outcome.run_id)
+        bodies = sorted(
+            float(event["output"]["t"]) * 1000
+            for event in events
+            if event["type"] == "StepCompleted" and event["kind"] == "run"
+        )
+        posted = outcome.posted_at * 1000
+        if started is not None:
+            parts["post_to_started"].append(started - posted)
+            parts["started_to_first_step"].append(bodies[0] - started)
+        parts["first_to_last_step"].append(bodies[-1] - bodies[0])
+        parts["last_step_to_completed"].append(completed - bodies[-1])
+        parts["completed_to_client"].append(posted + outcome.elapsed_ms - completed)
+    return {name: summary(values) for name, values in parts.items()}
+
+
 def completion_ms(events: list[dict[str, Any]], run_id: str) -> float:
     completed = next((event for event in events if event["type"] == "RunCompleted"), None)
     if completed is None:
@@ -558,6 +592,7 @@ async def measure_mode(mode: Mode, sizes: Sizes, stack: Stack, kafka: Broker, ar
         meanwhile = usage(before, read_cpu(pids))
         histories = await engine.histories([outcome.run_id for outcome in outcomes])
         server = [completion_ms(histories[o.run_id], o.run_id) - o.posted_at * 1000 for o in outcomes]
+        split = split_run(outcomes, histories)
 
         progress(f"{where} {CLIENTS} clients for {sizes.warmup_s:.0f} + {sizes.window_s:.0f} s…")
 
@@ -579,6 +614,7 @@ async def measure_mode(mode: Mode, sizes: Sizes, stack: Stack, kafka: Broker, ar
         latency_ms=summary([outcome.elapsed_ms for outcome in outcomes]),
         latency_others_percent=meanwhile.others_percent,
         server_ms=summary(server),
+        split_ms=split,
         polls_per_run=sum(outcome.polls for outcome in outcomes) / len(outcomes),
         throughput=throughput,
         peak_mib=peak_memory(pids),
@@ -681,6 +717,11 @@ ROWS: list[tuple[str, str, bool]] = [
     ("  p99 ms", "latency_ms.p99", True),
     ("  server side p50 ms (POST -> RunCompleted)", "server_ms.p50", False),
     ("  server side p99 ms", "server_ms.p99", False),
+    ("  p50s: POST -> RunStarted", "split_ms.post_to_started.p50", False),
+    ("    RunStarted -> 1st step body", "split_ms.started_to_first_step.p50", False),
+    (f"    1st -> {STEPS}th step body", "split_ms.first_to_last_step.p50", False),
+    (f"    {STEPS}th step body -> RunCompleted", "split_ms.last_step_to_completed.p50", False),
+    ("    RunCompleted -> client knew", "split_ms.completed_to_client.p50", False),
     ("  polls per run", "polls_per_run", False),
     (f"steps/s, {CLIENTS} clients", "throughput.steps_per_s", True),
     (f"runs/s, {CLIENTS} clients", "throughput.runs_per_s", True),
