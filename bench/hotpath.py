@@ -21,8 +21,8 @@ is and as it will be: whether the api can wait for a run's result (``POST /v1/ru
 answering 200 with the ended run) is detected at run time, and the client polls
 ``GET /v1/runs/{id}`` otherwise. bench/README.md defines every number.
 
-    .venv/bin/python bench/hotpath.py                       # make bench, ~5 min
-    .venv/bin/python bench/hotpath.py --quick               # ~1 min
+    .venv/bin/python bench/hotpath.py                       # make bench, ~2.5 min
+    .venv/bin/python bench/hotpath.py --quick               # ~1.2 min
     .venv/bin/python bench/hotpath.py --mode budget0=STEPSTREAM_STEP_BUDGET_MS=0 --json /tmp/hotpath.json
 """
 
