@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench bench-flow bench-flow-memory clean check-deploy
+.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,16 @@ lint: $(BIN)/stepstream
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The hot path against a plain-HTTP floor, one table (bench/README.md): ~2.5 min, or ~1.2 min quick. Add
+# columns with BENCH_ARGS, e.g. make bench BENCH_ARGS='--mode budget0=STEPSTREAM_STEP_BUDGET_MS=0'.
 bench: $(BIN)/stepstream
+	$(BIN)/python bench/hotpath.py $(BENCH_ARGS)
+
+bench-quick: $(BIN)/stepstream
+	$(BIN)/python bench/hotpath.py --quick $(BENCH_ARGS)
+
+# 100 concurrent runs per step budget (bench/README.md, "Load"): ~1.5 min.
+bench-load: $(BIN)/stepstream
 	$(BIN)/python bench/run.py
 
 # Flow control (bench/README.md): the bookkeeping's cost on throughput (~2 min), and the scheduler's

@@ -29,38 +29,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 import time
-import traceback
 import tracemalloc
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
-from run import (  # bench/run.py: the stack and the helpers
+from harness import (  # bench/harness.py: the broker, the stack, the session and the helpers
     BenchFailure,
+    Memory,
     Stack,
     broker,
-    delete_topics,
-    engine_commit,
     fmt,
     machine,
+    memory,
     progress,
-    raise_keyboard_interrupt,
     render,
+    session,
     wait_for_http,
+    write_json,
 )
 
 from stepstream.avro import Codec
@@ -87,23 +83,6 @@ PAYLOAD = {"steps": 10, "sleep_ms": 500}  # the payload of run.py's default work
 PRODUCE_CHUNK = 10_000  # sends in flight before waiting for their acknowledgements
 SETTLE_S = 3.0  # after a change, before the memory is read: let the process finish what it was doing
 POLL_INTERVAL_S = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """A process's resident memory, from /proc/<pid>/status, in kB: now, and its peak so far."""
-
-    rss_kb: int
-    hwm_kb: int
-
-
-def memory(pid: int) -> Memory:
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0])
-    return Memory(rss_kb=fields["VmRSS"], hwm_kb=fields["VmHWM"])
 
 
 def scheduler_memory(stack: Stack) -> Memory:
@@ -445,27 +424,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop like Ctrl-C: clean up, then exit
-    directory = Path(tempfile.mkdtemp(prefix="stepstream-flowmem-"))
-    stack: Stack | None = None
-    code = 1
     began = time.monotonic()
     load_before = machine()["load_average"]
-    try:
-        with broker(directory) as (bootstrap, ours):
-            stack = Stack(bootstrap, directory, partitions=args.partitions)
-            try:
-                progress(f"creating topics with prefix {stack.prefix!r} ({args.partitions} partitions)…")
-                stack.create_topics()
-                numbers = asyncio.run(measure(args, stack))
-            finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                problems, _ = stack.problems_in_logs()
-                stack.stop_all()
-                if not ours:
-                    with contextlib.suppress(Exception):
-                        asyncio.run(delete_topics(bootstrap, stack.prefix))
+    with session("stepstream-flowmem-", keep=args.keep) as bench:
+        with broker(bench.directory) as kafka, bench.stack(kafka, partitions=args.partitions) as stack:
+            numbers = asyncio.run(measure(args, stack))
         took = time.monotonic() - began
         print()
         print(
@@ -475,44 +438,19 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after"
         )
         print(report(args, numbers))
-        if problems:
-            print(f"\nwarning: the service logs have {len(problems)} error lines; the first ones:", file=sys.stderr)
-            print("\n".join(problems[:20]), file=sys.stderr)
+        bench.warn_about_logs()
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {"queued": args.queued, "partitions": args.partitions, "payload": PAYLOAD},
-                "results": {
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={"queued": args.queued, "partitions": args.partitions, "payload": PAYLOAD},
+                results={
                     name: (asdict(value) if isinstance(value, Memory) else value) for name, value in numbers.items()
                 },
-                "service_log_error_lines": problems,
-            }
-            args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
-        code = 0
-    except (BenchFailure, httpx.HTTPError) as failure:
-        message = str(failure) if isinstance(failure, BenchFailure) else f"the api did not answer: {failure!r}"
-        print(f"\nbenchmark failed: {message}", file=sys.stderr)
-        if stack is not None:
-            print(stack.all_log_tails(), file=sys.stderr)
-        args.keep = True
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopped everything", file=sys.stderr)
-        code = 130
-    except Exception:
-        print("\nbenchmark failed:", file=sys.stderr)
-        traceback.print_exc()
-        if stack is not None:
-            print(stack.all_log_tails(), file=sys.stderr)
-        args.keep = True
-    finally:
-        if args.keep:
-            progress(f"kept {directory} (logs, query store)")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-    return code
+                service_log_error_lines=stack.log_problems,
+            )
+        bench.code = 0
+    return bench.code
 
 
 if __name__ == "__main__":

@@ -42,13 +42,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import sys
-import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -57,16 +54,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
-from run import (  # bench/run.py: the broker and the helpers
+from harness import (  # bench/harness.py: the broker, the session and the helpers
     BenchFailure,
     broker,
     delete_topics,
-    engine_commit,
     fmt,
     machine,
     progress,
-    raise_keyboard_interrupt,
     render,
+    session,
+    write_json,
 )
 
 from stepstream.api.indexer import Indexer
@@ -527,17 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # not its retries while new topics get leaders
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop like Ctrl-C: clean up, then exit
-    directory = Path(tempfile.mkdtemp(prefix="stepstream-rebuild-"))
     prefix = f"bench{uuid.uuid4().hex[:8]}."
-    code = 1
     began = time.monotonic()
     load_before = machine()["load_average"]
-    try:
-        with broker(directory) as (bootstrap, ours), topics_deleted(bootstrap, prefix, ours):
-            settings = settings_for(bootstrap, prefix, args.partitions)
+    with session("stepstream-rebuild-", keep=args.keep) as bench:
+        with broker(bench.directory) as kafka, topics_deleted(kafka.bootstrap, prefix, kafka.ours):
+            settings = settings_for(kafka.bootstrap, prefix, args.partitions)
             try:
-                numbers = asyncio.run(measure(args, settings, directory))
+                numbers = asyncio.run(measure(args, settings, bench.directory))
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the broker stop and the topics go
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -558,32 +552,14 @@ def main(argv: list[str] | None = None) -> int:
             f"store alone: {numbers.alone.decode_seconds:.1f} s of its {numbers.alone.seconds:.1f} s decoding"
         )
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {"runs": args.runs, "steps": args.steps, "partitions": args.partitions},
-                "results": asdict(numbers),
-            }
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
-        code = 0
-    except BenchFailure as failure:
-        print(f"\nbenchmark failed: {failure}", file=sys.stderr)
-        args.keep = True
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopped everything", file=sys.stderr)
-        code = 130
-    except Exception:
-        print("\nbenchmark failed:", file=sys.stderr)
-        traceback.print_exc()
-        args.keep = True
-    finally:
-        if args.keep:
-            progress(f"kept {directory} (the query store, the broker's data)")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-    return code
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={"runs": args.runs, "steps": args.steps, "partitions": args.partitions},
+                results=asdict(numbers),
+            )
+        bench.code = 0
+    return bench.code
 
 
 if __name__ == "__main__":

@@ -40,213 +40,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import json
-import math
 import os
-import platform
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import (  # bench/harness.py: the broker, the stack, the session and the tables
+    PRODUCE_RETRY,
+    BenchFailure,
+    Stack,
+    broker,
+    describe_event,
+    fmt,
+    fmt_ratio,
+    machine,
+    percentile,
+    progress,
+    render,
+    session,
+    summary,
+    wait_for_http,
+    write_json,
+)
 
 from stepstream.config import ExecutorSettings, KafkaSettings
-from stepstream.kafka import LocalKafka, TopicNames, free_port
 
-BENCH_DIR = Path(__file__).resolve().parent
 SERVICES = ("projector", "scheduler", "api", "app")  # the executor starts per mode
 DEFAULT_BUDGET_MS = ExecutorSettings(kafka=KafkaSettings(), signing_keys=()).budget_ms  # the engine's own default
 TRIGGER_CONCURRENCY = 64
 HISTORY_CONCURRENCY = 8
 POLL_INTERVAL_S = 0.25
-# What the broker answers (KAFKA-14561) to a transactional produce that arrives while the producer's
-# previous transaction is still being committed, for clients without transactions v2 (aiokafka): the
-# client retries it after its retry backoff (100 ms by default), so each one delays a batch.
-PRODUCE_RETRY = "NotEnoughReplicasError"
-STARTUP_NOISE = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError")
-
-
-class BenchFailure(Exception):
-    """The benchmark could not measure: a run failed or hung, a service died, a request was refused."""
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- the stack ----------------------------------------------------------------------------------
-
-
-def _parent_death_signal() -> Any:
-    """A preexec_fn asking Linux to SIGTERM a child when this process dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def set_signal() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return set_signal
-
-
-class Stack:
-    """The engine's services and the workflow app, each its own process, logging into ``directory``."""
-
-    def __init__(self, bootstrap: str, directory: Path, *, partitions: int) -> None:
-        self.directory = directory
-        self.api_port = free_port()
-        self.app_port = free_port()
-        self.prefix = f"bench{uuid.uuid4().hex[:8]}."
-        self.workflow_url = f"http://127.0.0.1:{self.app_port}/workflows/steps"
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "STEPSTREAM_TOPIC_PREFIX": self.prefix,
-            "STEPSTREAM_PARTITIONS": str(partitions),
-            "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
-            "STEPSTREAM_DATABASE": str(directory / "query.db"),
-            "STEPSTREAM_HEALTH_PORT": "off",  # several services on one host; the bench does not probe them
-            "STEPSTREAM_API_PORT": str(self.api_port),
-            "STEPSTREAM_WORKFLOWS": f"steps={self.workflow_url}",
-            "STEPSTREAM_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("STEPSTREAM_STEP_BUDGET_MS", None)  # each mode sets its own, or none for the default
-        self.env = env
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._preexec = _parent_death_signal()
-
-    def create_topics(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "stepstream.cli", "topics", "create"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BenchFailure(f"could not create the topics:\n{result.stdout}{result.stderr}")
-
-    def start(self, name: str, **extra_env: str) -> None:
-        if name == "app":
-            command = [sys.executable, "-m", "uvicorn", "workflow_app:app", "--app-dir", str(BENCH_DIR),
-                       "--host", "127.0.0.1", "--port", str(self.app_port), "--log-level", "warning"]  # fmt: skip
-        else:
-            command = [sys.executable, "-m", f"stepstream.{name}"]
-        env = {**self.env, **extra_env}
-        with (self.directory / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
-            log.write(f"=== bench: starting {name} {' '.join(f'{k}={v}' for k, v in extra_env.items())}\n".encode())
-            log.flush()
-            # A session of its own: a Ctrl-C reaches only this process, which then stops the children in order.
-            self.processes[name] = subprocess.Popen(
-                command,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=self._preexec,  # SIGTERM the child if this process dies
-            )
-
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name, None)
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def stop_all(self) -> None:
-        # The executor and the app first, so no call is left half-way; the api last but one.
-        for name in ("executor", "app", "api", "scheduler", "projector", *list(self.processes)):
-            self.stop(name)
-
-    def dead(self) -> list[str]:
-        return [f"{name} (exit code {p.returncode})" for name, p in self.processes.items() if p.poll() is not None]
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.directory / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def problems_in_logs(self) -> tuple[list[str], int]:
-        """Lines of the service logs that report an error, and how many of them are known start-up noise.
-
-        aiokafka logs the broker's "coordinator not available (yet)" answers at ERROR while a group forms
-        on a fresh broker; it retries by itself, so those lines are only counted.
-        """
-        lines = [
-            f"{path.stem}: {line}"
-            for path in sorted(self.directory.glob("*.log"))
-            for line in path.read_text(errors="replace").splitlines()
-            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
-        ]
-        serious = [line for line in lines if not any(noise in line for noise in STARTUP_NOISE)]
-        return serious, len(lines) - len(serious)
-
-    def log_sizes(self) -> dict[str, int]:
-        return {path.stem: path.stat().st_size for path in self.directory.glob("*.log")}
-
-    def count_in_logs_since(self, sizes: dict[str, int], needle: str) -> int:
-        """Lines containing ``needle`` written to the service logs after ``sizes`` were taken."""
-        count = 0
-        for path in self.directory.glob("*.log"):
-            with path.open("rb") as log:
-                log.seek(sizes.get(path.stem, 0))
-                count += sum(1 for line in log.read().decode(errors="replace").splitlines() if needle in line)
-        return count
-
-    def all_log_tails(self, lines: int = 30) -> str:
-        return "\n".join(
-            f"--- tail of {self.directory / f'{name}.log'}\n{self.log_tail(name, lines)}"
-            for name in ("projector", "scheduler", "executor", "api", "app")
-        )
-
-
-async def wait_for_http(url: str, stack: Stack, within_s: float = 60) -> None:
-    deadline = time.monotonic() + within_s
-    async with httpx.AsyncClient(timeout=1) as client:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            if stack.dead():
-                raise BenchFailure(f"a process died while starting: {', '.join(stack.dead())}")
-            await asyncio.sleep(0.1)
-    raise BenchFailure(f"{url} did not answer within {within_s:.0f} s")
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(TopicNames(prefix).all()))
-    finally:
-        await admin.close()
 
 
 # -- one measurement ----------------------------------------------------------------------------
@@ -331,29 +160,6 @@ class Result:
     flow_control: dict[str, Any] | None = None  # the trigger's flow_control, if the mode has one
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": max(values),
-        "mean": sum(values) / len(values),
-    }
-
-
 async def list_statuses(client: httpx.AsyncClient, label: str) -> dict[str, str]:
     statuses: dict[str, str] = {}
     cursor = None
@@ -377,12 +183,6 @@ async def history(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]
     response.raise_for_status()
     events: list[dict[str, Any]] = response.json()["events"]
     return events
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    details = {k: v for k, v in event.items() if k not in ("type", "run_id", "seq", "at_ms", "payload", "headers")}
-    at = datetime.fromtimestamp(event["at_ms"] / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
-    return f"  {event['seq']:>4}  {at}  {event['type']:<14} {json.dumps(details, default=str)[:300]}"
 
 
 async def failing_runs_report(client: httpx.AsyncClient, run_ids: list[str], limit: int = 3) -> str:
@@ -609,22 +409,6 @@ COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
-def fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    if abs(value) >= 0.1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
 def ratios(base: Result, other: Result) -> dict[str, float | None]:
     """Each column of ``other`` divided by the same column of ``base`` (e.g. default / budget 0)."""
     values: dict[str, float | None] = {}
@@ -652,24 +436,6 @@ BREAKDOWN: list[tuple[str, Any]] = [
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def fmt_ratio(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"1/{1 / value:.0f}x" if 0 < value < 0.1 else f"{fmt(value)}x"
-
-
-def render(headers: list[str], rows: list[list[str]], *, left: tuple[int, ...] = (0,)) -> str:
-    """A plain-text table; the columns in ``left`` aligned left (text), the others right (numbers)."""
-    widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return " | ".join(
-            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), "-+-".join("-" * width for width in widths), *(line(row) for row in rows)])
 
 
 def comparisons(results: list[Result]) -> list[tuple[Result, Result]]:
@@ -768,28 +534,6 @@ async def benchmark(args: argparse.Namespace, stack: Stack, modes: list[Mode]) -
     ]
 
 
-@contextlib.contextmanager
-def broker(directory: Path) -> Iterator[tuple[str, bool]]:
-    """The bootstrap servers to use, and whether the broker is ours (started here, stopped here)."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        progress(f"using the Kafka cluster at {external} (KAFKA_BOOTSTRAP_SERVERS)")
-        yield external, False
-        return
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    kafka = LocalKafka(data_dir=directory / "kafka", port=port, controller_port=controller_port)
-    progress(f"starting a local Kafka broker on 127.0.0.1:{port}…")
-    try:
-        kafka.start()
-        yield kafka.bootstrap_servers, True
-    finally:
-        progress("stopping the Kafka broker…")
-        kafka.stop()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, help="concurrent runs per mode (default 100; --quick 10)")
@@ -840,58 +584,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def engine_commit() -> str | None:
-    """The repository's HEAD commit (read only), so a result can be tied to the code it measured."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return None
-    return result.stdout.strip() or None
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average": [round(value, 2) for value in os.getloadavg()],
-    }
-
-
-def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop like Ctrl-C: clean up, then exit
-    directory = Path(tempfile.mkdtemp(prefix="stepstream-bench-"))
-    stack: Stack | None = None
-    dead: list[str] = []
-    external = False
-    code = 1
     began = time.monotonic()
     load_before = machine()["load_average"]
-    try:
-        with broker(directory) as (bootstrap, ours):
-            external = not ours
-            stack = Stack(bootstrap, directory, partitions=args.partitions)
-            try:
-                progress(f"creating topics with prefix {stack.prefix!r} ({args.partitions} partitions)…")
-                stack.create_topics()
-                results = asyncio.run(benchmark(args, stack, args.modes))
-            finally:
-                # A second Ctrl-C (or SIGTERM) must not cut the clean-up short.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                dead = stack.dead()
-                problems, noise = stack.problems_in_logs()
-                stack.stop_all()
-                if external:
-                    with contextlib.suppress(Exception):
-                        asyncio.run(delete_topics(bootstrap, stack.prefix))
+    with session("stepstream-bench-", keep=args.keep) as bench:
+        with broker(bench.directory) as kafka, bench.stack(kafka, partitions=args.partitions) as stack:
+            results = asyncio.run(benchmark(args, stack, args.modes))
         took = time.monotonic() - began
         print()
         print(
@@ -927,19 +626,12 @@ def main(argv: list[str] | None = None) -> int:
             "the code's resumption after a sleep; a run's duration; the api's trigger rate:"
         )
         print(breakdown(results))
-        if noise:
-            progress(
-                f"(the service logs have {noise} transient coordinator errors from start-up; aiokafka retries them)"
-            )
-        if problems:
-            print(f"\nwarning: the service logs have {len(problems)} error lines; the first ones:", file=sys.stderr)
-            print("\n".join(problems[:20]), file=sys.stderr)
+        bench.warn_about_logs()
         if args.json:
-            document = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {**machine(), "load_average_before": load_before},
-                "commit": engine_commit(),
-                "parameters": {
+            write_json(
+                args.json,
+                load_before=load_before,
+                parameters={
                     "runs": args.runs,
                     "steps": args.steps,
                     "sleep_ms": args.sleep_ms,
@@ -949,38 +641,14 @@ def main(argv: list[str] | None = None) -> int:
                     "budgets": [mode.effective_ms for mode in args.modes],
                     "modes": [mode.name for mode in args.modes],
                 },
-                "results": [asdict(result) for result in results],
-                "ratio_last_over_first": ratios(results[0], results[-1]) if len(results) >= 2 else None,
-                "ratios": {f"{other.mode} / {base.mode}": ratios(base, other) for other, base in comparisons(results)},
-                "service_log_error_lines": problems,
-                "service_log_startup_noise_lines": noise,
-            }
-            args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-            progress(f"wrote {args.json}")
-        code = 0
-    except (BenchFailure, httpx.HTTPError) as failure:
-        message = str(failure) if isinstance(failure, BenchFailure) else f"the api did not answer: {failure!r}"
-        print(f"\nbenchmark failed: {message}", file=sys.stderr)
-        if dead:
-            print(f"processes that had exited: {', '.join(dead)}", file=sys.stderr)
-        if stack is not None:
-            print(stack.all_log_tails(), file=sys.stderr)
-        args.keep = True
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopped everything", file=sys.stderr)
-        code = 130
-    except Exception:  # e.g. no Java for the local broker: say what, keep the logs
-        print("\nbenchmark failed:", file=sys.stderr)
-        traceback.print_exc()
-        if stack is not None:
-            print(stack.all_log_tails(), file=sys.stderr)
-        args.keep = True
-    finally:
-        if args.keep:
-            progress(f"kept {directory} (logs, query store)")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-    return code
+                results=[asdict(result) for result in results],
+                ratio_last_over_first=ratios(results[0], results[-1]) if len(results) >= 2 else None,
+                ratios={f"{other.mode} / {base.mode}": ratios(base, other) for other, base in comparisons(results)},
+                service_log_error_lines=stack.log_problems,
+                service_log_startup_noise_lines=stack.log_noise,
+            )
+        bench.code = 0
+    return bench.code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The benchmark's workflow app: one workflow, ``steps``, served with the Stepstream SDK.
 
-``bench/run.py`` runs it under uvicorn in its own process::
+``bench/run.py`` and ``bench/hotpath.py`` run it under uvicorn in its own process::
 
     STEPSTREAM_SIGNING_KEYS=<the executor's key> uvicorn workflow_app:app --app-dir bench --port 8000
 
@@ -9,15 +9,22 @@ its index and the wall-clock time (epoch seconds) at which its body started, so 
 consecutive steps can be read from the recorded outputs with the bodies' own clock. When S > 0 it then
 sleeps S ms with ``ctx.sleep`` (the sleep's lateness is read from the history). The run's output is the
 time at which the code after the last step (or after the sleep) ran.
+
+``GET /bench/stats`` says how many requests the app received, their body bytes in all, and the largest
+body (``POST /bench/stats/reset`` starts again): ``bench/hotpath.py`` reads it around its long run to
+see what a delivery carries. The count comes from each request's ``Content-Length`` (the executor
+sends one), so it costs the app no work per request beyond reading a header.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepstream.sdk import WorkflowContext, Workflows
 
@@ -43,8 +50,47 @@ async def steps(ctx: WorkflowContext[StepsPayload]) -> dict[str, float]:
     return {"finished_at": time.time()}
 
 
+@dataclass(slots=True)
+class BodyStats:
+    """The deliveries the app received: how many, their bodies' bytes in all, and the largest body."""
+
+    requests: int = 0
+    body_bytes: int = 0
+    largest_body: int = 0
+
+
+stats = BodyStats()
+
+
+class CountBodies:
+    """ASGI middleware adding each POST under /workflows to :data:`stats`, by its ``Content-Length``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/workflows"):
+            length = next((int(value) for name, value in scope["headers"] if name == b"content-length"), 0)
+            stats.requests += 1
+            stats.body_bytes += length
+            stats.largest_body = max(stats.largest_body, length)
+        await self.app(scope, receive, send)
+
+
 app = FastAPI(title="Stepstream benchmark app")
+app.add_middleware(CountBodies)
 app.mount("/workflows", workflows.asgi())
+
+
+@app.get("/bench/stats")
+async def body_stats() -> dict[str, int]:
+    return asdict(stats)
+
+
+@app.post("/bench/stats/reset")
+async def reset_body_stats() -> dict[str, int]:
+    stats.requests = stats.body_bytes = stats.largest_body = 0
+    return asdict(stats)
 
 
 @app.get("/healthz")
