@@ -6,6 +6,7 @@ appending ``<run id>:<index>`` to ``HOTPATH_COUNTS_FILE`` when its body starts a
 with ``kill_at`` set, the first time (per run) step k's body starts, the process kills itself with
 SIGKILL before anything else: the step before it has been acknowledged durable by then, which is
 what the test checks. ``GET /stats`` gives the largest request body the workflows endpoint got.
+``HOTPATH_SESSIONS=0``: the SDK keeps no sessions (as an SDK from before them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pydantic import BaseModel
 
 from stepstream.sdk import WorkflowContext, Workflows
 
-workflows = Workflows()
+# HOTPATH_SESSIONS=0 stands in for an SDK that does not know sessions (it ignores the field, as any
+# older SDK does): every request then replays the run.
+workflows = Workflows(max_sessions=0 if os.environ.get("HOTPATH_SESSIONS") == "0" else 10_000)
 COUNTS = Path(os.environ.get("HOTPATH_COUNTS_FILE", "hotpath-counts.txt"))
 _largest_body = 0
 

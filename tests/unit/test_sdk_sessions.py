@@ -139,6 +139,8 @@ async def test_sessions_can_be_turned_off() -> None:
         first = await post(client, session="s1")
         resumed = await resume(client, "s1")
 
+    assert first.status_code == 200
+    assert first.json()["next"] == {"type": "continue"}
     assert "session" not in first.json()
     assert resumed.status_code == 409
     assert runs == [0]

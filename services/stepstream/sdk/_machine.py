@@ -137,16 +137,22 @@ class ReplayMachine:
     """
 
     def __init__(
-        self, request: DeliveryRequest, *, clock: Callable[[], float], started_at: float | None = None
+        self,
+        request: DeliveryRequest,
+        *,
+        clock: Callable[[], float],
+        started_at: float | None = None,
+        keeps_session: bool = False,
     ) -> None:
         problem = history_problem(request)
         if problem is not None:
             raise ValueError(problem)
         self._history: dict[int, RecordedStep] = {step.index: step for step in request.steps}
         self._budget_ms = request.budget_ms
-        # A session lives across requests only where the engine may go on: one branch's delivery, or a
-        # failure handler's, ends at its first answer.
-        self._keeps_session = request.session is not None and request.execute_index is None and not request.failure
+        # ``keeps_session``: pause at ``continue`` instead of ending (the caller keeps the workflow for the
+        # session's next request). Only where the engine may go on: a branch's delivery, or a failure
+        # handler's, ends at its first answer.
+        self._keeps_session = keeps_session and request.execute_index is None and request.failure is None
         self._execute_index = request.execute_index
         self._handling_failure = request.failure is not None
         self._clock = clock

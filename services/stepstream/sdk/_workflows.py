@@ -80,18 +80,9 @@ class WorkflowDefinition(Generic[PayloadT]):
 
         With ``sessions`` and a request that opens one, the workflow may be kept running after the
         answer, waiting at its next step for the session's ``resume`` (:mod:`._sessions`)."""
-        machine = ReplayMachine(request, clock=clock, started_at=started_at)
         if sessions is not None and request.session is not None and request.failure is None:
-            session = Session(run_id=request.run_id, delivery_id=request.delivery_id, workflow=request.workflow)
-            driver = Driver(machine, on_pause=session.on_pause, clock=clock)
-            context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
-
-            async def drive() -> DeliveryResponse:
-                await driver.drive(lambda: self.function(context))
-                return machine.response()
-
-            session.start(drive)
-            return await answer(session, request.session, sessions)
+            return await self._execute_in_session(request, payload, clock, started_at, sessions, request.session)
+        machine = ReplayMachine(request, clock=clock, started_at=started_at)
         driver = Driver(machine)
         context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
         if request.failure is None:
@@ -103,6 +94,28 @@ class WorkflowDefinition(Generic[PayloadT]):
         error = FailureInfo(type=request.failure.type, message=request.failure.message)
         await driver.drive(lambda: handler(context, error))
         return machine.response()
+
+    async def _execute_in_session(
+        self,
+        request: DeliveryRequest,
+        payload: PayloadT,
+        clock: Callable[[], float],
+        started_at: float,
+        sessions: Sessions,
+        session_id: str,
+    ) -> DeliveryResponse:
+        """Run the workflow in a task of its own, which may outlive this request (:mod:`._sessions`)."""
+        machine = ReplayMachine(request, clock=clock, started_at=started_at, keeps_session=True)
+        session = Session(run_id=request.run_id, delivery_id=request.delivery_id, workflow=request.workflow)
+        driver = Driver(machine, on_pause=session.on_pause, clock=clock)
+        context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
+
+        async def drive() -> DeliveryResponse:
+            await driver.drive(lambda: self.function(context))
+            return machine.response()
+
+        session.start(drive)
+        return await answer(session, session_id, sessions)
 
 
 def _base_urls(base_url: str | Sequence[str] | None, environ: Mapping[str, str]) -> tuple[BaseUrl, ...]:
