@@ -1,16 +1,24 @@
 """aiokafka clients configured the way every Stepstream service needs them.
 
 Translates aiokafka's exceptions nowhere: callers treat a failed transaction as "redo the batch".
+
+Each client's connection handling is hardened for broker outages (:func:`harden`): aiokafka 0.14
+retries a lost broker in a loop without backoff and can lose a transactional producer for good to
+one closed connection (docs/decisions/0004).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.client import ConnectionGroup
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 from aiokafka.partitioner import murmur2
 
 from stepstream.avro import Codec, DeadLetter
@@ -49,7 +57,7 @@ def make_consumer(
     The range assignor gives one member the same partition numbers of every co-partitioned topic,
     which the projector relies on (a run's triggers and commands meet in one owner).
     """
-    return AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
         client_id=f"stepstream-{group_id or 'reader'}",
@@ -61,10 +69,12 @@ def make_consumer(
         **settings.client_options(),
         **options,
     )
+    harden(consumer._client)
+    return consumer
 
 
 def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         enable_idempotence=True,
         acks="all",
@@ -76,6 +86,101 @@ def make_producer(settings: KafkaSettings, *, transactional_id: str | None = Non
         **settings.client_options(),
         **options,
     )
+    harden(producer.client)
+    return producer
+
+
+# -- broker outages ---------------------------------------------------------------------------
+
+
+class Backoff:
+    """An exponential backoff per key (a broker, the metadata): after a failure, wait ``first_s``,
+    doubling with each further failure up to ``max_s``; a success starts again from nothing.
+
+    What Java clients call reconnect.backoff.ms and reconnect.backoff.max.ms (50 ms, 1 s), which
+    aiokafka lacks. Pure: the caller passes the time (``time.monotonic()``).
+    """
+
+    def __init__(self, first_s: float = 0.05, max_s: float = 1.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._delay: dict[Hashable, float] = {}
+        self._until: dict[Hashable, float] = {}
+
+    def ready(self, key: Hashable, now: float) -> bool:
+        """Whether an attempt for ``key`` may be made at ``now``."""
+        return now >= self._until.get(key, 0.0)
+
+    def failed(self, key: Hashable, now: float) -> float:
+        """Note a failed attempt; returns how long to wait before the next one."""
+        delay = min(self.max_s, self._delay[key] * 2) if key in self._delay else self.first_s
+        self._delay[key] = delay
+        self._until[key] = now + delay
+        return delay
+
+    def succeeded(self, key: Hashable) -> None:
+        self._delay.pop(key, None)
+        self._until.pop(key, None)
+
+
+def harden(
+    client: Any,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Make an ``AIOKafkaClient`` (a consumer's ``_client``, a producer's ``client``) ride out a broker
+    outage: it reconnects with backoff and keeps its transactional producer alive.
+
+    aiokafka 0.14, when a broker is unreachable, tries to connect again on every request of every
+    caller: the metadata refresh has no backoff at all (a producer waiting for a partition leader
+    asks for metadata again the moment the last attempt failed), so a 3-second outage made tens of
+    thousands of connection attempts per service, each logging two ERROR lines, and the CPU they took
+    slowed the broker's own restart (bench/recovery.py). And a connection that closes while the
+    producer looks up its transaction coordinator raises ``KafkaConnectionError``, which aiokafka's
+    sender does not retry (``Sender._find_coordinator``): the sender task ends, and the producer
+    refuses every later transaction (``FATAL_ERROR -> IN_TRANSACTION``) until the process restarts.
+
+    This patches three methods of the one client instance: a connection attempt to a broker that
+    just failed waits its backoff (the caller sees the broker as not ready, which every caller
+    retries), a failed metadata refresh waits its backoff before it reports, and a connection lost
+    during a coordinator lookup is reported as ``NodeNotReadyError``, which every caller retries.
+    """
+    backoff = Backoff()
+    get_conn = client._get_conn
+    metadata_update = client._metadata_update
+    coordinator_lookup = client.coordinator_lookup
+
+    async def get_conn_with_backoff(node_id: Any, **options: Any) -> Any:
+        connection = client._conns.get((node_id, options.get("group", ConnectionGroup.DEFAULT)))
+        if connection is not None and connection.connected():
+            return connection
+        if not backoff.ready(("node", node_id), clock()):
+            return None  # as aiokafka answers for a broker it cannot reach
+        connection = await get_conn(node_id, **options)
+        if connection is None:
+            backoff.failed(("node", node_id), clock())
+        else:
+            backoff.succeeded(("node", node_id))
+        return connection
+
+    async def metadata_update_with_backoff(cluster_metadata: Any, topics: Any) -> bool:
+        updated: bool = await metadata_update(cluster_metadata, topics)
+        if updated:
+            backoff.succeeded("metadata")
+        else:
+            await sleep(backoff.failed("metadata", clock()))
+        return updated
+
+    async def coordinator_lookup_retried(coordinator_type: Any, coordinator_key: str) -> Any:
+        try:
+            return await coordinator_lookup(coordinator_type, coordinator_key)
+        except KafkaConnectionError as error:
+            raise NodeNotReadyError(f"the connection closed during a coordinator lookup: {error}") from error
+
+    client._get_conn = get_conn_with_backoff
+    client._metadata_update = metadata_update_with_backoff
+    client.coordinator_lookup = coordinator_lookup_retried
 
 
 def dead_letter(record: ConsumerRecord, reason: str, consumer: str, now_ms: int) -> DeadLetter:
