@@ -83,8 +83,14 @@ def test_a_trigger_without_flow_control_carries_none(api: TestClient, published:
         ({"rate": 10}, "flow_control.key: Field required"),
         ({"key": "", "rate": 10}, "flow_control.key: String should have at least 1 character"),
         ({"key": "k" * 201, "rate": 10}, "flow_control.key: String should have at most 200 characters"),
-        ({"key": "mailer", "rate": 0}, "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got 0"),
-        ({"key": "mailer", "rate": -3}, "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got -3"),
+        (
+            {"key": "mailer", "rate": 0},
+            "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got 0",
+        ),
+        (
+            {"key": "mailer", "rate": -3},
+            "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got -3",
+        ),
         ({"key": "mailer", "parallelism": 0}, "Expected a flow-control parallelism from 1 to 1,000,000,000, but got 0"),
         (
             {"key": "mailer", "rate": 1, "period": "0s"},

@@ -729,8 +729,14 @@ WEEK_MS = 7 * 24 * 3_600_000
 INVALID_FLOWS = [
     (FlowControl(key="", rate=1), "Expected a flow-control key of 1 to 200 characters, but got 0"),
     (FlowControl(key="k" * 201, rate=1), "Expected a flow-control key of 1 to 200 characters, but got 201"),
-    (FlowControl(key="acme", rate=0), "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got 0"),
-    (FlowControl(key="acme", rate=-3), "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got -3"),
+    (
+        FlowControl(key="acme", rate=0),
+        "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got 0",
+    ),
+    (
+        FlowControl(key="acme", rate=-3),
+        "Expected a flow-control rate from 1 to 1,000,000,000 starts per period, but got -3",
+    ),
     (FlowControl(key="acme", rate=1, period_ms=0), "Expected a flow-control period from 1 ms to 7 days, but got 0 ms"),
     (
         FlowControl(key="acme", rate=1, period_ms=WEEK_MS + 1),
