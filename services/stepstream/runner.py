@@ -19,13 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    NodeNotReadyError,
-    RequestTimedOutError,
-    UnknownTopicOrPartitionError,
-)
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, UnknownTopicOrPartitionError
 
 from stepstream.config import (
     ApiSettings,
@@ -39,15 +33,11 @@ from stepstream.health import Readiness, serve_health
 
 log = logging.getLogger("stepstream")
 
-# Errors that mean a broker could not be reached (a refused or broken connection, no answer in time).
-_UNREACHABLE = (
-    KafkaConnectionError,
-    NodeNotReadyError,
-    RequestTimedOutError,
-    KafkaTimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
+# Errors that mean a broker could not be reached: a refused or broken connection, records that could
+# not be delivered in time. aiokafka wraps socket errors in these; Python's own ConnectionError or
+# TimeoutError could come from anything (an HTTP client going away), so they do not count. A request
+# that timed out is retriable, not an outage: the broker holds a JoinGroup until the group rebalances.
+_UNREACHABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError)
 
 
 _outages: KafkaOutageLog | None = None  # this process's, once configure_logging() installed it

@@ -14,6 +14,7 @@ from aiokafka.errors import (
     NodeNotReadyError,
     NotEnoughReplicasError,
     NotLeaderForPartitionError,
+    RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
 
@@ -84,6 +85,19 @@ def test_lines_about_an_unreachable_broker_are_about_a_lost_connection(line: log
     assert kafka_problem(line) == "lost"
 
 
+def test_a_join_the_broker_held_past_the_request_timeout_is_transient_not_an_outage() -> None:
+    line = record(
+        "aiokafka.consumer.group_coordinator",
+        logging.ERROR,
+        "Error sending %s to node %s [%s] -- marking coordinator dead",
+        "JoinGroupRequest_v5",
+        1,
+        RequestTimedOutError(),
+    )
+
+    assert kafka_problem(line) == "transient"
+
+
 def test_a_leader_moving_is_transient() -> None:
     line = record(
         "aiokafka.producer.sender",
@@ -119,6 +133,7 @@ def test_a_leader_moving_is_transient() -> None:
         record("aiokafka", logging.ERROR, "Topic %s not found in cluster metadata", "x"),
         record("stepstream.api.indexer", logging.WARNING, "indexer waits: %s", UnknownTopicOrPartitionError()),
         record("uvicorn.error", logging.ERROR, "Exception in ASGI application", exc=raised(ValueError("bug"))),
+        record("uvicorn.error", logging.ERROR, "Exception in ASGI application", exc=raised(ConnectionResetError())),
     ],
     ids=[
         "a service's own error",
@@ -127,6 +142,7 @@ def test_a_leader_moving_is_transient() -> None:
         "a missing topic",
         "an unknown topic",
         "a bug",
+        "a client of the api going away",
     ],
 )
 def test_real_errors_are_not_about_kafka_outages(line: logging.LogRecord) -> None:
