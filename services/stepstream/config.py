@@ -36,6 +36,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, 
     return value
 
 
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigurationError(f"Expected {name} to be on or off (1 or 0), but got {environ[name]!r}")
+
+
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
@@ -58,9 +69,23 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    # Names this process's transactional producers. The default is unique per process; a stable value
-    # per replica (a StatefulSet's pod name) lets a restarted replica fence its predecessor.
+    # Names this process's transactional producers and its static memberships of consumer groups. It
+    # must be unique per process; kept across a restart (a pod's name, which a container restarted in
+    # the pod keeps), it lets the restarted process fence its predecessor's open transaction and take
+    # its partitions back at once. The default, host and pid, is unique, and stable in a container
+    # (the service is its pid 1); on a bare host a restart gets a new one (docs/decisions/0004).
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Join consumer groups as a static member named by the instance id (KIP-345).
+    static_membership: bool = True
+    # How long the group coordinator waits for a member's heartbeat before it gives its partitions to
+    # others (brokers refuse less than group.min.session.timeout.ms, 6 s by default), and how often
+    # members send one.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    # How long a transaction may stay open before the broker aborts it: an open transaction of a
+    # process that died holds back every read_committed reader of its partitions until then, unless
+    # a process with the same transactional id (the same instance id) starts and fences it first.
+    transaction_timeout_ms: int = 60_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KafkaSettings:
@@ -71,6 +96,20 @@ class KafkaSettings:
                 f"Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of {', '.join(allowed)}, but got {protocol!r}"
             )
         defaults = cls()
+        # Brokers refuse less than their group.min.session.timeout.ms (6 s by default) anyway.
+        session_timeout_ms = _int(
+            environ, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, minimum=1_000
+        )
+        heartbeat_interval_ms = _int(
+            environ,
+            "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
+            min(defaults.heartbeat_interval_ms, session_timeout_ms // 3),
+        )
+        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ConfigurationError(
+                "Expected STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS to be above 0 and below the session timeout "
+                f"({session_timeout_ms} ms), but got {heartbeat_interval_ms}"
+            )
         return cls(
             bootstrap_servers=environ.get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
             topic_prefix=environ.get("STEPSTREAM_TOPIC_PREFIX", defaults.topic_prefix),
@@ -84,6 +123,12 @@ class KafkaSettings:
             ssl_certfile=environ.get("STEPSTREAM_KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=environ.get("STEPSTREAM_KAFKA_SSL_KEYFILE") or None,
             instance_id=environ.get("STEPSTREAM_INSTANCE_ID") or defaults.instance_id,
+            static_membership=_flag(environ, "STEPSTREAM_KAFKA_STATIC_MEMBERSHIP", defaults.static_membership),
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            transaction_timeout_ms=_int(
+                environ, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", defaults.transaction_timeout_ms, minimum=1
+            ),
         )
 
     def client_options(self) -> dict[str, Any]:

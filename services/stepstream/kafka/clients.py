@@ -56,21 +56,63 @@ def make_consumer(
 
     The range assignor gives one member the same partition numbers of every co-partitioned topic,
     which the projector relies on (a run's triggers and commands meet in one owner).
+
+    In a group, it is a static member (KIP-345) named by the instance id, unless
+    ``settings.static_membership`` is off: a process restarted with the same id takes its partitions
+    back at once, instead of waiting for the session timeout of its predecessor. aiokafka's static
+    members never leave their group; this one does when it is stopped (:class:`_Consumer`), so a
+    graceful stop still hands its partitions over at once.
     """
-    consumer = AIOKafkaConsumer(
+    static = group_id is not None and settings.static_membership
+    consumer = _Consumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
+        group_instance_id=settings.instance_id if static else None,
         client_id=f"stepstream-{group_id or 'reader'}",
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=fetch_max_wait_ms,
         partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
         **settings.client_options(),
         **options,
     )
     harden(consumer._client)
     return consumer
+
+
+class _Consumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """An AIOKafkaConsumer whose static membership ends with a LeaveGroup when it is stopped.
+
+    aiokafka 0.14 sends no LeaveGroup for a member with a group instance id
+    (``GroupCoordinator._maybe_leave_group``), so a stopped static member keeps its partitions until
+    its session times out. The broker accepts aiokafka's LeaveGroup (v0/v1, by member id) from a
+    static member and removes it (measured: docs/decisions/0004), so on a stop, and only then, the
+    member leaves as a dynamic one would. A member that crashes still keeps its partitions for its
+    successor, which is what static membership is for.
+    """
+
+    async def start(self) -> None:
+        await super().start()
+        coordinator = self._coordinator
+        if self._group_instance_id is None or coordinator is None:
+            return  # no group, or a dynamic member: aiokafka leaves the group itself
+        leave = coordinator._maybe_leave_group
+
+        async def leave_when_closing() -> None:
+            if not coordinator._closing.done():  # not a stop: aiokafka's own rules apply
+                await leave()
+                return
+            instance_id = coordinator._group_instance_id
+            coordinator._group_instance_id = None  # what makes aiokafka send its LeaveGroup
+            try:
+                await leave()
+            finally:
+                coordinator._group_instance_id = instance_id
+
+        coordinator._maybe_leave_group = leave_when_closing
 
 
 def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> AIOKafkaProducer:
@@ -83,6 +125,7 @@ def make_producer(settings: KafkaSettings, *, transactional_id: str | None = Non
         # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
         retry_backoff_ms=20,
         transactional_id=transactional_id,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
         **settings.client_options(),
         **options,
     )
