@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from run import (  # bench/run.py: the stack and the helpers
+    BENCH_DIR,
     BenchFailure,
     Stack,
     delete_topics,
@@ -622,6 +623,17 @@ def local_broker(directory: Path) -> Iterator[tuple[str, LocalKafka | None]]:
         kafka.stop()
 
 
+def engine_source() -> str:
+    """The commit measured; or, when PYTHONPATH put another copy of the engine first (to measure an
+    older version with this bench), where that copy is."""
+    import stepstream
+
+    engine = Path(stepstream.__file__).resolve().parents[1]
+    if engine != BENCH_DIR.parent / "services":
+        return f"engine from {engine}"
+    return f"commit {(engine_commit() or '?')[:7]}"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)} "
@@ -681,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                         asyncio.run(delete_topics(bootstrap, stack.prefix))
         print()
         print(
-            f"Stepstream recovery, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {(engine_commit() or '?')[:7]}, "
+            f"Stepstream recovery, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {engine_source()}, "
             f"{os.cpu_count()} cores, a run every {1 / args.rate:.2f} s ({args.steps} steps at budget 0 and a "
             f"{args.sleep_ms} ms sleep), {args.partitions} partitions, instance ids {args.instance_ids}, "
             f"{args.repeats} repeats, took {time.monotonic() - began:.0f} s, "
@@ -701,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": {**machine(), "load_average_before": load_before},
                 "commit": engine_commit(),
+                "engine": engine_source(),
                 "parameters": {key: value for key, value in vars(args).items() if key not in ("json", "keep")},
                 "measurements": [asdict(m) | {"outage_s": m.outage_s} for m in measurements],
             }
