@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, OutOfOrderSequenceNumber, ProducerFenced
 
+from stepstream.config import KafkaSettings
+from stepstream.kafka.clients import Producer, make_producer
 from tests.helpers import wait_until
-from tests.stack import Stack
+from tests.stack import Stack, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -134,3 +137,48 @@ def test_a_second_member_gets_the_partitions_of_one_stopped_with_sigterm(stack: 
     wait_until(lambda: "owns schedule partitions [0, 1, 2]" in log.read_text(), timeout=60)
     [member] = group_members(kafka_bootstrap, group)
     assert member.startswith(stack.instance_id("scheduler:2"))
+
+
+def test_a_transaction_the_broker_aborted_costs_its_records_not_the_producer(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """aiokafka leaves a producer fenced for good once the broker aborted its transaction (here for its
+    timeout, as after a broker outage longer than it); the engine's producer replaces itself."""
+    stack = Stack(kafka_bootstrap, tmp_path, partitions=1)
+    stack.create_topics()
+    topic = f"{stack.prefix}deadletter"
+    settings = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=stack.prefix, partitions=1, transaction_timeout_ms=1_000
+    )
+
+    async def stale_transaction(producer: Producer) -> None:
+        # given a transaction left open past its timeout: the broker aborts it (its check runs every
+        # 10 s by default) and fences the producer, whose next record is then refused
+        async with producer.transaction():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                await (await producer.send(topic, value=b"stale", key=b"k"))
+                await asyncio.sleep(0.5)
+
+    async def scenario() -> type[BaseException]:
+        producer = make_producer(settings, transactional_id=f"{stack.prefix}test-fenced")
+        await producer.start()
+        try:
+            try:
+                await stale_transaction(producer)
+            except KafkaError as error:
+                refused = type(error)
+            else:
+                raise AssertionError("the broker never aborted the transaction")
+            # when the engine writes its next transaction
+            async with producer.transaction():
+                await producer.send(topic, value=b"fresh", key=b"k")
+        finally:
+            await producer.stop()
+        return refused
+
+    refused = asyncio.run(scenario())
+
+    # then it is written (by a new producer), and nothing of the aborted one is
+    assert issubclass(refused, ProducerFenced | InvalidProducerEpoch | OutOfOrderSequenceNumber), refused
+    assert [record.value for record in read_topic(kafka_bootstrap, topic, partitions=1)] == [b"fresh"]

@@ -7,7 +7,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    OutOfOrderSequenceNumber,
+)
 
 from stepstream.kafka import clients
 from stepstream.kafka.clients import Backoff, harden
@@ -173,3 +179,194 @@ def test_every_client_the_services_make_is_hardened() -> None:
         assert client.coordinator_lookup.__name__ == "coordinator_lookup_retried"
         assert client._get_conn.__name__ == "get_conn_with_backoff"
         assert client._metadata_update.__name__ == "metadata_update_with_backoff"
+
+
+# -- Producer: transactions that commit only what was written, and a producer replaced when broken --
+
+
+class FakeTxnManager:
+    def __init__(self) -> None:
+        self.fatal = False
+
+    def is_fatal_error(self) -> bool:
+        return self.fatal
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.sender_task: asyncio.Future[None] | None = None
+
+
+class FakeAIOKafkaProducer:
+    """What Producer uses of an AIOKafkaProducer; records are answered by ``answers`` (None: written)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self._sender = FakeSender()
+        self._txn_manager = FakeTxnManager()
+        self.answers: list[BaseException | None] = []
+        self.calls: list[str] = []
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        self._sender.sender_task = asyncio.get_running_loop().create_future()
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future[str]:
+        self.calls.append(f"send {topic}")
+        written: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is None:
+            written.set_result(topic)
+        else:
+            written.set_exception(answer)
+        return written
+
+    async def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    async def commit_transaction(self) -> None:
+        self.calls.append("commit")
+
+    async def abort_transaction(self) -> None:
+        self.calls.append("abort")
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        self.calls.append("offsets")
+
+
+class Built:
+    """The factory Producer is given: makes fake producers and keeps them."""
+
+    def __init__(self) -> None:
+        self.producers: list[FakeAIOKafkaProducer] = []
+
+    def __call__(self) -> Any:
+        self.producers.append(FakeAIOKafkaProducer(len(self.producers)))
+        return self.producers[-1]
+
+
+def run(scenario: Any) -> Any:
+    return asyncio.run(scenario())
+
+
+async def write(producer: clients.Producer, *topics: str, then_raise: BaseException | None = None) -> None:
+    """One transaction: a record to each topic, then (if given) the block raises."""
+    async with producer.transaction():
+        for topic in topics:
+            await producer.send(topic, value=b"record")
+        if then_raise is not None:
+            raise then_raise
+
+
+def test_a_transaction_commits_once_every_record_sent_in_it_is_written() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> None:
+        await producer.start()
+        async with producer.transaction():
+            await producer.send("events", value=b"1")
+            await producer.send_offsets_to_transaction({}, "group")
+
+    run(scenario)
+
+    assert built.producers[0].calls == ["start", "begin", "send events", "offsets", "commit"]
+
+
+def test_a_transaction_with_a_record_not_written_is_not_committed_and_its_producer_is_replaced() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> None:
+        await producer.start()
+        built.producers[0].answers = [None, OutOfOrderSequenceNumber()]
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await write(producer, "events", "runs")
+        await write(producer, "events")
+
+    run(scenario)
+
+    first, second = built.producers
+    assert first.calls == ["start", "begin", "send events", "send runs", "stop"]  # neither committed nor aborted
+    assert second.calls == ["start", "begin", "send events", "commit"]
+
+
+def test_a_transaction_whose_block_raises_is_aborted() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> None:
+        await producer.start()
+        with pytest.raises(RuntimeError, match="decide failed"):
+            await write(producer, "events", then_raise=RuntimeError("decide failed"))
+
+    run(scenario)
+
+    assert built.producers[0].calls == ["start", "begin", "send events", "abort"]
+    assert len(built.producers) == 1  # nothing wrong with the producer
+
+
+def test_a_producer_whose_sender_died_is_replaced_before_its_next_record() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> None:
+        await producer.start()
+        task = built.producers[0]._sender.sender_task
+        assert task is not None
+        task.set_exception(KafkaError("Unexpected error during batch delivery"))
+        await producer.send("commands", value=b"report")
+
+    run(scenario)
+
+    first, second = built.producers
+    assert first.calls == ["start", "stop"]
+    assert second.calls == ["start", "send commands"]
+
+
+def test_a_producer_in_a_fatal_transaction_state_is_replaced_before_its_next_transaction() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> None:
+        await producer.start()
+        built.producers[0]._txn_manager.fatal = True
+        async with producer.transaction():
+            await producer.send("events", value=b"1")
+
+    run(scenario)
+
+    assert [p.calls for p in built.producers] == [["start", "stop"], ["start", "begin", "send events", "commit"]]
+
+
+def test_a_record_refused_for_its_sequence_number_replaces_the_producer_but_other_refusals_do_not() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    async def scenario() -> list[BaseException | None]:
+        await producer.start()
+        built.producers[0].answers = [MessageSizeTooLargeError(), OutOfOrderSequenceNumber()]
+        outcomes: list[BaseException | None] = []
+        for _ in range(3):
+            written = await producer.send("commands", value=b"report")
+            await asyncio.sleep(0)  # its sender answers it (done callbacks run)
+            outcomes.append(written.exception())
+        return outcomes
+
+    outcomes = run(scenario)
+
+    assert [type(outcome) for outcome in outcomes] == [MessageSizeTooLargeError, OutOfOrderSequenceNumber, type(None)]
+    assert [p.calls for p in built.producers] == [
+        ["start", "send commands", "send commands", "stop"],
+        ["start", "send commands"],
+    ]
+
+
+def test_anything_else_is_the_current_producers() -> None:
+    built = Built()
+    producer = clients.Producer(built)
+
+    assert producer.number == 0

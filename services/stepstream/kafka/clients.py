@@ -10,15 +10,23 @@ one closed connection (docs/decisions/0004).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.client import ConnectionGroup
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    NodeNotReadyError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
 
 from stepstream.avro import Codec, DeadLetter
@@ -115,22 +123,141 @@ class _Consumer(AIOKafkaConsumer):  # type: ignore[misc]
         coordinator._maybe_leave_group = leave_when_closing
 
 
-def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=0,
-        # The broker answers CONCURRENT_TRANSACTIONS while the previous commit settles; the default
-        # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
-        retry_backoff_ms=20,
-        transactional_id=transactional_id,
-        transaction_timeout_ms=settings.transaction_timeout_ms,
-        **settings.client_options(),
-        **options,
-    )
-    harden(producer.client)
-    return producer
+def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> Producer:
+    """An idempotent producer (transactional with ``transactional_id``) that survives what aiokafka's
+    does not: see :class:`Producer`."""
+
+    def build() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            # The broker answers CONCURRENT_TRANSACTIONS while the previous commit settles; the default
+            # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
+            retry_backoff_ms=20,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            **settings.client_options(),
+            **options,
+        )
+        harden(producer.client)
+        return producer
+
+    return Producer(build)
+
+
+# Errors after which a producer's sequence numbers or epoch no longer match the broker's: every later
+# record it sends to that partition would be refused too (Java clients reset the producer id).
+_PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, ProducerFenced, InvalidProducerEpoch, UnknownProducerId)
+
+
+class Producer:
+    """An AIOKafkaProducer, replaced by a new one with the same settings when it cannot go on, whose
+    transactions commit only when every record sent in them was written.
+
+    aiokafka 0.14 commits a transaction whatever became of its batches (``flush_for_commit`` waits
+    for them, then commits): a batch the broker refused (an ``OutOfOrderSequenceNumber`` after the
+    broker aborted a transaction that outlived its timeout during an outage) was left out of a
+    committed transaction, input offsets included. And once its sender task has died or its
+    transaction state is fatal, an aiokafka producer refuses every later transaction or record, and
+    the service retrying it is stuck until the process restarts (measured: bench/recovery.py, a 70-s
+    broker outage; docs/decisions/0004).
+
+    So :meth:`transaction` waits for the records sent in it before it commits, and when one failed,
+    ends without committing; the producer is then replaced before its next use, as it is when its
+    sender died, its state is fatal, or a record was refused for a sequence or epoch error. The new
+    producer has the same transactional id: starting, it fences the old one and the broker aborts the
+    transaction the old one left open, so nothing of a failed transaction is ever committed. Anything
+    else is the current AIOKafkaProducer's.
+    """
+
+    def __init__(self, build: Callable[[], AIOKafkaProducer]) -> None:
+        self._build = build
+        self._producer = build()
+        self._started = False
+        self._broken: str | None = None  # why the current producer must be replaced
+        self._sent: list[asyncio.Future[Any]] | None = None  # the records of the transaction in hand
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **options: Any) -> Any:
+        if self._sent is None:
+            await self._replace_if_broken()
+        sent = await self._producer.send(topic, value=value, key=key, **options)
+        sent.add_done_callback(self._check_sent)
+        if self._sent is not None:
+            self._sent.append(sent)
+        return sent
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, **options: Any
+    ) -> Any:
+        return await (await self.send(topic, value=value, key=key, **options))
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        await self._producer.send_offsets_to_transaction(offsets, group_id)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Producer]:
+        """Begin a transaction; commit it when the block ends, once every record sent in it is
+        written; abort it when the block raises. Raises the error of a record that was not written."""
+        await self._replace_if_broken()
+        producer = self._producer
+        await producer.begin_transaction()
+        self._sent = []
+        try:
+            yield self
+            results = await asyncio.gather(*self._sent, return_exceptions=True)
+        except BaseException:
+            self._sent = None
+            if not producer._txn_manager.is_fatal_error():
+                await producer.abort_transaction()
+            raise
+        self._sent = None
+        failed = next((result for result in results if isinstance(result, BaseException)), None)
+        if failed is not None:
+            # Not committed, and not aborted either (aborting needs the epoch the error may have cost):
+            # the new producer's start aborts it.
+            self._broken = f"a record of its transaction was not written ({failed!r})"
+            raise failed
+        await producer.commit_transaction()
+
+    def _check_sent(self, sent: asyncio.Future[Any]) -> None:
+        if not sent.cancelled() and isinstance(sent.exception(), _PRODUCER_STATE_ERRORS):
+            self._broken = f"a record was refused ({sent.exception()!r})"
+
+    def _why_broken(self) -> str | None:
+        if self._broken is not None:
+            return self._broken
+        sender = self._producer._sender.sender_task
+        if self._started and (sender is None or sender.done()):
+            error = sender.exception() if sender is not None and not sender.cancelled() else None
+            return f"its sender stopped ({error!r})"
+        txn_manager = self._producer._txn_manager
+        if txn_manager is not None and txn_manager.is_fatal_error():
+            return "its transaction state is fatal"
+        return None
+
+    async def _replace_if_broken(self) -> None:
+        reason = self._why_broken()
+        if reason is None:
+            return
+        log.warning("the Kafka producer cannot go on: %s; starting a new one", reason)
+        old, self._producer = self._producer, self._build()
+        self._broken = None
+        with contextlib.suppress(Exception):
+            # Its batches fail with the rest; do not wait for a broker that may be away.
+            await asyncio.wait_for(old.stop(), timeout=5)
+        await self._producer.start()
 
 
 # -- broker outages ---------------------------------------------------------------------------
