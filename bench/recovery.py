@@ -194,15 +194,17 @@ class Trickle:
                 )
                 self.triggered[run_id] = time.time()
                 sent = await producer.send(self.topic, value=self.codec.encode(record), key=run_id.encode())
-                sent.add_done_callback(self._sent)
+                sent.add_done_callback(lambda future, run_id=run_id: self._sent(run_id, future))
                 due += 1 / self.rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
             await producer.stop()
 
-    def _sent(self, future: asyncio.Future[Any]) -> None:
+    def _sent(self, run_id: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
+            # This producer gave up on it (a long broker outage outlasts its request timeout): no run.
             self.failed += 1
+            self.triggered.pop(run_id, None)
 
 
 # -- one fault ------------------------------------------------------------------------------------
@@ -269,6 +271,18 @@ def step_waits(
         if run_id not in observer.runs and window[0] <= triggered <= window[1]:
             incomplete += 1  # not even started
     return after, visible, stall, incomplete
+
+
+def history_problems(observer: Observer) -> tuple[int, int]:
+    """Steps recorded more than once, and runs whose events skip a sequence number: each should be 0
+    whatever the faults (a repeated delivery's report is rejected, a failed transaction leaves nothing)."""
+    repeated = gaps = 0
+    for events in observer.runs.values():
+        completed = Counter(e.step_index for e in events.values() if e.type == "StepCompleted")
+        repeated += sum(count - 1 for count in completed.values() if count > 1)
+        if sorted(events) != list(range(1, max(events) + 1)):
+            gaps += 1
+    return repeated, gaps
 
 
 def readiness(events: dict[int, Seen], seq: int) -> float | None:
@@ -355,6 +369,7 @@ class Bench:
         self.api = httpx.AsyncClient(base_url=stack.api_url, timeout=2)
         self.exits_between: list[str] = []  # services that exited by themselves between faults
         self.abandoned: set[str] = set()  # runs stuck for longer than the settle timeout
+        self.repeated_steps = self.runs_with_gaps = 0  # see history_problems
 
     def env(self, name: str) -> dict[str, str]:
         extra = {}
@@ -411,6 +426,7 @@ class Bench:
                         + (f", {measurement.incomplete} steps not recorded" if measurement.incomplete else "")
                         + (f", exited: {', '.join(measurement.exits)}" if measurement.exits else "")
                     )
+            self.repeated_steps, self.runs_with_gaps = history_problems(self.observer)
             return measurements
         finally:
             for task in tasks:
@@ -700,6 +716,11 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
         )
         print(table(measurements, args.faults))
+        print(
+            f"histories: {len(bench.observer.runs)} runs, {bench.repeated_steps} steps recorded more than once, "
+            f"{bench.runs_with_gaps} runs with a gap in their sequence numbers; {bench.trickle.failed} triggers "
+            "this bench's own producer gave up on (not counted)"
+        )
         if bench.exits_between:
             print(f"services that exited by themselves between faults: {', '.join(bench.exits_between)}")
         print()
