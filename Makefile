@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory clean check-deploy
+.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-flow: $(BIN)/stepstream
 
 bench-flow-memory: $(BIN)/stepstream
 	$(BIN)/python bench/flow_memory.py
+
+# Recovery (bench/README.md): how long runs stall when a service is killed with SIGKILL and restarted,
+# or the broker stops for 3 s and 15 s, and how many ERROR/WARNING lines the services log (~10 min).
+bench-recovery: $(BIN)/stepstream
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) .stepstream

@@ -81,13 +81,24 @@ class Stack:
             log_name = name.replace(":", "-")
             # Each process its own health port: several services share this host.
             self.health_ports[name] = free_port()
-            env = {**self.env, "STEPSTREAM_HEALTH_PORT": str(self.health_ports[name])}
+            env = {
+                **self.env,
+                "STEPSTREAM_HEALTH_PORT": str(self.health_ports[name]),
+                # As the Helm chart gives each pod its name: unique per process, and the same when the
+                # same process is started again, so a restart fences its predecessor and takes its
+                # partitions back at once (tests run several stacks on one broker: the prefix tells them apart).
+                "STEPSTREAM_INSTANCE_ID": self.instance_id(name),
+            }
             with (self.directory / f"{log_name}.log").open("ab") as log:  # the child keeps its own descriptor
                 self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         if "api" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.api_port}/readyz")
         if "app" in names or not names:
             self.wait_for_http(f"http://127.0.0.1:{self.app_port}/healthz")
+
+    def instance_id(self, name: str) -> str:
+        """The STEPSTREAM_INSTANCE_ID of the process ``name`` ("scheduler:2" is a second scheduler)."""
+        return f"{self.prefix}{name.replace(':', '-')}"
 
     def start_app(self, name: str, app_dir: Path, target: str, port: int | None = None) -> int:
         """Another workflow app, as its own process on its own port (``port``: the one it had before a

@@ -115,7 +115,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
         SchedulerSettings,
         default_home,
     )
-    from stepstream.runner import configure_logging, ensure_topics_for, run_all
+    from stepstream.logs import configure_logging
+    from stepstream.runner import ensure_topics_for, run_all
 
     configure_logging()
     home = default_home()

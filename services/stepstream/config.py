@@ -47,6 +47,17 @@ def _int(
     return value
 
 
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigurationError(f"Expected {name} to be on or off (1 or 0), but got {environ[name]!r}")
+
+
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
 
@@ -77,9 +88,23 @@ class KafkaSettings:
     max_record_bytes: int = 1_000_000
     # A partition whose input waits this long without progress makes its service not ready (/readyz).
     stall_ms: int = 30_000
-    # Names this process's transactional producers. The default is unique per process; a stable value
-    # per replica (a StatefulSet's pod name) lets a restarted replica fence its predecessor.
+    # Names this process's transactional producers and its static memberships of consumer groups. It
+    # must be unique per process; kept across a restart (a pod's name, which a container restarted in
+    # the pod keeps), it lets the restarted process fence its predecessor's open transaction and take
+    # its partitions back at once. The default, host and pid, is unique, and stable in a container
+    # (the service is its pid 1); on a bare host a restart gets a new one (docs/decisions/0004).
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Join consumer groups as a static member named by the instance id (KIP-345).
+    static_membership: bool = True
+    # How long the group coordinator waits for a member's heartbeat before it gives its partitions to
+    # others (brokers refuse less than group.min.session.timeout.ms, 6 s by default), and how often
+    # members send one.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    # How long a transaction may stay open before the broker aborts it: an open transaction of a
+    # process that died holds back every read_committed reader of its partitions until then, unless
+    # a process with the same transactional id (the same instance id) starts and fences it first.
+    transaction_timeout_ms: int = 60_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KafkaSettings:
@@ -90,6 +115,20 @@ class KafkaSettings:
                 f"Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of {', '.join(allowed)}, but got {protocol!r}"
             )
         defaults = cls()
+        # Brokers refuse less than their group.min.session.timeout.ms (6 s by default) anyway.
+        session_timeout_ms = _int(
+            environ, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, minimum=1_000
+        )
+        heartbeat_interval_ms = _int(
+            environ,
+            "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
+            min(defaults.heartbeat_interval_ms, session_timeout_ms // 3),
+        )
+        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ConfigurationError(
+                "Expected STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS to be above 0 and below the session timeout "
+                f"({session_timeout_ms} ms), but got {heartbeat_interval_ms}"
+            )
         return cls(
             bootstrap_servers=environ.get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
             topic_prefix=environ.get("STEPSTREAM_TOPIC_PREFIX", defaults.topic_prefix),
@@ -106,6 +145,12 @@ class KafkaSettings:
             stall_ms=_int(environ, "STEPSTREAM_STALL_MS", defaults.stall_ms, minimum=1_000),
             max_record_bytes=_int(
                 environ, "STEPSTREAM_MAX_RECORD_BYTES", defaults.max_record_bytes, minimum=65_536, maximum=100_000_000
+            ),
+            static_membership=_flag(environ, "STEPSTREAM_KAFKA_STATIC_MEMBERSHIP", defaults.static_membership),
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            transaction_timeout_ms=_int(
+                environ, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", defaults.transaction_timeout_ms, minimum=1
             ),
         )
 
@@ -203,11 +248,11 @@ class ExecutorSettings:
             timeout_ms=_int(environ, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 30_000, minimum=1),
             budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 0),
             allow_unsigned=allow_unsigned,
-            sessions=environ.get("STEPSTREAM_SESSIONS", "1") != "0",
+            sessions=_flag(environ, "STEPSTREAM_SESSIONS", True),
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
             shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
             allowed_url_hosts=allowed_url_hosts(environ),
-            sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1"),
+            sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1", False),
         )
 
 
@@ -233,13 +278,6 @@ def allowed_url_hosts(environ: Mapping[str, str] = os.environ) -> AllowedHosts:
         return AllowedHosts.parse(entries)
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
-
-
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    raw = environ.get(name, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ConfigurationError(f"Expected {name} to be 1 (on) or 0 (off), but got {raw!r}")
-    return raw == "1"
 
 
 def health_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:

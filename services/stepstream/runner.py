@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -26,25 +25,9 @@ from stepstream.config import (
     health_address,
 )
 from stepstream.health import Readiness, serve_health
+from stepstream.logs import configure_logging, report_outages
 
 log = logging.getLogger("stepstream")
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("STEPSTREAM_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_transient_coordinator_errors)
-
-
-def _transient_coordinator_errors(record: logging.LogRecord) -> bool:
-    """aiokafka logs ERROR while a fresh broker elects its group coordinator, then retries and
-    succeeds; keep those out of the user's terminal (they stay visible at DEBUG)."""
-    message = record.getMessage()
-    transient = "GroupCoordinatorNotAvailableError" in message or "Marking the coordinator dead" in message
-    return not transient or logging.getLogger("stepstream").isEnabledFor(logging.DEBUG)
 
 
 async def _until_signalled(tasks: list[Coroutine[Any, Any, None]]) -> None:
@@ -159,6 +142,7 @@ def run_service(build: Callable[[], Service]) -> None:
         address = health_address()
         if service.name != "api" and address is not None:
             tasks = [*tasks, _health(*address, service.ready)]
+        tasks = [*tasks, report_outages()]
         log.info("%s started", service.name)
         await _until_signalled(tasks)
         log.info("%s stopped", service.name)
@@ -201,4 +185,4 @@ async def run_all(
             await started()
         await asyncio.Event().wait()  # a task that ends would stop the others
 
-    await _until_signalled([*tasks, announce()])
+    await _until_signalled([*tasks, announce(), report_outages()])

@@ -47,6 +47,9 @@ def test_kafka_defaults() -> None:
     assert (settings.sasl_mechanism, settings.sasl_username, settings.sasl_password) == (None, None, None)
     assert (settings.ssl_cafile, settings.ssl_certfile, settings.ssl_keyfile) == (None, None, None)
     assert settings.instance_id == f"{socket.gethostname()}-{os.getpid()}"
+    assert settings.static_membership
+    assert (settings.session_timeout_ms, settings.heartbeat_interval_ms) == (10_000, 3_000)
+    assert settings.transaction_timeout_ms == 60_000
 
 
 def test_projector_defaults(home: Path) -> None:
@@ -99,6 +102,10 @@ def test_kafka_reads_every_variable() -> None:
             "STEPSTREAM_KAFKA_SSL_CERTFILE": "/etc/cert.pem",
             "STEPSTREAM_KAFKA_SSL_KEYFILE": "/etc/key.pem",
             "STEPSTREAM_INSTANCE_ID": "scheduler-0",
+            "STEPSTREAM_KAFKA_STATIC_MEMBERSHIP": "off",
+            "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "45000",
+            "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "5000",
+            "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS": "120000",
         }
     )
 
@@ -115,6 +122,10 @@ def test_kafka_reads_every_variable() -> None:
         ssl_certfile="/etc/cert.pem",
         ssl_keyfile="/etc/key.pem",
         instance_id="scheduler-0",
+        static_membership=False,
+        session_timeout_ms=45_000,
+        heartbeat_interval_ms=5_000,
+        transaction_timeout_ms=120_000,
     )
 
 
@@ -126,10 +137,43 @@ def test_kafka_reads_every_variable() -> None:
         "STEPSTREAM_KAFKA_SASL_PASSWORD",
         "STEPSTREAM_KAFKA_SSL_CAFILE",
         "STEPSTREAM_INSTANCE_ID",
+        "STEPSTREAM_KAFKA_STATIC_MEMBERSHIP",
+        "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS",
+        "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
     ],
 )
 def test_an_empty_optional_kafka_variable_counts_as_unset(name: str) -> None:
     assert KafkaSettings.from_env({name: ""}) == KafkaSettings.from_env({})
+
+
+@pytest.mark.parametrize(("raw", "static"), [("1", True), ("on", True), ("TRUE", True), ("0", False), ("off", False)])
+def test_static_membership_is_on_or_off(raw: str, static: bool) -> None:
+    assert KafkaSettings.from_env({"STEPSTREAM_KAFKA_STATIC_MEMBERSHIP": raw}).static_membership is static
+
+
+def test_static_membership_refuses_anything_else_by_name() -> None:
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_KAFKA_STATIC_MEMBERSHIP to be on or off"):
+        KafkaSettings.from_env({"STEPSTREAM_KAFKA_STATIC_MEMBERSHIP": "sometimes"})
+
+
+def test_a_shorter_session_timeout_shortens_the_default_heartbeat_to_a_third() -> None:
+    settings = KafkaSettings.from_env({"STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000"})
+
+    assert (settings.session_timeout_ms, settings.heartbeat_interval_ms) == (6_000, 2_000)
+
+
+def test_a_longer_session_timeout_keeps_the_default_heartbeat() -> None:
+    settings = KafkaSettings.from_env({"STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "45000"})
+
+    assert settings.heartbeat_interval_ms == 3_000
+
+
+@pytest.mark.parametrize("heartbeat", ["6000", "7000", "0"])
+def test_a_heartbeat_not_below_the_session_timeout_is_refused_by_name(heartbeat: str) -> None:
+    environ = {"STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000", "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": heartbeat}
+
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS to be above 0"):
+        KafkaSettings.from_env(environ)
 
 
 def test_projector_reads_every_variable() -> None:
@@ -194,6 +238,9 @@ def test_an_empty_integer_variable_takes_the_default() -> None:
 INTEGERS = [
     (KafkaSettings.from_env, "STEPSTREAM_PARTITIONS"),
     (KafkaSettings.from_env, "STEPSTREAM_REPLICATION_FACTOR"),
+    (KafkaSettings.from_env, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS"),
+    (KafkaSettings.from_env, "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS"),
+    (KafkaSettings.from_env, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS"),
     (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRIES"),
     (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS"),
     (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH"),
@@ -217,6 +264,8 @@ def test_a_variable_that_is_not_an_integer_is_refused_by_name(read: Reader, name
     [
         (KafkaSettings.from_env, "STEPSTREAM_PARTITIONS", 1),
         (KafkaSettings.from_env, "STEPSTREAM_REPLICATION_FACTOR", 1),
+        (KafkaSettings.from_env, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", 1_000),
+        (KafkaSettings.from_env, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", 1),
         (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRIES", 0),
         (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS", 0),
         (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH", 1),
@@ -484,9 +533,9 @@ def test_signing_with_v1_too_is_off_unless_asked(raw: str, on: bool) -> None:
     assert ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": raw}).sign_v1 is on
 
 
-def test_a_signature_v1_flag_that_is_not_0_or_1_is_refused_by_name() -> None:
-    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_SIGNATURE_V1 to be 1"):
-        ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": "yes"})
+def test_a_signature_v1_flag_that_is_not_on_or_off_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_SIGNATURE_V1 to be on or off"):
+        ExecutorSettings.from_env({**UNSIGNED, "STEPSTREAM_SIGNATURE_V1": "maybe"})
 
 
 def test_the_payload_limit_leaves_room_in_a_record_for_the_runs_other_fields() -> None:

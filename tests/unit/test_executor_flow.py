@@ -34,6 +34,7 @@ from stepstream.core import (
     ReportDelivery,
 )
 from stepstream.executor.service import Executor, PartitionProgress
+from stepstream.kafka.clients import Producer
 from stepstream.kafka.topics import TopicNames
 from tests.helpers import assert_eventually
 
@@ -240,7 +241,7 @@ async def make() -> AsyncIterator[Callable[[Answer | Exception], Awaitable[Harne
         await executor._producer.stop()
         producer = FakeProducer(codec, clock)
         http = FakeHttp(clock, answer)
-        executor._producer = producer
+        executor._producer = cast(Producer, producer)
         executor._session = executor._call_session = cast(aiohttp.ClientSession, http)
         progress = executor._progress.setdefault(TP, PartitionProgress())
         made.append(executor)

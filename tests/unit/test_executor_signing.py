@@ -22,6 +22,7 @@ from stepstream.clock import ManualClock
 from stepstream.config import ExecutorSettings, KafkaSettings
 from stepstream.core import AllowedHosts, Fail, ReportCall, ReportDelivery
 from stepstream.executor.service import Executor, PartitionProgress
+from stepstream.kafka.clients import Producer
 from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER
 from stepstream.signing import verify
 from tests.unit.test_executor_flow import (
@@ -69,7 +70,7 @@ async def make() -> AsyncIterator[Make]:
         await executor._producer.stop()
         producer = FakeProducer(codec, clock)
         http = RecordingHttp(clock, Answer(200, COMPLETE))
-        executor._producer = producer
+        executor._producer = cast(Producer, producer)
         executor._session = executor._call_session = cast(aiohttp.ClientSession, http)
         progress = executor._progress.setdefault(TP, PartitionProgress())
         made.append(executor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -15,6 +15,7 @@ from stepstream.avro import Codec, DeadLetter
 from stepstream.clock import ManualClock
 from stepstream.config import KafkaSettings, SchedulerSettings
 from stepstream.core import Delivery, DeliveryRequested, FireTimer, FlowControl, TimerRequested
+from stepstream.kafka.clients import Producer
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler import service as scheduler_service
 from stepstream.scheduler.service import Scheduler
@@ -37,22 +38,20 @@ class FakeProducer:
 
     async def stop(self) -> None: ...
 
-
-@contextlib.asynccontextmanager
-async def no_transaction(producer: Any) -> AsyncIterator[None]:
-    yield
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
 
 
 @pytest_asyncio.fixture
-async def scheduler(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Scheduler]:
+async def scheduler() -> AsyncIterator[Scheduler]:
     made = Scheduler(
         SchedulerSettings(kafka=KafkaSettings(partitions=1, max_record_bytes=LIMIT)), codec=CODEC, clock=ManualClock(T0)
     )
     await made._consumer.stop()  # never started; closed so they do not warn
     await made._producer.stop()
-    made._producer = FakeProducer()
+    made._producer = cast(Producer, FakeProducer())
     made.owned = {0}
-    monkeypatch.setattr(scheduler_service, "transaction", no_transaction)
     yield made
 
 

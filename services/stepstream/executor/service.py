@@ -73,6 +73,7 @@ from stepstream.kafka.clients import (
     make_consumer,
     make_producer,
     topic_partitions,
+    until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
@@ -281,15 +282,21 @@ class Executor:
         # the lock, so no delivery starts before what was reported of it is known.
         async with self._lock:
             self._letting_go = False
-            since = await self._oldest_uncommitted([tp for tp in partitions if tp.partition not in self._owned()])
-            if since:
-                commands = await topic_partitions(self._consumer, self.topics.commands)
-                if len(commands) != len(await topic_partitions(self._consumer, self.topics.deliveries)):
-                    # Reports are keyed by run id on commands: without the same partition count, a
-                    # delivery's reports may be on any partition of it.
-                    since = dict.fromkeys(commands, min(since.values()))
-                self._recovered.update(await read_reports(self.kafka, self.codec, self.topics.commands, since))
+            new = [tp for tp in partitions if tp.partition not in self._owned()]
+            self._recovered.update(await until_done(lambda: self._reported(new), "read back what was reported"))
         self.ready.set()
+
+    async def _reported(self, partitions: list[TopicPartition]) -> dict[DeliveryKey, Recovered]:
+        """What was reported of the deliveries of ``partitions`` not committed yet (recovery.py)."""
+        since = await self._oldest_uncommitted(partitions)
+        if not since:
+            return {}
+        commands = await topic_partitions(self._consumer, self.topics.commands)
+        if len(commands) != len(await topic_partitions(self._consumer, self.topics.deliveries)):
+            # Reports are keyed by run id on commands: without the same partition count, a delivery's
+            # reports may be on any partition of it.
+            since = dict.fromkeys(commands, min(since.values()))
+        return await read_reports(self.kafka, self.codec, self.topics.commands, since)
 
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self._progress}

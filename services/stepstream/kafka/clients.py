@@ -1,21 +1,34 @@
 """aiokafka clients configured the way every Stepstream service needs them.
 
 Translates aiokafka's exceptions nowhere: callers treat a failed transaction as "redo the batch".
+
+Each client's connection handling is hardened for broker outages (:func:`harden`): aiokafka 0.14
+retries a lost broker in a loop without backoff and can lose a transactional producer for good to
+one closed connection (docs/decisions/0004).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.client import ConnectionGroup
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.transaction_manager import TransactionState
 
 from stepstream.config import KafkaSettings
 
@@ -23,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 PartitionsChanged = Callable[[list[TopicPartition]], Awaitable[None]]
+ResultT = TypeVar("ResultT")
 
 # How long a service's consumer lets the broker hold a fetch while there is nothing to read. The
 # broker answers as soon as data (or a transaction's commit marker) arrives, so this costs no latency;
@@ -57,37 +71,296 @@ def make_consumer(
 
     The range assignor gives one member the same partition numbers of every co-partitioned topic,
     which the projector relies on (a run's triggers and commands meet in one owner).
+
+    In a group, it is a static member (KIP-345) named by the instance id, unless
+    ``settings.static_membership`` is off: a process restarted with the same id takes its partitions
+    back at once, instead of waiting for the session timeout of its predecessor. aiokafka's static
+    members never leave their group; this one does when it is stopped (:class:`_Consumer`), so a
+    graceful stop still hands its partitions over at once.
     """
-    return AIOKafkaConsumer(
+    static = group_id is not None and settings.static_membership
+    consumer = _Consumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
+        group_instance_id=settings.instance_id if static else None,
         client_id=f"stepstream-{group_id or 'reader'}",
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=fetch_max_wait_ms,
         partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
         **settings.client_options(),
         **options,
     )
+    harden(consumer._client)
+    return consumer
 
 
-def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=0,
-        # The broker answers CONCURRENT_TRANSACTIONS while the previous commit settles; the default
-        # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
-        retry_backoff_ms=20,
-        transactional_id=transactional_id,
-        # Above the engine's own bound, which the services check before they write: a record past it
-        # is theirs to refuse with a reason, not the client's to fail a whole transaction with.
-        max_request_size=max(1_048_576, settings.max_record_bytes + 65_536),
-        **settings.client_options(),
-        **options,
-    )
+class _Consumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """An AIOKafkaConsumer whose static membership ends with a LeaveGroup when it is stopped.
+
+    aiokafka 0.14 sends no LeaveGroup for a member with a group instance id
+    (``GroupCoordinator._maybe_leave_group``), so a stopped static member keeps its partitions until
+    its session times out. The broker accepts aiokafka's LeaveGroup (v0/v1, by member id) from a
+    static member and removes it (measured: docs/decisions/0004), so on a stop, and only then, the
+    member leaves as a dynamic one would. A member that crashes still keeps its partitions for its
+    successor, which is what static membership is for.
+    """
+
+    async def start(self) -> None:
+        await super().start()
+        coordinator = self._coordinator
+        if self._group_instance_id is None or coordinator is None:
+            return  # no group, or a dynamic member: aiokafka leaves the group itself
+        leave = coordinator._maybe_leave_group
+
+        async def leave_when_closing() -> None:
+            if not coordinator._closing.done():  # not a stop: aiokafka's own rules apply
+                await leave()
+                return
+            instance_id = coordinator._group_instance_id
+            coordinator._group_instance_id = None  # what makes aiokafka send its LeaveGroup
+            try:
+                await leave()
+            finally:
+                coordinator._group_instance_id = instance_id
+
+        coordinator._maybe_leave_group = leave_when_closing
+
+
+def make_producer(settings: KafkaSettings, *, transactional_id: str | None = None, **options: Any) -> Producer:
+    """An idempotent producer (transactional with ``transactional_id``) that survives what aiokafka's
+    does not: see :class:`Producer`."""
+
+    def build() -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            # The broker answers CONCURRENT_TRANSACTIONS while the previous commit settles; the default
+            # 100 ms backoff then shows up as a p99 step latency (docs/decisions/0002).
+            retry_backoff_ms=20,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            # Above the engine's own bound, which the services check before they write: a record past
+            # it is theirs to refuse with a reason, not the client's to fail a whole transaction with.
+            max_request_size=max(1_048_576, settings.max_record_bytes + 65_536),
+            **settings.client_options(),
+            **options,
+        )
+        harden(producer.client)
+        return producer
+
+    return Producer(build)
+
+
+# Errors after which a producer's sequence numbers or epoch no longer match the broker's: every later
+# record it sends to that partition would be refused too (Java clients reset the producer id).
+_PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, ProducerFenced, InvalidProducerEpoch, UnknownProducerId)
+
+
+class Producer:
+    """An AIOKafkaProducer, replaced by a new one with the same settings when it cannot go on, whose
+    transactions commit only when every record sent in them was written.
+
+    aiokafka 0.14 commits a transaction whatever became of its batches (``flush_for_commit`` waits
+    for them, then commits): a batch the broker refused (an ``OutOfOrderSequenceNumber`` after the
+    broker aborted a transaction that outlived its timeout during an outage) was left out of a
+    committed transaction, input offsets included. And once its sender task has died or its
+    transaction state is fatal, an aiokafka producer refuses every later transaction or record, and
+    the service retrying it is stuck until the process restarts (measured: bench/recovery.py, a 70-s
+    broker outage; docs/decisions/0004).
+
+    So :meth:`transaction` waits for the records sent in it before it commits, and when one failed,
+    ends without committing; the producer is then replaced before its next use, as it is when its
+    sender died, its state is fatal, or a record was refused for a sequence or epoch error. The new
+    producer has the same transactional id: starting, it fences the old one and the broker aborts the
+    transaction the old one left open, so nothing of a failed transaction is ever committed. Anything
+    else is the current AIOKafkaProducer's.
+    """
+
+    def __init__(self, build: Callable[[], AIOKafkaProducer]) -> None:
+        self._build = build
+        self._producer = build()
+        self._started = False
+        self._broken: str | None = None  # why the current producer must be replaced
+        self._sent: list[asyncio.Future[Any]] | None = None  # the records of the transaction in hand
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **options: Any) -> Any:
+        if self._sent is None:
+            await self._replace_if_broken()
+        sent = await self._producer.send(topic, value=value, key=key, **options)
+        sent.add_done_callback(self._check_sent)
+        if self._sent is not None:
+            self._sent.append(sent)
+        return sent
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, **options: Any
+    ) -> Any:
+        return await (await self.send(topic, value=value, key=key, **options))
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        await self._producer.send_offsets_to_transaction(offsets, group_id)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Producer]:
+        """Begin a transaction; commit it when the block ends, once every record sent in it is
+        written; abort it when the block raises. Raises the error of a record that was not written."""
+        await self._replace_if_broken()
+        producer = self._producer
+        await producer.begin_transaction()
+        self._sent = []
+        try:
+            yield self
+            results = await asyncio.gather(*self._sent, return_exceptions=True)
+        except BaseException:
+            self._sent = None
+            if not producer._txn_manager.is_fatal_error():
+                await producer.abort_transaction()
+            raise
+        self._sent = None
+        failed = next((result for result in results if isinstance(result, BaseException)), None)
+        if failed is not None:
+            # Not committed, and not aborted either (aborting needs the epoch the error may have cost):
+            # the new producer's start aborts it.
+            self._broken = f"a record of its transaction was not written ({failed!r})"
+            raise failed
+        await producer.commit_transaction()
+
+    def _check_sent(self, sent: asyncio.Future[Any]) -> None:
+        if not sent.cancelled() and isinstance(sent.exception(), _PRODUCER_STATE_ERRORS):
+            self._broken = f"a record was refused ({sent.exception()!r})"
+
+    def _why_broken(self) -> str | None:
+        if self._broken is not None:
+            return self._broken
+        sender = self._producer._sender.sender_task
+        if self._started and (sender is None or sender.done()):
+            error = sender.exception() if sender is not None and not sender.cancelled() else None
+            return f"its sender stopped ({error!r})"
+        txn_manager = self._producer._txn_manager
+        if txn_manager is not None and txn_manager.is_fatal_error():
+            return "its transaction state is fatal"
+        return None
+
+    async def _replace_if_broken(self) -> None:
+        reason = self._why_broken()
+        if reason is None:
+            return
+        log.warning("the Kafka producer cannot go on: %s; starting a new one", reason)
+        old, self._producer = self._producer, self._build()
+        self._broken = None
+        with contextlib.suppress(Exception):
+            # Its batches fail with the rest; do not wait for a broker that may be away.
+            await asyncio.wait_for(old.stop(), timeout=5)
+        await self._producer.start()
+
+
+# -- broker outages ---------------------------------------------------------------------------
+
+
+class Backoff:
+    """An exponential backoff per key (a broker, the metadata): after a failure, wait ``first_s``,
+    doubling with each further failure up to ``max_s``; a success starts again from nothing.
+
+    What Java clients call reconnect.backoff.ms and reconnect.backoff.max.ms (50 ms, 1 s), which
+    aiokafka lacks. Pure: the caller passes the time (``time.monotonic()``).
+    """
+
+    def __init__(self, first_s: float = 0.05, max_s: float = 1.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._delay: dict[Hashable, float] = {}
+        self._until: dict[Hashable, float] = {}
+
+    def ready(self, key: Hashable, now: float) -> bool:
+        """Whether an attempt for ``key`` may be made at ``now``."""
+        return now >= self._until.get(key, 0.0)
+
+    def failed(self, key: Hashable, now: float) -> float:
+        """Note a failed attempt; returns how long to wait before the next one."""
+        delay = min(self.max_s, self._delay[key] * 2) if key in self._delay else self.first_s
+        self._delay[key] = delay
+        self._until[key] = now + delay
+        return delay
+
+    def succeeded(self, key: Hashable) -> None:
+        self._delay.pop(key, None)
+        self._until.pop(key, None)
+
+
+def harden(
+    client: Any,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Make an ``AIOKafkaClient`` (a consumer's ``_client``, a producer's ``client``) ride out a broker
+    outage: it reconnects with backoff and keeps its transactional producer alive.
+
+    aiokafka 0.14, when a broker is unreachable, tries to connect again on every request of every
+    caller: the metadata refresh has no backoff at all (a producer waiting for a partition leader
+    asks for metadata again the moment the last attempt failed), so a 3-second outage made tens of
+    thousands of connection attempts per service, each logging two ERROR lines, and the CPU they took
+    slowed the broker's own restart (bench/recovery.py). And a connection that closes while the
+    producer looks up its transaction coordinator raises ``KafkaConnectionError``, which aiokafka's
+    sender does not retry (``Sender._find_coordinator``): the sender task ends, and the producer
+    refuses every later transaction (``FATAL_ERROR -> IN_TRANSACTION``) until the process restarts.
+
+    This patches three methods of the one client instance: a connection attempt to a broker that
+    just failed waits its backoff (the caller sees the broker as not ready, which every caller
+    retries), a failed metadata refresh waits its backoff before it reports, and a connection lost
+    during a coordinator lookup is reported as ``NodeNotReadyError``, which every caller retries.
+    """
+    backoff = Backoff()
+    get_conn = client._get_conn
+    metadata_update = client._metadata_update
+    coordinator_lookup = client.coordinator_lookup
+
+    async def get_conn_with_backoff(node_id: Any, **options: Any) -> Any:
+        connection = client._conns.get((node_id, options.get("group", ConnectionGroup.DEFAULT)))
+        if connection is not None and connection.connected():
+            return connection
+        if not backoff.ready(("node", node_id), clock()):
+            return None  # as aiokafka answers for a broker it cannot reach
+        connection = await get_conn(node_id, **options)
+        if connection is None:
+            backoff.failed(("node", node_id), clock())
+        else:
+            backoff.succeeded(("node", node_id))
+        return connection
+
+    async def metadata_update_with_backoff(cluster_metadata: Any, topics: Any) -> bool:
+        updated: bool = await metadata_update(cluster_metadata, topics)
+        if updated:
+            backoff.succeeded("metadata")
+        else:
+            await sleep(backoff.failed("metadata", clock()))
+        return updated
+
+    async def coordinator_lookup_retried(coordinator_type: Any, coordinator_key: str) -> Any:
+        try:
+            return await coordinator_lookup(coordinator_type, coordinator_key)
+        except KafkaConnectionError as error:
+            raise NodeNotReadyError(f"the connection closed during a coordinator lookup: {error}") from error
+
+    client._get_conn = get_conn_with_backoff
+    client._metadata_update = metadata_update_with_backoff
+    client.coordinator_lookup = coordinator_lookup_retried
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -130,59 +403,16 @@ async def read_partitions_to_end(
         await reader.stop()
 
 
-@asynccontextmanager
-async def transaction(producer: AIOKafkaProducer) -> AsyncIterator[None]:
-    """A Kafka transaction that is aborted whenever it fails, the commit included.
+async def until_done(work: Callable[[], Awaitable[ResultT]], what: str, *, delay_s: float = 1.0) -> ResultT:
+    """``work()``, tried again while Kafka cannot be reached.
 
-    aiokafka's own ``producer.transaction()`` aborts when its block raises, but not when the commit
-    does: a record the broker refused inside the transaction (too large for a topic, say) fails
-    the commit, and the producer is left in its abortable-error state, where the next transaction
-    hangs for ever. Kafka's rule is that a failed commit must be followed by an abort; this does it.
-    A fatal error (the producer fenced by a newer one with the same transactional id) is raised as
-    it is: no abort can mend it.
+    For what must not fail half-way, such as restoring a partition's state from its changelog when it
+    is assigned: aiokafka only logs an error raised in an assignment callback and keeps the
+    assignment, and a service would then own partitions without their state.
     """
-    await producer.begin_transaction()
-    try:
-        yield
-        await producer.commit_transaction()
-    except BaseException:
-        manager = producer._txn_manager
-        if manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
-            try:
-                await producer.abort_transaction()
-            except Exception:
-                log.warning("could not abort a failed transaction", exc_info=True)
-        raise
-
-
-async def renewed(producer: AIOKafkaProducer, make: Callable[[], AIOKafkaProducer]) -> AIOKafkaProducer:
-    """A new transactional producer in place of one whose transaction failed.
-
-    aiokafka keeps counting the sequence numbers of batches the broker refused, so once the cause is
-    gone (a topic's limit raised, say) every later transaction of the same producer fails with
-    OutOfOrderSequenceNumber (Java's producer bumps its epoch instead, KIP-360; aiokafka does not).
-    A new producer with the same transactional id gets a new epoch from the broker, with sequences
-    from 0, and fences only its predecessor. Measured: docs/decisions/0005-poison-input.md.
-    """
-    try:
-        await asyncio.wait_for(producer.stop(), timeout=10)
-    except Exception:  # it is being replaced: whatever it still holds, its transaction is aborted
-        log.warning("a failed producer did not stop cleanly", exc_info=True)
-    delay = 0.5
     while True:
-        fresh = make()
         try:
-            await fresh.start()
-            return fresh
-        except KafkaError as error:  # the broker is away: the work waits for it, the service stays up
-            log.warning("cannot start a new producer yet (%s); retrying in %.1f s", error, delay)
-            await fresh.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def raise_if_fatal(producer: AIOKafkaProducer, error: BaseException) -> None:
-    """Raise ``error`` again if it left ``producer`` unusable (fenced by a newer producer with the same
-    transactional id): retrying cannot help, and another instance now does this one's work."""
-    if producer._txn_manager is not None and producer._txn_manager.is_fatal_error():
-        raise error
+            return await work()
+        except KafkaError as error:
+            log.warning("cannot %s yet (%s); trying again in %.0f s", what, error, delay_s)
+            await asyncio.sleep(delay_s)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from ulid import ULID
 
 from stepstream.avro import (
@@ -70,10 +70,8 @@ from stepstream.kafka.clients import (
     make_consumer,
     make_producer,
     partition_for,
-    raise_if_fatal,
     read_partitions_to_end,
-    renewed,
-    transaction,
+    until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
@@ -222,15 +220,12 @@ class Projector:
             max_poll_records=settings.max_batch,
             fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
         )
-        self._producer = self._make_producer()
+        self._producer = make_producer(
+            self.kafka, transactional_id=f"{self.kafka.topic_prefix}projector-{self.kafka.instance_id}"
+        )
 
     def readiness(self) -> str | None:
         return readiness(self.ready, self.progress)
-
-    def _make_producer(self) -> AIOKafkaProducer:
-        return make_producer(
-            self.kafka, transactional_id=f"{self.kafka.topic_prefix}projector-{self.kafka.instance_id}"
-        )
 
     async def run(self) -> None:
         await self._producer.start()
@@ -262,7 +257,7 @@ class Projector:
         self._generation += 1
         async with self._lock:
             new = {tp.partition for tp in partitions if tp.topic == self.topics.commands} - self.owned
-            restored = await self._restore(new)
+            restored = await until_done(lambda: self._restore(new), "restore the projector's partitions")
             self.owned |= new
         log.info(
             "projector owns commands partitions %s (restored %d runs, %d event ids with waiters)",
@@ -320,7 +315,7 @@ class Projector:
         """Dead-letter records outside a batch (found while restoring), in a transaction of their own."""
         now = self.clock.now_ms()
         try:
-            async with transaction(self._producer):
+            async with self._producer.transaction():
                 for record, reason in letters:
                     value = self.dead_letters.encode(record, reason, now)
                     await self._producer.send(self.topics.deadletter, value=value, key=DeadLetters.key(record))
@@ -353,7 +348,7 @@ class Projector:
         for event_id, waiters in outbox.waiter_snapshots.items():
             outbox.add(self.topics.waiters, event_id, waiters, partition_for(event_id, self.commands_partitions))
         try:
-            async with transaction(self._producer):
+            async with self._producer.transaction():
                 sends = [
                     await self._producer.send(topic, value=value, key=key, partition=partition)
                     for topic, key, value, partition in outbox.records
@@ -364,10 +359,8 @@ class Projector:
             # Nothing of the batch is visible: put memory back and read the batch again. What each
             # command writes was checked against the record limit before, so what fails here is the
             # broker's (unreachable, a transaction fenced or timed out) and worth trying again.
-            raise_if_fatal(self._producer, error)
             log.exception("projector transaction failed; re-reading the batch")
             self.progress.failed(error)
-            self._producer = await renewed(self._producer, self._make_producer)
             for run_id, previous in outbox.previous.items():
                 if previous is None:
                     self.states.pop(run_id, None)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import cast
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
@@ -44,10 +44,8 @@ from stepstream.kafka.clients import (
     PartitionListener,
     make_consumer,
     make_producer,
-    raise_if_fatal,
     read_partitions_to_end,
-    renewed,
-    transaction,
+    until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
@@ -84,15 +82,12 @@ class Scheduler:
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._states_due_ms = 0  # when the changed keys' state may be published next
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
-        self._producer = self._make_producer()
+        self._producer = make_producer(
+            self.kafka, transactional_id=f"{self.kafka.topic_prefix}scheduler-{self.kafka.instance_id}"
+        )
 
     def readiness(self) -> str | None:
         return readiness(self.ready, self.progress)
-
-    def _make_producer(self) -> AIOKafkaProducer:
-        return make_producer(
-            self.kafka, transactional_id=f"{self.kafka.topic_prefix}scheduler-{self.kafka.instance_id}"
-        )
 
     async def run(self) -> None:
         await self._producer.start()
@@ -125,7 +120,7 @@ class Scheduler:
         self._generation += 1
         async with self._lock:
             new = {tp.partition for tp in partitions if tp.topic == self.topics.schedule} - self.owned
-            restored, unreadable = await self._restore(new)
+            restored, unreadable = await until_done(lambda: self._restore(new), "restore the scheduler's partitions")
             self.owned |= new
             if unreadable:
                 await self._write_dead_letters(unreadable)
@@ -177,7 +172,7 @@ class Scheduler:
         own; the records stay, for a version that can read them."""
         now = self.clock.now_ms()
         try:
-            async with transaction(self._producer):
+            async with self._producer.transaction():
                 for record, reason in letters:
                     topic, key, value, _ = self._dead_letter(record, reason, now)
                     await self._producer.send(topic, value=value, key=key)
@@ -208,22 +203,21 @@ class Scheduler:
         if not outputs and not batch:
             return
         try:
-            async with transaction(self._producer):
+            async with self._producer.transaction():
                 for topic, key, value, partition in outputs:
                     await self._producer.send(topic, value=value, key=key, partition=partition)
                 if batch:
                     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                     await self._producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception as error:
-            raise_if_fatal(self._producer, error)
             log.exception("scheduler transaction failed; restoring from the changelog and re-reading the batch")
             self.progress.failed(error)
-            self._producer = await renewed(self._producer, self._make_producer)
             # Memory ran ahead of what was committed: start again from the changelog, as a new owner would.
             self.pending.drop_partitions(self.owned)
             self.flow.drop_partitions(self.owned)
             self.flow.take_changes()
-            await self._restore(self.owned)  # what it cannot read was dead-lettered when first restored
+            # What it cannot read was dead-lettered when first restored.
+            await until_done(lambda: self._restore(self.owned), "restore the scheduler's partitions")
             for tp, records in batch.items():
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
