@@ -9,7 +9,7 @@ import pytest
 from stepstream.core import CallDelivery, CallSpec, ReportCall
 from stepstream.core.state import call_output
 from stepstream.executor.calls import MAX_CALL_BODY_BYTES, answered, body_json, unanswered, unrecordable
-from stepstream.executor.service import PartitionProgress
+from stepstream.executor.offsets import PartitionProgress
 
 T0 = 1_700_000_000_000
 

@@ -26,7 +26,7 @@ from stepstream.core import (
     StepResult,
     Suspend,
 )
-from stepstream.executor.chain import Chain, Recovered, may_chain
+from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
 from stepstream.executor.recovery import fold_reports
 from tests.unit.test_executor_flow import DELIVERY, HTTP_MS, OFFSET, TP, Answer, FakeResponse, Harness, Make
 from tests.unit.test_executor_flow import make as make  # the harness, a fixture
@@ -152,7 +152,7 @@ async def test_while_letting_partitions_go_a_delivery_stops_at_its_next_step(mak
 async def test_a_cancelled_run_is_not_gone_on_with(make: Make) -> None:
     harness = await make(Answer(200))
     scripted(harness, answer(step=0, then=CONTINUE))
-    harness.executor._cancelled[PLAIN.run_id] = 0
+    harness.executor._cancelled.add(PLAIN.run_id, 0)
 
     await harness.run(PLAIN)
 
@@ -294,3 +294,15 @@ async def test_a_session_the_sdk_lost_is_followed_by_the_whole_delivery_without_
         (False, False, [0, 1]),
     ]
     assert [[step.index for step in report.steps] for report in reports(harness)] == [[0], [1], [2]]
+
+
+def test_cancelled_runs_are_remembered_for_a_while_and_at_most_so_many() -> None:
+    cancelled = Cancelled(limit=2, kept_ms=1_000)
+
+    cancelled.add("a", 0)
+    cancelled.add("b", 700)
+    cancelled.add("c", 1_600)  # over the limit: "a" is older than kept_ms, and goes
+
+    assert ("a" in cancelled, "b" in cancelled, "c" in cancelled) == (False, True, True)
+    cancelled.add("d", 1_700)  # over the limit again: the oldest goes, kept or not
+    assert ("b" in cancelled, "d" in cancelled) == (False, True)

@@ -33,7 +33,8 @@ from stepstream.core import (
     ReportCall,
     ReportDelivery,
 )
-from stepstream.executor.service import Executor, PartitionProgress
+from stepstream.executor.offsets import PartitionProgress
+from stepstream.executor.service import Executor
 from stepstream.kafka.clients import Producer
 from stepstream.kafka.topics import TopicNames
 from tests.helpers import assert_eventually

@@ -40,7 +40,7 @@ from stepstream.executor.outcome import (
     parse_retry_after,
     unrecordable_delivery,
 )
-from stepstream.executor.service import request_body
+from stepstream.executor.requests import request_body
 from stepstream.protocol import (
     MAX_DELAY_MS,
     MAX_EPOCH_MS,

@@ -21,7 +21,8 @@ from stepstream.avro import Codec
 from stepstream.clock import ManualClock
 from stepstream.config import ExecutorSettings, KafkaSettings
 from stepstream.core import AllowedHosts, Fail, ReportCall, ReportDelivery
-from stepstream.executor.service import Executor, PartitionProgress
+from stepstream.executor.offsets import PartitionProgress
+from stepstream.executor.service import Executor
 from stepstream.kafka.clients import Producer
 from stepstream.protocol import SIGNATURE_HEADER, URL_HEADER
 from stepstream.signing import verify

@@ -35,7 +35,8 @@ from stepstream.core import (
 from stepstream.core.messages import Continue
 from stepstream.kafka.topics import TopicNames
 from stepstream.projector import service as projector_service
-from stepstream.projector.service import Projector, _Outbox
+from stepstream.projector.outbox import Outbox
+from stepstream.projector.service import Projector
 
 T0 = 1_700_000_000_000
 LIMIT = 70_000
@@ -65,18 +66,18 @@ def trigger(run_id: str = "run-1", payload: str = "{}", **more: Any) -> bytes:
     return CODEC.encode(TriggerRequest(workflow="w", url="http://app/w", payload=payload, run_id=run_id, **more))
 
 
-def apply(projector: Projector, *records: ConsumerRecord[Any, Any]) -> _Outbox:
-    outbox = _Outbox()
+def apply(projector: Projector, *records: ConsumerRecord[Any, Any]) -> Outbox:
+    outbox = Outbox()
     for each in records:
         projector._apply(each, outbox)
     return outbox
 
 
-def written(outbox: _Outbox, topic: str) -> list[object]:
+def written(outbox: Outbox, topic: str) -> list[object]:
     return [CODEC.decode(value) for written_topic, _, value, _ in outbox.records if written_topic == topic]
 
 
-def dead_letters(outbox: _Outbox) -> list[DeadLetter]:
+def dead_letters(outbox: Outbox) -> list[DeadLetter]:
     return [letter for letter in written(outbox, TOPICS.deadletter) if isinstance(letter, DeadLetter)]
 
 

@@ -38,7 +38,7 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
 from stepstream.core import Recovery, headers_problem, trigger_problem
 from stepstream.core.limits import MAX_SEQ
-from stepstream.projector.service import new_run_id, trigger_command
+from stepstream.projector.inputs import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
 
 log = logging.getLogger(__name__)

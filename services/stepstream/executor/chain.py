@@ -72,3 +72,26 @@ class Chain:
     def length(self) -> int:
         """How many steps the chain has added to the delivery."""
         return len(self.added)
+
+
+class Cancelled:
+    """Runs that ended lately while a delivery of theirs may have been in flight (``DeliveryCancelled``):
+    the executor does not go on with a delivery of one. Each is remembered for ``kept_ms``, and at
+    most ``limit`` (a delivery read later, from before the cancellation, stops too)."""
+
+    def __init__(self, *, limit: int = 100_000, kept_ms: int = 600_000) -> None:
+        self._limit = limit
+        self._kept_ms = kept_ms
+        self._at: dict[str, int] = {}
+
+    def add(self, run_id: str, now_ms: int) -> None:
+        self._at.pop(run_id, None)
+        self._at[run_id] = now_ms
+        if len(self._at) > self._limit:
+            for old in [run for run, at in self._at.items() if at < now_ms - self._kept_ms]:
+                del self._at[old]
+            while len(self._at) > self._limit:
+                del self._at[next(iter(self._at))]
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._at

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.config import KafkaSettings
@@ -95,6 +95,23 @@ async def read_reports(
         return found
     finally:
         await reader.stop()
+
+
+async def oldest_uncommitted(
+    consumer: AIOKafkaConsumer, kafka: KafkaSettings, partitions: list[TopicPartition]
+) -> dict[int, int]:
+    """For each of a group member's ``partitions`` with records not committed yet, the time of the
+    oldest of them, by partition number."""
+    if not partitions:
+        return {}
+    ends = await consumer.end_offsets(partitions)
+    firsts = await consumer.beginning_offsets(partitions)
+    # Not committed yet: the group reads the partition from its beginning (auto_offset_reset).
+    starts = {tp: (await consumer.committed(tp)) or firsts[tp] for tp in partitions}
+    behind = {tp: offset for tp, offset in starts.items() if offset < ends[tp]}
+    if not behind:
+        return {}
+    return await record_times(kafka, behind)
 
 
 async def record_times(kafka: KafkaSettings, offsets: Mapping[TopicPartition, int]) -> dict[int, int]:

@@ -26,10 +26,8 @@ then; a call's settlement lost in a crash is made good by the scheduler's lease 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,7 +36,6 @@ import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stepstream import protocol, signing
 from stepstream.avro import Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
@@ -57,8 +54,9 @@ from stepstream.core import (
     headers_problem,
 )
 from stepstream.executor import calls
-from stepstream.executor.chain import Chain, Recovered, may_chain
+from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
 from stepstream.executor.destinations import destination
+from stepstream.executor.offsets import PartitionProgress
 from stepstream.executor.outcome import (
     Reply,
     from_transport_error,
@@ -66,7 +64,8 @@ from stepstream.executor.outcome import (
     reply_of,
     unrecordable_delivery,
 )
-from stepstream.executor.recovery import DeliveryKey, read_reports, record_times
+from stepstream.executor.recovery import DeliveryKey, oldest_uncommitted, read_reports
+from stepstream.executor.requests import new_session_id, signed_request
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
     PartitionListener,
@@ -86,50 +85,6 @@ SERVICE = "executor"
 ReportT = TypeVar("ReportT", ReportCall, ReportDelivery)
 
 
-def new_session_id() -> str:
-    return uuid.uuid4().hex
-
-
-# How many cancelled runs the executor remembers, and for how long.
-CANCELLED_KEPT = 100_000
-CANCELLED_KEPT_MS = 600_000
-
-
-def request_body(delivery: Delivery, budget_ms: int, *, session: str | None = None, resume: bool = False) -> bytes:
-    """The JSON body of a request of ``delivery``. ``session``: the executor goes on with it across
-    requests; ``resume``: this one resumes the session the SDK keeps, and carries neither the payload
-    nor the steps, which the SDK has (so a step's request stays small however long the run)."""
-    request: dict[str, Any] = {
-        "protocol": protocol.PROTOCOL_VERSION,
-        "run_id": delivery.run_id,
-        "workflow": delivery.workflow,
-        "delivery_id": delivery.delivery_id,
-        "attempt": delivery.attempt,
-        "budget_ms": budget_ms,
-    }
-    if session is not None:
-        request["session"] = session
-    if resume:
-        request["resume"] = True
-    else:
-        request["payload"] = json.loads(delivery.payload)
-        request["steps"] = [
-            {"index": step.index, "name": step.name, "kind": step.kind.value, "output": json.loads(step.output)}
-            for step in delivery.steps
-        ]
-    if delivery.execute_index is not None:
-        request["execute_index"] = delivery.execute_index
-    if delivery.failure is not None:
-        request["failure"] = {"type": delivery.failure.type, "message": delivery.failure.message}
-    return json.dumps(request, separators=(",", ":")).encode()
-
-
-def budget_ms_for(delivery: Delivery, configured_ms: int) -> int:
-    """The time the SDK may run further steps in ``delivery``: none under a flow-control key, whose
-    limits count every step start, so the SDK must not start several steps in one delivery."""
-    return 0 if delivery.flow_key is not None else configured_ms
-
-
 @dataclass(frozen=True, slots=True)
 class _Flight:
     """A request under a flow-control key whose HTTP request has begun, until it is settled."""
@@ -137,27 +92,6 @@ class _Flight:
     request_id: str
     flow_key: str
     started_ms: int  # just before the request went out; informational, in ``FlowSettled``
-
-
-class PartitionProgress:
-    """Offsets in flight for one partition; the committable offset is the lowest one held (a delivery
-    not yet reported), else the one after the highest seen."""
-
-    def __init__(self) -> None:
-        self.in_flight: set[int] = set()
-        self.highest_seen = -1
-
-    def start(self, offset: int, *, hold: bool = True) -> None:
-        """``hold`` False: the record's work is under way but need not finish before its offset is committed."""
-        if hold:
-            self.in_flight.add(offset)
-        self.highest_seen = max(self.highest_seen, offset)
-
-    def finish(self, offset: int) -> None:
-        self.in_flight.discard(offset)
-
-    def committable(self) -> int:
-        return min(self.in_flight) if self.in_flight else self.highest_seen + 1
 
 
 class Executor:
@@ -188,7 +122,7 @@ class Executor:
         # While partitions are let go (a rebalance, a shutdown), deliveries stop going on past a step.
         self._letting_go = False
         # Runs cancelled lately: a delivery of one stops going on (DeliveryCancelled on deliveries).
-        self._cancelled: dict[str, int] = {}
+        self._cancelled = Cancelled()
         self._lock = asyncio.Lock()  # an assignment's recovery, against the batch loop
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
@@ -243,7 +177,7 @@ class Executor:
         except DecodeError as error:
             message = error
         if isinstance(message, DeliveryCancelled):
-            self._cancel(message.run_id)
+            self._cancelled.add(message.run_id, self.clock.now_ms())
             progress.start(record.offset, hold=False)
             return
         if isinstance(message, CallDelivery):
@@ -288,7 +222,7 @@ class Executor:
 
     async def _reported(self, partitions: list[TopicPartition]) -> dict[DeliveryKey, Recovered]:
         """What was reported of the deliveries of ``partitions`` not committed yet (recovery.py)."""
-        since = await self._oldest_uncommitted(partitions)
+        since = await oldest_uncommitted(self._consumer, self.kafka, partitions)
         if not since:
             return {}
         commands = await topic_partitions(self._consumer, self.topics.commands)
@@ -300,19 +234,6 @@ class Executor:
 
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self._progress}
-
-    async def _oldest_uncommitted(self, partitions: list[TopicPartition]) -> dict[int, int]:
-        """For each partition with records not committed yet, the time of the oldest of them."""
-        if not partitions:
-            return {}
-        ends = await self._consumer.end_offsets(partitions)
-        firsts = await self._consumer.beginning_offsets(partitions)
-        # Not committed yet: the group reads the partition from its beginning (auto_offset_reset).
-        starts = {tp: (await self._consumer.committed(tp)) or firsts[tp] for tp in partitions}
-        behind = {tp: offset for tp, offset in starts.items() if offset < ends[tp]}
-        if not behind:
-            return {}
-        return await record_times(self.kafka, behind)
 
     async def _finish_in_flight(self) -> None:
         """On shutdown: give the deliveries in flight up to the grace period to finish and report, and
@@ -429,7 +350,7 @@ class Executor:
             steps: tuple[StepResult, ...] = ()
             kept = False
             if isinstance(url, str):
-                body, headers = self._delivery_request(current, url, session=session, resume=resume)
+                body, headers = signed_request(current, url, self.settings, session=session, resume=resume)
                 reply = await self._post(url, body, headers)
                 if reply.unknown_session:
                     # Served by another process of the app, or expired: the whole delivery, and no more
@@ -463,48 +384,10 @@ class Executor:
             (time.perf_counter() - started) * 1000,
         )
 
-    def _cancel(self, run_id: str) -> None:
-        """The run ended: its delivery in flight, if any, stops at its next step. Remembered for a while
-        (a delivery read later from before the cancellation stops too), and at most so many."""
-        now = self.clock.now_ms()
-        self._cancelled[run_id] = now
-        if len(self._cancelled) > CANCELLED_KEPT:
-            for old in [run for run, at in self._cancelled.items() if at < now - CANCELLED_KEPT_MS]:
-                del self._cancelled[old]
-            while len(self._cancelled) > CANCELLED_KEPT:
-                del self._cancelled[next(iter(self._cancelled))]
-
     def _may_go_on(self, delivery: Delivery) -> bool:
         """Whether to go on with ``delivery`` past a ``continue``: not while letting partitions go (the
         next owner gets a fresh delivery from the projector instead), nor for a cancelled run."""
         return may_chain(delivery) and not self._letting_go and delivery.run_id not in self._cancelled
-
-    def _delivery_request(
-        self, delivery: Delivery, url: str, *, session: str | None = None, resume: bool = False
-    ) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of the POST of ``delivery`` to ``url``, signed for that url with a new nonce."""
-        body = request_body(delivery, budget_ms_for(delivery, self.settings.budget_ms), session=session, resume=resume)
-        headers = dict(delivery.headers)
-        headers.update(
-            {
-                "Content-Type": "application/json",
-                protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION),
-                protocol.RUN_ID_HEADER: delivery.run_id,
-                protocol.DELIVERY_ID_HEADER: delivery.delivery_id,
-                protocol.ATTEMPT_HEADER: str(delivery.attempt),
-            }
-        )
-        if self.settings.signing_keys:
-            headers[protocol.URL_HEADER] = url
-            headers[protocol.SIGNATURE_HEADER] = signing.sign(
-                body,
-                self.settings.signing_keys,
-                timestamp=int(time.time()),
-                nonce=signing.new_nonce(),  # per request: a redelivery is a new request, with a new nonce
-                url=url,
-                legacy=self.settings.sign_v1,
-            )
-        return body, headers
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         assert self._session is not None

@@ -9,29 +9,22 @@ batch of input records.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
-from ulid import ULID
 
 from stepstream.avro import (
     RUN_COMMAND_TYPES,
     WAITER_COMMAND_TYPES,
-    CancelRequest,
     Codec,
     DecodeError,
-    NotifyRequest,
-    RecoverRequest,
-    TriggerRequest,
 )
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ProjectorSettings
 from stepstream.core import (
-    CancelRun,
     ChildFinished,
     Command,
     Defaults,
@@ -42,7 +35,6 @@ from stepstream.core import (
     NotifyEvent,
     ReceiveEvent,
     RecordedStep,
-    RecoverRun,
     RegisterWaiter,
     Rejected,
     ReportCall,
@@ -76,117 +68,13 @@ from stepstream.kafka.clients import (
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
+from stepstream.projector.outbox import Change, Outbox
 from stepstream.projector.snapshots import Assembly, parse_step_key, parts, step_key
 
 log = logging.getLogger(__name__)
 
 SERVICE = "projector"
-
-
-def new_run_id() -> str:
-    return f"run_{ULID()}"
-
-
-def trigger_command(request: TriggerRequest, now_ms: int) -> TriggerRun:
-    """A trigger from the public topic as a core command; the engine names runs the caller did not."""
-    return TriggerRun(
-        run_id=request.run_id or new_run_id(),
-        workflow=request.workflow,
-        url=request.url,
-        payload=request.payload,
-        now_ms=now_ms,
-        headers=request.headers,
-        label=request.label,
-        retries=request.retries,
-        retry_base_ms=request.retry_base_ms,
-        not_before_ms=request.not_before_ms,
-        retry_delay=request.retry_delay,
-        failure_url=request.failure_url,
-        flow=request.flow,
-    )
-
-
-def _not_json(constant: str) -> None:
-    raise ValueError(f"{constant} is not a JSON value")
-
-
-def _check_json(field_name: str, text: str) -> None:
-    try:
-        # Strictly JSON: Python's parser takes NaN and Infinity, which no other reader (nor the SDK's) does.
-        json.loads(text, parse_constant=_not_json)
-    except ValueError as error:
-        raise ValueError(f"Expected {field_name} to be JSON text, but it is not ({error}): {text[:100]!r}") from None
-
-
-PublicRequest = TriggerRequest | NotifyRequest | CancelRequest | RecoverRequest
-PUBLIC_TYPES = (TriggerRequest, NotifyRequest, CancelRequest, RecoverRequest)
-
-
-def public_command(request: PublicRequest, now_ms: int) -> Command | WaiterCommand:
-    """A record from the public ``triggers`` topic as the core command it asks for.
-
-    Raises ``ValueError`` saying why for a record the engine cannot carry out (user data that is not
-    JSON text, a value out of the bounds the api enforces), so it is dead-lettered before it can
-    break a delivery.
-    """
-    if isinstance(request, TriggerRequest):
-        _check_json("payload", request.payload)
-    elif isinstance(request, NotifyRequest):
-        _check_json("data", request.data)
-    match request:
-        case TriggerRequest():
-            trigger = trigger_command(request, now_ms)
-            if (problem := trigger_problem(trigger)) is not None:
-                raise ValueError(problem)
-            return trigger
-        case NotifyRequest():
-            return NotifyEvent(event_id=request.event_id, data=request.data, now_ms=now_ms)
-        case CancelRequest():
-            return CancelRun(run_id=request.run_id, reason=request.reason, now_ms=now_ms)
-        case RecoverRequest():
-            return RecoverRun(run_id=request.run_id, action=request.action, now_ms=now_ms)
-
-
-Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
-
-
-@dataclass(slots=True)
-class _Outbox:
-    """What one batch writes, in order, and how to undo its effect on memory if the transaction fails."""
-
-    records: list[Output] = field(default_factory=list)
-    snapshots: dict[str, bytes] = field(default_factory=dict)  # each run's latest state, encoded
-    previous: dict[str, RunState | None] = field(default_factory=dict)
-    waiter_snapshots: dict[str, bytes | None] = field(default_factory=dict)  # None: the index's tombstone
-    previous_waiters: dict[str, WaiterState | None] = field(default_factory=dict)
-
-    def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
-        self.records.append((topic, key.encode(), value, partition))
-
-
-@dataclass(slots=True)
-class _Change:
-    """What one command does, worked out in full before any of it touches memory or the outbox, so a
-    command that cannot be written (too large, or an encoding that fails) changes nothing."""
-
-    records: list[Output] = field(default_factory=list)
-    snapshot: bytes | None = None
-
-    def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
-        self.records.append((topic, key.encode(), value, partition))
-
-    def too_large(self, limit: int, snapshot_topic: str) -> str | None:
-        """Why one of the records would not fit (the largest named), or None if all do."""
-        sizes = [(len(key) + len(value or b""), topic) for topic, key, value, _ in self.records]
-        if self.snapshot is not None:
-            sizes.append((len(self.snapshot), snapshot_topic))
-        size, topic = max(sizes, default=(0, ""))
-        if size <= limit:
-            return None
-        return (
-            f"Expected records of at most {limit:,} bytes (STEPSTREAM_MAX_RECORD_BYTES), "
-            f"but this would write one of {size:,} bytes to {topic}"
-        )
 
 
 class Projector:
@@ -337,7 +225,7 @@ class Projector:
     # -- the batch ------------------------------------------------------------------------------
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        outbox = _Outbox()
+        outbox = Outbox()
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             for record in records:
@@ -377,7 +265,7 @@ class Projector:
             return
         self.progress.done(batch)
 
-    def _apply(self, record: ConsumerRecord, outbox: _Outbox) -> None:
+    def _apply(self, record: ConsumerRecord, outbox: Outbox) -> None:
         """Apply one input record, or dead-letter it with the reason; never raise, so no record can stop
         the partitions of this projector."""
         now = self.clock.now_ms()
@@ -399,7 +287,7 @@ class Projector:
                 self._apply_to_run(command, record, outbox, now)
         except Exception as error:
             # A value no check foresaw (or a bug): this record is set aside, its run and every other
-            # run of the partition go on. Nothing of it reached memory or the outbox (see _Change).
+            # run of the partition go on. Nothing of it reached memory or the outbox (see Change).
             log.exception("projector failed on %s[%d]@%d", record.topic, record.partition, record.offset)
             self._dead_letter(record, f"the projector failed on this record: {error!r}", outbox, now)
 
@@ -415,7 +303,7 @@ class Projector:
             raise ValueError(problem)
         return command
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str, outbox: _Outbox, now: int) -> None:
+    def _dead_letter(self, record: ConsumerRecord, reason: str, outbox: Outbox, now: int) -> None:
         outbox.records.append(
             (self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now), None)
         )
@@ -426,14 +314,14 @@ class Projector:
         key: str,
         partition: int,
         record: ConsumerRecord,
-        outbox: _Outbox,
+        outbox: Outbox,
         now: int,
     ) -> None:
-        change = _Change()
+        change = Change()
         change.add(self.topics.commands, key, self.codec.encode(command), partition)
         self._commit_or_dead_letter(change, record, outbox, now)
 
-    def _commit_or_dead_letter(self, change: _Change, record: ConsumerRecord, outbox: _Outbox, now: int) -> bool:
+    def _commit_or_dead_letter(self, change: Change, record: ConsumerRecord, outbox: Outbox, now: int) -> bool:
         problem = change.too_large(self.kafka.max_record_bytes, self.topics.runs)
         if problem is not None:
             self._dead_letter(record, problem, outbox, now)
@@ -441,7 +329,7 @@ class Projector:
         outbox.records.extend(change.records)
         return True
 
-    def _apply_to_waiters(self, command: WaiterCommand, record: ConsumerRecord, outbox: _Outbox, now: int) -> None:
+    def _apply_to_waiters(self, command: WaiterCommand, record: ConsumerRecord, outbox: Outbox, now: int) -> None:
         event_id = command.event_id
         state = self.waiters.get(event_id)
         new_state, change = self._waiter_change(state, command, self.settings.notify_buffer_ms)
@@ -467,21 +355,21 @@ class Projector:
 
     def _waiter_change(
         self, state: WaiterState | None, command: WaiterCommand, buffer_ms: int
-    ) -> tuple[WaiterState | None, _Change]:
+    ) -> tuple[WaiterState | None, Change]:
         new_state, outputs = decide_waiters(state, command, buffer_ms=buffer_ms)
-        change = _Change(snapshot=None if new_state is None else self.codec.encode(new_state))
+        change = Change(snapshot=None if new_state is None else self.codec.encode(new_state))
         for output in outputs:
             self._send_command(output, change)
         return new_state, change
 
-    def _apply_to_run(self, command: Command, record: ConsumerRecord, outbox: _Outbox, now: int) -> None:
+    def _apply_to_run(self, command: Command, record: ConsumerRecord, outbox: Outbox, now: int) -> None:
         run_id = command.run_id
         state = self.states.get(run_id)
         result = decide(state, command, self.defaults)
         if isinstance(result, Rejected):
             reattached = child_reattached(state, command) if state and isinstance(command, TriggerRun) else None
             if reattached is not None:
-                change = _Change()
+                change = Change()
                 self._send_command(reattached, change)
                 self._commit_or_dead_letter(change, record, outbox, now)
             elif result.duplicate:
@@ -519,11 +407,11 @@ class Projector:
 
     def _run_change(
         self, before: RunState | None, events: list[Event], now: int, *, lean: bool = False
-    ) -> tuple[RunState, _Change]:
+    ) -> tuple[RunState, Change]:
         """The run's state after ``events``, and every record they write: the events, the commands and
         schedule records their effects ask for, and the new snapshot. ``lean``: a failure handler's
         delivery goes without the run's results."""
-        change = _Change()
+        change = Change()
         state = before
         run_id = events[0].run_id
         for event in events:
@@ -553,7 +441,7 @@ class Projector:
         change.snapshot = self.codec.encode(delta.header)
         return state, change
 
-    def _send_command(self, command: Command | WaiterCommand, change: _Change) -> None:
+    def _send_command(self, command: Command | WaiterCommand, change: Change) -> None:
         key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
         change.add(self.topics.commands, key, self.codec.encode(command), partition_for(key, self.commands_partitions))
 
