@@ -94,6 +94,7 @@ def api_service(settings: ApiSettings) -> Service:
     import uvicorn
 
     from stepstream.api.app import create_app
+    from stepstream.api.changes import RunChanges
     from stepstream.api.indexer import Indexer
     from stepstream.avro import Codec
     from stepstream.kafka.deadletter import DeadLetterWriter
@@ -101,11 +102,16 @@ def api_service(settings: ApiSettings) -> Service:
 
     codec = Codec()
     store = QueryStore(settings.database)
+    changes = RunChanges()  # the indexer tells the requests waiting on runs when their runs change
     indexer = Indexer(
-        settings.kafka, store, codec=codec, dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer")
+        settings.kafka,
+        store,
+        codec=codec,
+        dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer"),
+        changes=changes,
     )
     config = uvicorn.Config(
-        create_app(settings, store=store, readiness=indexer.lag),
+        create_app(settings, store=store, readiness=indexer.lag, changes=changes),
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -117,6 +123,12 @@ def api_service(settings: ApiSettings) -> Service:
         def capture_signals(self) -> Iterator[None]:
             # uvicorn would take SIGINT/SIGTERM while it serves; ours decide when the process stops.
             yield
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            # uvicorn waits for the requests in progress to finish: end the waits and history streams
+            # now (they answer with what the store shows; a stream's client resumes elsewhere).
+            changes.close()
+            await super().shutdown(sockets)
 
     return Service("api", [_serve_until_cancelled(Server(config)), indexer.run()], indexer.lag)
 
