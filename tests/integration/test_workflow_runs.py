@@ -229,6 +229,39 @@ def test_cli_triggers_a_run_and_watches_it_to_completion(stack: Stack) -> None:
     assert history.stdout.splitlines() == lines[1:]
 
 
+def test_cli_trigger_wait_prints_the_runs_output(stack: Stack) -> None:
+    env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
+
+    payload = '{"name": "Di", "sleep_seconds": 0.2}'
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepstream.cli",
+            "trigger",
+            "onboarding",
+            "--payload",
+            payload,
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+    assert result.returncode == 0, result.stderr
+    run_id, output = result.stdout.split("\n", 1)
+    assert run_id.startswith("run_")
+    assert json.loads(output) == {
+        "account": "acct-di",
+        "welcome": "welcome mail sent to acct-di",
+        "tips": "tips sent to acct-di",
+    }
+
+
 def test_cli_reports_a_bad_trigger_clearly(stack: Stack) -> None:
     env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
     result = subprocess.run(
