@@ -258,6 +258,7 @@ def test_waiting_requests_answer_at_once_when_the_api_shuts_down(
 
     assert response.status_code == 202
     assert response.json()["run"]["status"] == "sleeping"
+    assert response.json()["message"].startswith("Run 'order-14' is still sleeping when the api began to shut down")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,16 +175,17 @@ def _wait_ms(wait: str | None) -> int | None:
         raise _invalid(str(error)) from None
 
 
-def _still_going(run_id: str, run: RunRow | None, wait_ms: int) -> str:
+def _still_going(run_id: str, run: RunRow | None, wait_ms: int, *, shutting_down: bool = False) -> str:
     """What a 202 after a wait says: how the run stands, and how to follow it."""
     path = f"/v1/runs/{run_id}"
     how = f"follow it with GET {path}/history/stream, or wait again with GET {path}?wait=5m"
+    waited = "when the api began to shut down" if shutting_down else f"after waiting {_seconds(wait_ms)}"
     if run is None:
         return (
-            f"Run {run_id!r} is not in the api's store yet after waiting {_seconds(wait_ms)} (the trigger is in"
-            f" Kafka; the projector has not started the run, or the indexer lags): {how}"
+            f"Run {run_id!r} is not in the api's store yet {waited} (the trigger is in Kafka; the projector"
+            f" has not started the run, or the indexer lags): {how}"
         )
-    return f"Run {run_id!r} is still {run.status} after waiting {_seconds(wait_ms)}: {how}"
+    return f"Run {run_id!r} is still {run.status} {waited}: {how}"
 
 
 async def _off_loop(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -370,7 +371,7 @@ def create_app(
         if run is not None and run.ended:
             return JSONResponse({**await run_with_steps(run), **answer}, status_code=200)
         shown_run = await run_with_steps(run) if run is not None else None
-        message = _still_going(run_id, run, wait_ms)
+        message = _still_going(run_id, run, wait_ms, shutting_down=run_changes.closed)
         return JSONResponse({**answer, "run": shown_run, "message": message}, status_code=202)
 
     @app.get("/v1/runs")
@@ -435,7 +436,8 @@ def create_app(
         run = known_run(run_id, await wait_until_ended(run_id, wait_ms))
         if run.ended:
             return await run_with_steps(run)
-        answer = {"run_id": run_id, "run": await run_with_steps(run), "message": _still_going(run_id, run, wait_ms)}
+        message = _still_going(run_id, run, wait_ms, shutting_down=run_changes.closed)
+        answer = {"run_id": run_id, "run": await run_with_steps(run), "message": message}
         return JSONResponse(answer, status_code=202)
 
     @app.get("/v1/runs/{run_id}/steps")
