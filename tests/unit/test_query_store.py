@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from enum import Enum
 from pathlib import Path
 from typing import Any, get_args
 
@@ -64,6 +66,7 @@ from stepstream.core import (
     evolve,
 )
 from stepstream.store import HistoryPage, QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
+from stepstream.store import history as history_module
 
 T0 = 1_700_000_000_000
 DEFAULTS = Defaults(retries=1, retry_base_ms=1_000, retry_max_ms=60_000)
@@ -528,6 +531,31 @@ def test_event_to_dict_writes_errors_and_kinds_as_plain_data() -> None:
     assert event_to_dict(started)["payload"] == "text payload"
     assert event_to_dict(started)["headers"] == {}
     assert event_to_dict(started)["type"] == "RunStarted"
+
+
+def asdict_reference(event: Event) -> dict[str, Any]:
+    """An event as the history showed it when ``event_to_dict`` began with ``dataclasses.asdict``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, tuple | list):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    data = plain(dataclasses.asdict(event))
+    return {"type": type(event).__name__, **history_module._shown(data)}
+
+
+def test_event_to_dict_gives_what_asdict_gave_for_every_event_of_every_scenario() -> None:
+    events = [event for scenario in SCENARIOS.values() for event in scenario().events]
+
+    assert {type(event).__name__ for event in events} >= {"RunStarted", "CallStarted", "StepFailed", "InvokeStarted"}
+    for event in events:
+        assert event_to_dict(event) == asdict_reference(event), type(event).__name__
+        assert json.dumps(event_to_dict(event)) == json.dumps(asdict_reference(event))
 
 
 # ---------------------------------------------------------------------------------------------
