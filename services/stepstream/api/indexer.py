@@ -59,7 +59,10 @@ class Indexer:
         self.codec = codec or Codec()
         self.dead_letters = dead_letters
         self.changes = changes
-        self._consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=20)
+        # The broker answers a fetch as soon as committed records are there, so the wait bounds only how
+        # often an idle indexer asks again. Measured (commit → getmany, read_committed): p50 1–5 ms with
+        # 20 ms and with 500 ms alike; but at 20 ms an idle api spent 4.6 % of a core asking, at 500, 0.7 %.
+        self._consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=500)
         self._targets: dict[TopicPartition, int] | None = None  # the topics' ends at start: caught up once there
         self._positions: dict[TopicPartition, int] = {}
         self._caught_up = False
