@@ -8,14 +8,15 @@ which then starts the runs, as it would in production). Then ``--clients`` aioht
 keep-alive connection each) send triggers back to back, each answer awaited before the next request:
 first ``--warmup`` seconds unmeasured, then ``--seconds`` measured. Every accepted trigger is durable
 in Kafka when its 202 arrives (the api answers after the broker's ``acks=all``), so triggers/s is the
-rate of durable triggers.
+rate of durable triggers. The workflow's url points at an app that is not started: deliveries are not
+what is measured.
 
 It prints triggers/s, the latency of one ``POST`` (p50, p90, p99, max), the answers other than 202,
 and the CPU the api process and this one used while measuring, with the api's CPU per trigger (a
-process at ~100 % of one core is the limit). Stops everything it started, also on failure and
-Ctrl-C, and deletes its topics from a cluster given by ``KAFKA_BOOTSTRAP_SERVERS``.
+process at ~100 % of one core is the limit; CPU per trigger moves least with other load on the
+machine). Stops everything it started, also on failure and Ctrl-C (bench/harness.py).
 
-    .venv/bin/python bench/trigger_load.py                         # 64 clients, 10 s (~30 s in all)
+    .venv/bin/python bench/trigger_load.py                         # 64 clients, 3 + 10 s (~30 s in all)
     .venv/bin/python bench/trigger_load.py --clients 16 --seconds 5
     .venv/bin/python bench/trigger_load.py --no-run-id             # let the api name the runs
     .venv/bin/python bench/trigger_load.py --services api,projector --json /tmp/triggers.json
@@ -25,138 +26,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from stepstream.kafka import LocalKafka, TopicNames, free_port
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-@contextlib.contextmanager
-def broker(directory: Path) -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        progress(f"using the Kafka cluster at {external} (KAFKA_BOOTSTRAP_SERVERS)")
-        yield external
-        return
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    kafka = LocalKafka(data_dir=directory / "kafka", port=port, controller_port=controller_port)
-    progress(f"starting a local Kafka broker on 127.0.0.1:{port}…")
-    try:
-        kafka.start()
-        yield kafka.bootstrap_servers
-    finally:
-        progress("stopping the Kafka broker…")
-        kafka.stop()
-
-
-class Services:
-    """The engine's services as processes, logging into ``directory``."""
-
-    def __init__(self, bootstrap: str, directory: Path, partitions: int, extra_env: dict[str, str]) -> None:
-        self.directory = directory
-        self.api_port = free_port()
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "STEPSTREAM_TOPIC_PREFIX": f"triggers{uuid.uuid4().hex[:8]}.",
-            "STEPSTREAM_PARTITIONS": str(partitions),
-            "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
-            "STEPSTREAM_DATABASE": str(directory / "query.db"),
-            "STEPSTREAM_HEALTH_PORT": "off",
-            "STEPSTREAM_API_PORT": str(self.api_port),
-            # Nothing serves it: the runs' deliveries are not what is measured here.
-            "STEPSTREAM_WORKFLOWS": "load=http://127.0.0.1:9/workflows/load",
-            "STEPSTREAM_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-            **extra_env,
-        }
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def create_topics(self) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "stepstream.cli", "topics", "create"],
-            env=self.env,
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
-
-    def start(self, name: str) -> None:
-        with (self.directory / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"stepstream.{name}"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.directory / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-async def wait_ready(url: str, services: Services, within_s: float = 120) -> None:
-    deadline = time.monotonic() + within_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            dead = [name for name, process in services.processes.items() if process.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited while starting:\n{services.log_tail(dead[0])}")
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready within {within_s:.0f} s")
+from harness import (  # bench/harness.py: the broker, the stack, the session and the helpers
+    Stack,
+    broker,
+    cpu_seconds,
+    machine,
+    percentile,
+    progress,
+    session,
+    wait_for_http,
+    write_json,
+)
 
 
 async def load(args: argparse.Namespace, base_url: str, api_pid: int) -> dict[str, Any]:
@@ -170,16 +59,16 @@ async def load(args: argparse.Namespace, base_url: str, api_pid: int) -> dict[st
     async def client(number: int) -> None:
         # One connection per client, kept alive: 64 clients are 64 connections, as 64 callers would be.
         connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(base_url, connector=connector) as session:
+        async with aiohttp.ClientSession(base_url, connector=connector) as http:
             sent = 0
             while not stop:
-                body: dict[str, Any] = {"workflow": "load", "payload": payload}
+                body: dict[str, Any] = {"workflow": "steps", "payload": payload}
                 if args.run_id:
                     body["run_id"] = f"load-{number}-{sent}-{uuid.uuid4().hex[:8]}"
                 sent += 1
                 began = time.perf_counter()
                 try:
-                    async with session.post("/v1/runs", json=body) as response:
+                    async with http.post("/v1/runs", json=body) as response:
                         await response.read()
                         status: int | str = response.status
                 except aiohttp.ClientError as error:
@@ -201,11 +90,12 @@ async def load(args: argparse.Namespace, base_url: str, api_pid: int) -> dict[st
     api_cpu, own_cpu = cpu_seconds(api_pid) - api_cpu, time.process_time() - own_cpu
     stop = True
     await asyncio.gather(*tasks)
+    quantiles = {"p50": 50, "p90": 90, "p99": 99}  # harness.percentile takes 0..100
     return {
         "accepted": len(latencies),
         "seconds": elapsed,
         "triggers_per_s": len(latencies) / elapsed,
-        "latency_ms": {name: percentile(latencies, q) * 1000 for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+        "latency_ms": {name: percentile(latencies, q) * 1000 for name, q in quantiles.items()}
         | {"max": max(latencies, default=float("nan")) * 1000},
         "answers": {str(status): count for status, count in sorted(statuses.items(), key=str)},
         "api_cpu_percent": 100 * api_cpu / elapsed,
@@ -214,15 +104,10 @@ async def load(args: argparse.Namespace, base_url: str, api_pid: int) -> dict[st
     }
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(TopicNames(prefix).all()))
-    finally:
-        await admin.close()
+async def measure(args: argparse.Namespace, api_url: str, api_pid: int, stack: Stack) -> dict[str, Any]:
+    await wait_for_http(f"{api_url}/readyz", stack, within_s=120)
+    progress(f"sending triggers from {args.clients} clients for {args.warmup:g} + {args.seconds:g} s…")
+    return await load(args, api_url, api_pid)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -238,54 +123,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--services", default="api", help="comma-separated services to start (default: api)")
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the services (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, store)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, query store)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: clean up, then exit
-    directory = Path(tempfile.mkdtemp(prefix="stepstream-triggers-"))
-    extra_env = dict(pair.split("=", 1) for pair in args.env)
-    load_before = os.getloadavg()[0]
-    with broker(directory) as bootstrap:
-        services = Services(bootstrap, directory, args.partitions, extra_env)
-        try:
-            progress("creating topics…")
-            services.create_topics()
+    env = dict(pair.split("=", 1) for pair in args.env)
+    load_before = machine()["load_average"]
+    with session("stepstream-triggers-", keep=args.keep) as bench:
+        with broker(bench.directory) as kafka, bench.stack(kafka, partitions=args.partitions, env=env) as stack:
             for name in args.services.split(","):
-                services.start(name.strip())
-            base_url = f"http://127.0.0.1:{services.api_port}"
-            asyncio.run(wait_ready(f"{base_url}/readyz", services))
-            progress(f"sending triggers from {args.clients} clients for {args.warmup:g} + {args.seconds:g} s…")
-            result = asyncio.run(load(args, base_url, services.processes["api"].pid))
-        finally:
-            services.stop_all()
-            if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):  # a cluster not ours: leave no topics behind
-                with contextlib.suppress(Exception):
-                    asyncio.run(delete_topics(bootstrap, services.env["STEPSTREAM_TOPIC_PREFIX"]))
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(directory, ignore_errors=True)
-    latency = result["latency_ms"]
-    print(
-        f"Stepstream trigger load, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-        f"{args.clients} clients, {args.seconds:g} s, services {args.services}, {args.partitions} partitions, "
-        f"run ids {'given' if args.run_id else 'by the api'}, load average {load_before:.1f} before / "
-        f"{os.getloadavg()[0]:.1f} after"
-    )
-    print(
-        f"{result['triggers_per_s']:.0f} triggers/s ({result['accepted']} accepted in {result['seconds']:.1f} s); "
-        f"POST p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms, p99 {latency['p99']:.1f} ms, "
-        f"max {latency['max']:.1f} ms; answers {result['answers']}; CPU: api {result['api_cpu_percent']:.0f} % "
-        f"({result['api_cpu_ms_per_trigger']:.2f} ms a trigger), "
-        f"load generator {result['load_generator_cpu_percent']:.0f} % (of one core)"
-    )
-    if args.json:
-        document = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "parameters": vars(args) | {"json": None}}
-        args.json.write_text(json.dumps(document | {"result": result}, indent=2, default=str) + "\n")
-    return 0
+                stack.start(name.strip())
+            result = asyncio.run(measure(args, stack.api_url, stack.processes["api"].pid, stack))
+        latency = result["latency_ms"]
+        print(
+            f"Stepstream trigger load, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+            f"{args.clients} clients, {args.seconds:g} s, services {args.services}, {args.partitions} partitions, "
+            f"run ids {'given' if args.run_id else 'by the api'}, load average {load_before[0]:.1f} before / "
+            f"{os.getloadavg()[0]:.1f} after"
+        )
+        print(
+            f"{result['triggers_per_s']:.0f} triggers/s ({result['accepted']} accepted in {result['seconds']:.1f} s); "
+            f"POST p50 {latency['p50']:.1f} ms, p90 {latency['p90']:.1f} ms, p99 {latency['p99']:.1f} ms, "
+            f"max {latency['max']:.1f} ms; answers {result['answers']}; CPU: api {result['api_cpu_percent']:.0f} % "
+            f"({result['api_cpu_ms_per_trigger']:.2f} ms a trigger), "
+            f"load generator {result['load_generator_cpu_percent']:.0f} % (of one core)"
+        )
+        if args.json:
+            parameters = {name: value for name, value in vars(args).items() if name != "json"}
+            write_json(args.json, load_before=load_before, parameters=parameters, result=result)
+        bench.code = 0
+    return bench.code
 
 
 if __name__ == "__main__":
