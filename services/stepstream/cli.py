@@ -4,7 +4,7 @@ stepstream dev [--example]          the local stack in one process (starts a loc
 stepstream projector|scheduler|executor|api
 stepstream kafka start|stop|status  the local single-node Kafka
 stepstream topics create            create the engine's topics
-stepstream trigger WORKFLOW [--payload JSON] [--run-id ID] [--delay 10s|--not-before TIME] [--watch] …
+stepstream trigger WORKFLOW [--payload JSON] [--run-id ID] [--delay 10s|--not-before TIME] [--watch|--wait] …
                    [--flow-key K [--rate N] [--period 1m] [--parallelism N]]
 stepstream runs list|get|steps|history …
 stepstream notify EVENT_ID [--data JSON]       stepstream waiters EVENT_ID
@@ -14,6 +14,9 @@ stepstream flow [KEY]                          flow-control keys: queued, in fli
 
 Exit codes: 0 done; 1 a watched run failed or was cancelled, or watching gave up; 2 the command was
 wrong, the api refused it, or the api could not be reached.
+
+Watching and waiting do not poll: ``--watch`` and ``--follow`` read the api's history stream
+(server-sent events), ``--wait`` asks the api to answer when the run has ended (``?wait=``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -229,7 +232,8 @@ def cmd_service(args: argparse.Namespace) -> None:
         settings = readers[name]()
     except config.ConfigurationError as error:
         _fail(str(error))
-    runner.run_service(lambda: build(settings))
+    loop_factory = runner.api_loop_factory() if name == "api" else None
+    runner.run_service(lambda: build(settings), loop_factory=loop_factory)
 
 
 # -- the api's client -------------------------------------------------------------------------
@@ -241,20 +245,28 @@ def _base() -> str:
 
 def _api(method: str, path: str, **kwargs: Any) -> Any:
     """The api's JSON answer; on an error answer or no answer, the reason on stderr and exit code 2."""
+    return _request(method, path, **kwargs).json()
+
+
+def _request(method: str, path: str, *, timeout: float = 10, **kwargs: Any) -> Any:
+    """The api's answer, one of success; on an error answer or no answer, the reason and exit code 2."""
     import httpx
 
     base = _base()
     try:
-        response = httpx.request(method, base + path, timeout=10, **kwargs)
+        response = httpx.request(method, base + path, timeout=timeout, **kwargs)
     except httpx.HTTPError as error:
         _fail(f"cannot reach the api at {base}: {error} (is `stepstream dev` or `stepstream api` running?)")
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("message", response.text)
-        except ValueError:
-            detail = response.text
-        _fail(f"{response.status_code}: {detail}")
-    return response.json()
+        _fail(f"{response.status_code}: {_detail(response)}")
+    return response
+
+
+def _detail(response: Any) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return str(response.text)
 
 
 def _segment(value: str) -> str:
@@ -333,15 +345,21 @@ def cmd_trigger(args: argparse.Namespace) -> None:
     elif limits:
         given = ", ".join(f"--{name}" for name in limits)
         _fail(f"{given} limit the runs under a flow-control key: give one with --flow-key")
-    answer = _api("POST", "/v1/runs", json=body)
+    deadline = time.monotonic() + args.timeout
+    params = {"wait": _wait_param(args.timeout)} if args.wait else {}
+    response = _request("POST", "/v1/runs", json=body, params=params, timeout=_wait_timeout(params))
+    answer = response.json()
     print(answer["run_id"])
     if answer.get("duplicate"):
-        status = answer.get("run", {}).get("status", "known")
+        status = (answer.get("run") or answer).get("status", "known")
         print(f"run {answer['run_id']} already exists ({status}): nothing new was started", file=sys.stderr)
     if answer.get("not_before_ms"):
         print(f"its first step is due at {_clock(answer['not_before_ms'], date=True)}", file=sys.stderr)
     if args.watch:
         _watch(answer["run_id"], timeout_s=args.timeout)
+    elif args.wait:
+        run = answer if response.status_code == 200 else _wait_for_end(answer["run_id"], deadline, args.timeout)
+        _print_result(run)
 
 
 def _seconds(milliseconds: int) -> str:
@@ -417,41 +435,103 @@ def _print_event(event: dict[str, Any]) -> None:
 
 
 ENDING_EVENTS = {"RunCompleted": 0, "RunFailed": 1, "RunCancelled": 1}
+ENDED_STATUSES = {"completed": 0, "failed": 1, "cancelled": 1}
+# The longest a request may wait for a run (the api's bound); a longer --timeout waits again.
+MAX_WAIT_S = 300
+# A stream that says nothing for this long is taken for broken (the api sends a keep-alive every 15 s).
+STREAM_SILENCE_S = 30
 
 
 def _watch(run_id: str, timeout_s: float) -> None:
-    """Print the run's history as it grows, until it ends: exit 0 if it completed, 1 if it failed or was cancelled."""
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            events = _api_quiet("GET", f"/v1/runs/{_segment(run_id)}/history?after_seq={seen}")
-        except LookupError:
-            events = []
-        for event in events:
-            _print_event(event)
-            seen = event["seq"]
-            if event["type"] in ENDING_EVENTS:
-                if ENDING_EVENTS[event["type"]]:
-                    raise SystemExit(ENDING_EVENTS[event["type"]])
-                return
-        time.sleep(0.2)
-    _fail(f"gave up watching {run_id} after {timeout_s:.0f} s; it may still be running", code=1)
+    """Print the run's history as it grows, until it ends: exit 0 if it completed, 1 if it failed or was cancelled.
 
-
-def _api_quiet(method: str, path: str) -> list[dict[str, Any]]:
+    Reads the api's history stream; a connection that breaks is opened again after the last event seen.
+    """
     import httpx
 
     base = _base()
-    try:
-        response = httpx.request(method, base + path, timeout=10)
-    except httpx.HTTPError as error:
-        _fail(f"cannot reach the api at {base}: {error}")
-    if response.status_code == 404:
-        raise LookupError(path)
-    response.raise_for_status()
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
+    path = f"{base}/v1/runs/{_segment(run_id)}/history/stream"
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        timeout = httpx.Timeout(10, read=min(remaining, STREAM_SILENCE_S))
+        try:
+            with httpx.stream("GET", path, params={"after_seq": seen}, timeout=timeout) as response:
+                if response.status_code == 404:  # the api waited a while for the run to appear
+                    time.sleep(min(0.5, remaining))  # an api that answers at once is not asked in a loop
+                    continue
+                if response.status_code >= 400:
+                    response.read()
+                    _fail(f"{response.status_code}: {_detail(response)}")
+                for kind, event in _server_sent(response.iter_lines(), deadline):
+                    if kind == "end":  # the run has ended (its ending event came first, unless it was seen)
+                        raise SystemExit(ENDED_STATUSES.get(event["status"], 1))
+                    _print_event(event)
+                    seen = event["seq"]
+                    if event["type"] in ENDING_EVENTS:
+                        if ENDING_EVENTS[event["type"]]:
+                            raise SystemExit(ENDING_EVENTS[event["type"]])
+                        return
+        except httpx.ConnectError as error:
+            _fail(f"cannot reach the api at {base}: {error}")
+        except (httpx.TimeoutException, httpx.TransportError):
+            continue  # silent too long, or broken: open it again after the last event seen
+    _fail(f"gave up watching {run_id} after {timeout_s:.0f} s; it may still be running", code=1)
+
+
+def _server_sent(lines: Iterable[str], deadline: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The messages of a history stream as (``message`` or ``end``, its data), until ``deadline``. (The api
+    sends each message's data as one ``data:`` line; lines starting with ``:`` are keep-alives.)"""
+    name, data = "message", None
+    for line in lines:
+        if time.monotonic() >= deadline:
+            return
+        if line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data = line.removeprefix("data:").strip()
+        elif not line and data is not None:
+            yield name, json.loads(data)
+            name, data = "message", None
+
+
+def _wait_param(timeout_s: float) -> str:
+    """How long one request waits for a run, as the api takes it: the --timeout, at most the api's bound."""
+    return f"{max(0, round(min(timeout_s, MAX_WAIT_S) * 1000))}ms"
+
+
+def _wait_timeout(params: dict[str, str]) -> float:
+    """The client's own timeout for a request that may wait ``params['wait']``."""
+    return 10 + (int(params["wait"].removesuffix("ms")) / 1000 if "wait" in params else 0)
+
+
+def _wait_for_end(run_id: str, deadline: float, timeout_s: float) -> dict[str, Any]:
+    """The run once it has ended, asking the api to wait (at most 5 minutes a request) until ``deadline``."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        params = {"wait": _wait_param(remaining)}
+        response = _request("GET", f"/v1/runs/{_segment(run_id)}", params=params, timeout=_wait_timeout(params))
+        if response.status_code == 200:
+            run: dict[str, Any] = response.json()
+            return run
+    _fail(
+        f"gave up waiting for {run_id} after {timeout_s:.0f} s; it is still going: "
+        f"follow it with `stepstream runs history {run_id} --follow`",
+        code=1,
+    )
+
+
+def _print_result(run: dict[str, Any]) -> None:
+    """A run that has ended: its output on stdout (exit 0), or why it did not complete (exit 1)."""
+    if run["status"] == "completed":
+        print(json.dumps(run["output"], indent=2))
+        return
+    if run["status"] == "failed":
+        error = run.get("error") or {}
+        print(f"run {run['run_id']} failed: {error.get('type')}: {error.get('message')}", file=sys.stderr)
+    else:
+        reason = f": {run['cancel_reason']}" if run.get("cancel_reason") else ""
+        print(f"run {run['run_id']} was cancelled{reason}", file=sys.stderr)
+    raise SystemExit(ENDED_STATUSES.get(run["status"], 1))
 
 
 def _run_filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -674,8 +754,10 @@ def _add_trigger(commands: Any) -> None:
     flow.add_argument("--rate", type=int, help="at most this many starts per period")
     flow.add_argument("--period", help="the rate's window, a duration such as '10s' or '1m' (default 1s)")
     flow.add_argument("--parallelism", type=int, help="at most this many deliveries in flight at once")
-    trigger.add_argument("--watch", action="store_true", help="print the run's history as it happens")
-    trigger.add_argument("--timeout", type=float, default=600, help="how long --watch waits (seconds)")
+    until = trigger.add_mutually_exclusive_group()
+    until.add_argument("--watch", action="store_true", help="print the run's history as it happens")
+    until.add_argument("--wait", action="store_true", help="wait for the run to end and print its output")
+    trigger.add_argument("--timeout", type=float, default=600, help="how long --watch or --wait waits (seconds)")
     trigger.set_defaults(handler=cmd_trigger)
 
 

@@ -94,6 +94,7 @@ def api_service(settings: ApiSettings) -> Service:
     import uvicorn
 
     from stepstream.api.app import create_app
+    from stepstream.api.changes import RunChanges
     from stepstream.api.indexer import Indexer
     from stepstream.avro import Codec
     from stepstream.kafka.deadletter import DeadLetterWriter
@@ -101,11 +102,16 @@ def api_service(settings: ApiSettings) -> Service:
 
     codec = Codec()
     store = QueryStore(settings.database)
+    changes = RunChanges()  # the indexer tells the requests waiting on runs when their runs change
     indexer = Indexer(
-        settings.kafka, store, codec=codec, dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer")
+        settings.kafka,
+        store,
+        codec=codec,
+        dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer"),
+        changes=changes,
     )
     config = uvicorn.Config(
-        create_app(settings, store=store, readiness=indexer.lag),
+        create_app(settings, store=store, readiness=indexer.lag, changes=changes),
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -117,6 +123,12 @@ def api_service(settings: ApiSettings) -> Service:
         def capture_signals(self) -> Iterator[None]:
             # uvicorn would take SIGINT/SIGTERM while it serves; ours decide when the process stops.
             yield
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            # uvicorn waits for the requests in progress to finish: end the waits and history streams
+            # now (they answer with what the store shows; a stream's client resumes elsewhere).
+            changes.close()
+            await super().shutdown(sockets)
 
     return Service("api", [_serve_until_cancelled(Server(config)), indexer.run()], indexer.lag)
 
@@ -132,8 +144,11 @@ async def _serve_until_cancelled(server: Any) -> None:
         raise
 
 
-def run_service(build: Callable[[], Service]) -> None:
-    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints."""
+def run_service(
+    build: Callable[[], Service], *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+) -> None:
+    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints, on an event
+    loop from ``loop_factory`` (default: asyncio's own)."""
     configure_logging()
 
     async def main() -> None:
@@ -147,7 +162,18 @@ def run_service(build: Callable[[], Service]) -> None:
         await _until_signalled(tasks)
         log.info("%s stopped", service.name)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+def api_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop for the api process, where it is installed (the server extra has it on Linux and
+    macOS): its HTTP requests and Kafka sends cost less CPU on it (docs/decisions/0007)."""
+    try:
+        import uvloop
+    except ImportError:  # a platform without uvloop's wheels
+        return None
+    return uvloop.new_event_loop
 
 
 async def _health(host: str, port: int, ready: Readiness) -> None:

@@ -3,12 +3,14 @@ services as processes, and the example app over loopback HTTP."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.stack import Stack
@@ -65,6 +67,75 @@ def test_example_workflow_completes_with_each_step_once_and_history_in_order(sta
     woke = next(event for event in history if event["type"] == "StepCompleted" and event["kind"] == "sleep")
     assert woke["at_ms"] >= sleep["wake_at_ms"], "the sleep must not end early"
     assert [event["step_index"] for event in history if event["type"] == "StepCompleted"] == [0, 1, 2, 3]
+
+
+def test_a_trigger_that_waits_answers_with_the_runs_output(stack: Stack) -> None:
+    # given a running engine and the example app
+    # when a caller triggers the example and waits for its result
+    response = stack.api.post(
+        "/v1/runs",
+        params={"wait": "30s"},
+        json={"workflow": "onboarding", "payload": {"name": "Wu", "sleep_seconds": 0.5}},
+        timeout=45,
+    )
+
+    # then the answer is the ended run, with the workflow's return value
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["status"] == "completed"
+    assert run["duplicate"] is False
+    assert run["output"] == {
+        "account": "acct-wu",
+        "welcome": "welcome mail sent to acct-wu",
+        "tips": "tips sent to acct-wu",
+    }
+    assert [(step["kind"], step["name"]) for step in run["steps"]] == EXPECTED_STEPS
+    # and the same trigger again (a retry) answers the same run at once, starting nothing
+    again = stack.api.post(
+        "/v1/runs?wait=30s",
+        json={"workflow": "onboarding", "payload": {"name": "Wu"}, "run_id": run["run_id"]},
+    )
+    assert (again.status_code, again.json()["duplicate"], again.json()["output"]) == (200, True, run["output"])
+    assert stack.step_counts()[f"{run['run_id']}:create-account"] == 1
+
+
+def sse_messages(response: httpx.Response) -> Iterator[dict[str, str]]:
+    """The server-sent events of a streamed response, as their fields (comments left out)."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+
+def test_a_followed_run_streams_every_event_of_its_history_in_order_and_ends(stack: Stack) -> None:
+    # given a run just triggered, its first events not necessarily indexed yet
+    run_id = stack.trigger({"name": "Xi", "sleep_seconds": 1})
+
+    # when a client follows its history as server-sent events
+    with stack.api.stream("GET", f"/v1/runs/{run_id}/history/stream", timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        found = list(sse_messages(response))  # the response ends by itself: the run ends
+
+    # then it got every event of the history, in order, each with its seq as id, and the end
+    events = [json.loads(message["data"]) for message in found if "id" in message]
+    assert events == stack.history(run_id)
+    assert [int(message["id"]) for message in found[:-1]] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "RunCompleted"
+    assert completed_steps(events) == EXPECTED_STEPS
+    assert found[-1]["event"] == "end"
+    assert json.loads(found[-1]["data"])["status"] == "completed"
+    # and a client that lost its connection after the third event resumes after it
+    with stack.api.stream(
+        "GET", f"/v1/runs/{run_id}/history/stream", headers={"Last-Event-ID": "3"}, timeout=30
+    ) as response:
+        resumed = [json.loads(message["data"]) for message in sse_messages(response) if "id" in message]
+    assert resumed == events[3:]
 
 
 def test_trigger_with_the_same_run_id_starts_one_run(stack: Stack) -> None:
@@ -156,6 +227,39 @@ def test_cli_triggers_a_run_and_watches_it_to_completion(stack: Stack) -> None:
         [sys.executable, "-m", "stepstream.cli", "runs", "history", run_id], env=env, capture_output=True, text=True
     )
     assert history.stdout.splitlines() == lines[1:]
+
+
+def test_cli_trigger_wait_prints_the_runs_output(stack: Stack) -> None:
+    env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
+
+    payload = '{"name": "Di", "sleep_seconds": 0.2}'
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepstream.cli",
+            "trigger",
+            "onboarding",
+            "--payload",
+            payload,
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+    assert result.returncode == 0, result.stderr
+    run_id, output = result.stdout.split("\n", 1)
+    assert run_id.startswith("run_")
+    assert json.loads(output) == {
+        "account": "acct-di",
+        "welcome": "welcome mail sent to acct-di",
+        "tips": "tips sent to acct-di",
+    }
 
 
 def test_cli_reports_a_bad_trigger_clearly(stack: Stack) -> None:

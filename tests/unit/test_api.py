@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from stepstream.api import app as app_module
 from stepstream.api.app import create_app
+from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import index
 from stepstream.api.publisher import TriggersRecord, triggers_key
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
@@ -87,14 +88,18 @@ class TestClient:
         return self.request("POST", path, **options)
 
 
-def api_client(store: QueryStore, published: FakePublisher, **settings: Any) -> TestClient:
+def api_client(
+    store: QueryStore, published: FakePublisher, *, changes: RunChanges | None = None, **settings: Any
+) -> TestClient:
     values: dict[str, Any] = {
         "kafka": KafkaSettings(),
         "workflows": {"orders": ORDERS_URL},
         "max_payload_bytes": 2_000,
         "notify_buffer_ms": 60_000,
     }
-    app = create_app(ApiSettings(**{**values, **settings}), store=store, publisher=published, clock=ManualClock(NOW))
+    app = create_app(
+        ApiSettings(**{**values, **settings}), store=store, publisher=published, clock=ManualClock(NOW), changes=changes
+    )
     return TestClient(app)
 
 

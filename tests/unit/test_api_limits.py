@@ -6,6 +6,7 @@ nothing but where to look."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -14,8 +15,9 @@ from urllib.parse import quote
 
 import pytest
 
+from stepstream.api import app as app_module
 from stepstream.avro import Codec, NotifyRequest, TriggerRequest
-from stepstream.core import AllowedHosts, FlowKeyState
+from stepstream.core import AllowedHosts, FlowControl, FlowKeyState
 from stepstream.core.limits import MAX_DELAY_MS, MAX_EPOCH_MS, MAX_HEADERS
 from stepstream.store import QueryStore
 from tests.unit.test_api import (
@@ -463,6 +465,33 @@ def test_a_trigger_whose_other_fields_outgrow_a_kafka_record_is_a_413(
     assert message.startswith("Expected the fields of a trigger other than payload to take at most 65536 bytes as JSON")
     assert message.endswith(f"(headers: {sum(len(name) + len(value) for name, value in headers.items())} characters)")
     assert published.records == []
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        TriggerRequest(workflow="orders", url="http://app.local/w", payload="{}"),
+        TriggerRequest(
+            workflow="commandes-é",
+            url="http://app.local/w",
+            payload='{"big":"' + "x" * 1_000 + '"}',
+            run_id="order-42",
+            headers=(("X-Note", "café"), ("authorization", "Bearer x")),
+            label="nightly",
+            retries=2,
+            retry_base_ms=500,
+            not_before_ms=1,
+            requested_at_ms=2,
+            retry_delay="1000 * pow(2, retried)",
+            failure_url="http://app.local/failed",
+            flow=FlowControl(key="mailer", rate=10, period_ms=60_000, parallelism=3),
+        ),
+    ],
+)
+def test_a_triggers_envelope_is_measured_as_the_json_of_its_fields_but_the_payload(record: TriggerRequest) -> None:
+    fields = {name: value for name, value in dataclasses.asdict(record).items() if name != "payload"}
+
+    assert app_module._envelope_bytes(record) == len(json.dumps(fields, ensure_ascii=False).encode())
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400", '[1, {"a": -1e999}]'])

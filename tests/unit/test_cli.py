@@ -3,8 +3,11 @@ filled, a publisher that records): what they print, what they publish, and their
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +15,10 @@ import httpx
 import pytest
 
 from stepstream import cli
+from stepstream.api.changes import RunChanges
+from stepstream.api.indexer import index
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
-from stepstream.core import Complete, FlowControl, FlowKeyState, Recovery
+from stepstream.core import Complete, Event, FlowControl, FlowKeyState, Recovery
 from stepstream.store import QueryStore, event_to_dict
 from tests.unit.test_api import (
     NOW,
@@ -64,8 +69,13 @@ def published() -> FakePublisher:
 
 
 @pytest.fixture
-def api(store: QueryStore, published: FakePublisher) -> Iterator[TestClient]:
-    with api_client(store, published) as client:
+def changes() -> RunChanges:
+    return RunChanges()
+
+
+@pytest.fixture
+def api(store: QueryStore, published: FakePublisher, changes: RunChanges) -> Iterator[TestClient]:
+    with api_client(store, published, changes=changes) as client:
         yield client
 
 
@@ -74,10 +84,21 @@ def run_cli(api: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     """``run_cli("runs", "list")``: the CLI's requests go to the app in this process."""
     monkeypatch.setenv("STEPSTREAM_API_URL", "http://api")
 
-    def request(method: str, url: str, *, timeout: float | None = None, **options: Any) -> httpx.Response:
+    def request(method: str, url: str, *, timeout: Any = None, **options: Any) -> httpx.Response:
         return api.request(method, url, **options)
 
+    @contextmanager
+    def stream(method: str, url: str, *, timeout: Any = None, **options: Any) -> Iterator[httpx.Response]:
+        """The app's streamed answer, whole: in-process, a response arrives once it has ended (the
+        client's read timeout bounding how long that may take)."""
+        read = timeout.read if isinstance(timeout, httpx.Timeout) else timeout
+        try:
+            yield api.loop.run_until_complete(asyncio.wait_for(api.client.request(method, url, **options), read))
+        except TimeoutError:
+            raise httpx.ReadTimeout("no answer in time") from None
+
     monkeypatch.setattr(httpx, "request", request)
+    monkeypatch.setattr(httpx, "stream", stream)
 
     def run(*argv: str) -> Result:
         capsys.readouterr()
@@ -470,6 +491,130 @@ def test_runs_history_follow_exits_1_when_the_run_fails_and_0_when_it_completes(
     assert completed_result.out.splitlines()[-1].endswith('run completed → "ok"')
     assert failed_result.code == 1
     assert "RunFailed" in failed_result.out.splitlines()[-1]
+
+
+def later(api: TestClient, store: QueryStore, changes: RunChanges, *batches: list[Event]) -> None:
+    """The indexer's batches, landing one after another while the CLI's request is in the app."""
+    for number, batch in enumerate(batches, start=1):
+
+        def land(events: list[Event] = batch) -> None:
+            index(store, events)
+            changes.changed({event.run_id for event in events})
+
+        api.loop.call_later(0.02 * number, land)
+
+
+def history_lines(run_cli: Cli, run_id: str) -> list[str]:
+    return run_cli("runs", "history", run_id).out.splitlines()
+
+
+def test_trigger_watch_follows_the_new_runs_history_from_the_stream_until_it_ends(
+    run_cli: Cli, api: TestClient, store: QueryStore, changes: RunChanges
+) -> None:
+    run = Run("order-77", now=T0)
+    started = list(run.events)
+    run.report(Complete(output='"shipped"'), outputs=('"packed"',), now=T0 + 1)
+    later(api, store, changes, started, run.events[len(started) :])  # not in the store when the trigger is sent
+
+    result = run_cli("trigger", "orders", "--run-id", "order-77", "--watch", "--timeout", "10")
+
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "order-77"
+    assert lines[1:] == history_lines(run_cli, "order-77")
+    assert lines[-1].endswith('run completed → "shipped"')
+
+
+def test_follow_opens_the_stream_again_after_the_last_event_when_the_connection_breaks(
+    run_cli: Cli, store: QueryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(store, completed("order-78"))
+    events = [event_to_dict(event) for event in completed("order-78").events]
+    asked: list[Any] = []
+
+    class Broken:
+        """An answer that gives the first event, then loses its connection."""
+
+        status_code = 200
+
+        def iter_lines(self) -> Iterator[str]:
+            yield from ["id: 1", f"data: {json.dumps(events[0])}", ""]
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+    real_stream = httpx.stream
+
+    @contextmanager
+    def stream(method: str, url: str, **options: Any) -> Iterator[Any]:
+        asked.append(options["params"])
+        if len(asked) == 1:
+            yield Broken()
+        else:
+            with real_stream(method, url, **options) as response:
+                yield response
+
+    monkeypatch.setattr(httpx, "stream", stream)
+
+    result = run_cli("runs", "history", "order-78", "--follow", "--timeout", "10")
+
+    assert result.code == 0, result.err
+    assert asked == [{"after_seq": 0}, {"after_seq": 1}]
+    assert result.out.splitlines() == history_lines(run_cli, "order-78")  # each event once, in order
+
+
+def test_follow_gives_up_at_its_timeout_when_the_run_does_not_end(run_cli: Cli, store: QueryStore) -> None:
+    add(store, sleeping("order-79"))
+
+    result = run_cli("runs", "history", "order-79", "--follow", "--timeout", "0.3")
+
+    assert result.code == 1
+    assert "gave up watching order-79 after 0 s; it may still be running" in result.err
+
+
+def test_trigger_wait_prints_the_output_once_the_run_completes(
+    run_cli: Cli, api: TestClient, store: QueryStore, changes: RunChanges, published: FakePublisher
+) -> None:
+    run = Run("order-80", now=T0)
+    started = list(run.events)
+    run.report(Complete(output='{"parcel": "P-1"}'), now=T0 + 1)
+    later(api, store, changes, started, run.events[len(started) :])
+
+    result = run_cli("trigger", "orders", "--run-id", "order-80", "--wait", "--timeout", "30")
+
+    assert result.code == 0, result.err
+    assert result.out == 'order-80\n{\n  "parcel": "P-1"\n}\n'
+    assert len(published.records) == 1
+
+
+def test_trigger_wait_exits_1_with_the_error_when_the_run_fails(run_cli: Cli, store: QueryStore) -> None:
+    add(store, failed("order-81"))
+
+    result = run_cli("trigger", "orders", "--run-id", "order-81", "--wait")
+
+    assert result.code == 1
+    assert result.out == "order-81\n"
+    assert "run order-81 already exists (failed): nothing new was started" in result.err
+    assert "run order-81 failed: CardDeclined: declined" in result.err
+
+
+def test_trigger_wait_asks_again_until_its_timeout_then_says_how_to_follow(
+    run_cli: Cli, store: QueryStore, published: FakePublisher
+) -> None:
+    add(store, sleeping("order-82"))
+
+    result = run_cli("trigger", "orders", "--run-id", "order-82", "--wait", "--timeout", "0.2")
+
+    assert result.code == 1
+    assert "gave up waiting for order-82 after 0 s; it is still going" in result.err
+    assert "stepstream runs history order-82 --follow" in result.err
+    assert published.records == []
+
+
+def test_trigger_takes_watch_or_wait_not_both(run_cli: Cli, published: FakePublisher) -> None:
+    result = run_cli("trigger", "orders", "--watch", "--wait")
+
+    assert result.code == 2
+    assert "not allowed with argument" in result.err
+    assert published.records == []
 
 
 # ---------------------------------------------------------------------------------------------

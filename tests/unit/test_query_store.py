@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from enum import Enum
 from pathlib import Path
 from typing import Any, get_args
 
@@ -62,7 +65,8 @@ from stepstream.core import (
     decide,
     evolve,
 )
-from stepstream.store import QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
+from stepstream.store import HistoryPage, QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
+from stepstream.store import history as history_module
 
 T0 = 1_700_000_000_000
 DEFAULTS = Defaults(retries=1, retry_base_ms=1_000, retry_max_ms=60_000)
@@ -529,6 +533,31 @@ def test_event_to_dict_writes_errors_and_kinds_as_plain_data() -> None:
     assert event_to_dict(started)["type"] == "RunStarted"
 
 
+def asdict_reference(event: Event) -> dict[str, Any]:
+    """An event as the history showed it when ``event_to_dict`` began with ``dataclasses.asdict``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, tuple | list):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    data = plain(dataclasses.asdict(event))
+    return {"type": type(event).__name__, **history_module._shown(data)}
+
+
+def test_event_to_dict_gives_what_asdict_gave_for_every_event_of_every_scenario() -> None:
+    events = [event for scenario in SCENARIOS.values() for event in scenario().events]
+
+    assert {type(event).__name__ for event in events} >= {"RunStarted", "CallStarted", "StepFailed", "InvokeStarted"}
+    for event in events:
+        assert event_to_dict(event) == asdict_reference(event), type(event).__name__
+        assert json.dumps(event_to_dict(event)) == json.dumps(asdict_reference(event))
+
+
 # ---------------------------------------------------------------------------------------------
 # list_runs
 
@@ -660,6 +689,49 @@ def test_a_reopened_store_keeps_its_runs_and_still_ignores_repeats(tmp_path: Pat
 
         assert row(second) == before
         assert second.history("run_A") == history
+
+
+def test_a_read_does_not_wait_for_the_indexer_to_finish_writing_and_sees_what_was_committed(
+    store: QueryStore,
+) -> None:
+    store.apply(Run("run_A").events)
+    writing, release = threading.Event(), threading.Event()
+
+    def batch() -> Iterator[Event]:  # a batch the indexer is in the middle of applying
+        yield from Run("run_B").events
+        writing.set()
+        release.wait(timeout=10)
+
+    writer = threading.Thread(target=store.apply, args=(batch(),))
+    writer.start()
+    try:
+        assert writing.wait(timeout=10)
+        during = (store.get_run("run_A"), store.get_run("run_B"), store.history_page("run_B").events)
+    finally:
+        release.set()
+        writer.join()
+
+    assert during[0] is not None
+    assert during[1:] == (None, [])  # not committed yet: not shown
+    assert row(store, "run_B").status == "running"
+
+
+def test_a_history_page_holds_the_run_its_events_after_a_seq_and_the_type_of_its_last_event(
+    store: QueryStore,
+) -> None:
+    run = completed_run()
+    store.apply(run.events)
+
+    page = store.history_page("run_A", after_seq=2, limit=3)
+    rest = store.history_page("run_A", after_seq=5)
+
+    assert page.run == row(store)
+    assert [event["seq"] for event in page.events] == [3, 4, 5]
+    assert page.last_type == "RunCompleted"
+    assert page.settled
+    assert [event["seq"] for event in rest.events] == list(range(6, len(run.events) + 1))
+    assert store.history_page("run_B") == HistoryPage(run=None, events=[], last_type=None)
+    assert not store.history_page("run_B").settled
 
 
 # ---------------------------------------------------------------------------------------------

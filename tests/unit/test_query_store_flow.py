@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.api import indexer as indexer_module
+from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import Indexer, flow_change
 from stepstream.avro import Codec, DecodeError
 from stepstream.config import KafkaSettings
@@ -386,3 +387,40 @@ def test_records_the_indexer_cannot_read_or_apply_are_dead_lettered_and_the_rest
     assert reasons[TOPICS.flow, 0] == "Expected a flow-control key on a tombstone, but the record has none"
     assert store.get_run("run_A") is not None
     assert shown(store) == {"mailer": 0}
+
+
+class Announced(RunChanges):
+    """Notes, for each announcement, each run's last seq in the store at that moment."""
+
+    def __init__(self, store: QueryStore) -> None:
+        super().__init__()
+        self.store = store
+        self.seen: list[dict[str, int | None]] = []
+
+    def changed(self, run_ids: Iterable[str]) -> None:
+        rows = {run_id: self.store.get_run(run_id) for run_id in run_ids}
+        self.seen.append({run_id: row.last_seq if row else None for run_id, row in rows.items()})
+        super().changed(run_ids)
+
+
+def test_the_indexer_announces_the_runs_of_each_batch_once_the_store_has_them(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Run("run_A"), Run("run_B")
+    batch = [(first.run_id, event) for event in first.events] + [(second.run_id, event) for event in second.events]
+    consumer = FakeConsumer(
+        {EVENTS: len(batch) + 1, FLOW: 1},
+        {EVENTS: [record(TOPICS.events, n, key, codec.encode(event)) for n, (key, event) in enumerate(batch)]},
+        {FLOW: [record(TOPICS.flow, 0, "mailer", codec.encode(state()))]},  # no run changed: nothing to say
+        {EVENTS: [record(TOPICS.events, len(batch), "run_A", codec.encode(first.cancel(now=T0 + 1)[0]))]},
+    )
+    fake(monkeypatch, consumer)
+    announced = Announced(store)
+    indexer = consumer.indexer = Indexer(KafkaSettings(), store, codec=codec, changes=announced)
+    with pytest.raises(Stop):
+        asyncio.run(indexer.run())
+
+    assert announced.seen == [
+        {"run_A": len(first.events) - 1, "run_B": len(second.events)},
+        {"run_A": len(first.events)},
+    ]

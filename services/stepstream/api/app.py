@@ -1,26 +1,37 @@
 """The api: trigger, notify and cancel runs, act on the dead-letter list, and read runs, their steps and
 histories, and flow-control keys. Stateless: it writes ``triggers`` (through a :class:`Publisher`) and
 reads the query store the indexer keeps, so what it reads may lag what it wrote by the indexer's delay.
+
+A request may wait for a run to end (``?wait=``) or follow its history as server-sent events: the
+indexer tells :class:`RunChanges` which runs each batch changed, and only their waiters read the store
+again (:mod:`stepstream.api.follow`).
+
+Reads by key (a run, a flow-control key) run on the event loop: a lookup by primary key takes
+microseconds, on a connection that does not wait for the indexer's writes. Reads that may return many
+rows (lists, steps, histories, waiters) run in a worker thread, so a long one holds no other request up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict
-from typing import Annotated, Any, TypeVar
+from dataclasses import asdict, fields
+from typing import Annotated, Any, ParamSpec, TypeVar
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stepstream.api.changes import RunChanges
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
+from stepstream.api.follow import ended, history_stream, known, wait_for_run
 from stepstream.api.inputs import (
     CancelBody,
     CancelFilterBody,
@@ -30,6 +41,7 @@ from stepstream.api.inputs import (
     check_event_id,
     parse_duration_ms,
     parse_instant_ms,
+    parse_wait_ms,
     shown,
 )
 from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
@@ -44,6 +56,8 @@ from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
 log = logging.getLogger(__name__)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Runs read from the store per query while cancelling by filter.
 _CANCEL_PAGE = 500
@@ -56,6 +70,9 @@ ENVELOPE_BYTES = 65_536
 ESCAPED_GROWTH = 3
 # An error's message, at most: its sentence names the bound and quotes the value, which need not be whole.
 MAX_MESSAGE_LENGTH = 1_000
+# How long the history stream waits for a run the store does not know yet before answering 404: a trigger
+# just accepted is indexed within milliseconds when the engine keeps up, seconds when it is busy.
+APPEAR_WITHIN_S = 10.0
 
 
 class ApiError(Exception):
@@ -149,6 +166,33 @@ def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:g} s"
 
 
+def _wait_ms(wait: str | None) -> int | None:
+    if wait is None:
+        return None
+    try:
+        return parse_wait_ms(wait)
+    except ValueError as error:
+        raise _invalid(str(error)) from None
+
+
+def _still_going(run_id: str, run: RunRow | None, wait_ms: int, *, shutting_down: bool = False) -> str:
+    """What a 202 after a wait says: how the run stands, and how to follow it."""
+    path = f"/v1/runs/{run_id}"
+    how = f"follow it with GET {path}/history/stream, or wait again with GET {path}?wait=5m"
+    waited = "when the api began to shut down" if shutting_down else f"after waiting {_seconds(wait_ms)}"
+    if run is None:
+        return (
+            f"Run {run_id!r} is not in the api's store yet {waited} (the trigger is in Kafka; the projector"
+            f" has not started the run, or the indexer lags): {how}"
+        )
+    return f"Run {run_id!r} is still {run.status} {waited}: {how}"
+
+
+async def _off_loop(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """A read of many rows, in a worker thread."""
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
 def create_app(
     settings: ApiSettings,
     *,
@@ -156,11 +200,15 @@ def create_app(
     publisher: Publisher | None = None,
     clock: Clock | None = None,
     readiness: Callable[[], str | None] | None = None,
+    changes: RunChanges | None = None,
 ) -> FastAPI:
     """The api. A ``store`` or ``publisher`` passed in is the caller's to close; the app opens its own
     (the store at ``settings.database``, a Kafka publisher) otherwise, when it starts. ``readiness``
-    says why the api is not ready yet (its query store catching up), or None once it is."""
+    says why the api is not ready yet (its query store catching up), or None once it is. ``changes``
+    is where the indexer of the store announces the runs it changed (the app makes one otherwise; then
+    nothing announces, and a wait lasts until its deadline)."""
     clock = clock or SystemClock()
+    run_changes = changes if changes is not None else RunChanges()
     url_hosts = settings.url_hosts
     state: dict[str, Any] = {}
 
@@ -174,6 +222,7 @@ def create_app(
         try:
             yield
         finally:
+            run_changes.close()
             if own_publisher is not None:
                 await own_publisher.stop()
             if store is None:
@@ -205,11 +254,18 @@ def create_app(
         sink: Publisher = state["publisher"]
         await sink.publish(*records)
 
-    def known_run(run_id: str) -> RunRow:
-        run = query_store().get_run(run_id)
+    def known_run(run_id: str, run: RunRow | None = None) -> RunRow:
+        run = run or query_store().get_run(run_id)
         if run is None:
             raise ApiError(404, "unknown_run", f"Expected a known run id, but {shown(run_id)} is not known (yet)")
         return run
+
+    async def run_with_steps(run: RunRow) -> dict[str, Any]:
+        steps = await _off_loop(query_store().steps, run.run_id)
+        return {**run.to_dict(), "steps": [step.to_dict() for step in steps]}
+
+    async def wait_until_ended(run_id: str, wait_ms: int) -> RunRow | None:
+        return await wait_for_run(query_store(), run_changes, run_id, wait_ms / 1000, ended)
 
     async def read_body(request: Request) -> bytes:
         """The raw body, read no further than a payload at its limit, escaped, and the envelope need."""
@@ -242,8 +298,8 @@ def create_app(
 
     # -- runs -------------------------------------------------------------------------------------
 
-    @app.post("/v1/runs", status_code=202)
     async def trigger(request: Request) -> JSONResponse:
+        wait_ms = _wait_ms(request.query_params.get("wait"))
         body = await parse(request, TriggerBody)
         url = body.url or settings.workflows.get(body.workflow)
         if url is None:
@@ -298,10 +354,29 @@ def create_app(
             existing = query_store().get_run(body.run_id)
             if existing is not None:
                 # Idempotent: the same trigger sent again (a client retry) is answered, not refused.
+                if wait_ms is not None:
+                    return await waited(body.run_id, wait_ms, {"run_id": body.run_id, "duplicate": True})
                 return JSONResponse({"run_id": body.run_id, "duplicate": True, "run": existing.to_dict()}, 200)
         await publish(record)
         answer = {"run_id": record.run_id, "duplicate": False, "not_before_ms": record.not_before_ms}
+        if wait_ms is not None:
+            return await waited(record.run_id or "", wait_ms, answer)
         return JSONResponse(answer, status_code=202)
+
+    async def waited(run_id: str, wait_ms: int, answer: dict[str, Any]) -> JSONResponse:
+        """200 with the run once it has ended within ``wait_ms``; else 202 with ``answer``, the run as far
+        as the store knows it, and how to follow it."""
+        run = await wait_until_ended(run_id, wait_ms)
+        if run is not None and run.ended:
+            return JSONResponse({**await run_with_steps(run), **answer}, status_code=200)
+        shown_run = await run_with_steps(run) if run is not None else None
+        message = _still_going(run_id, run, wait_ms, shutting_down=run_changes.closed)
+        return JSONResponse({**answer, "run": shown_run, "message": message}, status_code=202)
+
+    # A plain Starlette route: the api's busiest, and FastAPI's per-request work around an endpoint
+    # (solving its parameters as dependencies) was a fifth of a trigger's CPU in the api process; the
+    # body and `wait` are parsed here anyway (docs/decisions/0007). It is left out of /openapi.json.
+    app.router.add_route("/v1/runs", trigger, methods=["POST"])
 
     @app.get("/v1/runs")
     async def list_runs(
@@ -315,7 +390,8 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        rows = query_store().list_runs(
+        rows = await _off_loop(
+            query_store().list_runs,
             status=_statuses(status),
             workflow=workflow,
             label=label,
@@ -345,7 +421,9 @@ def create_app(
         run_ids: list[str] = []
         before: tuple[int, str] | None = None
         while True:
-            rows = query_store().list_runs(status=ACTIVE_STATUSES, limit=_CANCEL_PAGE, before=before, **criteria)
+            rows = await _off_loop(
+                query_store().list_runs, status=ACTIVE_STATUSES, limit=_CANCEL_PAGE, before=before, **criteria
+            )
             run_ids.extend(row.run_id for row in rows)
             if len(rows) < _CANCEL_PAGE:
                 break
@@ -354,20 +432,50 @@ def create_app(
         await publish(*(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=now_ms) for run_id in run_ids))
         return JSONResponse({"cancelled": run_ids, "count": len(run_ids)}, status_code=202)
 
-    @app.get("/v1/runs/{run_id}")
-    async def get_run(run_id: str) -> dict[str, Any]:
-        run = known_run(run_id)
-        return {**run.to_dict(), "steps": [step.to_dict() for step in query_store().steps(run_id)]}
+    @app.get("/v1/runs/{run_id}", response_model=None)
+    async def get_run(run_id: str, wait: str | None = None) -> dict[str, Any] | JSONResponse:
+        wait_ms = _wait_ms(wait)
+        if wait_ms is None:
+            return await run_with_steps(known_run(run_id))
+        run = known_run(run_id, await wait_until_ended(run_id, wait_ms))
+        if run.ended:
+            return await run_with_steps(run)
+        message = _still_going(run_id, run, wait_ms, shutting_down=run_changes.closed)
+        answer = {"run_id": run_id, "run": await run_with_steps(run), "message": message}
+        return JSONResponse(answer, status_code=202)
 
     @app.get("/v1/runs/{run_id}/steps")
     async def steps(run_id: str) -> dict[str, Any]:
         known_run(run_id)
-        return {"run_id": run_id, "steps": [step.to_dict() for step in query_store().steps(run_id)]}
+        return {"run_id": run_id, "steps": [step.to_dict() for step in await _off_loop(query_store().steps, run_id)]}
 
     @app.get("/v1/runs/{run_id}/history")
     async def history(run_id: str, after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> dict[str, Any]:
         known_run(run_id)
-        return {"run_id": run_id, "events": query_store().history(run_id, after_seq=after_seq)}
+        return {"run_id": run_id, "events": await _off_loop(query_store().history, run_id, after_seq=after_seq)}
+
+    @app.get("/v1/runs/{run_id}/history/stream", response_model=None)
+    async def history_events(
+        run_id: str,
+        after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """The history as server-sent events, then each new event, until the run has ended (docs/api.md)."""
+        if last_event_id is not None:  # a client resuming: the header wins over the url it resumes
+            digits = last_event_id.strip()
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 10 and int(digits) <= MAX_SEQ):
+                raise _invalid(
+                    f"Expected Last-Event-ID to be a seq from 0 to {MAX_SEQ}, but got {shown(last_event_id)}"
+                )
+            after_seq = int(digits)
+        # A run just triggered may not be in the store yet: wait a little for it, then say it is unknown.
+        known_run(run_id, await wait_for_run(query_store(), run_changes, run_id, APPEAR_WITHIN_S, known))
+        return StreamingResponse(
+            history_stream(query_store(), run_changes, run_id, after_seq),
+            media_type="text/event-stream",
+            # Not to be cached or held back by a proxy (X-Accel-Buffering: nginx's buffering of answers).
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202)
     async def cancel(run_id: str, request: Request) -> JSONResponse:
@@ -397,7 +505,7 @@ def create_app(
     async def notify(event_id: str, request: Request) -> JSONResponse:
         event_id = event_id_checked(event_id)
         body = await parse(request, NotifyBody, optional=True)
-        waiting = list(dict.fromkeys(waiter.run_id for waiter in query_store().waiters(event_id)))
+        waiting = list(dict.fromkeys(waiter.run_id for waiter in await _off_loop(query_store().waiters, event_id)))
         now_ms = clock.now_ms()
         data = _json_text(body.data, "data", settings.max_payload_bytes)
         await publish(NotifyRequest(event_id=event_id, data=data, requested_at_ms=now_ms))
@@ -425,7 +533,7 @@ def create_app(
     @app.get("/v1/events/{event_id:path}/waiters")
     async def waiters(event_id: str) -> dict[str, Any]:
         event_id = event_id_checked(event_id)
-        found = query_store().waiters(event_id)
+        found = await _off_loop(query_store().waiters, event_id)
         return {
             "event_id": event_id,
             "waiters": [
@@ -444,7 +552,8 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        rows = query_store().list_runs(
+        rows = await _off_loop(
+            query_store().list_runs,
             dead_letter=True,
             workflow=workflow,
             label=label,
@@ -489,7 +598,7 @@ def create_app(
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Every flow-control key by key, as the scheduler last published it (see ``updated_at_ms``)."""
-        rows = query_store().flow_keys(limit=limit, after=_flow_cursor(cursor))
+        rows = await _off_loop(query_store().flow_keys, limit=limit, after=_flow_cursor(cursor))
         next_cursor = flow_cursor(rows[-1].key) if len(rows) == limit else None
         return {"flow_keys": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
@@ -554,10 +663,16 @@ class InternalErrors:
             await JSONResponse({"error": "internal_error", "message": message}, status_code=500)(scope, receive, send)
 
 
+_ENVELOPE_FIELDS = tuple(field.name for field in fields(TriggerRequest) if field.name != "payload")
+
+
 def _envelope_bytes(record: TriggerRequest) -> int:
-    """The size of a trigger's fields other than its payload, as JSON."""
-    fields = {name: value for name, value in asdict(record).items() if name != "payload"}
-    return len(json.dumps(fields, ensure_ascii=False).encode())
+    """The size of a trigger's fields other than its payload, as JSON (as ``asdict`` would give them)."""
+    # Not asdict(record): it deep-copies every field, the payload too, on the path of every trigger.
+    envelope = {name: getattr(record, name) for name in _ENVELOPE_FIELDS}
+    if record.flow is not None:
+        envelope["flow"] = asdict(record.flow)
+    return len(json.dumps(envelope, ensure_ascii=False).encode())
 
 
 def _not_before(body: TriggerBody, now_ms: int) -> int | None:

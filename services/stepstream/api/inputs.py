@@ -32,6 +32,9 @@ from stepstream.core.limits import (
 from stepstream.core.messages import FLOW_KEY_MAX_LENGTH
 
 MAX_EVENT_ID_LENGTH: Final = 256
+# How long one request may wait for a run (``?wait=``). Longer waits are better made again, with the run's
+# id: a connection held for many minutes meets proxies' idle timeouts and api restarts.
+MAX_WAIT_MS: Final = 300_000
 # "1h30m15s250ms" is 13 characters. A longer text is a mistake, and refusing it before any arithmetic
 # keeps a number of hundreds of digits from reaching it.
 MAX_DURATION_LENGTH: Final = 64
@@ -72,6 +75,17 @@ def duration_ms(value: Any, *, milliseconds_field: str = "delay_ms") -> int:
         raise ValueError(f"Expected a duration such as '10s', '5m' or '2h', but got {shown(value)}{hint}")
     # Exact arithmetic: a float loses milliseconds of a long duration, and a Fraction cannot overflow.
     return round(sum(Fraction(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)))
+
+
+def parse_wait_ms(value: str) -> int:
+    """A request's ``wait``, such as ``"30s"``: how long it may wait for a run, at most :data:`MAX_WAIT_MS`."""
+    try:
+        wait_ms = duration_ms(value)
+    except ValueError as error:
+        raise ValueError(f"wait: {error}") from None
+    if wait_ms > MAX_WAIT_MS:
+        raise ValueError(f"Expected wait of at most 5m ({MAX_WAIT_MS} ms), but got {shown(value)} ({wait_ms} ms)")
+    return wait_ms
 
 
 def check_delay_ms(delay_ms: int) -> int:

@@ -63,6 +63,10 @@ class KafkaPublisher:
             raise RuntimeError("Expected the publisher to be started before it publishes, but it is not")
         codec, producer = self._codec, self._producer
         encoded = [(triggers_key(record).encode(), codec.encode(record)) for record in records]
+        if len(encoded) == 1:  # a trigger: no gather, whose tasks and futures cost more than the send
+            key, value = encoded[0]
+            await producer.send_and_wait(self.topic, value=value, key=key)
+            return
         for start in range(0, len(encoded), _CONCURRENT_SENDS):
             chunk = encoded[start : start + _CONCURRENT_SENDS]
             await asyncio.gather(*(producer.send_and_wait(self.topic, value=value, key=key) for key, value in chunk))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from enum import Enum
+from functools import cache
 from typing import Any
 
 from stepstream.core import Event
@@ -15,13 +16,27 @@ REDACTED = "<redacted>"
 _JSON_FIELDS = frozenset({"payload", "output", "data"})
 
 
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(kind))
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
+    """A record as plain data: dataclasses as dicts, tuples as lists, enums as their values.
+
+    What ``dataclasses.asdict`` and then these conversions would give, without ``asdict``'s deep copy
+    of every value (events are immutable): the indexer does this for every event it stores.
+    """
+    if isinstance(value, Enum):  # first: a StrEnum is a str too
         return value.value
+    if isinstance(value, str | int | float | bool | None):
+        return value
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
     return value
 
 
@@ -66,5 +81,5 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
     Raises ``ValueError`` if a field that must hold JSON text does not.
     """
-    data: dict[str, Any] = _plain(dataclasses.asdict(event))
+    data: dict[str, Any] = _plain(event)
     return {"type": type(event).__name__, **_shown(data)}

@@ -40,6 +40,21 @@ class RunRow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryPage:
+    """A page of a run's history with the run as it stood then (:meth:`QueryStore.history_page`)."""
+
+    run: RunRow | None  # None: the store does not know the run (yet)
+    events: list[dict[str, Any]]  # in order of seq, as the history shows them
+    last_type: str | None  # the type of the run's last event, at ``run.last_seq``
+
+    @property
+    def settled(self) -> bool:
+        """The run has ended, and its last event is not a ``RunFailed`` whose ``FailureHandlerScheduled``
+        (which the engine writes with it, in one transaction) the store has yet to show."""
+        return self.run is not None and self.run.ended and self.last_type != "RunFailed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepRow:
     """A step of a run: ``pending`` from when the engine started it, ``completed`` once it has a result.
 

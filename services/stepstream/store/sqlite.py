@@ -10,6 +10,10 @@ A fifth, ``flow_keys``, mirrors the compacted ``flow`` topic: each flow-control 
 scheduler last published it, the later record replacing the earlier (as compaction does), so
 re-reading the topic after a crash ends in the same rows.
 
+Reads do not wait for the indexer's writes: a store on a file has a connection for reads beside the
+one the indexer writes with, and in WAL mode a read sees the last committed transaction while the
+next one is being written. (An in-memory store, for tests, has one connection for both.)
+
 ``positions`` holds how far the indexer has read each partition of ``events`` and ``flow``: the
 store, not a consumer group, knows what it holds, so every api replica keeps a store of its own and
 a new or wiped one reads the topics again from their beginning.
@@ -57,7 +61,7 @@ from stepstream.core import (
     WaitTimedOut,
 )
 from stepstream.store.history import event_to_dict
-from stepstream.store.rows import ENDED_STATUSES, FlowKeyRow, RunRow, StepRow, WaiterRow
+from stepstream.store.rows import ENDED_STATUSES, FlowKeyRow, HistoryPage, RunRow, StepRow, WaiterRow
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -355,9 +359,13 @@ class _Indexing:
 
 
 class QueryStore:
+    """The store. Its methods may be called from any thread: the indexer writes from a worker thread
+    while the api reads on its event loop (lookups by key) and in worker threads (lists, histories)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
+        in_memory = self.path == ":memory:"
+        if not in_memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
@@ -369,9 +377,19 @@ class QueryStore:
             if column not in present:
                 self._connection.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
         self._connection.executescript(_INDEXES)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writing connection: one transaction at a time
+        if in_memory:  # another connection would open another, empty, database
+            self._reader, self._read_lock = self._connection, self._lock
+        else:
+            # A lookup by key on the api's event loop then takes microseconds, instead of waiting for the
+            # indexer's transaction (a batch of up to a thousand events) to commit.
+            self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._reader.execute("PRAGMA query_only=1")
+            self._read_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._reader is not self._connection:
+            self._reader.close()
         self._connection.close()
 
     # -- writes (the indexer) -------------------------------------------------------------------
@@ -444,8 +462,8 @@ class QueryStore:
     # -- reads (the api) --------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRow | None:
-        with self._lock:
-            row = self._connection.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_row(row) if row else None
 
     def list_runs(
@@ -489,14 +507,14 @@ class QueryStore:
             parameters.extend([before[0], before[0], before[1]])
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
-        with self._lock:
-            rows = self._connection.execute(query, (*parameters, limit)).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(query, (*parameters, limit)).fetchall()
         return [_run_row(row) for row in rows]
 
     def steps(self, run_id: str) -> list[StepRow]:
         """The run's steps by index: completed ones and pending ones (a gap is a step not yet started)."""
-        with self._lock:
-            rows = self._connection.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT step_index, name, kind, status, output, started_at_ms, completed_at_ms, detail FROM steps"
                 " WHERE run_id = ? ORDER BY step_index",
                 (run_id,),
@@ -517,8 +535,8 @@ class QueryStore:
 
     def waiters(self, event_id: str) -> list[WaiterRow]:
         """The runs waiting on ``event_id`` now, as far as the indexer has read: longest waiting first."""
-        with self._lock:
-            rows = self._connection.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT event_id, run_id, step_index, timeout_at_ms, since_ms FROM waiters WHERE event_id = ?"
                 " ORDER BY since_ms, run_id, step_index",
                 (event_id,),
@@ -529,26 +547,47 @@ class QueryStore:
         ]
 
     def flow_key(self, key: str) -> FlowKeyRow | None:
-        with self._lock:
-            row = self._connection.execute(f"SELECT {_FLOW_COLUMNS} FROM flow_keys WHERE key = ?", (key,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {_FLOW_COLUMNS} FROM flow_keys WHERE key = ?", (key,)).fetchone()
         return FlowKeyRow(**dict(zip(_FLOW_FIELDS, row, strict=True))) if row else None
 
     def flow_keys(self, *, limit: int = 50, after: str | None = None) -> list[FlowKeyRow]:
         """The flow-control keys in order of key; ``after`` is the last key of the previous page."""
         where = "WHERE key > ?" if after is not None else ""
         parameters = (after, limit) if after is not None else (limit,)
-        with self._lock:
-            rows = self._connection.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 f"SELECT {_FLOW_COLUMNS} FROM flow_keys {where} ORDER BY key LIMIT ?", parameters
             ).fetchall()
         return [FlowKeyRow(**dict(zip(_FLOW_FIELDS, row, strict=True))) for row in rows]
 
     def history(self, run_id: str, *, after_seq: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._connection.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after_seq)
             ).fetchall()
         return [json.loads(data) for (data,) in rows]
+
+    def history_page(self, run_id: str, *, after_seq: int = 0, limit: int = 1_000) -> HistoryPage:
+        """The run's row, at most ``limit`` of its events after ``after_seq``, and the type of its last
+        event, all as of one committed transaction of the indexer (what following a history needs)."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")  # one snapshot for the three reads
+            try:
+                row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                rows = self._reader.execute(
+                    "SELECT data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (run_id, after_seq, limit),
+                ).fetchall()
+                run = _run_row(row) if row else None
+                last = None
+                if run is not None:
+                    last = self._reader.execute(
+                        "SELECT type FROM events WHERE run_id = ? AND seq = ?", (run_id, run.last_seq)
+                    ).fetchone()
+            finally:
+                self._reader.execute("COMMIT")
+        return HistoryPage(run=run, events=[json.loads(data) for (data,) in rows], last_type=last[0] if last else None)
 
 
 _RUN_COLUMNS = (
