@@ -163,7 +163,7 @@ async def test_a_cancelled_run_is_not_gone_on_with(make: Make) -> None:
 async def test_after_a_crash_a_delivery_resumes_after_its_last_reported_step(make: Make) -> None:
     harness = await make(Answer(200))
     http = scripted(harness, answer(step=2, then=COMPLETE))
-    harness.executor._recovered[(PLAIN.delivery_id, PLAIN.attempt)] = Recovered(steps=(result(0), result(1)))
+    harness.executor._recovered[(PLAIN.delivery_id, PLAIN.attempt)] = (0, Recovered(steps=(result(0), result(1))))
 
     await harness.run(PLAIN)
 
@@ -175,7 +175,7 @@ async def test_after_a_crash_a_delivery_resumes_after_its_last_reported_step(mak
 async def test_after_a_crash_a_delivery_that_was_reported_is_not_made_again(make: Make) -> None:
     harness = await make(Answer(200))
     http = scripted(harness)
-    harness.executor._recovered[(PLAIN.delivery_id, PLAIN.attempt)] = Recovered(steps=(result(0),), ended=True)
+    harness.executor._recovered[(PLAIN.delivery_id, PLAIN.attempt)] = (0, Recovered(steps=(result(0),), ended=True))
 
     await harness.run(PLAIN)
 

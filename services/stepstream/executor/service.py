@@ -84,6 +84,9 @@ SERVICE = "executor"
 
 ReportT = TypeVar("ReportT", ReportCall, ReportDelivery)
 
+# How long what the reports said after a crash is kept for the deliveries read again.
+RECOVERED_KEPT_MS = 600_000
+
 
 @dataclass(frozen=True, slots=True)
 class _Flight:
@@ -118,7 +121,7 @@ class Executor:
         self._committed: dict[TopicPartition, int] = {}
         self._deliveries: set[asyncio.Task[None]] = set()  # each holds back its offset until it reports (and settles)
         # What the reports written before a crash say of the deliveries read again since (recovery).
-        self._recovered: dict[DeliveryKey, Recovered] = {}
+        self._recovered: dict[DeliveryKey, tuple[int, Recovered]] = {}  # when it was read, and what
         # While partitions are let go (a rebalance, a shutdown), deliveries stop going on past a step.
         self._letting_go = False
         # Runs cancelled lately: a delivery of one stops going on (DeliveryCancelled on deliveries).
@@ -217,7 +220,13 @@ class Executor:
         async with self._lock:
             self._letting_go = False
             new = [tp for tp in partitions if tp.partition not in self._owned()]
-            self._recovered.update(await until_done(lambda: self._reported(new), "read back what was reported"))
+            reported = await until_done(lambda: self._reported(new), "read back what was reported")
+            # What the reports say of deliveries that were committed already is never asked for: it
+            # goes with the next assignment after it (a backlog is read within minutes, not hours).
+            now = self.clock.now_ms()
+            self._recovered = {
+                key: (at, recovered) for key, (at, recovered) in self._recovered.items() if at > now - RECOVERED_KEPT_MS
+            } | {key: (now, recovered) for key, recovered in reported.items()}
         self.ready.set()
 
     async def _reported(self, partitions: list[TopicPartition]) -> dict[DeliveryKey, Recovered]:
@@ -332,7 +341,7 @@ class Executor:
         after another, as many as it takes, each step reported (durable) before the next is asked
         for (:mod:`stepstream.executor.chain`)."""
         started = time.perf_counter()
-        recovered = self._recovered.pop((delivery.delivery_id, delivery.attempt), None)
+        _, recovered = self._recovered.pop((delivery.delivery_id, delivery.attempt), (0, None))
         if recovered is not None and recovered.ended:
             log.info(
                 "delivery %s#%d was reported before a crash: not made again", delivery.delivery_id, delivery.attempt
