@@ -11,6 +11,7 @@ The next replay delivery is scheduled once both are empty.
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -157,16 +158,20 @@ class RunState:
     @property
     def first_open_index(self) -> int:
         """The lowest index with neither a result nor a pending step: where a replay delivery runs next."""
-        taken = {step.index for step in self.steps} | {step.step_index for step in self.waiting}
+        steps = self.steps
+        if not self.waiting and (not steps or steps[-1].index == len(steps) - 1):
+            return len(steps)  # steps 0..n-1 recorded, nothing pending: the usual case, without a set
+        taken = {step.index for step in steps} | {step.step_index for step in self.waiting}
         index = 0
         while index in taken:
             index += 1
         return index
 
     def recorded(self, index: int) -> RecordedStep | None:
-        for step in self.steps:
-            if step.index == index:
-                return step
+        # ``steps`` is in index order: a search, not a scan, so a long run's step costs what a short one's does.
+        position = bisect.bisect_left(self.steps, index, key=lambda step: step.index)
+        if position < len(self.steps) and self.steps[position].index == index:
+            return self.steps[position]
         return None
 
     def pending(self, index: int) -> PendingStep | None:
@@ -203,6 +208,8 @@ def wait_output(*, timeout: bool, data: str) -> str:
 
 
 def _record(steps: tuple[RecordedStep, ...], step: RecordedStep) -> tuple[RecordedStep, ...]:
+    if not steps or steps[-1].index < step.index:
+        return (*steps, step)  # the usual case, the next step: no need to sort a long run's steps again
     return tuple(sorted((*[s for s in steps if s.index != step.index], step), key=lambda s: s.index))
 
 

@@ -42,6 +42,11 @@ class Chain:
 
     delivery: Delivery
     added: list[RecordedStep] = field(default_factory=list)
+    _known: set[int] = field(default_factory=set)
+    _current: Delivery | None = None  # made again only when a request needs the whole history
+
+    def __post_init__(self) -> None:
+        self._known = {step.index for step in self.delivery.steps}
 
     @classmethod
     def resuming(cls, delivery: Delivery, recovered: Recovered | None) -> Chain:
@@ -52,21 +57,22 @@ class Chain:
         return chain
 
     def record(self, steps: tuple[StepResult, ...]) -> None:
-        """``steps`` are durable: the next request replays them."""
-        known = {step.index for step in self.delivery.steps} | {step.index for step in self.added}
-        self.added.extend(
-            RecordedStep(index=step.index, name=step.name, kind=step.kind, output=step.output)
-            for step in steps
-            if step.index not in known
-        )
+        """``steps`` are durable: the next request replays them (or resumes past them)."""
+        for step in steps:
+            if step.index not in self._known:
+                self._known.add(step.index)
+                self.added.append(RecordedStep(index=step.index, name=step.name, kind=step.kind, output=step.output))
+                self._current = None
 
     @property
     def current(self) -> Delivery:
-        """The delivery as the next request makes it: every step recorded so far."""
+        """The delivery as a request that replays it is made: every step recorded so far."""
         if not self.added:
             return self.delivery
-        steps = (*self.delivery.steps, *self.added)
-        return replace(self.delivery, steps=steps, step_index=max(step.index for step in steps) + 1)
+        if self._current is None:
+            steps = (*self.delivery.steps, *self.added)
+            self._current = replace(self.delivery, steps=steps, step_index=steps[-1].index + 1)
+        return self._current
 
     @property
     def length(self) -> int:

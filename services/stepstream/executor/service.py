@@ -354,7 +354,8 @@ class Executor:
         session = new_session_id() if self.settings.sessions and may_chain(delivery) else None
         resume = False
         while True:
-            current = chain.current
+            # A resume carries nothing of the run: the whole history is made only for a request that replays.
+            current = delivery if resume else chain.current
             url = destination(current.url, self.settings.allowed_url_hosts)
             steps: tuple[StepResult, ...] = ()
             kept = False

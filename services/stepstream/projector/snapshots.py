@@ -48,11 +48,15 @@ class Parts:
 
 def parts(before: RunState | None, after: RunState) -> Parts:
     """The records that take the run's snapshot from ``before`` to ``after``."""
-    known = {step.index: step for step in before.steps} if before is not None else {}
+    header = replace(after, steps=())
+    known = before.steps if before is not None else ()
+    if after.steps[: len(known)] == known:  # results only added at the end, the usual case: no dicts
+        return Parts(header=header, recorded=after.steps[len(known) :], removed=())
+    earlier = {step.index: step for step in known}
     now = {step.index: step for step in after.steps}
-    recorded = tuple(step for index, step in now.items() if known.get(index) != step)
-    removed = tuple(index for index in known if index not in now)
-    return Parts(header=replace(after, steps=()), recorded=recorded, removed=removed)
+    recorded = tuple(step for index, step in now.items() if earlier.get(index) != step)
+    removed = tuple(index for index in earlier if index not in now)
+    return Parts(header=header, recorded=recorded, removed=removed)
 
 
 @dataclass(slots=True)
