@@ -232,8 +232,7 @@ def cmd_service(args: argparse.Namespace) -> None:
         settings = readers[name]()
     except config.ConfigurationError as error:
         _fail(str(error))
-    loop_factory = runner.api_loop_factory() if name == "api" else None
-    runner.run_service(lambda: build(settings), loop_factory=loop_factory)
+    runner.run_service(lambda: build(settings))
 
 
 # -- the api's client -------------------------------------------------------------------------

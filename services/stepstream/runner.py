@@ -144,11 +144,8 @@ async def _serve_until_cancelled(server: Any) -> None:
         raise
 
 
-def run_service(
-    build: Callable[[], Service], *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-) -> None:
-    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints, on an event
-    loop from ``loop_factory`` (default: asyncio's own)."""
+def run_service(build: Callable[[], Service]) -> None:
+    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints."""
     configure_logging()
 
     async def main() -> None:
@@ -162,18 +159,9 @@ def run_service(
         await _until_signalled(tasks)
         log.info("%s stopped", service.name)
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
-
-
-def api_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop for the api process, where it is installed (the server extra has it on Linux and
-    macOS): its HTTP requests and Kafka sends cost less CPU on it (docs/decisions/0007)."""
-    try:
-        import uvloop
-    except ImportError:  # a platform without uvloop's wheels
-        return None
-    return uvloop.new_event_loop
+    # asyncio's own event loop, not uvloop's: on uvloop, the api made the broker spend twice the CPU
+    # per run and the engine did a quarter fewer runs a second (make bench, side by side; decision 0008).
+    asyncio.run(main())
 
 
 async def _health(host: str, port: int, ready: Readiness) -> None:

@@ -1,7 +1,7 @@
 """`python -m stepstream.api`: the api service alone in this process."""
 
 from stepstream.config import ApiSettings
-from stepstream.runner import api_loop_factory, api_service, run_service
+from stepstream.runner import api_service, run_service
 
 if __name__ == "__main__":
-    run_service(lambda: api_service(ApiSettings.from_env()), loop_factory=api_loop_factory())
+    run_service(lambda: api_service(ApiSettings.from_env()))
