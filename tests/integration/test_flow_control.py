@@ -245,8 +245,12 @@ def test_lower_limits_for_new_triggers_apply_once_the_old_work_is_done(flow: Flo
     obeys the most permissive limits present, and the new limits alone once it has drained."""
     _scheduler_count(flow, 1)
     key = f"change-{uuid.uuid4().hex[:6]}"
-    old = [flow.trigger("steady", f"{key}-old", {"ms": [300, 300]}, {"key": key, "parallelism": 3}) for _ in range(6)]
-    new = [flow.trigger("steady", f"{key}-new", {"ms": [300, 300]}, {"key": key, "parallelism": 1}) for _ in range(6)]
+    # The new runs have three times the old runs' steps. Deliveries under a key wait in one queue, so
+    # a new run's later steps queue behind the old runs' last deliveries: work of the new runs is
+    # always left once the old has drained. (With as many steps each, the old runs' last deliveries
+    # could queue behind every new one, and nothing new was left to start after them.)
+    old = [flow.trigger("steady", f"{key}-old", {"ms": [300]}, {"key": key, "parallelism": 3}) for _ in range(6)]
+    new = [flow.trigger("steady", f"{key}-new", {"ms": [300] * 3}, {"key": key, "parallelism": 1}) for _ in range(6)]
     flow.wait_all(old + new, timeout=180)
     old_records, new_records = flow.finished(f"{key}-old"), flow.finished(f"{key}-new")
     everything = old_records + new_records
