@@ -24,7 +24,7 @@ lint: $(BIN)/stepstream
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The hot path against a plain-HTTP floor, one table (bench/README.md): ~2.5 min, or ~1.2 min quick. Add
+# The hot path against a plain-HTTP floor, one table (bench/README.md): ~3 min, or ~1.4 min quick. Add
 # columns with BENCH_ARGS, e.g. make bench BENCH_ARGS='--mode budget0=STEPSTREAM_STEP_BUDGET_MS=0'.
 bench: $(BIN)/stepstream
 	$(BIN)/python bench/hotpath.py $(BENCH_ARGS)
