@@ -5,7 +5,7 @@ queries, cancel and the dead-letter list."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -39,18 +39,6 @@ class FakePublisher:
 
     async def publish(self, *records: TriggersRecord) -> None:
         self.records.extend(records)
-
-
-@pytest.fixture
-def store() -> Iterator[QueryStore]:
-    store = QueryStore(":memory:")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def published() -> FakePublisher:
-    return FakePublisher()
 
 
 class TestClient:
@@ -101,12 +89,6 @@ def api_client(
         ApiSettings(**{**values, **settings}), store=store, publisher=published, clock=ManualClock(NOW), changes=changes
     )
     return TestClient(app)
-
-
-@pytest.fixture
-def api(store: QueryStore, published: FakePublisher) -> Iterator[TestClient]:
-    with api_client(store, published) as client:
-        yield client
 
 
 def add(store: QueryStore, *runs: Run) -> None:

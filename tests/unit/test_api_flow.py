@@ -3,7 +3,6 @@ and the flow-control keys the indexer stored from the scheduler's ``flow`` topic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,25 +10,7 @@ import pytest
 from stepstream.avro import TriggerRequest
 from stepstream.core import FlowControl, FlowKeyState
 from stepstream.store import QueryStore
-from tests.unit.test_api import NOW, FakePublisher, TestClient, api_client, error_of
-
-
-@pytest.fixture
-def store() -> Iterator[QueryStore]:
-    store = QueryStore(":memory:")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def published() -> FakePublisher:
-    return FakePublisher()
-
-
-@pytest.fixture
-def api(store: QueryStore, published: FakePublisher) -> Iterator[TestClient]:
-    with api_client(store, published) as client:
-        yield client
+from tests.unit.test_api import NOW, FakePublisher, TestClient, error_of
 
 
 def trigger(api: TestClient, flow_control: Any) -> Any:

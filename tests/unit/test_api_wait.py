@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -20,33 +20,10 @@ from stepstream.avro import TriggerRequest
 from stepstream.core import Complete, Event, PlanSleep, Recovery, StepKind
 from stepstream.store import QueryStore
 from tests.helpers import assert_eventually
-from tests.unit.test_api import T0, FakePublisher, TestClient, api_client, completed, failed, sleeping
+from tests.unit.test_api import T0, FakePublisher, TestClient, completed, failed, sleeping
 from tests.unit.test_query_store import Run
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def store() -> Iterator[QueryStore]:
-    store = QueryStore(":memory:")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def published() -> FakePublisher:
-    return FakePublisher()
-
-
-@pytest.fixture
-def changes() -> RunChanges:
-    return RunChanges()
-
-
-@pytest.fixture
-def api(store: QueryStore, published: FakePublisher, changes: RunChanges) -> Iterator[TestClient]:
-    with api_client(store, published, changes=changes) as client:
-        yield client
 
 
 def during(api: TestClient, scenario: Coroutine[Any, Any, T]) -> T:

@@ -26,7 +26,6 @@ from tests.unit.test_api import (
     FakePublisher,
     TestClient,
     add,
-    api_client,
     completed,
     failed,
     fleet,
@@ -54,29 +53,6 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     time.tzset()
-
-
-@pytest.fixture
-def store() -> Iterator[QueryStore]:
-    store = QueryStore(":memory:")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def published() -> FakePublisher:
-    return FakePublisher()
-
-
-@pytest.fixture
-def changes() -> RunChanges:
-    return RunChanges()
-
-
-@pytest.fixture
-def api(store: QueryStore, published: FakePublisher, changes: RunChanges) -> Iterator[TestClient]:
-    with api_client(store, published, changes=changes) as client:
-        yield client
 
 
 @pytest.fixture
