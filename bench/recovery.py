@@ -54,7 +54,6 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,10 +61,11 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from run import (  # bench/run.py: the stack and the helpers
+from harness import (  # bench/harness.py: the broker, the stack and the helpers
     BENCH_DIR,
     BenchFailure,
     Stack,
+    broker,
     delete_topics,
     engine_commit,
     fmt,
@@ -78,7 +78,7 @@ from run import (  # bench/run.py: the stack and the helpers
 )
 
 from stepstream.avro import EVENT_TYPES, Codec, DecodeError, TriggerRequest
-from stepstream.kafka import LocalKafka, TopicNames, free_port
+from stepstream.kafka import LocalKafka, TopicNames
 
 SERVICES = ("projector", "scheduler", "executor", "api")
 FAULTS = ("none", "projector", "scheduler", "executor", "api", "broker-3s", "broker-15s")
@@ -617,28 +617,6 @@ def top_messages(measurements: list[Measurement], faults: list[str], limit: int)
 # -- setting up -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def local_broker(directory: Path) -> Iterator[tuple[str, LocalKafka | None]]:
-    """The bootstrap servers, and the local broker when it is ours (the broker faults need it)."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        progress(f"using the Kafka cluster at {external} (KAFKA_BOOTSTRAP_SERVERS); no broker faults")
-        yield external, None
-        return
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    kafka = LocalKafka(data_dir=directory / "kafka", port=port, controller_port=controller_port)
-    progress(f"starting a local Kafka broker on 127.0.0.1:{port}…")
-    try:
-        kafka.start()
-        yield kafka.bootstrap_servers, kafka
-    finally:
-        progress("stopping the Kafka broker…")
-        kafka.stop()
-
-
 def engine_source() -> str:
     """The commit measured; or, when PYTHONPATH put another copy of the engine first (to measure an
     older version with this bench), where that copy is."""
@@ -691,8 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
-        with local_broker(directory) as (bootstrap, kafka):
+        with broker(directory) as used:
+            bootstrap, kafka = used.bootstrap, used.local
             if kafka is None:
+                progress("no broker faults against a cluster elsewhere")
                 args.faults = [fault for fault in args.faults if not fault.startswith("broker-")]
             stack = Stack(bootstrap, directory, partitions=args.partitions)
             try:
