@@ -179,6 +179,11 @@ class ProjectorSettings:
     notify_buffer_ms: int = 60_000  # how long a notification waits for runs that start waiting after it
     max_invoke_depth: int = 100  # how deep runs may invoke child runs
     call_grace_ms: int = 60_000  # past a call's timeout, how long to wait for the executor's report
+    # Where the projector keeps every run on disk (projector/store.py); empty: a temporary file, so
+    # every start reads the whole runs topic again. A folder that outlives a restart (a volume)
+    # makes a restart read only what it missed.
+    state_dir: str = ""
+    cache_runs: int = 10_000  # how many runs stay in memory, the most recently used
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProjectorSettings:
@@ -191,6 +196,8 @@ class ProjectorSettings:
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
             max_invoke_depth=_int(environ, "STEPSTREAM_MAX_INVOKE_DEPTH", 100, minimum=1),
             call_grace_ms=_int(environ, "STEPSTREAM_CALL_GRACE_MS", 60_000, minimum=1),
+            state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
+            cache_runs=_int(environ, "STEPSTREAM_PROJECTOR_CACHE_RUNS", 10_000, minimum=1),
         )
 
 

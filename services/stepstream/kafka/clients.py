@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -411,6 +411,54 @@ async def read_partitions_to_end(
         return records
     finally:
         await reader.stop()
+
+
+async def stream_partitions(
+    settings: KafkaSettings, topic: str, starts: Mapping[int, int | None], *, chunk: int = 5_000
+) -> AsyncIterator[list[ConsumerRecord]]:
+    """The committed records of ``topic``'s partitions from ``starts`` (an offset to read from, or None
+    for the beginning) to their end as it is now, in chunks of at most ``chunk``: a restore that
+    never holds a whole topic in memory. A start outside what the partition holds (compacted or
+    deleted away before it, or past its end: the topic was made again) raises ``OffsetOutOfRange``,
+    so that the caller can read that partition again from the beginning."""
+    wanted = [TopicPartition(topic, partition) for partition in starts]
+    if not wanted:
+        return
+    reader = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
+    await reader.start()
+    try:
+        reader.assign(wanted)
+        first = await reader.beginning_offsets(wanted)
+        end = await reader.end_offsets(wanted)
+        for tp in wanted:
+            start = starts[tp.partition]
+            if start is None:
+                reader.seek(tp, first[tp])
+            elif not first[tp] <= start <= end[tp]:
+                raise OffsetOutOfRange(tp.partition, start, first[tp], end[tp])
+            else:
+                reader.seek(tp, start)
+        remaining = {tp for tp in wanted if await reader.position(tp) < end[tp]}
+        while remaining:
+            batch = await reader.getmany(*remaining, timeout_ms=200, max_records=chunk)
+            records = [record for items in batch.values() for record in items]
+            if records:
+                yield records
+            for tp in list(remaining):
+                # With read_committed the position can stop short of the end offset only at
+                # transaction markers; position() moves past them.
+                if await reader.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+
+
+class OffsetOutOfRange(Exception):
+    """A partition was to be read from an offset it does not hold (see :func:`stream_partitions`)."""
+
+    def __init__(self, partition: int, offset: int, first: int, end: int) -> None:
+        super().__init__(f"partition {partition} holds offsets {first} to {end}, not {offset}")
+        self.partition = partition
 
 
 async def until_done(work: Callable[[], Awaitable[ResultT]], what: str, *, delay_s: float = 1.0) -> ResultT:

@@ -58,11 +58,13 @@ from stepstream.core import (
 )
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
+    OffsetOutOfRange,
     PartitionListener,
     make_consumer,
     make_producer,
     partition_for,
     read_partitions_to_end,
+    stream_partitions,
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
@@ -70,7 +72,8 @@ from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
 from stepstream.projector.outbox import Change, Outbox
-from stepstream.projector.snapshots import Assembly, parse_step_key, parts, step_key
+from stepstream.projector.snapshots import parse_step_key, parts, step_key
+from stepstream.projector.store import STORE_STALE_MS, RunStore, Written, state_file
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Projector:
             call_grace_ms=settings.call_grace_ms,
         )
         self.group_id = f"{self.kafka.topic_prefix}projector"
-        self.states: dict[str, RunState] = {}
+        self.states = RunStore(state_file(settings), self.codec, topic=self.topics.runs, cache_runs=settings.cache_runs)
         self.waiters: dict[str, WaiterState] = {}  # the waiter index of each event id this instance owns
         self.owned: set[int] = set()  # the commands partitions this instance writes runs for
         self.commands_partitions = settings.kafka.partitions
@@ -138,6 +141,7 @@ class Projector:
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+            self.states.close()
 
     # -- partition ownership -----------------------------------------------------------------
 
@@ -163,16 +167,8 @@ class Projector:
         rather than stop the restore; the record itself stays, for a version that can read it.
         """
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        runs = Assembly()
-        for record in await read_partitions_to_end(self.kafka, self.topics.runs, new):  # the last of each key wins
-            try:
-                self._restore_part(record, runs)
-            except DecodeError as error:
-                unreadable.append((record, f"cannot restore a run from this record: {error}"))
-        restored = 0
-        for state in runs.states():
-            self.states[state.run_id] = state
-            restored += 1
+        await self._restore_runs(new, unreadable)
+        restored = sum(self.states.runs_on_disk(partition) for partition in new)
         for record in await read_partitions_to_end(self.kafka, self.topics.waiters, new):
             try:
                 event_id, waiters = _restored(record, self.codec)
@@ -187,17 +183,49 @@ class Projector:
             await self._write_dead_letters(unreadable)
         return restored
 
-    def _restore_part(self, record: ConsumerRecord, runs: Assembly) -> None:
-        """Take one record of ``runs`` into ``runs``: a run's state, or one of its results (snapshots.py)."""
+    async def _restore_runs(self, new: set[int], unreadable: list[tuple[ConsumerRecord, str]]) -> None:
+        """Bring the store's copy of ``runs`` up to date for the ``new`` partitions: from where its file
+        left off, or from the beginning when it has nothing of a partition, is older than a tombstone
+        is sure to be kept, or names an offset the partition no longer holds (projector/store.py)."""
+        now = self.clock.now_ms()
+        written_ms = self.states.written_ms()
+        stale = written_ms is None or now - written_ms > STORE_STALE_MS
+        starts: dict[int, int | None] = {}
+        for partition in new:
+            if stale and self.states.position(partition) is not None:
+                self.states.reset(partition)
+            starts[partition] = self.states.position(partition)
+        while True:
+            try:
+                async for records in stream_partitions(self.kafka, self.topics.runs, starts):
+                    readable: list[Written] = []
+                    for record in records:
+                        problem = self._unreadable_run_record(record)
+                        if problem is None:
+                            readable.append(Written(record.partition, record.offset, bytes(record.key), record.value))
+                        else:
+                            unreadable.append((record, f"cannot restore a run from this record: {problem}"))
+                    read_to = {record.partition: record.offset + 1 for record in records}
+                    self.states.written(readable, self.clock.now_ms(), read_to=read_to)
+                return
+            except OffsetOutOfRange as error:
+                log.info("reading runs partition %d again from the beginning: %s", error.partition, error)
+                self.states.reset(error.partition)
+                starts[error.partition] = None
+
+    def _unreadable_run_record(self, record: ConsumerRecord) -> str | None:
+        """Why a record of ``runs`` cannot be restored (its key or value), or None: a run's state, one
+        of its results, or a tombstone of either (snapshots.py)."""
         if record.key is None:
-            raise DecodeError("Expected a key (a run id, or a run id and a step index), but the record has none")
-        key = bytes(record.key).decode(errors="replace")
-        step = parse_step_key(key)
-        if step is None:
-            runs.header(key, None if record.value is None else self.codec.decode(record.value, (RunState,)))
-        else:
-            run_id, index = step
-            runs.step(run_id, index, None if record.value is None else self.codec.decode(record.value, (RecordedStep,)))
+            return "Expected a key (a run id, or a run id and a step index), but the record has none"
+        if record.value is None:
+            return None
+        step = parse_step_key(bytes(record.key).decode(errors="replace"))
+        try:
+            self.codec.decode(record.value, (RunState,) if step is None else (RecordedStep,))
+        except DecodeError as error:
+            return str(error)
+        return None
 
     async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
         """Dead-letter records outside a batch (found while restoring), in a transaction of their own."""
@@ -217,8 +245,9 @@ class Projector:
             self.progress.forget(partitions)
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.commands}
             self.owned -= gone
-            for run_id in [r for r in self.states if partition_for(r, self.commands_partitions) in gone]:
-                del self.states[run_id]
+            for run_id in self.states.run_ids_in_memory():
+                if partition_for(run_id, self.commands_partitions) in gone:
+                    self.states.drop(run_id)  # its file keeps it, for when the partition comes back
             for event_id in [e for e in self.waiters if partition_for(e, self.commands_partitions) in gone]:
                 del self.waiters[event_id]
 
@@ -242,7 +271,7 @@ class Projector:
                     for topic, key, value, partition in outbox.records
                 ]
                 await self._producer.send_offsets_to_transaction(offsets, self.group_id)
-            await asyncio.gather(*sends)
+            written = await asyncio.gather(*sends)
         except Exception as error:
             # Nothing of the batch is visible: put memory back and read the batch again. What each
             # command writes was checked against the record limit before, so what fails here is the
@@ -251,7 +280,7 @@ class Projector:
             self.progress.failed(error)
             for run_id, previous in outbox.previous.items():
                 if previous is None:
-                    self.states.pop(run_id, None)
+                    self.states.pop(run_id)
                 else:
                     self.states[run_id] = previous
             for event_id, previous_waiters in outbox.previous_waiters.items():
@@ -263,6 +292,16 @@ class Projector:
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
             return
+        # Committed: the store's file takes what went to runs, and then runs may leave memory.
+        self.states.written(
+            (
+                Written(metadata.partition, metadata.offset, key, value)
+                for (topic, key, value, _), metadata in zip(outbox.records, written, strict=True)
+                if topic == self.topics.runs
+            ),
+            self.clock.now_ms(),
+        )
+        self.states.trim()
         self.progress.done(batch)
 
     def _apply(self, record: ConsumerRecord, outbox: Outbox) -> None:

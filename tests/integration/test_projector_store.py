@@ -1,0 +1,135 @@
+"""The projector keeps every run on disk and only the runs in use in memory (projector/store.py).
+
+In-process projectors against the real broker, with a cache of three runs: runs that have ended,
+and runs that wait, leave memory and stay on disk; a command for a run no longer in memory finds
+it there; a duplicate trigger of a run that ended long ago is still a duplicate; a restart on the
+same file reads only what it missed, and one on a new file streams the topic to disk and loads no
+run into memory. Checked on the store's state and on the records read, never on times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stepstream.projector.service as projector_service
+from stepstream.avro import Codec
+from stepstream.config import KafkaSettings, ProjectorSettings
+from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
+from stepstream.kafka.clients import stream_partitions
+from stepstream.kafka.topics import TopicNames
+from tests.integration.test_rebalance import produce, read_all, read_until, running
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+CACHE = 3
+RUNS = 10
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
+    stack = Stack(kafka_bootstrap, tmp_path, partitions=1)
+    stack.create_topics()
+    return KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=stack.prefix, partitions=1, instance_id="store-test"
+    )
+
+
+@pytest.fixture
+def records_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many records of runs each restore streamed, one number per restore."""
+    counts: list[int] = []
+
+    async def counting(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
+        counts.append(0)
+        async for records in stream_partitions(settings, topic, starts):
+            counts[-1] += len(records)
+            yield records
+
+    monkeypatch.setattr(projector_service, "stream_partitions", counting)
+    return counts
+
+
+def trigger(run_id: str, now: int) -> TriggerRun:
+    # Waits an hour before its first delivery, so nothing but these commands happens to the run.
+    return TriggerRun(
+        run_id=run_id,
+        workflow="w",
+        url="http://127.0.0.1:9/workflows/w",
+        payload="{}",
+        now_ms=now,
+        not_before_ms=now + 3_600_000,
+    )
+
+
+def of_type(values: list[Any], kind: type[Any], run_id: str | None = None) -> list[Any]:
+    found: list[Any] = [value for value in values if isinstance(value, kind)]
+    return [value for value in found if run_id in (None, value.run_id)]
+
+
+@pytest.mark.asyncio
+async def test_runs_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_missed(
+    kafka: KafkaSettings, tmp_path: Path, records_read: list[int]
+) -> None:
+    topics, codec, now = TopicNames(kafka.topic_prefix), Codec(), int(time.time() * 1000)
+    settings = ProjectorSettings(kafka=kafka, state_dir=str(tmp_path / "state"), cache_runs=CACHE)
+    run_ids = [f"run-{number}" for number in range(RUNS)]
+
+    projector = projector_service.Projector(settings)
+    async with running(projector):
+        for run_id in run_ids:
+            await produce(kafka, topics.commands, run_id, codec.encode(trigger(run_id, now)))
+        await read_until(kafka, topics.events, lambda values: len(of_type(values, RunStarted)) >= RUNS)
+        # The first half end; the second half keep waiting. Ten runs, three in memory at most.
+        for run_id in run_ids[: RUNS // 2]:
+            await produce(
+                kafka, topics.commands, run_id, codec.encode(CancelRun(run_id=run_id, reason="t", now_ms=now))
+            )
+        events = await read_until(kafka, topics.events, lambda values: len(of_type(values, RunCancelled)) >= RUNS // 2)
+        assert len(of_type(events, RunCancelled)) == RUNS // 2
+        assert projector.states.in_memory() <= CACHE
+        assert projector.states.runs_on_disk(0) == RUNS
+
+        # A run that left memory long ago is found on disk: cancelling it works,
+        cancel = CancelRun(run_id=run_ids[-1], reason="late", now_ms=now)
+        await produce(kafka, topics.commands, run_ids[-1], codec.encode(cancel))
+        # and a trigger with the id of a run that ended is still a duplicate (a marker run after it
+        # shows the projector got that far: one partition, in order).
+        await produce(kafka, topics.commands, run_ids[0], codec.encode(trigger(run_ids[0], now)))
+        await produce(kafka, topics.commands, "marker", codec.encode(trigger("marker", now)))
+        events = await read_until(kafka, topics.events, lambda values: bool(of_type(values, RunStarted, "marker")))
+        assert len(of_type(events, RunCancelled, run_ids[-1])) == 1
+        assert len(of_type(events, RunStarted, run_ids[0])) == 1
+        assert projector.states.in_memory() <= CACHE
+        states = {run_id: projector.states[run_id] for run_id in run_ids}
+    first_restore = records_read[-1]
+
+    # A restart on the same file reads only what was written after it: nothing.
+    again = projector_service.Projector(settings)
+    async with running(again):
+        await read_until(kafka, topics.events, lambda values: again.ready.is_set())
+        assert again.ready.is_set()
+        assert records_read[-1] == 0 <= first_restore
+        assert again.states.runs_on_disk(0) == RUNS + 1
+        assert again.states.in_memory() == 0
+
+    # One on a new file streams the whole topic to disk, and still loads no run into memory.
+    fresh = projector_service.Projector(
+        ProjectorSettings(kafka=kafka, state_dir=str(tmp_path / "other"), cache_runs=CACHE)
+    )
+    async with running(fresh):
+        await read_until(kafka, topics.events, lambda values: fresh.ready.is_set())
+        assert fresh.ready.is_set()
+        assert records_read[-1] >= RUNS + 1  # every run's record, at least
+        assert fresh.states.runs_on_disk(0) == RUNS + 1
+        assert fresh.states.in_memory() == 0
+        # and what it restored is what the runs are.
+        assert {run_id: fresh.states[run_id] for run_id in run_ids} == states
+    assert [type(value).__name__ for value in of_type(await read_all(kafka, topics.events), RunStarted)].count(
+        "RunStarted"
+    ) == RUNS + 1
