@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, ProjectorSettings, SchedulerSettings
 from stepstream.core import Delivery, DeliveryRequested, FlowControl, FlowSettled
 from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
-from stepstream.kafka.clients import read_partitions_to_end
+from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
 from tests.stack import Stack
 
@@ -53,7 +53,12 @@ def slow_restore(monkeypatch: pytest.MonkeyPatch) -> None:
         await asyncio.sleep(RESTORE_DELAY_S)
         return records
 
-    monkeypatch.setattr(scheduler_service, "read_partitions_to_end", slow)
+    async def slow_stream(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
+        async for records in stream_partitions(settings, topic, starts):
+            yield records
+        await asyncio.sleep(RESTORE_DELAY_S)
+
+    monkeypatch.setattr(scheduler_service, "stream_partitions", slow_stream)
     monkeypatch.setattr(projector_service, "read_partitions_to_end", slow)
 
 

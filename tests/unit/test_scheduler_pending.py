@@ -1,14 +1,18 @@
-"""``PendingWork``, given → when → then: what the scheduler holds back, and when it lets it go."""
+"""``PendingWork``, given → when → then: what the scheduler holds back, and when it lets it go; and the
+model test again for ``TieredPendingWork``, which keeps what is due later on disk."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
+from stepstream.avro import Codec
 from stepstream.core import Delivery, DeliveryRequested, TimerRequested
 from stepstream.scheduler.pending import Held, PendingWork, due_ms
 from stepstream.scheduler.pending import HeldRecord as ScheduleRecord
+from stepstream.scheduler.tiered import TieredPendingWork
 
 T0 = 1_700_000_000_000
 
@@ -303,10 +307,21 @@ def grouped_by_due(items: list[tuple[int, Held]]) -> list[tuple[int, set[tuple[i
     return groups
 
 
+Pending = PendingWork | TieredPendingWork
+
+
+def tiered() -> TieredPendingWork:
+    """The scheduler's pending work, with a horizon short enough that most requests go to disk."""
+    return TieredPendingWork(Codec(), horizon_ms=10)
+
+
+@pytest.mark.parametrize("make", [PendingWork, tiered], ids=["memory", "tiered"])
 @pytest.mark.parametrize("seed", range(20))
-def test_pending_work_agrees_with_a_sorted_model(seed: int) -> None:
+def test_pending_work_agrees_with_a_sorted_model(
+    seed: int, make: Callable[[], PendingWork | TieredPendingWork]
+) -> None:
     rng = random.Random(seed)
-    pending, model = PendingWork(), Model()
+    pending, model = make(), Model()
     now = T0
     request_ids = [f"r{number}" for number in range(15)]  # few ids: many replacements and removals
 

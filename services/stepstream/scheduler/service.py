@@ -44,13 +44,14 @@ from stepstream.kafka.clients import (
     PartitionListener,
     make_consumer,
     make_producer,
-    read_partitions_to_end,
+    stream_partitions,
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
-from stepstream.scheduler.pending import HeldRecord, PendingWork, due_ms
+from stepstream.scheduler.pending import HeldRecord, due_ms
+from stepstream.scheduler.tiered import TieredPendingWork
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Scheduler:
         self.codec = codec or Codec()
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}scheduler"
-        self.pending = PendingWork()
+        self.pending = TieredPendingWork(self.codec)  # what is due within a minute in memory, the rest on disk
         self.flow = FlowLedger()
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
@@ -107,6 +108,7 @@ class Scheduler:
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+            self.pending.close()
 
     def _wait_ms(self) -> int:
         now = self.clock.now_ms()
@@ -141,29 +143,29 @@ class Scheduler:
         their last writes (so a key's queue keeps its order of arrival). Returns how many entries,
         and the records that could not be read (another producer's, or a newer version's), with why."""
         # By partition too: compaction keeps the latest record of a key per partition, and a key written
-        # to two partitions (by another producer) is two entries, each to restore or refuse.
-        latest: dict[tuple[int, bytes], ConsumerRecord] = {}
+        # to two partitions (by another producer) is two entries, each to restore or refuse. The latest
+        # of each is staged on disk as it is read (a million sleeping runs' timers never all in memory).
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        for record in await read_partitions_to_end(self.kafka, self.topics.timers, partitions):
-            if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
-                unreadable.append((record, "Expected a key (a request id), but the record has none"))
-                continue
-            key = (record.partition, bytes(record.key))
-            latest.pop(key, None)
-            latest[key] = record
+        self.pending.clear_stage()
+        starts: dict[int, int | None] = dict.fromkeys(partitions)
+        async for records in stream_partitions(self.kafka, self.topics.timers, starts):
+            for record in records:
+                if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
+                    unreadable.append((record, "Expected a key (a request id), but the record has none"))
+                    continue
+                self.pending.stage(record.partition, bytes(record.key), record.offset, record.value)
         count = 0
-        for record in latest.values():
-            if record.value is None:
-                continue
+        for partition, key, offset, value in self.pending.staged():
             try:
-                entry = self.codec.decode(record.value, expected=CHANGELOG_TYPES)
+                entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
             except DecodeError as error:
+                record = _changelog_record(self.topics.timers, partition, offset, key, value)
                 unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
                 continue
             if isinstance(entry, FlowSlot):
-                self.flow.restore(record.partition, entry)
+                self.flow.restore(partition, entry)
             else:
-                self.pending.add(record.partition, cast(HeldRecord, entry))
+                self.pending.add(partition, cast(HeldRecord, entry))
             count += 1
         return count, unreadable
 
@@ -328,3 +330,20 @@ class Scheduler:
             return self.topics.deliveries, call.run_id.encode(), self.codec.encode(call), None
         command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
         return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None
+
+
+def _changelog_record(topic: str, partition: int, offset: int, key: bytes, value: bytes) -> ConsumerRecord:
+    """A staged changelog record as the consumer gave it, for its dead letter."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )

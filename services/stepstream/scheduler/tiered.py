@@ -1,0 +1,168 @@
+"""The scheduler's pending work, with what is due later than a horizon on disk.
+
+A sleeping run has a timer held by the scheduler until it is due; a run that sleeps for weeks held
+its ~0.5 KB for weeks, and a million sleeping runs took their memory. :class:`TieredPendingWork`
+keeps in memory (a :class:`~stepstream.scheduler.pending.PendingWork`) only what is due before
+``window_end``, which :meth:`pop_due` moves to ``now + horizon``; everything due later waits in a
+SQLite file, and comes into memory in order of due time (then of arrival) when the window reaches
+it. It behaves as ``PendingWork`` does, one request per id, ties in order of arrival
+(``tests/unit/test_scheduler_pending.py`` runs the same model test against both).
+
+The file only spills what memory would have held: it is written as memory would have been (before
+the batch's transaction commits) and emptied with it (a failed transaction or a revoked partition
+drops the partitions, and the restore reads the changelog again), so it needs no positions of its
+own. It is a temporary file, removed when the scheduler stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+from stepstream.avro import Codec
+from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
+
+HORIZON_MS = 60_000  # what is due within the next minute stays in memory
+
+_SCHEMA = """
+CREATE TABLE held (
+    request_id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    arrival INTEGER NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX held_by_due ON held (due_ms, arrival);
+CREATE TABLE staged (
+    partition INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    offset INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (partition, key)
+);
+"""
+
+
+class TieredPendingWork:
+    """``PendingWork``'s interface: requests by id, due ones popped in order; the far ones on disk."""
+
+    def __init__(self, codec: Codec, *, horizon_ms: int = HORIZON_MS, folder: str | None = None) -> None:
+        self.codec = codec
+        self.horizon_ms = horizon_ms
+        self.window_end = 0  # memory holds what is due at or before this; the file what is due after
+        self._memory = PendingWork()
+        self._arrivals = 0
+        handle, name = tempfile.mkstemp(prefix="stepstream-scheduler-", suffix=".sqlite3", dir=folder or None)
+        os.close(handle)
+        self.path = Path(name)
+        weakref.finalize(self, _remove, self.path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # A spill file, read again from the changelog after any restart: no sync, no journal to keep.
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+        _remove(self.path)
+
+    def __len__(self) -> int:
+        return len(self._memory) + self.on_disk()
+
+    def on_disk(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM held").fetchone()[0])
+
+    def in_memory(self) -> int:
+        return len(self._memory)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._memory or self._on_disk(request_id) is not None
+
+    def add(self, partition: int, record: HeldRecord) -> None:
+        if due_ms(record) <= self.window_end:
+            self._db.execute("DELETE FROM held WHERE request_id = ?", (record.request_id,))
+            self._memory.add(partition, record)
+            return
+        self._memory.remove(record.request_id)
+        self._arrivals += 1
+        self._db.execute(
+            "INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)",
+            (record.request_id, partition, due_ms(record), self._arrivals, self.codec.encode(record)),
+        )
+
+    def remove(self, request_id: str) -> Held | None:
+        held = self._memory.remove(request_id)
+        if held is not None:
+            return held
+        row = self._on_disk(request_id)
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM held WHERE request_id = ?", (request_id,))
+        partition, value = row
+        return Held(partition, self._decode(value))
+
+    def next_due_ms(self) -> int | None:
+        due = self._memory.next_due_ms()
+        if due is not None:
+            return due  # everything on disk is due later than anything in memory
+        row = self._db.execute("SELECT MIN(due_ms) FROM held").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def pop_due(self, now_ms: int) -> list[Held]:
+        """Every held request due at ``now_ms``, earliest first; then memory holds what is due within
+        the horizon."""
+        end = now_ms + self.horizon_ms
+        if end > self.window_end:
+            rows = self._db.execute(
+                "SELECT partition, value FROM held WHERE due_ms <= ? ORDER BY due_ms, arrival", (end,)
+            ).fetchall()
+            self._db.execute("DELETE FROM held WHERE due_ms <= ?", (end,))
+            self.window_end = end
+            for partition, value in rows:
+                self._memory.add(partition, self._decode(value))
+        return self._memory.pop_due(now_ms)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        self._memory.drop_partitions(partitions)
+        self._db.executemany("DELETE FROM held WHERE partition = ?", [(partition,) for partition in partitions])
+
+    # -- a restore's changelog, latest record per key, on disk while it is read ----------------------
+
+    def stage(self, partition: int, key: bytes, offset: int, value: bytes | None) -> None:
+        """One record of the changelog, read in offset order: the latest of each key (per partition:
+        compaction keeps one per partition) is kept, a tombstone removes it."""
+        if value is None:
+            self._db.execute("DELETE FROM staged WHERE partition = ? AND key = ?", (partition, key))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO staged VALUES (?, ?, ?, ?)", (partition, key, offset, value))
+
+    def clear_stage(self) -> None:
+        """Forget what an interrupted restore staged."""
+        self._db.execute("DELETE FROM staged")
+
+    def staged(self, chunk: int = 5_000) -> Iterator[tuple[int, bytes, int, bytes]]:
+        """The staged records, each partition's in the order of their last writes, in chunks (so a
+        restore never holds the changelog in memory); then the stage is empty."""
+        cursor = self._db.execute("SELECT partition, key, offset, value FROM staged ORDER BY partition, offset")
+        while rows := cursor.fetchmany(chunk):
+            for partition, key, offset, value in rows:
+                yield int(partition), bytes(key), int(offset), bytes(value)
+        self._db.execute("DELETE FROM staged")
+
+    def _on_disk(self, request_id: str) -> tuple[int, bytes] | None:
+        row = self._db.execute("SELECT partition, value FROM held WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def _decode(self, value: bytes) -> HeldRecord:
+        record: HeldRecord = self.codec.decode(value)  # type: ignore[assignment]  # written by add, one of the three
+        return record
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
