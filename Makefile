@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory bench-recovery clean check-deploy
+.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-flow: $(BIN)/stepstream
 
 bench-flow-memory: $(BIN)/stepstream
 	$(BIN)/python bench/flow_memory.py
+
+# Scale (bench/README.md): each service's memory per sleeping and per finished run, and its restore after a
+# SIGKILL, with 100,000 runs a phase (~9 min here); BENCH_ARGS='--quick' for 5,000 (~2 min).
+bench-scale: $(BIN)/stepstream
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 # Recovery (bench/README.md): how long runs stall when a service is killed with SIGKILL and restarted,
 # or the broker stops for 3 s and 15 s, and how many ERROR/WARNING lines the services log (~10 min).
