@@ -115,13 +115,15 @@ async def oldest_uncommitted(
 
 
 async def record_times(kafka: KafkaSettings, offsets: Mapping[TopicPartition, int]) -> dict[int, int]:
-    """The time of the record at each partition's offset, by partition number."""
+    """The time of the first record at or after each partition's offset, by partition number; a
+    partition with none left to read is not in the answer."""
     reader = make_consumer(kafka, group_id=None, fetch_max_wait_ms=50)
     await reader.start()
     try:
         reader.assign(list(offsets))
         for tp, offset in offsets.items():
             reader.seek(tp, offset)
+        ends = await reader.end_offsets(list(offsets))
         times: dict[int, int] = {}
         remaining = set(offsets)
         for _ in range(10):  # 2 s: a record there, committed, comes at the first fetch
@@ -131,6 +133,12 @@ async def record_times(kafka: KafkaSettings, offsets: Mapping[TopicPartition, in
             for tp, records in batch.items():
                 if records:
                     times[tp.partition] = records[0].timestamp
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                # A group commits the offset after the last record it handled, and the transaction's
+                # commit marker follows that record: a partition whose only offsets left are markers
+                # (or aborted records) has nothing uncommitted. Its position moves past them.
+                if await reader.position(tp) >= ends[tp]:
                     remaining.discard(tp)
         for tp in remaining:  # nothing readable there (aborted writes only): from now on
             log.warning("no record to time at %s[%d]; reading reports from a minute ago", tp.topic, tp.partition)
