@@ -209,9 +209,14 @@ class Services:
     """The stack's processes, each service with a health port and a stable instance id (kept across a
     restart, as a pod's name is), so a restarted one rejoins its group as the member it replaces."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *, state_dir: bool = False) -> None:
         self.stack = stack
         self.env = {name: {"STEPSTREAM_INSTANCE_ID": f"bench-{name}"} for name in SERVICES}
+        if state_dir:
+            # A folder that outlives a restart, as the Helm chart's pod volume does: the projector
+            # finds its file of runs again and reads only what it missed.
+            for name in SERVICES:
+                self.env[name]["STEPSTREAM_STATE_DIR"] = str(stack.directory / "state")
         self.ready_url = {"api": f"{stack.api_url}/readyz"}  # the api serves /readyz on its own port
         for name in ("projector", "scheduler", "executor"):
             port = free_port()
@@ -334,9 +339,9 @@ async def wait_until_done(stack: Stack, lag: Lag, *, status: str, runs: int, wit
         await asyncio.sleep(CHECK_S)
 
 
-async def measure_phase(phase: Phase, stack: Stack, kafka: Broker, timeout_s: float) -> None:
+async def measure_phase(phase: Phase, stack: Stack, kafka: Broker, timeout_s: float, *, state_dir: bool) -> None:
     payload, status = PHASES[phase.name]
-    services = Services(stack)
+    services = Services(stack, state_dir=state_dir)
     await services.start_all(timeout_s)
     async with Lag(stack) as lag:
         progress(f"{phase.name}: restarting each idle service (the baseline of a restore)…")
@@ -495,6 +500,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="seconds for each wait: a batch done, a restore (default 1800)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every number to PATH as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, query stores)")
+    parser.add_argument(
+        "--state-dir",
+        action="store_true",
+        help="give the services a STEPSTREAM_STATE_DIR that outlives their restart, as the Helm chart does",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (5_000 if args.quick else 100_000)
     args.timeout = args.timeout or (120.0 if args.quick else 1800.0)
@@ -519,12 +529,14 @@ def main(argv: list[str] | None = None) -> int:
             for phase in phases:
                 with bench.stack(kafka, partitions=args.partitions, folder=phase.name, isolated=True) as stack:
                     progress(f"{phase.name}: a fresh stack in {stack.directory}")
-                    asyncio.run(measure_phase(phase, stack, kafka, args.timeout))
+                    asyncio.run(measure_phase(phase, stack, kafka, args.timeout, state_dir=args.state_dir))
         print()
         print(
             f"Stepstream scale, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {engine_source()}, {os.cpu_count()} cores, "
             f"{args.runs:,} runs a phase (one step; sleeping: then a day's sleep), triggers produced straight to "
-            f"Kafka, {args.partitions} partitions, took {time.monotonic() - began:.0f} s, "
+            f"Kafka, {args.partitions} partitions, "
+            f"{'a state folder kept across restarts, ' if args.state_dir else ''}"
+            f"took {time.monotonic() - began:.0f} s, "
             f"load average {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after"
         )
         print(table(phases))
@@ -542,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                     "first": first,
                     "partitions": args.partitions,
                     "quick": args.quick,
+                    "state_dir": args.state_dir,
                     "payloads": {name: PHASES[name][0] for name in args.phases},
                 },
                 phases=[{**asdict(phase), "extrapolated": extrapolated(phase)} for phase in phases],
