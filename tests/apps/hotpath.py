@@ -1,8 +1,9 @@
 """A workflow app for the hot-path tests: runs of many consecutive steps, whose bodies say when they
 ran, and which can kill the app's own process at a chosen step.
 
-``POST /workflows/steps`` with ``{"steps": n, "step_ms": t, "kill_at": k}``: n ``run`` steps, each
-appending ``<run id>:<index>`` to ``HOTPATH_COUNTS_FILE`` when its body starts and then taking t ms;
+``POST /workflows/steps`` with ``{"steps": n, "step_ms": t, "kill_at": k, "output_bytes": b}``: n
+``run`` steps, each appending ``<run id>:<index>`` to ``HOTPATH_COUNTS_FILE`` when its body starts,
+then taking t ms, and returning its index (or, with b, a string of b characters);
 with ``kill_at`` set, the first time (per run) step k's body starts, the process kills itself with
 SIGKILL before anything else: the step before it has been acknowledged durable by then, which is
 what the test checks. ``GET /stats`` gives the largest request body the workflows endpoint got.
@@ -34,6 +35,7 @@ class Steps(BaseModel):
     steps: int
     step_ms: float = 0
     kill_at: int | None = None
+    output_bytes: int = 0
 
 
 def _started(run_id: str, index: int, kill_at: int | None) -> None:
@@ -49,11 +51,11 @@ def _started(run_id: str, index: int, kill_at: int | None) -> None:
 async def steps(ctx: WorkflowContext[Steps]) -> int:
     for index in range(ctx.payload.steps):
 
-        async def body(index: int = index) -> int:
+        async def body(index: int = index) -> int | str:
             _started(ctx.run_id, index, ctx.payload.kill_at)
             if ctx.payload.step_ms:
                 await asyncio.sleep(ctx.payload.step_ms / 1000)
-            return index
+            return "x" * ctx.payload.output_bytes if ctx.payload.output_bytes else index
 
         await ctx.run(f"step-{index}", body)
     return ctx.payload.steps

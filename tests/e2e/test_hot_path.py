@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stepstream.kafka.clients import partition_for
 from tests.helpers import wait_until
 from tests.stack import Stack
 
@@ -123,3 +124,19 @@ def test_a_thousand_step_run_completes_and_its_requests_stay_small(hot: HotPath)
     # each request resumes the app's session: no request carries the run's history (1,000 results
     # would take ~40 KB)
     assert hot.largest_request() < 2_000
+
+
+def test_a_run_of_two_thousand_steps_with_ten_mb_of_results_completes_and_the_next_run_too(hot: HotPath) -> None:
+    """A run's size is the sum of its steps, not a record (issue 12): 2,000 results of 5,000 bytes are
+    10 MB in all, ten times what a Kafka record holds; each is reported and kept as a record of its own."""
+    run_id = hot.trigger("ten-mb", steps=2_000, output_bytes=5_000)
+    # a run on the same partition, triggered after it: its commands wait behind the long run's
+    same = partition_for(run_id, 3)
+    neighbour = next(f"after-{n}" for n in range(1_000) if partition_for(f"after-{n}", 3) == same)
+    after = hot.trigger(neighbour, steps=1)
+
+    assert hot.stack.wait_for_status(run_id, ("completed", "failed"), timeout=240)["status"] == "completed"
+    assert hot.recorded(run_id) == list(range(2_000))
+    assert hot.bodies_run(run_id) == Counter(range(2_000))
+    assert hot.largest_request() < 2_000  # the requests resume the session: none carries the results
+    hot.stack.wait_for_status(after, "completed", timeout=60)
