@@ -387,30 +387,10 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 async def read_partitions_to_end(
     settings: KafkaSettings, topic: str, partitions: Iterable[int]
 ) -> list[ConsumerRecord]:
-    """Every committed record now in ``topic``'s ``partitions``: used to restore state on assignment."""
-    wanted = [TopicPartition(topic, partition) for partition in partitions]
-    if not wanted:
-        return []
-    reader = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
-    await reader.start()
-    try:
-        reader.assign(wanted)
-        await reader.seek_to_beginning(*wanted)
-        end = await reader.end_offsets(wanted)
-        remaining = {tp for tp in wanted if end[tp] > 0}
-        records: list[ConsumerRecord] = []
-        while remaining:
-            batch = await reader.getmany(*remaining, timeout_ms=200, max_records=5_000)
-            for items in batch.values():
-                records.extend(items)
-            for tp in list(remaining):
-                # With read_committed the position can stop short of the end offset only at
-                # transaction markers; position() moves past them.
-                if await reader.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        return records
-    finally:
-        await reader.stop()
+    """Every committed record now in ``topic``'s ``partitions``: used to restore state on assignment
+    (for state small enough to read whole; :func:`stream_partitions` reads it in chunks)."""
+    chunks = stream_partitions(settings, topic, dict.fromkeys(partitions))
+    return [record async for records in chunks for record in records]
 
 
 async def stream_partitions(
