@@ -24,11 +24,8 @@ past the end or behind what compaction kept) is emptied for that partition and r
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sqlite3
-import tempfile
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +35,7 @@ from stepstream.avro import Codec
 from stepstream.config import ProjectorSettings
 from stepstream.core import RecordedStep, RunState
 from stepstream.projector.snapshots import Assembly, parse_step_key
+from stepstream.store.files import remove_sqlite, temporary_sqlite
 
 HEADER = -1  # the index under which a run's own record (its state without results) is kept
 # A file last written longer ago than this is read again from the beginning: Kafka keeps a tombstone
@@ -92,11 +90,7 @@ class RunStore:
         self._memory: OrderedDict[str, RunState | None] = OrderedDict()
         self._temporary: Path | None = None
         if path is None:
-            handle, name = tempfile.mkstemp(prefix="stepstream-projector-", suffix=".sqlite3")
-            os.close(handle)
-            path = self._temporary = Path(name)
-            # Also when the store is never closed (a projector made only to apply commands, in tests).
-            weakref.finalize(self, _remove, path)
+            path = self._temporary = temporary_sqlite(self, "stepstream-projector-")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # isolation_level=None: transactions are begun and ended here, one per batch or chunk.
@@ -116,7 +110,7 @@ class RunStore:
     def close(self) -> None:
         self._db.close()
         if self._temporary is not None:
-            _remove(self._temporary)
+            remove_sqlite(self._temporary)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -237,9 +231,3 @@ class RunStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-
-
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{path}{suffix}").unlink()

@@ -16,16 +16,12 @@ own. It is a temporary file, removed when the scheduler stops.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
-import tempfile
-import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 from stepstream.avro import Codec
 from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
+from stepstream.store.files import remove_sqlite, temporary_sqlite
 
 HORIZON_MS = 60_000  # what is due within the next minute stays in memory
 
@@ -57,10 +53,7 @@ class TieredPendingWork:
         self.window_end = 0  # memory holds what is due at or before this; the file what is due after
         self._memory = PendingWork()
         self._arrivals = 0
-        handle, name = tempfile.mkstemp(prefix="stepstream-scheduler-", suffix=".sqlite3", dir=folder or None)
-        os.close(handle)
-        self.path = Path(name)
-        weakref.finalize(self, _remove, self.path)
+        self.path = temporary_sqlite(self, "stepstream-scheduler-", folder)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # A spill file, read again from the changelog after any restart: no sync, no journal to keep.
         self._db.execute("PRAGMA journal_mode=OFF")
@@ -69,7 +62,7 @@ class TieredPendingWork:
 
     def close(self) -> None:
         self._db.close()
-        _remove(self.path)
+        remove_sqlite(self.path)
 
     def __len__(self) -> int:
         return len(self._memory) + self.on_disk()
@@ -161,8 +154,3 @@ class TieredPendingWork:
     def _decode(self, value: bytes) -> HeldRecord:
         record: HeldRecord = self.codec.decode(value)  # type: ignore[assignment]  # written by add, one of the three
         return record
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
