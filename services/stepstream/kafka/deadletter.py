@@ -18,7 +18,7 @@ from aiokafka import ConsumerRecord
 
 from stepstream.avro import Codec, DeadLetter
 from stepstream.config import KafkaSettings
-from stepstream.kafka.clients import make_producer
+from stepstream.kafka.clients import Producer, make_producer
 from stepstream.kafka.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,19 @@ class DeadLetters:
         """The dead letter of ``record`` as a record value for ``deadletter``; logs it, once, at WARNING."""
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:1_000])
         return self.codec.encode(self.letter(record, reason, now_ms))
+
+    async def write_apart(
+        self, producer: Producer, topic: str, letters: list[tuple[ConsumerRecord, str]], now_ms: int
+    ) -> None:
+        """Dead-letter records found outside a batch (a restore that cannot read them) to ``topic``, in
+        a transaction of their own. If that fails it is logged: the records stay where they are, and
+        the next restore finds them again."""
+        try:
+            async with producer.transaction():
+                for record, reason in letters:
+                    await producer.send(topic, value=self.encode(record, reason, now_ms), key=self.key(record))
+        except Exception:
+            log.exception("%s could not dead-letter %d records it cannot restore", self.consumer, len(letters))
 
     @staticmethod
     def key(record: ConsumerRecord) -> bytes:

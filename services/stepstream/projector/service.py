@@ -180,7 +180,7 @@ class Projector:
             else:
                 self.waiters[event_id] = waiters
         if unreadable:
-            await self._write_dead_letters(unreadable)
+            await self.dead_letters.write_apart(self._producer, self.topics.deadletter, unreadable, self.clock.now_ms())
         return restored
 
     async def _restore_runs(self, new: set[int], unreadable: list[tuple[ConsumerRecord, str]]) -> None:
@@ -226,18 +226,6 @@ class Projector:
         except DecodeError as error:
             return str(error)
         return None
-
-    async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
-        """Dead-letter records outside a batch (found while restoring), in a transaction of their own."""
-        now = self.clock.now_ms()
-        try:
-            async with self._producer.transaction():
-                for record, reason in letters:
-                    value = self.dead_letters.encode(record, reason, now)
-                    await self._producer.send(self.topics.deadletter, value=value, key=DeadLetters.key(record))
-        except Exception:
-            # Logged above, record by record; the records stay where they are, and the next restore tries again.
-            log.exception("projector could not dead-letter %d records it cannot restore", len(letters))
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self._generation += 1

@@ -125,7 +125,9 @@ class Scheduler:
             restored, unreadable = await until_done(lambda: self._restore(new), "restore the scheduler's partitions")
             self.owned |= new
             if unreadable:
-                await self._write_dead_letters(unreadable)
+                await self.dead_letters.write_apart(
+                    self._producer, self.topics.deadletter, unreadable, self.clock.now_ms()
+                )
         log.info("scheduler owns schedule partitions %s (restored %d requests and slots)", sorted(self.owned), restored)
         self.ready.set()
 
@@ -168,18 +170,6 @@ class Scheduler:
                 self.pending.add(partition, cast(HeldRecord, entry))
             count += 1
         return count, unreadable
-
-    async def _write_dead_letters(self, letters: list[tuple[ConsumerRecord, str]]) -> None:
-        """Dead-letter copies of changelog records the restore could not read, in a transaction of their
-        own; the records stay, for a version that can read them."""
-        now = self.clock.now_ms()
-        try:
-            async with self._producer.transaction():
-                for record, reason in letters:
-                    topic, key, value, _ = self._dead_letter(record, reason, now)
-                    await self._producer.send(topic, value=value, key=key)
-        except Exception:
-            log.exception("scheduler could not dead-letter %d records it cannot restore", len(letters))
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = self.clock.now_ms()
