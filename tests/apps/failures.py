@@ -7,8 +7,9 @@ serves ``<workflow>`` normally:
 - ``slow``: waits 3 s before answering (longer than the tests' executor timeout);
 - ``ok``: never misbehaves.
 
-``big`` records large step outputs: ``{"steps": n, "size": bytes, "sleep_ms": t}`` runs n steps that
-each return a string of that many characters, then sleeps t ms if given, for the record-size tests.
+``big`` records large step outputs: ``{"steps": n, "size": bytes, "sleep_ms": t, "fail_once": true}``
+runs n steps that each return a string of that many characters, then sleeps t ms if given, then, if
+``fail_once``, runs a step that fails its first attempt (a retry), for the record-size tests.
 """
 
 from __future__ import annotations
@@ -54,7 +55,19 @@ async def big(ctx: WorkflowContext[Any]) -> str:
         await ctx.run(f"big-{index}", lambda: "x" * int(ctx.payload["size"]))
     if ctx.payload.get("sleep_ms"):
         await ctx.sleep("nap", ctx.payload["sleep_ms"] / 1000)
+    if ctx.payload.get("fail_once"):
+        await ctx.run("flaky", _fails_once, ctx.run_id)
     return "done"
+
+
+_attempts: Counter[str] = Counter()
+
+
+def _fails_once(run_id: str) -> str:
+    _attempts[run_id] += 1
+    if _attempts[run_id] == 1:
+        raise RuntimeError("first attempt fails: the retry must carry every result")
+    return "second attempt"
 
 
 _inner = workflows.asgi()

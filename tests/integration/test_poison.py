@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -22,11 +23,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from stepstream.avro import Codec, DeadLetter, TriggerRequest
+from stepstream.avro import Codec, DeadLetter, DecodeError, TriggerRequest
 from stepstream.avro.codec import HEADER_SIZE, MAGIC
 from stepstream.core import (
     Delivery,
     DeliveryRequested,
+    DeliverySteps,
     FireTimer,
     FlowControl,
     FlowKeyState,
@@ -47,6 +49,7 @@ from tests.stack import Stack, read_topic
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
+T = TypeVar("T")
 PARTITIONS = 3
 LIMIT = 200_000  # STEPSTREAM_MAX_RECORD_BYTES of these stacks: small, so records at and past it are quick to make
 CODEC = Codec()
@@ -326,40 +329,67 @@ def test_every_bad_record_on_every_topic_is_dead_lettered_with_its_reason_and_go
     ]
 
 
-def big(stack: Stack, steps: int, size: int, run_id: str, sleep_ms: int = 0) -> str:
+def big(stack: Stack, steps: int, size: int, run_id: str, sleep_ms: int = 0, **more: Any) -> str:
     url = f"http://127.0.0.1:{stack.big_port}/ok/0/big"  # type: ignore[attr-defined]
-    payload = {"steps": steps, "size": size, "sleep_ms": sleep_ms}
-    response = stack.api.post("/v1/runs", json={"workflow": "big", "url": url, "payload": payload, "run_id": run_id})
+    payload = {"steps": steps, "size": size, "sleep_ms": sleep_ms, "fail_once": more.pop("fail_once", False)}
+    body = {"workflow": "big", "url": url, "payload": payload, "run_id": run_id, **more}
+    response = stack.api.post("/v1/runs", json=body)
     assert response.status_code == 202, response.text
     return run_id
 
 
-def test_a_run_that_asks_to_record_more_than_a_record_holds_fails_with_the_reason_and_others_go_on(
-    poisoned: tuple[Stack, Written],
+def test_a_run_whose_results_add_up_past_a_record_completes_and_one_output_past_it_fails_with_the_reason(
+    poisoned: tuple[Stack, Written], kafka_bootstrap: str
 ) -> None:
     stack, _ = poisoned
     # given a run whose one output is past the limit; one whose outputs add up past it, step after step;
-    # and one whose outputs add up past it before a sleep, after which a new delivery must carry them all
+    # one whose outputs add up past it before a sleep, after which a new delivery must carry them all;
+    # one whose delivery fails after that, so that its retry waits in the scheduler; and one under flow
+    # control, every delivery of which waits in the scheduler
     past = big(stack, 1, LIMIT + 1_000, "big-past")
     adding_up = big(stack, 6, LIMIT // 4, "big-adding-up")
     before_a_sleep = big(stack, 6, LIMIT // 4, "big-before-a-sleep", sleep_ms=50)
+    retried = big(stack, 6, LIMIT // 4, "big-retried", sleep_ms=50, fail_once=True)
+    throttled = big(stack, 6, LIMIT // 4, "big-throttled", flow_control={"key": "big", "parallelism": 1})
 
     # then the first fails, saying why
     failed = stack.wait_for_status(past, ("failed", "completed"), timeout=60)
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "RecordTooLarge"
     assert f"over the {LIMIT:,} bytes STEPSTREAM_MAX_RECORD_BYTES allows" in failed["error"]["message"]
-    # and the second completes: each result is a record of its own, in the history and in the snapshot
-    assert stack.wait_for_status(adding_up, ("failed", "completed"), timeout=60)["status"] == "completed"
-    # and the third fails where the delivery after its sleep would carry them all (not yet in parts)
-    slept = stack.wait_for_status(before_a_sleep, ("failed", "completed"), timeout=60)
-    assert slept["status"] == "failed"
-    assert slept["error"]["type"] == "RecordTooLarge"
-    assert f"Expected records of at most {LIMIT:,} bytes" in slept["error"]["message"]
-    assert len(slept["steps"]) >= 6  # the results it recorded are kept
+    # and every other completes: each result is a record of its own, in the history and in the
+    # snapshot, and a delivery that carries more than a record holds travels in parts
+    for run_id in (adding_up, before_a_sleep, retried, throttled):
+        done = stack.wait_for_status(run_id, ("failed", "completed"), timeout=90)
+        assert done["status"] == "completed", done
+        assert done["output"] == "done"
+    # and the retried one replayed every result: its flaky step ran twice, the big ones once each
+    history = stack.history(retried)
+    assert [event["type"] for event in history].count("StepFailed") == 1
+    completed = [event["name"] for event in history if event["type"] == "StepCompleted"]
+    assert completed == [*(f"big-{index}" for index in range(6)), "nap", "flaky"]
+    # and the ways they took were the long ones: results in parts on deliveries (after the sleeps and
+    # the retry), and deliveries held without them in the scheduler, handed to the projector to fill in
+    parts = Counter(part.run_id for part in readable(stack, kafka_bootstrap, "deliveries", DeliverySteps))
+    assert {before_a_sleep, retried, throttled} <= set(parts), parts
+    filled_in = Counter(delivery.run_id for delivery in readable(stack, kafka_bootstrap, "commands", Delivery))
+    assert filled_in[retried] == 1  # its retry
+    assert filled_in[throttled] >= 1  # each delivery past the limit
+    assert before_a_sleep not in filled_in
     # and a run triggered after them completes
     later = stack.trigger({"name": "later", "sleep_seconds": 0})
     stack.wait_for_status(later, "completed", timeout=60)
+
+
+def readable(stack: Stack, bootstrap: str, topic: str, record_type: type[T]) -> list[T]:
+    """The records of ``record_type`` on ``topic``, past the poison this module writes."""
+    found: list[T] = []
+    for record in read_topic(bootstrap, stack.prefix + topic, PARTITIONS):
+        try:
+            found.append(CODEC.decode(record.value, expected=(record_type,)))
+        except DecodeError:
+            continue
+    return found
 
 
 def test_a_trigger_too_large_to_record_is_dead_lettered_and_one_at_the_limit_runs(

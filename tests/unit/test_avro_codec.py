@@ -301,7 +301,7 @@ def test_a_record_of_another_topic_is_refused_naming_both(codec: Codec) -> None:
     # when decoded as a command, then it is refused
     with pytest.raises(
         DecodeError,
-        match=r"Expected TriggerRun, ReportDelivery, FireTimer, .*, NotifyEvent on this topic, but .*RunStarted",
+        match=r"Expected TriggerRun, ReportDelivery, FireTimer, .*, Delivery on this topic, but .*RunStarted",
     ):
         codec.decode(data, expected=TOPIC_TYPES["commands"])
     # and as an event it is accepted

@@ -16,16 +16,19 @@ import aiohttp
 import pytest
 from aiokafka import ConsumerRecord
 
+from stepstream.avro import DeadLetter
 from stepstream.core import (
     Complete,
     Continue,
     Continuing,
     DeliveryCancelled,
+    RecordedStep,
     ReportDelivery,
     StepKind,
     StepResult,
     Suspend,
 )
+from stepstream.core.apart import split
 from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
 from stepstream.executor.recovery import fold_reports
 from tests.unit.test_executor_flow import DELIVERY, HTTP_MS, OFFSET, TP, Answer, FakeResponse, Harness, Make
@@ -306,3 +309,55 @@ def test_cancelled_runs_are_remembered_for_a_while_and_at_most_so_many() -> None
     assert ("a" in cancelled, "b" in cancelled, "c" in cancelled) == (False, True, True)
     cancelled.add("d", 1_700)  # over the limit again: the oldest goes, kept or not
     assert ("b" in cancelled, "d" in cancelled) == (False, True)
+
+
+def on_deliveries(harness: Harness, offset: int, message: object) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=TP.topic, partition=TP.partition, offset=offset, timestamp=0, timestamp_type=0, key=b"run_01",
+        value=harness.codec.encode(message), checksum=None, serialized_key_size=0, serialized_value_size=0,
+        headers=[],
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_whose_results_came_apart_is_made_with_all_of_them_and_its_parts_offsets_wait_for_it(
+    make: Make,
+) -> None:
+    # given a delivery of a run with four results, two of them in each of two parts just before it
+    harness = await make(Answer(200))
+    http = scripted(harness, answer(step=4, then=COMPLETE))
+    steps = tuple(
+        RecordedStep(index=index, name=f"s{index}", kind=StepKind.RUN, output=str(index)) for index in range(4)
+    )
+    full = replace(PLAIN, steps=steps, step_index=4)
+    parts, rest = split(full, room=2, size=lambda step: 1)
+    assert len(parts) == 2
+
+    # when the executor reads the parts, their offsets are held
+    for offset, part in enumerate(parts, start=OFFSET):
+        await harness.executor._start(TP, harness.progress, on_deliveries(harness, offset, part))
+    assert harness.progress.committable() == OFFSET
+    # and when it reads the delivery, it makes it with every result, in order
+    await harness.executor._start(TP, harness.progress, on_deliveries(harness, OFFSET + 2, rest))
+    await asyncio.gather(*harness.executor._deliveries)
+    assert [recorded(body) for body in http.bodies] == [[0, 1, 2, 3]]
+    assert [type(report.outcome) for report in reports(harness)] == [Complete]
+    # and then the parts' offsets and the delivery's are done together
+    assert harness.progress.committable() == OFFSET + 3
+    assert len(harness.executor._parts) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_whose_parts_were_not_read_is_dead_lettered_not_made_without_its_results(make: Make) -> None:
+    harness = await make(Answer(200))
+    http = scripted(harness)
+    rest = replace(PLAIN, steps=(), steps_apart=3)
+
+    await harness.executor._start(TP, harness.progress, on_deliveries(harness, OFFSET, rest))
+    await asyncio.gather(*harness.executor._deliveries)
+
+    assert http.bodies == []
+    (letter,) = [sent.record for sent in harness.producer.sent]
+    assert isinstance(letter, DeadLetter)
+    assert "Expected the 3 results of delivery" in letter.reason
+    assert harness.progress.committable() == OFFSET + 1

@@ -9,6 +9,7 @@ The real codec, no broker: ``_apply`` is called directly and the batch's writes 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,18 +21,29 @@ from stepstream.clock import ManualClock
 from stepstream.config import KafkaSettings, ProjectorSettings
 from stepstream.core import (
     BufferedNotification,
+    CancelRun,
     Complete,
+    Continuing,
+    Delivery,
+    DeliveryRequested,
+    DeliverySteps,
+    ErrorInfo,
+    Fail,
     FailureHandlerScheduled,
+    FireTimer,
+    FlowSettled,
     ReceiveEvent,
     ReportDelivery,
     RunFailed,
     RunState,
     RunStatus,
+    SleepFor,
     StepKind,
     StepResult,
     Waiter,
     WaiterState,
 )
+from stepstream.core.apart import join
 from stepstream.core.messages import Continue
 from stepstream.kafka.topics import TopicNames
 from stepstream.projector import service as projector_service
@@ -215,3 +227,103 @@ async def test_a_notification_too_large_to_keep_for_later_waiters_still_reaches_
 def big(share: float) -> str:
     """A JSON string taking ``share`` of a record."""
     return '"' + "d" * int(LIMIT * share) + '"'
+
+
+# ---------------------------------------------------------------------------------------------
+# A run whose results add up past a record: its deliveries travel in parts (core/apart.py)
+
+
+def recorded_past_the_limit(projector: Projector, outcome: Any) -> Outbox:
+    """A run that recorded four results of 40 % of a record each (1.6 records in all), the last report
+    ending with ``outcome``; what that last report wrote."""
+    (pending,) = started(projector).in_flight
+    for index in range(4):
+        step = StepResult(index=index, name=f"s{index}", kind=StepKind.RUN, output=big(0.4))
+        command = ReportDelivery(
+            run_id="run-1",
+            delivery_id=pending.delivery_id,
+            attempt=pending.attempt,
+            now_ms=T0,
+            steps=(step,),
+            outcome=outcome if index == 3 else Continuing(),
+        )
+        outbox = apply(projector, record(TOPICS.commands, CODEC.encode(command)))
+        assert dead_letters(outbox) == []
+    return outbox
+
+
+def deliveries_written(outbox: Outbox) -> list[tuple[bytes, object]]:
+    return [(key, CODEC.decode(value)) for topic, key, value, _ in outbox.records if topic == TOPICS.deliveries]
+
+
+def joined_from(written_records: list[tuple[bytes, object]]) -> Delivery:
+    """The delivery the records put together, checking their shape: parts first, then the delivery."""
+    *parts, (_, delivery) = written_records
+    assert isinstance(delivery, Delivery)
+    assert delivery.steps_apart > 0
+    assert all(isinstance(part, DeliverySteps) for _, part in parts)
+    joined = join(delivery, [part for _, part in parts if isinstance(part, DeliverySteps)])
+    assert joined is not None
+    return joined
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_after_a_sleep_whose_results_pass_the_limit_is_written_in_parts(projector: Projector) -> None:
+    recorded_past_the_limit(projector, SleepFor(index=4, name="nap", duration_ms=1_000))
+    assert projector.states["run-1"].status is RunStatus.SLEEPING
+    assert isinstance(projector.clock, ManualClock)
+    projector.clock.advance(1_000)
+
+    outbox = apply(projector, record(TOPICS.commands, CODEC.encode(FireTimer(run_id="run-1", step_index=4, now_ms=0))))
+
+    # then the delivery's results go first, as many to a record as fit, then the delivery, all keyed by run
+    written_records = deliveries_written(outbox)
+    assert {key for key, _ in written_records} == {b"run-1"}
+    assert len(written_records) == 3  # two results of 40 % to a part (the sleep's with the last two), then the delivery
+    assert all(len(value) <= LIMIT for _, _, value, _ in outbox.records if value is not None)
+    # and joined, it is the delivery the run asked for, with every result
+    joined = joined_from(written_records)
+    assert joined.steps == projector.states["run-1"].steps
+    assert [step.index for step in joined.steps] == [0, 1, 2, 3, 4]
+    assert dead_letters(outbox) == []
+
+
+@pytest.mark.asyncio
+async def test_a_retry_whose_results_pass_the_limit_waits_without_them_and_gets_them_when_let_through(
+    projector: Projector,
+) -> None:
+    # given a run past the limit whose delivery failed, to be retried after a backoff
+    outbox = recorded_past_the_limit(projector, Fail(error=ErrorInfo(type="HTTP 503", message="busy"), retryable=True))
+
+    # then the retry waits on schedule without the run's results
+    (request,) = written(outbox, TOPICS.schedule)
+    assert isinstance(request, DeliveryRequested)
+    assert (request.delivery.steps, request.delivery.steps_apart) == ((), 4)
+    assert request.not_before_ms > T0
+    # and when the scheduler lets it through to the projector, it goes to the executor with them, in parts
+    outbox = apply(projector, record(TOPICS.commands, CODEC.encode(request.delivery)))
+    joined = joined_from(deliveries_written(outbox))
+    assert joined == replace(request.delivery, steps=projector.states["run-1"].steps, steps_apart=0)
+    assert written(outbox, TOPICS.events) == []  # nothing happens to the run itself
+    assert dead_letters(outbox) == []
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_let_through_for_a_run_that_no_longer_awaits_it_is_not_sent_and_frees_its_flow_key(
+    projector: Projector,
+) -> None:
+    # given a delivery held without its results, under a flow key, for a run that was cancelled since
+    outbox = recorded_past_the_limit(projector, Fail(error=ErrorInfo(type="HTTP 503", message="busy"), retryable=True))
+    (request,) = written(outbox, TOPICS.schedule)
+    assert isinstance(request, DeliveryRequested)
+    apply(projector, record(TOPICS.commands, CODEC.encode(CancelRun(run_id="run-1", now_ms=T0, reason="test"))))
+    held = replace(request.delivery, flow_key="tenant:a")
+
+    outbox = apply(projector, record(TOPICS.commands, CODEC.encode(held)))
+
+    # then nothing goes to the executor, and the key's place is freed as the executor would
+    assert deliveries_written(outbox) == []
+    (settled,) = written(outbox, TOPICS.schedule)
+    assert isinstance(settled, FlowSettled)
+    assert (settled.request_id, settled.flow_key) == (held.request_id, "tenant:a")
+    assert dead_letters(outbox) == []

@@ -632,6 +632,32 @@ async def test_changing_a_returned_value_does_not_change_what_is_recorded(workfl
 
 
 @pytest.mark.asyncio
+async def test_a_step_output_over_the_limit_fails_the_run_naming_the_step_and_the_limit() -> None:
+    workflows = Workflows(allow_unsigned=True, max_output_bytes=1_000)
+
+    @workflows.workflow
+    async def large(ctx: WorkflowContext[Any]) -> None:
+        await ctx.run("fits", lambda: "x" * 998)  # 1,000 bytes as JSON, with its quotes
+        await ctx.run("render", lambda: "é" * 500)  # JSON escapes each as \u00e9: 3,002 bytes
+
+    response = await workflows.deliver(request("large", budget_ms=10_000))
+
+    assert response.steps == [CompletedStep(index=0, name="fits", output="x" * 998)]
+    failed = fail_of(response.next)
+    assert failed.retryable is False
+    assert (failed.index, failed.name) == (1, "render")
+    assert failed.error.message.startswith(
+        "Expected step 1 'render' to return at most 1,000 bytes of JSON (Workflows(max_output_bytes=...)), "
+        "but it returned 3,002"
+    )
+
+
+def test_the_output_limit_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="Expected max_output_bytes to be positive, but got 0"):
+        Workflows(allow_unsigned=True, max_output_bytes=0)
+
+
+@pytest.mark.asyncio
 async def test_a_step_output_that_is_not_json_fails_the_run_naming_the_step(workflows: Workflows) -> None:
     @workflows.workflow
     async def unserialisable(ctx: WorkflowContext[Any]) -> None:

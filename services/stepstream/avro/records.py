@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from stepstream.core.apart import DeliverySteps
 from stepstream.core.effects import (
     CallDelivery,
     CallRequested,
@@ -164,13 +165,15 @@ TOPIC_TYPES: Final[Mapping[str, tuple[type, ...]]] = MappingProxyType(
     {
         "triggers": (TriggerRequest, NotifyRequest, CancelRequest, RecoverRequest),
         # Run commands are keyed by run id; waiter commands by event id.
-        "commands": RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES,
+        # And a delivery the scheduler let through without its results, for the projector to add them.
+        "commands": RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES + (Delivery,),
         "events": EVENT_TYPES,
         "runs": (RunState, RecordedStep),  # a run's state without results, and each result (deltas)
         "waiters": (WaiterState,),
         # Keyed by flow key where flow control sets one, else by run id; the executor's settlements too.
         "schedule": (DeliveryRequested, CallRequested, TimerRequested, ScheduleCancelled, FlowSettled),
-        "deliveries": (Delivery, CallDelivery, DeliveryCancelled),
+        # A delivery's results that do not fit on it come first, in DeliverySteps (core.apart).
+        "deliveries": (Delivery, DeliverySteps, CallDelivery, DeliveryCancelled),
         # The scheduler's changelog, keyed by request id: its requests and its flow-control slots.
         "timers": (DeliveryRequested, CallRequested, TimerRequested, FlowSlot),  # a null value is a tombstone
         "flow": (FlowKeyState,),  # compacted: the latest state of each flow-control key

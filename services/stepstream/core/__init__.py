@@ -1,5 +1,6 @@
 """The pure core: commands, events, run state, ``decide`` and ``evolve``. No I/O, clock or randomness."""
 
+from stepstream.core.apart import DeliverySteps
 from stepstream.core.decide import Defaults, child_run_id, child_url, decide, delivery_id, fail_run
 from stepstream.core.effects import (
     CallDelivery,
@@ -134,6 +135,7 @@ __all__ = [
     "Delivery",
     "DeliveryCancelled",
     "DeliveryRequested",
+    "DeliverySteps",
     "Effect",
     "ErrorInfo",
     "Event",

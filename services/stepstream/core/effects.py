@@ -67,6 +67,9 @@ class Delivery:
     execute_index: int | None = None
     failure: ErrorInfo | None = None
     flow_key: str | None = None  # the flow-control key it was let through under; the executor reports on it
+    # How many recorded steps travel apart from the record, before ``steps`` (``core.apart``): a run whose
+    # results add up to more than one Kafka record holds still gets deliveries.
+    steps_apart: int = 0
 
     @property
     def request_id(self) -> str:

@@ -99,6 +99,9 @@ class Queued:
     value: bytes
     call_step_index: int | None = None
     lease_ms: int = 0
+    # A delivery held without its results (``core.apart``): let through, it goes to the projector,
+    # which adds them, instead of straight to the executor.
+    apart: bool = False
 
 
 def most_permissive(limits: Counter[Limits]) -> Limits | None:

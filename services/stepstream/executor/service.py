@@ -28,15 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stepstream.avro import Codec, DecodeError, EncodeError
+from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import (
@@ -45,6 +45,7 @@ from stepstream.core import (
     Continuing,
     Delivery,
     DeliveryCancelled,
+    DeliverySteps,
     ErrorInfo,
     Fail,
     FlowSettled,
@@ -54,6 +55,7 @@ from stepstream.core import (
     headers_problem,
 )
 from stepstream.executor import calls
+from stepstream.executor.apart import PartsInHand
 from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
 from stepstream.executor.destinations import destination
 from stepstream.executor.offsets import PartitionProgress
@@ -129,6 +131,7 @@ class Executor:
         self._lock = asyncio.Lock()  # an assignment's recovery, against the batch loop
         self._generation = 0  # counts rebalances: a batch fetched under an earlier one is dropped
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
+        self._parts = PartsInHand()  # results read apart from their delivery (core.apart), until it comes
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         self._producer = make_producer(self.kafka)
         self._session: aiohttp.ClientSession | None = None
@@ -174,11 +177,17 @@ class Executor:
 
     async def _start(self, tp: TopicPartition, progress: PartitionProgress, record: ConsumerRecord) -> None:
         """Start the work of one record, once a slot of its kind is free."""
-        message: Delivery | CallDelivery | DeliveryCancelled | DecodeError
+        message: Delivery | DeliverySteps | CallDelivery | DeliveryCancelled | DecodeError
         try:
-            message = self.codec.decode(record.value, expected=(Delivery, CallDelivery, DeliveryCancelled))
+            decoded = self.codec.decode(record.value, expected=TOPIC_TYPES["deliveries"])
+            message = cast(Delivery | DeliverySteps | CallDelivery | DeliveryCancelled, decoded)
         except DecodeError as error:
             message = error
+        if isinstance(message, DeliverySteps):
+            # Held back, like its delivery's offset, until the delivery that follows it has reported.
+            self._parts.add(tp.partition, record.offset, message)
+            progress.start(record.offset)
+            return
         if isinstance(message, DeliveryCancelled):
             self._cancelled.add(message.run_id, self.clock.now_ms())
             progress.start(record.offset, hold=False)
@@ -188,10 +197,20 @@ class Executor:
             progress.start(record.offset, hold=False)
             self._spawn(self._calls, self._handle_call(message))
         else:
+            parts: list[int] = []
+            if isinstance(message, Delivery) and message.steps_apart:
+                joined, parts = self._parts.take(tp.partition, message)
+                if joined is None:  # never written so, but a record from elsewhere might be
+                    message = DecodeError(
+                        f"Expected the {message.steps_apart} results of delivery {message.request_id} "
+                        "in DeliverySteps records just before it, but they were not there"
+                    )
+                else:
+                    message = joined
             await self._slots.acquire()
             progress.start(record.offset)
             self.progress.waiting((tp,))
-            self._spawn(self._deliveries, self._handle(tp, record, message))
+            self._spawn(self._deliveries, self._handle(tp, record, message, parts))
 
     @staticmethod
     def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
@@ -287,14 +306,18 @@ class Executor:
         for tp in partitions:
             self._progress.pop(tp, None)
             self._committed.pop(tp, None)
+        self._parts.drop(tp.partition for tp in partitions)
         self.progress.forget(partitions)
 
     # ------------------------------------------------------------------------------------------
     # Deliveries
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord, message: Delivery | DecodeError) -> None:
+    async def _handle(
+        self, tp: TopicPartition, record: ConsumerRecord, message: Delivery | DecodeError, parts: Sequence[int] = ()
+    ) -> None:
         """Make one delivery and report it; whatever happens, the record is done with at the end (reported,
-        or else dead-lettered), so no record can hold back its partition's offsets."""
+        or else dead-lettered), so no record can hold back its partition's offsets. ``parts``: the
+        offsets of the records its results came in, done with at the same time."""
         try:
             if isinstance(message, DecodeError):
                 await self._send_dead_letter(record, str(message))
@@ -317,7 +340,8 @@ class Executor:
             self._slots.release()
             progress = self._progress.get(tp)
             if progress is not None:
-                progress.finish(record.offset)
+                for offset in (*parts, record.offset):
+                    progress.finish(offset)
 
     async def _send_dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         value = self.dead_letters.encode(record, reason, self.clock.now_ms())

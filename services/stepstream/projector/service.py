@@ -18,6 +18,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.avro import (
     RUN_COMMAND_TYPES,
+    TOPIC_TYPES,
     WAITER_COMMAND_TYPES,
     Codec,
     DecodeError,
@@ -28,10 +29,12 @@ from stepstream.core import (
     ChildFinished,
     Command,
     Defaults,
+    Delivery,
     DeliveryCancelled,
     DeliveryRequested,
     ErrorInfo,
     Event,
+    FlowSettled,
     NotifyEvent,
     ReceiveEvent,
     RecordedStep,
@@ -56,6 +59,7 @@ from stepstream.core import (
     schedule_key,
     trigger_problem,
 )
+from stepstream.core.apart import filled
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
     OffsetOutOfRange,
@@ -70,6 +74,7 @@ from stepstream.kafka.clients import (
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.projector.deliveries import delivery_records, schedule_value
 from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
 from stepstream.projector.outbox import Change, Outbox
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
@@ -308,6 +313,8 @@ class Projector:
                 # Another instance owns this run or event id (a producer partitioned the record
                 # differently, or the topics differ in partition count): hand the command to its owner.
                 self._forward(command, key, partition, record, outbox, now)
+            elif isinstance(command, Delivery):
+                self._let_through(command, record, outbox, now)
             elif isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
                 self._apply_to_waiters(command, record, outbox, now)
             else:
@@ -318,13 +325,16 @@ class Projector:
             log.exception("projector failed on %s[%d]@%d", record.topic, record.partition, record.offset)
             self._dead_letter(record, f"the projector failed on this record: {error!r}", outbox, now)
 
-    def _command(self, record: ConsumerRecord, now: int) -> Command | WaiterCommand:
-        """The core command an input record asks for; ``DecodeError`` or ``ValueError`` saying why not."""
+    def _command(self, record: ConsumerRecord, now: int) -> Command | WaiterCommand | Delivery:
+        """The core command an input record asks for (or a delivery the scheduler let through without its
+        results); ``DecodeError`` or ``ValueError`` saying why not."""
         if record.topic == self.topics.triggers:
             # decode checks the type against ``expected``: the casts only tell mypy what it checked.
             request = cast(PublicRequest, self.codec.decode(record.value, expected=PUBLIC_TYPES))
             return public_command(request, now)
-        decoded = self.codec.decode(record.value, expected=RUN_COMMAND_TYPES + WAITER_COMMAND_TYPES)
+        decoded = self.codec.decode(record.value, expected=TOPIC_TYPES["commands"])
+        if isinstance(decoded, Delivery):
+            return decoded
         command = replace(cast(Command | WaiterCommand, decoded), now_ms=now)
         if isinstance(command, TriggerRun) and (problem := trigger_problem(command)) is not None:
             raise ValueError(problem)
@@ -337,7 +347,7 @@ class Projector:
 
     def _forward(
         self,
-        command: Command | WaiterCommand,
+        command: Command | WaiterCommand | Delivery,
         key: str,
         partition: int,
         record: ConsumerRecord,
@@ -454,10 +464,14 @@ class Projector:
                 continue
             scheduled = without_results(effect) if lean else effect
             work = deliverable_now(scheduled, now)
-            if work is not None:
+            if isinstance(work, Delivery):
+                self._add_delivery(change, work)
+            elif work is not None:
                 change.add(self.topics.deliveries, run_id, self.codec.encode(work))
             else:
-                change.add(self.topics.schedule, schedule_key(scheduled), self.codec.encode(scheduled))
+                key = schedule_key(scheduled)
+                limit = self.kafka.max_record_bytes
+                change.add(self.topics.schedule, key, schedule_value(scheduled, key, self.codec, limit))
         # The snapshot as deltas: the state without results, and each result once (snapshots.py).
         delta = parts(before, state)
         partition = partition_for(run_id, self.commands_partitions)
@@ -467,6 +481,30 @@ class Projector:
             change.add(self.topics.runs, step_key(run_id, index), None, partition)
         change.snapshot = self.codec.encode(delta.header)
         return state, change
+
+    def _add_delivery(self, change: Change, delivery: Delivery) -> None:
+        """``delivery`` on ``deliveries``, its results in parts first if they do not fit on it."""
+        key = delivery.flow_key or delivery.run_id
+        for value in delivery_records(delivery, key, self.codec, self.kafka.max_record_bytes):
+            change.add(self.topics.deliveries, key, value)
+
+    def _let_through(self, delivery: Delivery, record: ConsumerRecord, outbox: Outbox, now: int) -> None:
+        """A delivery the scheduler held without the run's results (too many for a record) and has let
+        through: send it with them, or not at all if the run no longer awaits it."""
+        change = Change()
+        full = filled(delivery, self.states.get(delivery.run_id))
+        if full is not None:
+            self._add_delivery(change, full)
+        else:
+            log.info("delivery %s no longer awaited: not sent", delivery.request_id)
+            if delivery.flow_key is not None:
+                # Let through under its key, it holds one of the key's places: free it, as the executor
+                # does when it is done with a delivery.
+                settled = FlowSettled(
+                    request_id=delivery.request_id, flow_key=delivery.flow_key, started_ms=now, settled_ms=now
+                )
+                change.add(self.topics.schedule, delivery.flow_key, self.codec.encode(settled))
+        self._commit_or_dead_letter(change, record, outbox, now)
 
     def _send_command(self, command: Command | WaiterCommand, change: Change) -> None:
         key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id

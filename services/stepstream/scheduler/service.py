@@ -276,6 +276,7 @@ class Scheduler:
                 partition=partition,
                 run_id=request.delivery.run_id,
                 value=self.codec.encode(request.delivery),
+                apart=request.delivery.steps_apart > 0,
             )
         return Queued(
             request_id=request.request_id,
@@ -292,7 +293,10 @@ class Scheduler:
         changelog writes for the keys' slots, and (at most once per interval) the changed keys' state."""
         let_through, expired = self.flow.release(now)
         outputs: list[Output] = [
-            (self.topics.deliveries, item.flow.key.encode(), item.value, None) for item, _ in let_through
+            (self.topics.commands, item.run_id.encode(), item.value, None)
+            if item.apart
+            else (self.topics.deliveries, item.flow.key.encode(), item.value, None)
+            for item, _ in let_through
         ]
         for slot in expired:
             assert slot.call_step_index is not None
@@ -314,7 +318,9 @@ class Scheduler:
     def _emit(self, request: HeldRecord, now: int) -> Output:
         if isinstance(request, DeliveryRequested):
             delivery = request.delivery
-            return self.topics.deliveries, delivery.run_id.encode(), self.codec.encode(delivery), None
+            # Held without the run's results (too many for a record): the projector adds them.
+            topic = self.topics.commands if delivery.steps_apart else self.topics.deliveries
+            return topic, delivery.run_id.encode(), self.codec.encode(delivery), None
         if isinstance(request, CallRequested):
             call = request.call
             return self.topics.deliveries, call.run_id.encode(), self.codec.encode(call), None

@@ -133,7 +133,12 @@ class WorkflowsApp:
         except ValidationError as exc:
             raise _Reply(422, "invalid_payload", str(exc)) from None
         response = await definition.execute(
-            request, payload, clock=self._clock, started_at=started_at, sessions=self.workflows.sessions
+            request,
+            payload,
+            clock=self._clock,
+            started_at=started_at,
+            sessions=self.workflows.sessions,
+            max_output_bytes=self.workflows.max_output_bytes,
         )
         return _json(response)
 

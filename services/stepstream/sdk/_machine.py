@@ -143,6 +143,7 @@ class ReplayMachine:
         clock: Callable[[], float],
         started_at: float | None = None,
         keeps_session: bool = False,
+        max_output_bytes: int | None = None,
     ) -> None:
         problem = history_problem(request)
         if problem is not None:
@@ -157,6 +158,7 @@ class ReplayMachine:
         self._handling_failure = request.failure is not None
         self._clock = clock
         self._started_at = clock() if started_at is None else started_at
+        self._max_output_bytes = max_output_bytes
         self._next_index = 0
         self._claims: dict[int, Claim] = {}
         self._outputs: dict[int, str] = {}  # JSON text of the steps executed here, until resumed
@@ -252,6 +254,17 @@ class ReplayMachine:
             error = NonRetryableError(
                 f"Step {index} '{claim.name}' returned a value that is not JSON serialisable ({exc}); "
                 "return JSON values (dict, list, str, int, float, bool, None) or a pydantic model"
+            )
+            self._decide(failure(error, index=index, name=claim.name))
+            return
+        size = len(text.encode())
+        if self._max_output_bytes is not None and size > self._max_output_bytes:
+            # Checked here, where the value is made, so the step fails with the reason in the run's
+            # history instead of the engine refusing a record it cannot write.
+            error = NonRetryableError(
+                f"Expected step {index} '{claim.name}' to return at most {self._max_output_bytes:,} bytes of JSON "
+                f"(Workflows(max_output_bytes=...)), but it returned {size:,}; keep large data elsewhere "
+                "and return a reference to it"
             )
             self._decide(failure(error, index=index, name=claim.name))
             return

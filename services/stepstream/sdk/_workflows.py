@@ -24,7 +24,13 @@ from stepstream.sdk._sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S
 
 SIGNING_KEYS_VARIABLE = "STEPSTREAM_SIGNING_KEYS"
 BASE_URL_VARIABLE = "STEPSTREAM_BASE_URL"
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# A replay request carries every result of the run (Upstash's protocol), so this bounds what a run's
+# results add up to at its next replay; a session's requests carry none.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# One step's result, as JSON: below the engine's default record limit (STEPSTREAM_MAX_RECORD_BYTES,
+# 1,000,000) less what a record holds besides it, so a result the SDK lets through is one the engine
+# can record. Larger data belongs in a store of its own, a reference to it in the result.
+DEFAULT_MAX_OUTPUT_BYTES = 900_000
 # About 300 bytes each: 30 MB at most, reached only past 330 deliveries a second (at a 300 s tolerance).
 DEFAULT_NONCE_CACHE_SIZE = 100_000
 
@@ -74,6 +80,7 @@ class WorkflowDefinition(Generic[PayloadT]):
         clock: Callable[[], float],
         started_at: float,
         sessions: Sessions | None = None,
+        max_output_bytes: int | None = None,
     ) -> DeliveryResponse:
         """Answer one delivery: run the workflow function from the top, or, when the request carries
         a ``failure``, the failure handler (a run without one has nothing to do: ``complete``).
@@ -81,8 +88,10 @@ class WorkflowDefinition(Generic[PayloadT]):
         With ``sessions`` and a request that opens one, the workflow may be kept running after the
         answer, waiting at its next step for the session's ``resume`` (:mod:`._sessions`)."""
         if sessions is not None and request.session is not None and request.failure is None:
-            return await self._execute_in_session(request, payload, clock, started_at, sessions, request.session)
-        machine = ReplayMachine(request, clock=clock, started_at=started_at)
+            return await self._execute_in_session(
+                request, payload, clock, started_at, sessions, request.session, max_output_bytes
+            )
+        machine = ReplayMachine(request, clock=clock, started_at=started_at, max_output_bytes=max_output_bytes)
         driver = Driver(machine)
         context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
         if request.failure is None:
@@ -103,9 +112,12 @@ class WorkflowDefinition(Generic[PayloadT]):
         started_at: float,
         sessions: Sessions,
         session_id: str,
+        max_output_bytes: int | None,
     ) -> DeliveryResponse:
         """Run the workflow in a task of its own, which may outlive this request (:mod:`._sessions`)."""
-        machine = ReplayMachine(request, clock=clock, started_at=started_at, keeps_session=True)
+        machine = ReplayMachine(
+            request, clock=clock, started_at=started_at, keeps_session=True, max_output_bytes=max_output_bytes
+        )
         session = Session(run_id=request.run_id, delivery_id=request.delivery_id, workflow=request.workflow)
         driver = Driver(machine, on_pause=session.on_pause, clock=clock)
         context = WorkflowContext(request, payload, driver, workflow_names=self.workflow_names)
@@ -147,6 +159,10 @@ class Workflows:
     When the engine goes on with a delivery step after step, a workflow is kept running between its
     requests (a session) for at most ``session_ttl_s``, and at most ``max_sessions`` at once (0: none
     is kept, and every request replays the run from the top).
+
+    ``max_body_bytes`` bounds a request's body (413 past it): a replay carries every result the run
+    has, so it bounds their sum. ``max_output_bytes`` bounds one step's result as JSON: a step that
+    returns more fails the run with the reason, not retried.
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class Workflows:
         allow_unsigned: bool = False,
         base_url: str | Sequence[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         signature_tolerance_s: int = 300,
         nonce_cache_size: int = DEFAULT_NONCE_CACHE_SIZE,
         session_ttl_s: float = DEFAULT_SESSION_TTL_S,
@@ -184,12 +201,15 @@ class Workflows:
             raise ConfigurationError("Expected every signing key to be a non-empty string, but one is empty")
         if max_body_bytes <= 0:
             raise ConfigurationError(f"Expected max_body_bytes to be positive, but got {max_body_bytes}")
+        if max_output_bytes <= 0:
+            raise ConfigurationError(f"Expected max_output_bytes to be positive, but got {max_output_bytes}")
         if nonce_cache_size <= 0:
             raise ConfigurationError(f"Expected nonce_cache_size to be positive, but got {nonce_cache_size}")
         self.signing_keys: tuple[str, ...] = keys
         self.allow_unsigned = allow_unsigned
         self.base_urls: tuple[BaseUrl, ...] = _base_urls(base_url, environ)
         self.max_body_bytes = max_body_bytes
+        self.max_output_bytes = max_output_bytes
         self.signature_tolerance_s = signature_tolerance_s
         self.nonces = NonceCache(nonce_cache_size)
         if session_ttl_s <= 0 or max_sessions < 0:
@@ -300,7 +320,9 @@ class Workflows:
         if problem is not None:
             raise ValueError(problem)
         payload = definition.parse_payload(request.payload)
-        return await definition.execute(request, payload, clock=clock, started_at=started_at)
+        return await definition.execute(
+            request, payload, clock=clock, started_at=started_at, max_output_bytes=self.max_output_bytes
+        )
 
     def asgi(self) -> WorkflowsApp:
         """The ASGI app serving these workflows: mount it, e.g. ``app.mount("/workflows", workflows.asgi())``."""

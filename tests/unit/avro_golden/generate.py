@@ -38,6 +38,7 @@ from stepstream.core import (
     Delivery,
     DeliveryCancelled,
     DeliveryRequested,
+    DeliverySteps,
     ErrorInfo,
     EventReceived,
     Fail,
@@ -869,8 +870,31 @@ HOT_PATH_SAMPLES: dict[str, object] = {
     "RecordedStep.full": RecordedStep(index=3, name="charge", kind=StepKind.RUN, output='{"charge_id":"ch_1"}'),
 }
 
+# ---------------------------------------------------------------------------------------------
+# Written by the shapes scale brought: a delivery whose results travel apart (core.apart).
+
+SCALE_SAMPLES: dict[str, object] = {
+    "Delivery.steps_apart": dataclasses.replace(DELIVERY, steps=DELIVERY.steps[1:], steps_apart=1),
+    # Held by the scheduler without its results; the projector adds them when it is let through.
+    "DeliveryRequested.steps_apart": DeliveryRequested(
+        request_id=DELIVERY_FLOW.request_id,
+        not_before_ms=NOW_MS + 2_000,
+        delivery=dataclasses.replace(DELIVERY_FLOW, steps=(), steps_apart=len(STEPS)),
+        flow=FLOW,
+    ),
+    "DeliverySteps.full": DeliverySteps(
+        run_id=RUN_ID, delivery_id=DELIVERY.delivery_id, attempt=DELIVERY.attempt, steps=DELIVERY.steps[:1]
+    ),
+}
+
 # Every sample: the golden file of each decodes to it.
-SAMPLES: dict[str, object] = {**FIRST_SAMPLES, **NEW_SAMPLES, **FLOW_SAMPLES, **HOT_PATH_SAMPLES}
+SAMPLES: dict[str, object] = {
+    **FIRST_SAMPLES,
+    **NEW_SAMPLES,
+    **FLOW_SAMPLES,
+    **HOT_PATH_SAMPLES,
+    **SCALE_SAMPLES,
+}
 
 
 def golden_path(stem: str) -> Path:
