@@ -184,6 +184,9 @@ class ProjectorSettings:
     # makes a restart read only what it missed.
     state_dir: str = ""
     cache_runs: int = 10_000  # how many runs stay in memory, the most recently used
+    # How long an ended run's whole state (payload, results) is kept after it ended; then only a
+    # compact state stays, enough to answer duplicates and late commands (core/retention.py).
+    ended_run_retention_ms: int = 7 * 86_400_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProjectorSettings:
@@ -198,6 +201,7 @@ class ProjectorSettings:
             call_grace_ms=_int(environ, "STEPSTREAM_CALL_GRACE_MS", 60_000, minimum=1),
             state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
             cache_runs=_int(environ, "STEPSTREAM_PROJECTOR_CACHE_RUNS", 10_000, minimum=1),
+            ended_run_retention_ms=_int(environ, "STEPSTREAM_ENDED_RUN_RETENTION_MS", 7 * 86_400_000),
         )
 
 

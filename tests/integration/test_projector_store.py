@@ -9,8 +9,9 @@ run into memory. Checked on the store's state and on the records read, never on 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import pytest
 import stepstream.projector.service as projector_service
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, ProjectorSettings
+from stepstream.core import Complete, ReportDelivery, RunCompleted, RunStatus, StepKind, StepResult
 from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
-from stepstream.kafka.clients import stream_partitions
+from stepstream.core.retention import COMPACTED_PAYLOAD
+from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
 from tests.integration.test_rebalance import produce, read_all, read_until, running
 from tests.stack import Stack
@@ -133,3 +136,79 @@ async def test_runs_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_m
     assert [type(value).__name__ for value in of_type(await read_all(kafka, topics.events), RunStarted)].count(
         "RunStarted"
     ) == RUNS + 1
+
+
+@pytest.mark.asyncio
+async def test_runs_that_ended_before_the_retention_window_are_compacted_and_still_known(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    topics, codec, now = TopicNames(kafka.topic_prefix), Codec(), int(time.time() * 1000)
+    # A window of 0: a run is compacted at the first sweep after it ends (at most a second later).
+    settings = ProjectorSettings(
+        kafka=kafka, state_dir=str(tmp_path / "state"), cache_runs=CACHE, ended_run_retention_ms=0
+    )
+    ended, live = ["ended-0", "ended-1"], "live"
+
+    projector = projector_service.Projector(settings)
+    async with running(projector):
+        for run_id in [*ended, live]:
+            await produce(kafka, topics.commands, run_id, codec.encode(trigger(run_id, now)))
+        await read_until(kafka, topics.events, lambda values: len(of_type(values, RunStarted)) >= 3)
+        # given two runs that record two results each and complete, and one that waits
+        for run_id in ended:
+            (pending,) = projector.states[run_id].in_flight
+            steps = tuple(
+                StepResult(index=i, name=f"s{i}", kind=StepKind.RUN, output='"' + "r" * 500 + '"') for i in range(2)
+            )
+            report = ReportDelivery(
+                run_id=run_id,
+                delivery_id=pending.delivery_id,
+                attempt=pending.attempt,
+                now_ms=now,
+                steps=steps,
+                outcome=Complete(output='"done"'),
+            )
+            await produce(kafka, topics.commands, run_id, codec.encode(report))
+        await read_until(kafka, topics.events, lambda values: len(of_type(values, RunCompleted)) >= 2)
+
+        # then the ended runs are compacted: their payload and results are gone, from the store and
+        # from the topic (tombstones), and nothing of them is left to compact
+        def compacted_all() -> bool:
+            return all(projector.states[run_id].payload == COMPACTED_PAYLOAD for run_id in ended)
+
+        await wait_for(compacted_all)
+        for run_id in ended:
+            small = projector.states[run_id]
+            assert (small.status, small.steps, small.payload) == (RunStatus.COMPLETED, (), COMPACTED_PAYLOAD)
+        assert projector.states.ended_before(now + 3_600_000, {0}, 100) == []
+        latest = {bytes(record.key): record.value for record in await read_partitions_to_end(kafka, topics.runs, [0])}
+        for run_id in ended:
+            assert latest[f"{run_id}/0".encode()] is None
+            assert latest[f"{run_id}/1".encode()] is None
+            assert len(latest[run_id.encode()] or b"") < 200
+        # and the run that waits is whole
+        assert projector.states[live].payload == "{}"
+        assert projector.states[live].status is RunStatus.RUNNING  # its first delivery is an hour away
+
+        # and a trigger with a compacted run's id is still a duplicate (the marker shows it got that far)
+        await produce(kafka, topics.commands, ended[0], codec.encode(trigger(ended[0], now)))
+        await produce(kafka, topics.commands, "marker", codec.encode(trigger("marker", now)))
+        events = await read_until(kafka, topics.events, lambda values: bool(of_type(values, RunStarted, "marker")))
+        assert len(of_type(events, RunStarted, ended[0])) == 1
+        states = {run_id: projector.states[run_id] for run_id in [*ended, live]}
+
+    # and a projector on a new file restores the compact states, and finds nothing more to compact
+    fresh = projector_service.Projector(
+        ProjectorSettings(kafka=kafka, state_dir=str(tmp_path / "other"), cache_runs=CACHE, ended_run_retention_ms=0)
+    )
+    async with running(fresh):
+        await wait_for(fresh.ready.is_set)
+        assert {run_id: fresh.states[run_id] for run_id in [*ended, live]} == states
+        assert fresh.states.ended_before(now + 3_600_000, {0}, 100) == []
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)

@@ -60,6 +60,7 @@ from stepstream.core import (
     trigger_problem,
 )
 from stepstream.core.apart import filled
+from stepstream.core.retention import ended_at
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
     OffsetOutOfRange,
@@ -77,6 +78,7 @@ from stepstream.kafka.topics import TopicNames
 from stepstream.projector.deliveries import delivery_records, schedule_value
 from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
 from stepstream.projector.outbox import Change, Outbox
+from stepstream.projector.retention import Retention
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
 from stepstream.projector.store import STORE_STALE_MS, RunStore, Written, state_file
 
@@ -119,6 +121,8 @@ class Projector:
         self._producer = make_producer(
             self.kafka, transactional_id=f"{self.kafka.topic_prefix}projector-{self.kafka.instance_id}"
         )
+        # Ended runs past the retention window are compacted between batches (projector/retention.py).
+        self.retention = Retention(self.states, self._producer, self.codec, self.clock, settings, self.topics.runs)
 
     def readiness(self) -> str | None:
         return readiness(self.ready, self.progress)
@@ -137,12 +141,13 @@ class Projector:
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
                 generation = self._generation
-                if batch:
-                    async with self._lock:
-                        if generation != self._generation:
-                            continue  # a rebalance came between: the partitions start again at their committed offsets
+                async with self._lock:
+                    if generation != self._generation:
+                        continue  # a rebalance came between: the partitions start again at their committed offsets
+                    if batch:
                         self.progress.waiting(batch)
                         await self._process(batch)
+                    await self.retention.compact_when_due(self.owned)
         finally:
             await self._consumer.stop()
             await self._producer.stop()
@@ -205,11 +210,12 @@ class Projector:
                 async for records in stream_partitions(self.kafka, self.topics.runs, starts):
                     readable: list[Written] = []
                     for record in records:
-                        problem = self._unreadable_run_record(record)
-                        if problem is None:
-                            readable.append(Written(record.partition, record.offset, bytes(record.key), record.value))
+                        restored = self._restored_run_record(record)
+                        if isinstance(restored, str):
+                            unreadable.append((record, f"cannot restore a run from this record: {restored}"))
                         else:
-                            unreadable.append((record, f"cannot restore a run from this record: {problem}"))
+                            key = bytes(record.key)
+                            readable.append(Written(record.partition, record.offset, key, record.value, restored))
                     read_to = {record.partition: record.offset + 1 for record in records}
                     self.states.written(readable, self.clock.now_ms(), read_to=read_to)
                 return
@@ -218,19 +224,26 @@ class Projector:
                 self.states.reset(error.partition)
                 starts[error.partition] = None
 
-    def _unreadable_run_record(self, record: ConsumerRecord) -> str | None:
-        """Why a record of ``runs`` cannot be restored (its key or value), or None: a run's state, one
-        of its results, or a tombstone of either (snapshots.py)."""
+    def _restored_run_record(self, record: ConsumerRecord) -> str | int | None:
+        """Why a record of ``runs`` cannot be restored (its key or value); else, for a run's state, when
+        the run ended if it may be compacted (None for anything else: one of its results, a tombstone)."""
         if record.key is None:
             return "Expected a key (a run id, or a run id and a step index), but the record has none"
         if record.value is None:
             return None
         step = parse_step_key(bytes(record.key).decode(errors="replace"))
         try:
-            self.codec.decode(record.value, (RunState,) if step is None else (RecordedStep,))
+            decoded = self.codec.decode(record.value, (RunState,) if step is None else (RecordedStep,))
         except DecodeError as error:
             return str(error)
-        return None
+        return ended_at(decoded) if isinstance(decoded, RunState) else None
+
+    def _ended_at(self, key: bytes, value: bytes | None) -> int | None:
+        """For a run's own record this batch wrote, when the run ended if it may be compacted later."""
+        if value is None or parse_step_key(key.decode(errors="replace")) is not None:
+            return None
+        state = self.states.get(key.decode())
+        return None if state is None else ended_at(state)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         self._generation += 1
@@ -288,7 +301,7 @@ class Projector:
         # Committed: the store's file takes what went to runs, and then runs may leave memory.
         self.states.written(
             (
-                Written(metadata.partition, metadata.offset, key, value)
+                Written(metadata.partition, metadata.offset, key, value, self._ended_at(key, value))
                 for (topic, key, value, _), metadata in zip(outbox.records, written, strict=True)
                 if topic == self.topics.runs
             ),

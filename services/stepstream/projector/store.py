@@ -43,14 +43,18 @@ HEADER = -1  # the index under which a run's own record (its state without resul
 # topics keep the default), and a file that missed a tombstone since would keep what it deleted.
 STORE_STALE_MS = 12 * 3_600_000
 
+# The file's layout; a file of another is emptied and read again from Kafka (it is only a cache).
+LAYOUT = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     run_id TEXT NOT NULL,
     idx INTEGER NOT NULL,        -- the result's index, or -1 for the run's own record
     partition INTEGER NOT NULL,
     value BLOB NOT NULL,
+    ended_ms INTEGER,            -- a run's own record: when it ended, while it may be compacted (retention.py)
     PRIMARY KEY (run_id, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ended ON records (ended_ms) WHERE ended_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS positions (
     partition INTEGER PRIMARY KEY,
     next_offset INTEGER NOT NULL  -- the offset of runs to read from next
@@ -77,6 +81,7 @@ class Written:
     offset: int
     key: bytes
     value: bytes | None
+    ended_ms: int | None = None  # a run's own record: when the run ended, if it may be compacted later
 
 
 class RunStore:
@@ -99,6 +104,11 @@ class RunStore:
         # transactions to a power cut only means reading them again; WAL keeps it consistent.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        layout = self._db.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
+        if layout is None or layout[0] != LAYOUT:
+            self._db.executescript("DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS positions; DELETE FROM meta;")
+            self._db.execute("INSERT INTO meta VALUES ('layout', ?)", (LAYOUT,))
         self._db.executescript(_SCHEMA)
         stored = self._db.execute("SELECT value FROM meta WHERE name = 'topic'").fetchone()
         if stored is None or stored[0] != topic:
@@ -191,7 +201,8 @@ class RunStore:
         run_id, index = step if step is not None else (key, HEADER)
         if record.value is not None:
             self._db.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", (run_id, index, record.partition, record.value)
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
+                (run_id, index, record.partition, record.value, record.ended_ms),
             )
         elif index == HEADER:  # the run is gone, its results with it (as snapshots.Assembly reads it)
             self._db.execute("DELETE FROM records WHERE run_id = ?", (run_id,))
@@ -215,6 +226,30 @@ class RunStore:
         """When the file last took records (epoch ms), None if never."""
         row = self._db.execute("SELECT value FROM meta WHERE name = 'written_ms'").fetchone()
         return None if row is None else int(row[0])
+
+    def ended_before(self, cutoff_ms: int, partitions: Iterable[int], limit: int) -> list[tuple[str, int, list[int]]]:
+        """Up to ``limit`` runs of ``partitions`` that ended before ``cutoff_ms`` and may be compacted,
+        oldest first: each run id, partition and the indexes of its results."""
+        chosen = sorted(partitions)
+        if not chosen:
+            return []
+        marks = ",".join("?" * len(chosen))
+        rows = self._db.execute(
+            f"SELECT run_id, partition FROM records WHERE ended_ms IS NOT NULL AND ended_ms < ? "
+            f"AND partition IN ({marks}) ORDER BY ended_ms LIMIT ?",
+            (cutoff_ms, *chosen, limit),
+        ).fetchall()
+        return [
+            (
+                run_id,
+                partition,
+                [
+                    index
+                    for (index,) in self._db.execute("SELECT idx FROM records WHERE run_id = ? AND idx >= 0", (run_id,))
+                ],
+            )
+            for run_id, partition in rows
+        ]
 
     def runs_on_disk(self, partition: int) -> int:
         row = self._db.execute(
