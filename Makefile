@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
+.PHONY: dev test postgres-server lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(BIN)/stepstream: pyproject.toml
 dev: $(BIN)/stepstream
 	$(BIN)/stepstream dev --example
 
-test: $(BIN)/stepstream
+test: $(BIN)/stepstream postgres-server
 	$(BIN)/python -m pytest
+
+# The query store's tests on PostgreSQL start a server of their own (tests/postgres.py) from Debian's
+# package: installed here when missing (set STEPSTREAM_TEST_POSTGRES to use a server of yours instead).
+postgres-server:
+	@if [ -z "$$STEPSTREAM_TEST_POSTGRES" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    && ! command -v initdb >/dev/null; then \
+	  echo "installing PostgreSQL (Debian's postgresql package) for the query-store tests"; \
+	  apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	fi
 
 lint: $(BIN)/stepstream
 	$(BIN)/ruff check services tests examples bench

@@ -61,3 +61,21 @@ def _local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kafka.bootstrap_servers
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (tests/postgres.py), started on first use."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A url of the session's PostgreSQL server with an empty schema of this test's own."""
+    from tests.postgres import fresh_schema
+
+    with fresh_schema(postgres_server_url) as url:
+        yield url

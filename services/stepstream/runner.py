@@ -98,10 +98,10 @@ def api_service(settings: ApiSettings) -> Service:
     from stepstream.api.indexer import Indexer
     from stepstream.avro import Codec
     from stepstream.kafka.deadletter import DeadLetterWriter
-    from stepstream.store import QueryStore
+    from stepstream.store import open_query_store
 
     codec = Codec()
-    store = QueryStore(settings.database)
+    store = open_query_store(settings.database)
     changes = RunChanges()  # the indexer tells the requests waiting on runs when their runs change
     indexer = Indexer(
         settings.kafka,

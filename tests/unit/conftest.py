@@ -10,13 +10,17 @@ from collections.abc import Iterator
 import pytest
 
 from stepstream.api.changes import RunChanges
-from stepstream.store import QueryStore
+from stepstream.store import QueryStore, open_query_store
 from tests.unit.test_api import FakePublisher, TestClient, api_client
 
 
-@pytest.fixture
-def store() -> Iterator[QueryStore]:
-    store = QueryStore(":memory:")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[QueryStore]:
+    """The api's tests run on both query stores: SQLite in memory, and a real PostgreSQL server."""
+    if request.param == "postgresql":
+        store = open_query_store(request.getfixturevalue("postgres_url"))
+    else:
+        store = QueryStore(":memory:")
     yield store
     store.close()
 

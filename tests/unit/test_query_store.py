@@ -65,7 +65,7 @@ from stepstream.core import (
     decide,
     evolve,
 )
-from stepstream.store import HistoryPage, QueryStore, RunRow, StepRow, WaiterRow, event_to_dict
+from stepstream.store import HistoryPage, QueryStore, RunRow, StepRow, WaiterRow, event_to_dict, open_query_store
 from stepstream.store import history as history_module
 
 T0 = 1_700_000_000_000
@@ -218,9 +218,13 @@ def call_spec(**changes: Any) -> CallSpec:
     return CallSpec(**{**values, **changes})
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[QueryStore]:
-    store = QueryStore(tmp_path / "nested" / "stepstream.db")  # the directory is created on demand
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueryStore]:
+    """Every test of the store, on SQLite and on a real PostgreSQL server (tests/postgres.py)."""
+    if request.param == "postgresql":
+        store = open_query_store(request.getfixturevalue("postgres_url"))
+    else:
+        store = QueryStore(tmp_path / "nested" / "stepstream.db")  # the directory is created on demand
     yield store
     store.close()
 

@@ -20,7 +20,7 @@ from stepstream.avro import Codec, DecodeError
 from stepstream.config import KafkaSettings
 from stepstream.core import FlowKeyState, StepCompleted, StepKind
 from stepstream.kafka.topics import TopicNames
-from stepstream.store import FlowKeyRow, QueryStore
+from stepstream.store import FlowKeyRow, QueryStore, open_query_store
 from tests.unit.test_query_store import T0, Run
 
 TOPICS = TopicNames(KafkaSettings().topic_prefix)
@@ -38,9 +38,13 @@ def state(key: str = "mailer", *, queued: int = 0, updated_ms: int = T0, **chang
     return FlowKeyState(key=key, queued=queued, updated_ms=updated_ms, **values)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[QueryStore]:
-    store = QueryStore(tmp_path / "query.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueryStore]:
+    """On SQLite and on a real PostgreSQL server (tests/postgres.py)."""
+    if request.param == "postgresql":
+        store = open_query_store(request.getfixturevalue("postgres_url"))
+    else:
+        store = QueryStore(tmp_path / "query.db")
     yield store
     store.close()
 

@@ -145,6 +145,9 @@ the values to change. Included by the ConfigMap, so that every render runs it on
 {{- fail (printf "kafka.topicPrefix cannot change on upgrade: this release uses the topics %s*, whose runs would no longer be processed. Set kafka.topicPrefix: %q, or install a second release for the new prefix" . .) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.queryStore.postgres.urlSecret .Values.queryStore.persistence.enabled }}
+{{- fail "queryStore.persistence is for a SQLite file; with queryStore.postgres.urlSecret the store is in PostgreSQL: set queryStore.persistence.enabled false" }}
+{{- end }}
 {{- if include "stepstream.sasl" . }}
 {{- if not $sasl.mechanism }}
 {{- fail (printf "kafka.sasl.mechanism is required with kafka.securityProtocol %s: set PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512" $kafka.securityProtocol) }}

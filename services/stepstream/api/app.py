@@ -51,7 +51,7 @@ from stepstream.config import ApiSettings
 from stepstream.core import Recovery, headers_problem, trigger_problem
 from stepstream.core.limits import MAX_SEQ
 from stepstream.projector.inputs import new_run_id, trigger_command
-from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow
+from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow, open_query_store
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def create_app(
         if own_publisher is not None:
             await own_publisher.start()
         state["publisher"] = publisher or own_publisher
-        state["store"] = store or QueryStore(settings.database)
+        state["store"] = store or open_query_store(settings.database)
         try:
             yield
         finally:

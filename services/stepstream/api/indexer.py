@@ -13,15 +13,21 @@ the same rows.
 
 After each batch of events is committed it tells :class:`~stepstream.api.changes.RunChanges` which runs
 changed, waking the api's requests that wait on them (``?wait=``, the history stream).
+
+On a store shared by every replica (PostgreSQL, :mod:`stepstream.store.postgres`) one indexer writes:
+the replica that holds the store's lock. The others follow: they are ready once the store has what
+the topics held when they started (by the positions the writer saves), try for the lock every few
+seconds (it is free once its holder's session ends), and learn of changed runs from the store's
+announcements, as the writer does too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
+import threading
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
@@ -33,6 +39,9 @@ from stepstream.kafka.clients import make_consumer, topic_partitions
 from stepstream.kafka.deadletter import DeadLetterWriter
 from stepstream.kafka.topics import TopicNames
 from stepstream.store import QueryStore
+
+if TYPE_CHECKING:
+    from stepstream.store.postgres import PostgresQueryStore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +89,14 @@ class Indexer:
         await self._consumer.start()
         if self.dead_letters is not None:
             await self.dead_letters.start()
+        stop_listening = threading.Event()
+        if self.store.shared:
+            self._listen(stop_listening)
         try:
+            while not await asyncio.to_thread(self.store.lead):
+                await self._follow()
+            if self.store.shared:
+                log.info("indexer writes the shared query store (this replica holds its lock)")
             targets = await self._assign()
             await self._check_caught_up(targets)  # a restart over a store that has it all is ready at once
             while True:
@@ -90,9 +106,39 @@ class Indexer:
                 if not self._caught_up:
                     await self._check_caught_up(targets)
         finally:
+            stop_listening.set()
             await self._consumer.stop()
             if self.dead_letters is not None:
                 await self.dead_letters.stop()
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Wake the requests waiting on runs when the shared store's writer announces them changed."""
+        loop = asyncio.get_running_loop()
+        store = cast("PostgresQueryStore", self.store)
+
+        def changed(run_ids: list[str]) -> None:
+            if self.changes is not None:
+                loop.call_soon_threadsafe(self.changes.changed, run_ids)
+
+        threading.Thread(target=store.listen, args=(changed, stop), name="query-store-listener", daemon=True).start()
+
+    async def _follow(self) -> None:
+        """While another replica writes the shared store: ready once the store has what the topics held
+        when this replica started; then try for the lock again a few seconds later."""
+        if self._targets is None:
+            partitions = [
+                TopicPartition(topic, number)
+                for topic in (self.topics.events, self.topics.flow)
+                for number in sorted(await self._partitions_of(topic))
+            ]
+            self._targets = await self._consumer.end_offsets(partitions)
+        saved = await asyncio.to_thread(self.store.positions)
+        self._positions = {tp: saved.get((tp.topic, tp.partition), 0) for tp in self._targets}
+        caught_up = all(self._positions[tp] >= end for tp, end in self._targets.items())
+        if caught_up and not self._caught_up:
+            log.info("the shared query store has caught up (another replica writes it)")
+        self._caught_up = caught_up
+        await asyncio.sleep(2)
 
     async def _check_caught_up(self, targets: dict[TopicPartition, int]) -> None:
         # Every partition's position, not only those of the last batch: a transaction marker at a
@@ -149,8 +195,11 @@ class Indexer:
                     await self._dead_letter(record, str(error))
         if events:
             failures = await asyncio.to_thread(index, self.store, [event for _, event in events])
-            if self.changes is not None:  # back on the event loop, the batch committed
-                self.changes.changed({event.run_id for _, event in events})
+            changed = {event.run_id for _, event in events}
+            if self.store.shared:  # every replica's requests may wait on them: announced to all
+                await asyncio.to_thread(self.store.announce, changed)
+            elif self.changes is not None:  # back on the event loop, the batch committed
+                self.changes.changed(changed)
             for record, event in events:
                 failure = failures.get(id(event))
                 if failure is not None:
@@ -188,16 +237,17 @@ def index(store: QueryStore, events: list[Event]) -> dict[int, Exception]:
     The store applies a batch in one transaction, so one bad event (an output that is not JSON text,
     a number SQLite cannot hold) would roll back the rest: then each is applied alone.
     """
+    errors: tuple[type[Exception], ...] = (ValueError, OverflowError, *store.value_errors)
     try:
         store.apply(events)
         return {}
-    except (ValueError, OverflowError, sqlite3.Error):
+    except errors:
         pass
     failures: dict[int, Exception] = {}
     for event in events:
         try:
             store.apply([event])
-        except (ValueError, OverflowError, sqlite3.Error) as error:
+        except errors as error:
             log.error("indexer cannot apply %s %s#%d: %s", type(event).__name__, event.run_id, event.seq, error)
             failures[id(event)] = error
     return failures

@@ -14,6 +14,15 @@ from stepstream.store.rows import (
 )
 from stepstream.store.sqlite import QueryStore
 
+
+def open_query_store(url: str) -> QueryStore:
+    """The query store at ``url`` (``STEPSTREAM_DATABASE``): a SQLite file (or ``:memory:``) of this
+    process's own, or a PostgreSQL database shared by every api replica (``postgresql://…``)."""
+    from stepstream.store.postgres import PostgresQueryStore, is_postgres
+
+    return PostgresQueryStore(url) if is_postgres(url) else QueryStore(url)
+
+
 __all__ = [
     "ACTIVE_STATUSES",
     "ENDED_STATUSES",
@@ -26,4 +35,5 @@ __all__ = [
     "StepRow",
     "WaiterRow",
     "event_to_dict",
+    "open_query_store",
 ]

@@ -74,55 +74,55 @@ CREATE TABLE IF NOT EXISTS runs (
     output TEXT,
     error_type TEXT,
     error_message TEXT,
-    steps INTEGER NOT NULL DEFAULT 0,
-    wake_at_ms INTEGER,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL
+    steps BIGINT NOT NULL DEFAULT 0,
+    wake_at_ms BIGINT,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
     type TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
+    at_ms BIGINT NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL,
-    step_index INTEGER NOT NULL,
+    step_index BIGINT NOT NULL,
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
     status TEXT NOT NULL,
     output TEXT,
-    started_at_ms INTEGER NOT NULL,
-    completed_at_ms INTEGER,
-    wake_at_ms INTEGER,
+    started_at_ms BIGINT NOT NULL,
+    completed_at_ms BIGINT,
+    wake_at_ms BIGINT,
     detail TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, step_index)
 );
 CREATE TABLE IF NOT EXISTS waiters (
     event_id TEXT NOT NULL,
     run_id TEXT NOT NULL,
-    step_index INTEGER NOT NULL,
-    timeout_at_ms INTEGER NOT NULL,
-    since_ms INTEGER NOT NULL,
+    step_index BIGINT NOT NULL,
+    timeout_at_ms BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL,
     PRIMARY KEY (event_id, run_id, step_index)
 );
 CREATE TABLE IF NOT EXISTS flow_keys (
     key TEXT PRIMARY KEY,
-    queued INTEGER NOT NULL,
-    in_flight INTEGER NOT NULL,
-    starts_in_window INTEGER NOT NULL,
-    rate INTEGER,
-    period_ms INTEGER NOT NULL,
-    parallelism INTEGER,
-    updated_at_ms INTEGER NOT NULL
+    queued BIGINT NOT NULL,
+    in_flight BIGINT NOT NULL,
+    starts_in_window BIGINT NOT NULL,
+    rate BIGINT,
+    period_ms BIGINT NOT NULL,
+    parallelism BIGINT,
+    updated_at_ms BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS positions (
     topic TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
+    partition BIGINT NOT NULL,
+    next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition)
 );
 """
@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS positions (
 # (with these defaults) when it is opened.
 _ADDED_RUN_COLUMNS = {
     "parent_run_id": "TEXT",
-    "dead_letter": "INTEGER NOT NULL DEFAULT 0",
+    "dead_letter": "BIGINT NOT NULL DEFAULT 0",
     "cancel_reason": "TEXT",
     "replay_delivery_id": "TEXT",  # the replay delivery in flight, if any: it keeps the run running
 }
@@ -171,13 +171,13 @@ def _received_output(data: str) -> str:
 class _Indexing:
     """Applies one event to the derived tables, inside the caller's transaction."""
 
-    def __init__(self, cursor: sqlite3.Cursor, event: Event) -> None:
+    def __init__(self, cursor: Any, event: Event) -> None:
         self.cursor = cursor
         self.event = event
         self.run_id = event.run_id
         self.changes: dict[str, Any] = {}
 
-    def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> Any:
         return self.cursor.execute(sql, parameters)
 
     def apply(self) -> None:
@@ -229,8 +229,9 @@ class _Indexing:
                 wait = {"event_id": event.event_id, "timeout_at_ms": event.timeout_at_ms}
                 self._pending(event.step_index, event.name, StepKind.WAIT_FOR_EVENT.value, wait)
                 self.execute(
-                    "INSERT OR REPLACE INTO waiters (event_id, run_id, step_index, timeout_at_ms, since_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO waiters (event_id, run_id, step_index, timeout_at_ms, since_ms)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, run_id, step_index) DO UPDATE SET"
+                    " timeout_at_ms = excluded.timeout_at_ms, since_ms = excluded.since_ms",
                     (event.event_id, self.run_id, event.step_index, event.timeout_at_ms, event.at_ms),
                 )
             case EventReceived() | WaitTimedOut():
@@ -277,8 +278,9 @@ class _Indexing:
 
     def _start(self, event: RunStarted) -> None:
         self.execute(
-            "INSERT OR IGNORE INTO runs (run_id, workflow, url, status, label, payload, created_at_ms,"
-            " updated_at_ms, last_seq, parent_run_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (run_id, workflow, url, status, label, payload, created_at_ms,"
+            " updated_at_ms, last_seq, parent_run_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO NOTHING",
             (
                 event.run_id,
                 event.workflow,
@@ -296,8 +298,11 @@ class _Indexing:
         self, index: int, name: str, kind: str, detail: dict[str, Any], *, wake_at_ms: int | None = None
     ) -> None:
         self.execute(
-            "INSERT OR REPLACE INTO steps (run_id, step_index, name, kind, status, output, started_at_ms,"
-            " completed_at_ms, wake_at_ms, detail) VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, ?, ?)",
+            "INSERT INTO steps (run_id, step_index, name, kind, status, output, started_at_ms,"
+            " completed_at_ms, wake_at_ms, detail) VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, ?, ?)"
+            " ON CONFLICT (run_id, step_index) DO UPDATE SET name = excluded.name, kind = excluded.kind,"
+            " status = 'pending', output = NULL, started_at_ms = excluded.started_at_ms, completed_at_ms = NULL,"
+            " wake_at_ms = excluded.wake_at_ms, detail = excluded.detail",
             (self.run_id, index, name, kind, self.event.at_ms, wake_at_ms, _json(detail)),
         )
 
@@ -307,7 +312,7 @@ class _Indexing:
         self.execute(
             "INSERT INTO steps (run_id, step_index, name, kind, status, output, started_at_ms, completed_at_ms,"
             " detail) VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, '{}')"
-            " ON CONFLICT (run_id, step_index) DO UPDATE SET name = COALESCE(?, name), kind = excluded.kind,"
+            " ON CONFLICT (run_id, step_index) DO UPDATE SET name = COALESCE(?, steps.name), kind = excluded.kind,"
             " status = 'completed', output = excluded.output, completed_at_ms = excluded.completed_at_ms",
             (self.run_id, index, name or "", kind, output, at, at, name),
         )
@@ -327,11 +332,11 @@ class _Indexing:
 
     def _update_run(self, status: str, replay: str | None) -> None:
         completed, wake_at, running, waiting, sleeping = self.execute(
-            "SELECT COALESCE(SUM(status = 'completed'), 0),"
+            "SELECT COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0),"
             f" MIN(CASE WHEN status = 'pending' AND kind IN {_SLEEP_KINDS} THEN wake_at_ms END),"
-            f" COALESCE(MAX(status = 'pending' AND kind IN {_RUNNING_KINDS}), 0),"
-            f" COALESCE(MAX(status = 'pending' AND kind IN {_WAITING_KINDS}), 0),"
-            f" COALESCE(MAX(status = 'pending' AND kind IN {_SLEEP_KINDS}), 0)"
+            f" COALESCE(MAX(CASE WHEN status = 'pending' AND kind IN {_RUNNING_KINDS} THEN 1 ELSE 0 END), 0),"
+            f" COALESCE(MAX(CASE WHEN status = 'pending' AND kind IN {_WAITING_KINDS} THEN 1 ELSE 0 END), 0),"
+            f" COALESCE(MAX(CASE WHEN status = 'pending' AND kind IN {_SLEEP_KINDS} THEN 1 ELSE 0 END), 0)"
             " FROM steps WHERE run_id = ?",
             (self.run_id,),
         ).fetchone()
@@ -360,7 +365,17 @@ class _Indexing:
 
 class QueryStore:
     """The store. Its methods may be called from any thread: the indexer writes from a worker thread
-    while the api reads on its event loop (lookups by key) and in worker threads (lists, histories)."""
+    while the api reads on its event loop (lookups by key) and in worker threads (lists, histories).
+
+    The SQL is the subset SQLite and PostgreSQL share (``INSERT … ON CONFLICT``, ``?`` placeholders
+    that :mod:`stepstream.store.postgres` turns into psycopg's), so one class serves both."""
+
+    # How a read of several statements sees one committed state: SQLite's deferred transaction does.
+    _SNAPSHOT = "BEGIN"
+    # Every api replica has a store of its own, so its indexer always writes it.
+    shared = False
+    # What the database raises for a value it cannot take: the indexer sets that event aside.
+    value_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -392,6 +407,13 @@ class QueryStore:
             self._reader.close()
         self._connection.close()
 
+    def lead(self) -> bool:
+        """Whether this process's indexer writes the store: always, for a store of its own."""
+        return True
+
+    def announce(self, run_ids: Iterable[str]) -> None:
+        """Tell other processes which runs changed: none reads a store of this process's own."""
+
     # -- writes (the indexer) -------------------------------------------------------------------
 
     def apply(self, events: Iterable[Event]) -> None:
@@ -402,7 +424,8 @@ class QueryStore:
             try:
                 for event in events:
                     inserted = cursor.execute(
-                        "INSERT OR IGNORE INTO events (run_id, seq, type, at_ms, data) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO events (run_id, seq, type, at_ms, data) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (run_id, seq) DO NOTHING",
                         (event.run_id, event.seq, type(event).__name__, event.at_ms, json.dumps(event_to_dict(event))),
                     ).rowcount
                     if inserted:
@@ -424,8 +447,12 @@ class QueryStore:
                         cursor.execute("DELETE FROM flow_keys WHERE key = ?", (key,))
                         continue
                     cursor.execute(
-                        "INSERT OR REPLACE INTO flow_keys (key, queued, in_flight, starts_in_window, rate, period_ms,"
-                        " parallelism, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO flow_keys (key, queued, in_flight, starts_in_window, rate, period_ms,"
+                        " parallelism, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                        " queued = excluded.queued, in_flight = excluded.in_flight,"
+                        " starts_in_window = excluded.starts_in_window, rate = excluded.rate,"
+                        " period_ms = excluded.period_ms, parallelism = excluded.parallelism,"
+                        " updated_at_ms = excluded.updated_at_ms",
                         (
                             key,
                             state.queued,
@@ -448,7 +475,8 @@ class QueryStore:
             cursor = self._connection.cursor()
             cursor.execute("BEGIN")
             cursor.executemany(
-                "INSERT OR REPLACE INTO positions (topic, partition, next_offset) VALUES (?, ?, ?)",
+                "INSERT INTO positions (topic, partition, next_offset) VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(topic, partition, offset) for (topic, partition), offset in positions.items()],
             )
             cursor.execute("COMMIT")
@@ -572,7 +600,7 @@ class QueryStore:
         """The run's row, at most ``limit`` of its events after ``after_seq``, and the type of its last
         event, all as of one committed transaction of the indexer (what following a history needs)."""
         with self._read_lock:
-            self._reader.execute("BEGIN")  # one snapshot for the three reads
+            self._reader.execute(self._SNAPSHOT)  # one snapshot for the three reads
             try:
                 row = self._reader.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
                 rows = self._reader.execute(
