@@ -11,25 +11,35 @@ engine's Avro codec; batched, ``acks=all``, idempotent, not transactional. ``flo
 
 Then, in this process:
 
-1. **rebuild**: an ``Indexer`` (the api's) over a fresh ``QueryStore`` in a temporary file, run as an
-   asyncio task, timed from the task's start until ``lag()`` is None (polled every 50 ms): it has read
-   every partition of ``events`` and ``flow`` up to the ends they had when it started. Reports the
-   events indexed, the seconds, events/s, the store's size (the database file and its ``-wal`` at that
-   moment), bytes per event, and this process's resident memory: before, and the peak during the
-   rebuild (the kernel's ``VmHWM``, reset just before through ``/proc/self/clear_refs``, and ``VmRSS``
-   sampled at every poll);
-2. **restart**: the indexer stopped (its task cancelled) and the store closed, a new ``QueryStore`` on
-   the same file and a new ``Indexer``, timed the same way: it starts from the positions kept in the
-   store, so it has nothing to read.
+1. **rebuild**: an ``Indexer`` (the api's) over a fresh query store, run as an asyncio task, timed
+   from the task's start until ``lag()`` is None (polled every 50 ms): it has read every partition of
+   ``events`` and ``flow`` up to the ends they had when it started. Reports the events indexed, the
+   seconds, events/s, the store's size at that moment, bytes per event, and this process's resident
+   memory: before, and the peak during the rebuild (the kernel's ``VmHWM``, reset just before through
+   ``/proc/self/clear_refs``, and ``VmRSS`` sampled at every poll);
+2. **restart**: the indexer stopped (its task cancelled) and the store closed, the same store opened
+   again and a new ``Indexer``, timed the same way: it starts from the positions kept in the store, so
+   it has nothing to read.
 
 After each phase it checks the store: every event once, every run ``completed``. Last, to tell the
 store's share from Kafka's, **store alone**: the same events, encoded in memory, decoded and applied to
 another fresh store in this thread as the indexer applies them (``QueryStore.apply`` in batches of
-1,000, the indexer's ``max_records``, then ``save_positions``), without Kafka or asyncio.
+1,000, the indexer's ``max_records``, then ``save_positions`` and ``announce``), without Kafka or asyncio.
+
+``--store`` picks the query store (``STEPSTREAM_DATABASE``'s two kinds): ``sqlite`` (the default), a
+file in the temporary folder; ``postgresql``, a new schema for each phase (rebuild and restart share
+one) on the server of ``--postgres-url``, else on one started for this run by the tests' helper
+(``tests/postgres.py``: ``initdb`` in a temporary folder, ``fsync=off``); ``both``, the phases on each,
+over the same topics, then a table of the two side by side. A SQLite store's size is its database file
+and its ``-wal``; a PostgreSQL store's, ``pg_total_relation_size`` (table, indexes, TOAST) summed over
+the tables of its schema (the server's WAL is shared, not counted). The memory is this process's only:
+a PostgreSQL server's is not in it. ``--json`` writes each store's numbers with its name (``store``):
+one object under ``results``, or, with ``both``, a list of them.
 
     .venv/bin/python bench/indexer_rebuild.py              # 20,000 runs x 5 steps = 240,000 events
     .venv/bin/python bench/indexer_rebuild.py --quick      # 2,000 runs x 5 steps
     .venv/bin/python bench/indexer_rebuild.py --runs 50000 --steps 10 --json /tmp/rebuild.json
+    .venv/bin/python bench/indexer_rebuild.py --store both     # SQLite, then PostgreSQL
 """
 
 from __future__ import annotations
@@ -85,7 +95,7 @@ from stepstream.core import (
     evolve,
 )
 from stepstream.kafka import TopicNames, ensure_topics
-from stepstream.store import QueryStore
+from stepstream.store import QueryStore, open_query_store
 
 PRODUCE_CHUNK = 10_000  # sends in flight before waiting for their acknowledgements
 POLL_S = 0.05  # how often lag() is asked (and VmRSS sampled)
@@ -95,6 +105,9 @@ DEFAULTS = Defaults()
 WORKFLOW = "steps"
 URL = "http://127.0.0.1:8000/workflows/steps"
 BEHIND = re.compile(r"(\d+) records behind")
+STORES = ("sqlite", "postgresql")
+# tests/postgres.py starts the PostgreSQL server, as for the tests: bench/ alone is on sys.path.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 
 # -- the runs -----------------------------------------------------------------------------------
@@ -246,8 +259,8 @@ class Phase:
     name: str
     seconds: float
     events_indexed: int  # rows the store gained
-    db_bytes: int  # the database file when the indexer was ready
-    wal_bytes: int  # its -wal then
+    db_bytes: int  # the store when the indexer was ready: SQLite's database file, PostgreSQL's tables
+    wal_bytes: int  # SQLite's -wal then; 0 on PostgreSQL
     rss_before_kb: int
     rss_peak_kb: int  # the highest of VmHWM (if reset) and the sampled VmRSS
     hwm_reset: bool
@@ -257,33 +270,83 @@ def file_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def count(path: Path) -> tuple[int, int, int]:
-    """The store's events, runs, and completed runs, read through a connection of its own."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        events = connection.execute("SELECT count(*) FROM events").fetchone()[0]
-        runs, completed = connection.execute(
-            "SELECT count(*), coalesce(sum(status = 'completed'), 0) FROM runs"
-        ).fetchone()
-    return int(events), int(runs), int(completed)
+COUNT = (  # SQL both databases understand: PostgreSQL cannot sum a boolean
+    "SELECT (SELECT count(*) FROM events), count(*),"
+    " coalesce(sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) FROM runs"
+)
+# Every table of the store's schema (events, runs, steps, waiters, flow_keys, positions), with its
+# indexes and TOAST.
+PG_SIZE = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+)
 
 
-def events_in(path: Path) -> int:
-    """The events in the store at ``path``; 0 if there is none yet."""
-    return count(path)[0] if path.exists() else 0
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one query store lives: a SQLite file, or a PostgreSQL schema (the url's ``search_path``)."""
+
+    store: str  # one of STORES
+    location: str  # the file's path, or the url
+
+    def open(self) -> QueryStore:
+        return open_query_store(self.location)
+
+    def count(self) -> tuple[int, int, int]:
+        """The store's events, runs, and completed runs, read through a connection of its own; zeros
+        while there is no store yet."""
+        if self.store == "sqlite":
+            if not Path(self.location).exists():
+                return 0, 0, 0
+            with contextlib.closing(sqlite3.connect(f"file:{self.location}?mode=ro", uri=True)) as connection:
+                row = connection.execute(COUNT).fetchone()
+        else:
+            import psycopg  # only a run on PostgreSQL needs it
+
+            with psycopg.connect(self.location, autocommit=True) as connection:
+                if connection.execute("SELECT to_regclass('runs')").fetchone() == (None,):
+                    return 0, 0, 0
+                row = connection.execute(COUNT).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def size(self) -> tuple[int, int]:
+        """The store's bytes: SQLite's database file and its ``-wal``; PostgreSQL's tables, and 0."""
+        if self.store == "sqlite":
+            return file_size(Path(self.location)), file_size(Path(f"{self.location}-wal"))
+        import psycopg
+
+        with psycopg.connect(self.location, autocommit=True) as connection:
+            row = connection.execute(PG_SIZE).fetchone()
+        assert row is not None
+        return int(row[0]), 0
+
+
+@contextlib.contextmanager
+def fresh_target(store: str, directory: Path, name: str, server: str | None) -> Iterator[Target]:
+    """A new, empty store: a file under ``directory``, or a schema of its own on ``server``, dropped after."""
+    if store == "sqlite":
+        yield Target(store, str(directory / store / name / "stepstream.db"))
+        return
+    from tests.postgres import fresh_schema
+
+    assert server is not None
+    with fresh_schema(server) as url:
+        yield Target(store, url)
 
 
 async def time_indexer(
     name: str,
     factory: Callable[[KafkaSettings, QueryStore], Indexer],
     settings: KafkaSettings,
-    path: Path,
+    target: Target,
     *,
     timeout_s: float,
 ) -> Phase:
-    """Start an Indexer over the store at ``path`` and time it until it has caught up; then stop it."""
-    before_events = events_in(path)
+    """Start an Indexer over the store at ``target`` and time it until it has caught up; then stop it."""
+    before_events = target.count()[0]
     gc.collect()
-    store = QueryStore(path)
+    store = target.open()
     rss_before, _ = memory_kb()
     hwm_reset = reset_peak()
     peak = rss_before
@@ -308,7 +371,7 @@ async def time_indexer(
         seconds = time.monotonic() - began
         rss, hwm = memory_kb()
         peak = max(peak, rss, hwm if hwm_reset else 0)
-        db_bytes, wal_bytes = file_size(path), file_size(Path(f"{path}-wal"))
+        db_bytes, wal_bytes = target.size()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -317,7 +380,7 @@ async def time_indexer(
     return Phase(
         name=name,
         seconds=seconds,
-        events_indexed=events_in(path) - before_events,
+        events_indexed=target.count()[0] - before_events,
         db_bytes=db_bytes,
         wal_bytes=wal_bytes,
         rss_before_kb=rss_before,
@@ -326,8 +389,8 @@ async def time_indexer(
     )
 
 
-def check(path: Path, produced: Produced) -> None:
-    events, runs, completed = count(path)
+def check(target: Target, produced: Produced) -> None:
+    events, runs, completed = target.count()
     if (events, runs, completed) != (produced.events, produced.runs, produced.runs):
         raise BenchFailure(
             f"the store holds {events:,} events and {runs:,} runs ({completed:,} completed); "
@@ -346,9 +409,9 @@ class StoreAlone:
     wal_bytes: int
 
 
-def store_alone(path: Path, runs: int, steps: int, batch: int) -> StoreAlone:
-    """Apply the runs' events to a fresh store at ``path`` in batches of ``batch`` as the indexer does
-    (decode, ``QueryStore.apply`` in one transaction, then ``save_positions``), timing only that."""
+def store_alone(target: Target, runs: int, steps: int, batch: int) -> StoreAlone:
+    """Apply the runs' events to a fresh store at ``target`` in batches of ``batch`` as the indexer does
+    (decode, ``QueryStore.apply`` in one transaction, ``save_positions``, ``announce``), timing only that."""
     codec = Codec()
     template_id = "rebuild-alone-template"
     template = run_history(template_id, steps, int(time.time() * 1000))
@@ -357,7 +420,7 @@ def store_alone(path: Path, runs: int, steps: int, batch: int) -> StoreAlone:
         for number in range(runs)
         for event in copy_history(template, template_id, f"rebuild-alone-{number:07d}", 2 * number)
     ]
-    store = QueryStore(path)
+    store = target.open()
     decoding = 0.0
     try:
         began = time.monotonic()
@@ -367,8 +430,9 @@ def store_alone(path: Path, runs: int, steps: int, batch: int) -> StoreAlone:
             decoding += time.monotonic() - decode_began
             store.apply(events)
             store.save_positions({("events", partition): first for partition in range(12)})
+            store.announce({event.run_id for event in events})  # a NOTIFY on PostgreSQL, nothing on SQLite
         seconds = time.monotonic() - began
-        db_bytes, wal_bytes = file_size(path), file_size(Path(f"{path}-wal"))
+        db_bytes, wal_bytes = target.size()
     finally:
         store.close()
     return StoreAlone(
@@ -381,16 +445,19 @@ def store_alone(path: Path, runs: int, steps: int, batch: int) -> StoreAlone:
 
 @dataclass(frozen=True, slots=True)
 class Numbers:
+    store: str
     indexer_module: str
     produced: Produced
     rebuild: Phase
     restart: Phase
     alone: StoreAlone
-    db_bytes_closed: int  # the database file once closed (its WAL checkpointed into it)
+    db_bytes_closed: int  # the store once closed (SQLite: its WAL checkpointed into the file)
 
 
-async def measure(args: argparse.Namespace, settings: KafkaSettings, directory: Path) -> Numbers:
-    module, factory = Indexer.__module__, Indexer
+async def measure(
+    args: argparse.Namespace, settings: KafkaSettings, directory: Path, server: str | None
+) -> list[Numbers]:
+    """Produce the runs once, then time the phases on each store of ``--store`` over the same topics."""
     names = TopicNames(settings.topic_prefix)
     progress(f"creating topics with prefix {settings.topic_prefix!r} ({args.partitions} partitions)…")
     await ensure_topics(
@@ -407,20 +474,34 @@ async def measure(args: argparse.Namespace, settings: KafkaSettings, directory: 
         f"  produced {produced.events:,} events ({produced.value_bytes / 1e6:.1f} MB of keys and values) in "
         f"{produced.seconds:.1f} s, {produced.events / produced.seconds:,.0f} events/s"
     )
-    path = directory / "store" / "stepstream.db"
-    progress(f"rebuild: an Indexer ({module}) over a fresh query store…")
-    rebuild = await time_indexer("rebuild", factory, settings, path, timeout_s=args.timeout)
-    check(path, produced)
-    progress(f"  ready after {rebuild.seconds:.1f} s, {rebuild.events_indexed / rebuild.seconds:,.0f} events/s")
-    progress("restart: a new Indexer over the same store…")
-    restart = await time_indexer("restart", factory, settings, path, timeout_s=args.timeout)
-    check(path, produced)
-    progress(f"  ready after {restart.seconds:.2f} s")
-    db_bytes_closed = file_size(path)
-    progress(f"store alone: the same events decoded and applied to a fresh store, {STORE_BATCH:,} a batch…")
-    alone = store_alone(directory / "alone" / "stepstream.db", args.runs, args.steps, STORE_BATCH)
+    return [await measure_store(store, args, settings, produced, directory, server) for store in args.stores]
+
+
+async def measure_store(
+    store: str,
+    args: argparse.Namespace,
+    settings: KafkaSettings,
+    produced: Produced,
+    directory: Path,
+    server: str | None,
+) -> Numbers:
+    module, factory = Indexer.__module__, Indexer
+    with fresh_target(store, directory, "store", server) as target:
+        progress(f"rebuild: an Indexer ({module}) over a fresh query store on {store}…")
+        rebuild = await time_indexer("rebuild", factory, settings, target, timeout_s=args.timeout)
+        check(target, produced)
+        progress(f"  ready after {rebuild.seconds:.1f} s, {rebuild.events_indexed / rebuild.seconds:,.0f} events/s")
+        progress(f"restart: a new Indexer over the same store on {store}…")
+        restart = await time_indexer("restart", factory, settings, target, timeout_s=args.timeout)
+        check(target, produced)
+        progress(f"  ready after {restart.seconds:.2f} s")
+        db_bytes_closed = target.size()[0]
+    progress(f"store alone: the same events decoded and applied to a fresh store on {store}, {STORE_BATCH:,} a batch…")
+    with fresh_target(store, directory, "alone", server) as target:
+        alone = store_alone(target, args.runs, args.steps, STORE_BATCH)
     progress(f"  applied in {alone.seconds:.1f} s, {alone.events / alone.seconds:,.0f} events/s")
     return Numbers(
+        store=store,
         indexer_module=module,
         produced=produced,
         rebuild=rebuild,
@@ -480,6 +561,25 @@ def report(numbers: Numbers) -> str:
     return render(headers, rows)
 
 
+def side_by_side(results: list[Numbers]) -> str:
+    """The stores' main numbers in a column each, and the second's as a ratio of the first's."""
+    metrics: list[tuple[str, Callable[[Numbers], float], Callable[[float], str]]] = [
+        ("rebuild events/s", lambda n: n.rebuild.events_indexed / n.rebuild.seconds, lambda v: f"{v:,.0f}"),
+        ("rebuild s to ready", lambda n: n.rebuild.seconds, fmt),
+        ("store B/event at ready", lambda n: (n.rebuild.db_bytes + n.rebuild.wal_bytes) / n.produced.events, fmt),
+        ("store B/event closed", lambda n: n.db_bytes_closed / n.produced.events, fmt),
+        ("restart s to ready", lambda n: n.restart.seconds, fmt),
+        ("store alone events/s", lambda n: n.alone.events / n.alone.seconds, lambda v: f"{v:,.0f}"),
+    ]
+    first, second = results
+    headers = ["", first.store, second.store, f"{second.store} / {first.store}"]
+    rows = [
+        [name, shown(value(first)), shown(value(second)), f"{value(second) / value(first):.2f}"]
+        for name, value, shown in metrics
+    ]
+    return render(headers, rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, help="completed runs on the events topic (default 20,000; --quick 2,000)")
@@ -489,7 +589,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each phase (default 1800)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to PATH as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (the store, the broker data)")
+    parser.add_argument(
+        "--store", choices=(*STORES, "both"), default="sqlite", help="the query store's database (default sqlite)"
+    )
+    parser.add_argument(
+        "--postgres-url", metavar="URL", help="a PostgreSQL server whose user may create schemas (default: start one)"
+    )
     args = parser.parse_args(argv)
+    args.stores = STORES if args.store == "both" else (args.store,)
     args.runs = args.runs if args.runs is not None else (2_000 if args.quick else 20_000)
     if args.runs < 1 or args.steps < 1 or args.partitions < 1:
         parser.error("expected --runs, --steps and --partitions >= 1")
@@ -520,6 +627,21 @@ def topics_deleted(bootstrap: str, prefix: str, ours: bool) -> Iterator[None]:
                 asyncio.run(delete_topics(bootstrap, prefix))
 
 
+@contextlib.contextmanager
+def postgres(args: argparse.Namespace) -> Iterator[str | None]:
+    """The PostgreSQL server's url: ``--postgres-url``, or one started for this run; None on SQLite alone."""
+    if "postgresql" not in args.stores:
+        yield None
+    elif args.postgres_url:
+        yield args.postgres_url
+    else:
+        from tests.postgres import postgres_server
+
+        progress("starting a PostgreSQL server (tests/postgres.py)…")
+        with postgres_server() as url:
+            yield url
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -528,15 +650,19 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     load_before = machine()["load_average"]
     with session("stepstream-rebuild-", keep=args.keep) as bench:
-        with broker(bench.directory) as kafka, topics_deleted(kafka.bootstrap, prefix, kafka.ours):
+        with (
+            postgres(args) as server,
+            broker(bench.directory) as kafka,
+            topics_deleted(kafka.bootstrap, prefix, kafka.ours),
+        ):
             settings = settings_for(kafka.bootstrap, prefix, args.partitions)
             try:
-                numbers = asyncio.run(measure(args, settings, bench.directory))
+                results = asyncio.run(measure(args, settings, bench.directory, server))
             finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the broker stop and the topics go
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the broker and the server stop, the topics go
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
         took = time.monotonic() - began
-        produced = numbers.produced
+        produced = results[0].produced
         print()
         print(
             f"Stepstream query store rebuild, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
@@ -545,18 +671,25 @@ def main(argv: list[str] | None = None) -> int:
             f"partitions, produced in {produced.seconds:.0f} s ({produced.events / produced.seconds:,.0f} events/s), "
             f"took {took:.0f} s, load average {load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after"
         )
-        print(report(numbers))
-        print(
-            f"Indexer from {numbers.indexer_module}; store file once closed (WAL checkpointed): "
-            f"{numbers.db_bytes_closed / 1e6:.1f} MB, {numbers.db_bytes_closed / produced.events:.0f} B/event; "
-            f"store alone: {numbers.alone.decode_seconds:.1f} s of its {numbers.alone.seconds:.1f} s decoding"
-        )
+        for numbers in results:
+            if len(results) > 1:
+                print(f"\n{numbers.store}:")
+            print(report(numbers))
+            closed = "file once closed (WAL checkpointed)" if numbers.store == "sqlite" else "tables once closed"
+            print(
+                f"Indexer from {numbers.indexer_module}; store on {numbers.store}, {closed}: "
+                f"{numbers.db_bytes_closed / 1e6:.1f} MB, {numbers.db_bytes_closed / produced.events:.0f} B/event; "
+                f"store alone: {numbers.alone.decode_seconds:.1f} s of its {numbers.alone.seconds:.1f} s decoding"
+            )
+        if len(results) > 1:
+            print()
+            print(side_by_side(results))
         if args.json:
             write_json(
                 args.json,
                 load_before=load_before,
-                parameters={"runs": args.runs, "steps": args.steps, "partitions": args.partitions},
-                results=asdict(numbers),
+                parameters={"runs": args.runs, "steps": args.steps, "partitions": args.partitions, "store": args.store},
+                results=asdict(results[0]) if len(results) == 1 else [asdict(numbers) for numbers in results],
             )
         bench.code = 0
     return bench.code

@@ -73,6 +73,9 @@ class KafkaSettings:
     topic_prefix: str = "stepstream."
     partitions: int = 12
     replication_factor: int = 1
+    # How long the events topic keeps a record (its retention.ms when the topics are created): -1,
+    # for ever. Runs' histories are read from it for audit, replay and rebuilding the query store.
+    events_retention_ms: int = -1
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -134,6 +137,9 @@ class KafkaSettings:
             topic_prefix=environ.get("STEPSTREAM_TOPIC_PREFIX", defaults.topic_prefix),
             partitions=_int(environ, "STEPSTREAM_PARTITIONS", defaults.partitions, minimum=1),
             replication_factor=_int(environ, "STEPSTREAM_REPLICATION_FACTOR", defaults.replication_factor, minimum=1),
+            events_retention_ms=_int(
+                environ, "STEPSTREAM_EVENTS_RETENTION_MS", defaults.events_retention_ms, minimum=-1
+            ),
             security_protocol=protocol,
             sasl_mechanism=environ.get("STEPSTREAM_KAFKA_SASL_MECHANISM") or None,
             sasl_username=environ.get("STEPSTREAM_KAFKA_SASL_USERNAME") or None,
@@ -322,6 +328,8 @@ class ApiSettings:
     # The projector's notification buffer (STEPSTREAM_NOTIFY_BUFFER_MS, the same variable): the api
     # only tells a notifier how long its notification is kept for runs that start waiting later.
     notify_buffer_ms: int = 60_000
+    # How long the query store keeps a run after it ended (its row, steps and history); 0: for ever.
+    query_store_retention_ms: int = 0
     # The hosts a trigger's url and failure_url may name; None: the hosts of ``workflows``, as from_env
     # reads STEPSTREAM_ALLOWED_URL_HOSTS when it is unset.
     allowed_url_hosts: AllowedHosts | None = None
@@ -348,6 +356,7 @@ class ApiSettings:
                 maximum_reason="STEPSTREAM_MAX_RECORD_BYTES less 64 KiB",
             ),
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
+            query_store_retention_ms=_int(environ, "STEPSTREAM_QUERY_STORE_RETENTION_MS", 0),
             allowed_url_hosts=allowed_url_hosts(environ),
         )
 

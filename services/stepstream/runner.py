@@ -56,6 +56,7 @@ async def ensure_topics_for(kafka: KafkaSettings) -> None:
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
         client_options=kafka.client_options(),
+        events_retention_ms=kafka.events_retention_ms,
     )
 
 
@@ -109,6 +110,7 @@ def api_service(settings: ApiSettings) -> Service:
         codec=codec,
         dead_letters=DeadLetterWriter(settings.kafka, codec, "indexer"),
         changes=changes,
+        retention_ms=settings.query_store_retention_ms,
     )
     config = uvicorn.Config(
         create_app(settings, store=store, readiness=indexer.lag, changes=changes),

@@ -90,6 +90,17 @@ async def test_ensure_topics_creates_every_topic_with_its_partitions_and_configs
 
 
 @pytest.mark.asyncio
+async def test_the_events_topic_keeps_records_as_long_as_the_operator_chose(kafka_bootstrap: str) -> None:
+    names = unique_names()
+
+    await ensure_topics(kafka_bootstrap, names, partitions=1, events_retention_ms=30 * 86_400_000)
+
+    _, configs = await describe(kafka_bootstrap, names)
+    assert configs[names.events]["retention.ms"] == str(30 * 86_400_000)
+    assert configs[names.deadletter]["retention.ms"] == "-1"
+
+
+@pytest.mark.asyncio
 async def test_ensure_topics_twice_changes_nothing_and_warns_about_a_different_partition_count(
     kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -57,6 +57,7 @@ def test_projector_defaults(home: Path) -> None:
 
     assert (settings.default_retries, settings.default_retry_base_ms, settings.max_batch) == (3, 1_000, 500)
     assert settings.ended_run_retention_ms == 7 * 86_400_000
+    assert settings.kafka.events_retention_ms == -1
     assert settings.database == str(home.resolve() / "stepstream.db")
     assert settings.kafka.topic_prefix == "stepstream."
 
@@ -184,6 +185,7 @@ def test_projector_reads_every_variable() -> None:
             "STEPSTREAM_DEFAULT_RETRY_BASE_MS": "250",
             "STEPSTREAM_PROJECTOR_MAX_BATCH": "1",
             "STEPSTREAM_ENDED_RUN_RETENTION_MS": "0",
+            "STEPSTREAM_EVENTS_RETENTION_MS": "604800000",
             "STEPSTREAM_DATABASE": "/var/lib/stepstream/q.db",
             "STEPSTREAM_PARTITIONS": "6",
         }
@@ -191,6 +193,7 @@ def test_projector_reads_every_variable() -> None:
 
     assert (settings.default_retries, settings.default_retry_base_ms, settings.max_batch) == (0, 250, 1)
     assert settings.ended_run_retention_ms == 0
+    assert settings.kafka.events_retention_ms == 604_800_000
     assert settings.database == "/var/lib/stepstream/q.db"
     assert settings.kafka.partitions == 6
 
@@ -248,6 +251,7 @@ INTEGERS = [
     (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS"),
     (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH"),
     (ProjectorSettings.from_env, "STEPSTREAM_ENDED_RUN_RETENTION_MS"),
+    (ApiSettings.from_env, "STEPSTREAM_QUERY_STORE_RETENTION_MS"),
     (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_CONCURRENCY"),
     (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_TIMEOUT_MS"),
     (ExecutorSettings.from_env, "STEPSTREAM_STEP_BUDGET_MS"),

@@ -1294,3 +1294,34 @@ def test_the_indexer_skips_an_event_it_cannot_apply_and_keeps_the_rest_of_the_ba
 
     assert row(store).status == "running"
     assert store.history("run_B") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention of the store (STEPSTREAM_QUERY_STORE_RETENTION_MS)
+
+
+def test_runs_that_ended_before_the_window_are_forgotten_oldest_first_and_the_others_kept(store: QueryStore) -> None:
+    # given two runs that completed, one that failed into the dead-letter list, and one still going
+    old, newer = completed_run(), Run("run_B", now=T0 + 100)
+    newer.report(Complete(output='"done"'), now=T0 + 200)
+    failed, going = Run("run_C", now=T0), Run("run_D", now=T0)
+    failed.fail(now=T0 + 5)
+    for run in (old, newer, failed, going):
+        store.apply(run.events)
+
+    # when the runs that ended before T0 + 150 are forgotten, one at a time
+    assert store.forget_ended_before(T0 + 150, limit=1) == 1
+    assert store.forget_ended_before(T0 + 150, limit=1) == 0
+
+    # then the completed run that ended before it is gone with its steps and history
+    assert store.get_run("run_A") is None
+    assert store.steps("run_A") == []
+    assert store.history("run_A") == []
+    # and the later one, the dead-lettered one and the one going are as they were
+    assert row(store, "run_B").status == "completed"
+    assert row(store, "run_C").dead_letter is True
+    assert row(store, "run_D").status == "running"
+    assert len(store.history("run_C")) == len(failed.events)
+    # and once the window passes the later one too, it goes
+    assert store.forget_ended_before(T0 + 1_000) == 1
+    assert store.get_run("run_B") is None

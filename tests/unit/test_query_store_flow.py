@@ -428,3 +428,26 @@ def test_the_indexer_announces_the_runs_of_each_batch_once_the_store_has_them(
         {"run_A": len(first.events) - 1, "run_B": len(second.events)},
         {"run_A": len(first.events)},
     ]
+
+
+def test_the_indexer_forgets_runs_that_ended_before_the_stores_retention_window(
+    store: QueryStore, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a run that ended long ago (its times are T0's) and one still going
+    ended, going = Run("run_A"), Run("run_B")
+    ended.cancel(now=T0 + 1)
+    batch = [(run.run_id, event) for run in (ended, going) for event in run.events]
+    consumer = FakeConsumer(
+        {EVENTS: len(batch), FLOW: 0},
+        {EVENTS: [record(TOPICS.events, n, key, codec.encode(event)) for n, (key, event) in enumerate(batch)]},
+    )
+    fake(monkeypatch, consumer)
+    # when the indexer keeps ended runs for a day
+    indexer = consumer.indexer = Indexer(KafkaSettings(), store, codec=codec, retention_ms=86_400_000)
+    with pytest.raises(Stop):
+        asyncio.run(indexer.run())
+
+    # then the ended run is gone from the store, and the one going is there
+    assert store.get_run("run_A") is None
+    assert store.history("run_A") == []
+    assert store.get_run("run_B") is not None

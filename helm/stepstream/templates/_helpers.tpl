@@ -219,6 +219,7 @@ KAFKA_BOOTSTRAP_SERVERS: {{ .Values.kafka.bootstrapServers | quote }}
 STEPSTREAM_TOPIC_PREFIX: {{ .Values.kafka.topicPrefix | quote }}
 STEPSTREAM_PARTITIONS: {{ int64 .Values.kafka.partitions | quote }}
 STEPSTREAM_REPLICATION_FACTOR: {{ int64 .Values.kafka.replicationFactor | quote }}
+STEPSTREAM_EVENTS_RETENTION_MS: {{ int64 .Values.kafka.eventsRetentionMs | quote }}
 STEPSTREAM_KAFKA_SECURITY_PROTOCOL: {{ .Values.kafka.securityProtocol | quote }}
 {{- if include "stepstream.sasl" . }}
 STEPSTREAM_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}

@@ -17,8 +17,8 @@ changed, waking the api's requests that wait on them (``?wait=``, the history st
 On a store shared by every replica (PostgreSQL, :mod:`stepstream.store.postgres`) one indexer writes:
 the replica that holds the store's lock. The others follow: they are ready once the store has what
 the topics held when they started (by the positions the writer saves), try for the lock every few
-seconds (it is free once its holder's session ends), and learn of changed runs from the store's
-announcements, as the writer does too.
+seconds (it is free once its holder's session ends), and learn of changed runs from the writer's
+announcements through the store.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_FORGET_AT_ONCE = 1_000  # runs removed in one transaction: the writes of a batch, about
 FlowChange = tuple[str, FlowKeyState | None]  # a key and its new state; None: the key's tombstone
 
 
@@ -62,6 +63,7 @@ class Indexer:
         codec: Codec | None = None,
         dead_letters: DeadLetterWriter | None = None,
         changes: RunChanges | None = None,
+        retention_ms: int = 0,
     ) -> None:
         self.topics = TopicNames(kafka.topic_prefix)
         self.store = store
@@ -75,6 +77,9 @@ class Indexer:
         self._targets: dict[TopicPartition, int] | None = None  # the topics' ends at start: caught up once there
         self._positions: dict[TopicPartition, int] = {}
         self._caught_up = False
+        # How long the store keeps an ended run (STEPSTREAM_QUERY_STORE_RETENTION_MS); 0: for ever.
+        self.retention_ms = retention_ms
+        self._forget_due = 0.0
 
     def lag(self) -> str | None:
         """None once the store holds what the topics held when the indexer started; else how far behind."""
@@ -105,11 +110,24 @@ class Indexer:
                     await self._index(batch)
                 if not self._caught_up:
                     await self._check_caught_up(targets)
+                if self.retention_ms:
+                    await self._forget_ended()
         finally:
             stop_listening.set()
             await self._consumer.stop()
             if self.dead_letters is not None:
                 await self.dead_letters.stop()
+
+    async def _forget_ended(self) -> None:
+        """At most once a minute (at once again while there was more), remove the runs that ended
+        before the store's retention window, a thousand at a time."""
+        if time.monotonic() < self._forget_due:
+            return
+        cutoff = int(time.time() * 1000) - self.retention_ms
+        forgotten = await asyncio.to_thread(self.store.forget_ended_before, cutoff, _FORGET_AT_ONCE)
+        if forgotten:
+            log.info("query store: removed %d runs that ended before the retention window", forgotten)
+        self._forget_due = time.monotonic() + (0 if forgotten == _FORGET_AT_ONCE else 60)
 
     def _listen(self, stop: threading.Event) -> None:
         """Wake the requests waiting on runs when the shared store's writer announces them changed."""
@@ -196,10 +214,10 @@ class Indexer:
         if events:
             failures = await asyncio.to_thread(index, self.store, [event for _, event in events])
             changed = {event.run_id for _, event in events}
-            if self.store.shared:  # every replica's requests may wait on them: announced to all
-                await asyncio.to_thread(self.store.announce, changed)
-            elif self.changes is not None:  # back on the event loop, the batch committed
+            if self.changes is not None:  # back on the event loop, the batch committed
                 self.changes.changed(changed)
+            if self.store.shared:  # the other replicas' requests may wait on them too
+                await asyncio.to_thread(self.store.announce, changed)
             for record, event in events:
                 failure = failures.get(id(event))
                 if failure is not None:

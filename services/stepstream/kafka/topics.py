@@ -84,8 +84,9 @@ class TopicNames:
         )
 
 
-def topic_configs(names: TopicNames) -> dict[str, dict[str, str]]:
-    """The topic-level configs each topic is created with; topics not named keep the broker's defaults."""
+def topic_configs(names: TopicNames, *, events_retention_ms: int = -1) -> dict[str, dict[str, str]]:
+    """The topic-level configs each topic is created with; topics not named keep the broker's defaults.
+    ``events_retention_ms``: how long ``events`` keeps a record, -1 for ever (the default)."""
     compacted = {"cleanup.policy": "compact"}  # the latest record per key is the state; older ones may go
     kept_forever = {"retention.ms": "-1"}
     return {
@@ -93,7 +94,9 @@ def topic_configs(names: TopicNames) -> dict[str, dict[str, str]]:
         names.timers: compacted,
         names.waiters: compacted,
         names.flow: compacted,
-        names.events: kept_forever,  # a run's history is replayed from here, so it must never expire
+        # Runs' histories, for audit, replay and rebuilding query stores: for ever unless the operator
+        # chooses otherwise (the engine itself never reads it back: its state is in runs and timers).
+        names.events: {"retention.ms": str(events_retention_ms)},
         names.deadletter: kept_forever,  # kept until an operator has looked at it
     }
 
@@ -106,6 +109,7 @@ async def ensure_topics(
     client_options: dict[str, Any] | None = None,
     *,
     timeout_s: float = 60.0,
+    events_retention_ms: int = -1,
 ) -> None:
     """Create whichever of the engine's topics are missing, and return once every topic has a leader.
 
@@ -119,7 +123,9 @@ async def ensure_topics(
     last_problem: str | BaseException = "no attempt finished"
     while True:
         try:
-            not_ready = await _create_missing(bootstrap_servers, names, partitions, replication_factor, options)
+            not_ready = await _create_missing(
+                bootstrap_servers, names, partitions, replication_factor, options, events_retention_ms
+            )
             if not not_ready:
                 return
             last_problem = f"topics without a leader yet: {', '.join(not_ready)}"
@@ -151,6 +157,7 @@ async def _create_missing(
     partitions: int,
     replication_factor: int,
     client_options: dict[str, Any],
+    events_retention_ms: int,
 ) -> list[str]:
     """Create the missing topics; return the topics not yet usable (just created, or without leaders)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
@@ -159,7 +166,7 @@ async def _create_missing(
         # All topics, not just ours: aiokafka asks for named topics with auto-creation allowed, and a
         # broker with auto.create.topics.enable would then create ours without their configs.
         existing = {topic["topic"]: topic for topic in await admin.describe_topics()}
-        configs = topic_configs(names)
+        configs = topic_configs(names, events_retention_ms=events_retention_ms)
         missing = []
         without_leader = []
         for name in names.all():

@@ -5,8 +5,8 @@ runs that is tens of GB and hours per replica before it is ready. On PostgreSQL 
 them all (decision 0010): **one indexer writes** — whichever replica holds the store's advisory lock
 (:meth:`PostgresQueryStore.lead`); the others only read, and take the lock over if its holder's
 session ends — and **every replica reads**. The indexer announces the runs each batch changed with
-``NOTIFY``, and each replica ``LISTEN``s (:meth:`PostgresQueryStore.listen`), so requests waiting on
-a run wake in any replica, not only in the one that indexes. It is still rebuilt from Kafka: an empty
+``NOTIFY``, and each other replica ``LISTEN``s (:meth:`PostgresQueryStore.listen`), so requests waiting
+on a run wake in any replica, not only in the one that indexes. It is still rebuilt from Kafka: an empty
 database is filled from the topics' beginning, as a new SQLite file is.
 
 The SQL is :class:`~stepstream.store.sqlite.QueryStore`'s, which keeps to what both databases
@@ -150,8 +150,10 @@ class PostgresQueryStore(QueryStore):
                 self._connection.execute("SELECT pg_notify(?, ?)", (CHANNEL, json.dumps(chunk)))
 
     def listen(self, changed: Callable[[list[str]], None], stop: threading.Event) -> None:
-        """Call ``changed`` with the run ids of each announcement, until ``stop`` is set or the store is
-        closed; blocks (run it in a thread of its own)."""
+        """Call ``changed`` with the run ids of each announcement another process made, until ``stop``
+        is set or the store is closed; blocks (run it in a thread of its own). This process's own
+        announcements are skipped: its indexer wakes its requests itself, at once."""
+        own = self._connection.raw.info.backend_pid
         import psycopg
 
         def stopped() -> bool:
@@ -164,7 +166,8 @@ class PostgresQueryStore(QueryStore):
                     listener.execute(f"LISTEN {CHANNEL}")
                     while not stopped():
                         for notification in listener.raw.notifies(timeout=0.5):
-                            changed(json.loads(notification.payload))
+                            if notification.pid != own:
+                                changed(json.loads(notification.payload))
                 finally:
                     listener.close()
             except (psycopg.OperationalError, OSError):

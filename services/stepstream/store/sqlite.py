@@ -143,6 +143,7 @@ CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, created_at_ms DES
 CREATE INDEX IF NOT EXISTS runs_in_dead_letter ON runs (created_at_ms DESC, run_id DESC) WHERE dead_letter = 1;
 CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS waiters_by_run ON waiters (run_id);
+CREATE INDEX IF NOT EXISTS runs_ended ON runs (updated_at_ms) WHERE status IN ('completed', 'failed', 'cancelled');
 """
 
 
@@ -480,6 +481,31 @@ class QueryStore:
                 [(topic, partition, offset) for (topic, partition), offset in positions.items()],
             )
             cursor.execute("COMMIT")
+
+    def forget_ended_before(self, cutoff_ms: int, limit: int = 1_000) -> int:
+        """Remove up to ``limit`` runs that ended before ``cutoff_ms`` (their row, steps and history),
+        oldest first; returns how many. A run in the dead-letter list stays until an operator acts:
+        its resume and restart are answered from here. (The retention of the store, not of Kafka:
+        ``events`` keeps the histories for as long as it is configured to.)"""
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN")
+            try:
+                run_ids = [
+                    run_id
+                    for (run_id,) in cursor.execute(
+                        "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled')"
+                        " AND dead_letter = 0 AND updated_at_ms < ? ORDER BY updated_at_ms LIMIT ?",
+                        (cutoff_ms, limit),
+                    ).fetchall()
+                ]
+                for table in ("events", "steps", "waiters", "runs"):
+                    cursor.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(run_id,) for run_id in run_ids])
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        return len(run_ids)
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read of each (topic, partition) read so far."""
