@@ -24,6 +24,7 @@ announcements through the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -136,7 +137,8 @@ class Indexer:
 
         def changed(run_ids: list[str]) -> None:
             if self.changes is not None:
-                loop.call_soon_threadsafe(self.changes.changed, run_ids)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: the api is stopping
+                    loop.call_soon_threadsafe(self.changes.changed, run_ids)
 
         threading.Thread(target=store.listen, args=(changed, stop), name="query-store-listener", daemon=True).start()
 

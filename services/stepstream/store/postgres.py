@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ SCHEMES = ("postgresql://", "postgres://")
 # The advisory lock the indexing replica holds (any number that other applications of the database
 # do not use; "stepstream" in ASCII, folded into 63 bits).
 INDEXER_LOCK = 0x73746570737472
-CHANNEL = "stepstream_runs"
+CHANNEL = "stepstream_runs"  # and the store's schema: deployments that share a database do not hear each other
 _NOTIFY_BYTES = 7_000  # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more
 
 
@@ -114,6 +115,8 @@ class PostgresQueryStore(QueryStore):
         finally:
             connection.execute("SELECT pg_advisory_unlock(?)", (INDEXER_LOCK + 1,))
         self._connection: Any = connection
+        (schema,) = connection.execute("SELECT current_schema()").fetchone()
+        self.channel = f"{CHANNEL}_{re.sub(r'[^a-z0-9_]', '_', str(schema).lower())}"[:63]
         self._lock = threading.Lock()
         self._reader: Any = _Connection(url)
         self._read_lock = threading.Lock()
@@ -142,12 +145,12 @@ class PostgresQueryStore(QueryStore):
         with self._lock:
             for run_id in sorted(set(run_ids)):
                 if chunk and size + len(run_id) + 4 > _NOTIFY_BYTES:
-                    self._connection.execute("SELECT pg_notify(?, ?)", (CHANNEL, json.dumps(chunk)))
+                    self._connection.execute("SELECT pg_notify(?, ?)", (self.channel, json.dumps(chunk)))
                     chunk, size = [], 0
                 chunk.append(run_id)
                 size += len(run_id) + 4
             if chunk:
-                self._connection.execute("SELECT pg_notify(?, ?)", (CHANNEL, json.dumps(chunk)))
+                self._connection.execute("SELECT pg_notify(?, ?)", (self.channel, json.dumps(chunk)))
 
     def listen(self, changed: Callable[[list[str]], None], stop: threading.Event) -> None:
         """Call ``changed`` with the run ids of each announcement another process made, until ``stop``
@@ -163,7 +166,7 @@ class PostgresQueryStore(QueryStore):
             try:
                 listener = _Connection(self.path)
                 try:
-                    listener.execute(f"LISTEN {CHANNEL}")
+                    listener.execute(f'LISTEN "{self.channel}"')
                     while not stopped():
                         for notification in listener.raw.notifies(timeout=0.5):
                             if notification.pid != own:
