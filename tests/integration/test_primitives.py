@@ -13,8 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from stepstream.avro import Codec
+from stepstream.core import RunState
+from stepstream.core.retention import COMPACTED_PAYLOAD
 from tests.helpers import wait_until
-from tests.stack import Stack
+from tests.stack import Stack, read_topic
+
+CODEC = Codec()
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -68,6 +73,10 @@ def primitives(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
         tmp_path_factory.mktemp("primitives"),
         STEPSTREAM_DEFAULT_RETRY_BASE_MS="100",
         STEPSTREAM_NOTIFY_BUFFER_MS="30000",
+        # Every run compacted about a second after it ends, and two runs in the projector's memory: the
+        # primitives (duplicates, children re-attaching, the dead-letter list) must not notice.
+        STEPSTREAM_ENDED_RUN_RETENTION_MS="0",
+        STEPSTREAM_PROJECTOR_CACHE_RUNS="2",
     )
     stack.create_topics()
     stack.start("projector", "scheduler", "executor", "api")
@@ -272,7 +281,7 @@ def test_cancel_during_an_in_flight_call_ignores_its_late_answer(primitives: Pri
 
 
 def test_a_run_out_of_retries_calls_its_failure_handler_once_and_resumes_from_the_dead_letter_list(
-    primitives: Primitives,
+    primitives: Primitives, kafka_bootstrap: str
 ) -> None:
     primitives.app.post("/control/broken/on")
     try:
@@ -284,6 +293,12 @@ def test_a_run_out_of_retries_calls_its_failure_handler_once_and_resumes_from_th
         assert run_id in {run["run_id"] for run in listed}
     finally:
         primitives.app.post("/control/broken/off")
+    # while it is in the dead-letter list, the projector keeps it whole (a run that ended is compacted
+    # a second after, in these tests: one that completed is)
+    done = primitives.trigger("fragile", {})
+    primitives.stack.wait_for_status(done, "completed", timeout=60)
+    wait_until(lambda: run_states(primitives.stack, kafka_bootstrap)[done].payload == COMPACTED_PAYLOAD, timeout=30)
+    assert run_states(primitives.stack, kafka_bootstrap)[run_id].payload != COMPACTED_PAYLOAD
 
     response = primitives.stack.api.post(f"/v1/deadletter/{run_id}/resume")
     assert response.status_code == 202, response.text
@@ -295,6 +310,16 @@ def test_a_run_out_of_retries_calls_its_failure_handler_once_and_resumes_from_th
     assert primitives.stats()["failure_calls"].get(run_id) == 1
     listed = primitives.stack.api.get("/v1/deadletter").json()["runs"]
     assert run_id not in {run["run_id"] for run in listed}
+
+
+def run_states(stack: Stack, bootstrap: str) -> dict[str, RunState]:
+    """The latest state of each run on the stack's runs topic (its results aside)."""
+    latest: dict[str, RunState] = {}
+    for record in read_topic(bootstrap, stack.prefix + "runs", 3):
+        key = bytes(record.key).decode()
+        if "/" not in key and record.value is not None:
+            latest[key] = CODEC.decode(record.value, expected=(RunState,))
+    return latest
 
 
 # -- bad input -------------------------------------------------------------------------------------
