@@ -20,7 +20,17 @@ import pytest
 import stepstream.projector.service as projector_service
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, ProjectorSettings
-from stepstream.core import Complete, ReportDelivery, RunCompleted, RunStatus, StepKind, StepResult
+from stepstream.core import (
+    Complete,
+    NotifyEvent,
+    ReceiveEvent,
+    RegisterWaiter,
+    ReportDelivery,
+    RunCompleted,
+    RunStatus,
+    StepKind,
+    StepResult,
+)
 from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
 from stepstream.core.retention import COMPACTED_PAYLOAD
 from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
@@ -44,14 +54,15 @@ def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
 
 
 @pytest.fixture
-def records_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many records of runs each restore streamed, one number per restore."""
-    counts: list[int] = []
+def records_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """How many records of runs (and of waiters) each restore streamed, one number per restore."""
+    counts: dict[str, list[int]] = {"runs": [], "waiters": []}
 
     async def counting(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
-        counts.append(0)
+        restore = counts[topic.rsplit(".", 1)[-1]]
+        restore.append(0)
         async for records in stream_partitions(settings, topic, starts):
-            counts[-1] += len(records)
+            restore[-1] += len(records)
             yield records
 
     monkeypatch.setattr(projector_service, "stream_partitions", counting)
@@ -77,7 +88,7 @@ def of_type(values: list[Any], kind: type[Any], run_id: str | None = None) -> li
 
 @pytest.mark.asyncio
 async def test_runs_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_missed(
-    kafka: KafkaSettings, tmp_path: Path, records_read: list[int]
+    kafka: KafkaSettings, tmp_path: Path, records_read: dict[str, list[int]]
 ) -> None:
     topics, codec, now = TopicNames(kafka.topic_prefix), Codec(), int(time.time() * 1000)
     settings = ProjectorSettings(kafka=kafka, state_dir=str(tmp_path / "state"), cache_runs=CACHE)
@@ -110,14 +121,14 @@ async def test_runs_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_m
         assert len(of_type(events, RunStarted, run_ids[0])) == 1
         assert projector.states.in_memory() <= CACHE
         states = {run_id: projector.states[run_id] for run_id in run_ids}
-    first_restore = records_read[-1]
+    first_restore = records_read["runs"][-1]
 
     # A restart on the same file reads only what was written after it: nothing.
     again = projector_service.Projector(settings)
     async with running(again):
         await read_until(kafka, topics.events, lambda values: again.ready.is_set())
         assert again.ready.is_set()
-        assert records_read[-1] == 0 <= first_restore
+        assert records_read["runs"][-1] == 0 <= first_restore
         assert again.states.runs_on_disk(0) == RUNS + 1
         assert again.states.in_memory() == 0
 
@@ -128,7 +139,7 @@ async def test_runs_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_m
     async with running(fresh):
         await read_until(kafka, topics.events, lambda values: fresh.ready.is_set())
         assert fresh.ready.is_set()
-        assert records_read[-1] >= RUNS + 1  # every run's record, at least
+        assert records_read["runs"][-1] >= RUNS + 1  # every run's record, at least
         assert fresh.states.runs_on_disk(0) == RUNS + 1
         assert fresh.states.in_memory() == 0
         # and what it restored is what the runs are.
@@ -212,3 +223,41 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.2)
+
+
+@pytest.mark.asyncio
+async def test_waiter_indexes_leave_memory_stay_on_disk_and_a_restart_reads_only_what_it_missed(
+    kafka: KafkaSettings, tmp_path: Path, records_read: dict[str, list[int]]
+) -> None:
+    topics, codec, now = TopicNames(kafka.topic_prefix), Codec(), int(time.time() * 1000)
+    settings = ProjectorSettings(kafka=kafka, state_dir=str(tmp_path / "state"), cache_runs=CACHE)
+    event_ids = [f"paid-{number}" for number in range(RUNS)]
+
+    projector = projector_service.Projector(settings)
+    async with running(projector):
+        # given ten runs waiting on ten event ids, three indexes in memory at most
+        for number, event_id in enumerate(event_ids):
+            register = RegisterWaiter(
+                event_id=event_id, run_id=f"run-{number}", step_index=1, timeout_at_ms=now + 3_600_000, now_ms=now
+            )
+            await produce(kafka, topics.commands, event_id, codec.encode(register))
+        await read_until(kafka, topics.waiters, lambda values: len(values) >= RUNS)
+        assert projector.waiters.in_memory() <= CACHE
+        assert projector.waiters.on_disk(0) == RUNS
+        # when the first event id, long out of memory, is notified
+        notify = NotifyEvent(event_id=event_ids[0], data='{"paid":true}', now_ms=now)
+        await produce(kafka, topics.commands, event_ids[0], codec.encode(notify))
+        # then its run is woken, from the index on disk
+        commands = await read_until(kafka, topics.commands, lambda values: bool(of_type(values, ReceiveEvent)))
+        (received,) = of_type(commands, ReceiveEvent)
+        assert (received.run_id, received.step_index, received.data) == ("run-0", 1, '{"paid":true}')
+    first_restore = records_read["waiters"][-1]
+
+    # A restart on the same files reads only what was written after them: nothing.
+    again = projector_service.Projector(settings)
+    async with running(again):
+        await wait_for(again.ready.is_set)
+        assert records_read["waiters"][-1] == 0 <= first_restore
+        assert again.waiters.in_memory() == 0
+        assert again.waiters.on_disk(0) == RUNS
+        assert again.waiters["paid-5"].waiters[0].run_id == "run-5"

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
 import stepstream.projector.service as projector_service
 import stepstream.scheduler.service as scheduler_service
@@ -46,12 +46,6 @@ def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
 @pytest.fixture
 def slow_restore(monkeypatch: pytest.MonkeyPatch) -> None:
     """The services read their changelogs back, then wait before using what they read."""
-    real = read_partitions_to_end
-
-    async def slow(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -> list[ConsumerRecord]:
-        records = await real(settings, topic, partitions)
-        await asyncio.sleep(RESTORE_DELAY_S)
-        return records
 
     async def slow_stream(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
         async for records in stream_partitions(settings, topic, starts):
@@ -59,7 +53,7 @@ def slow_restore(monkeypatch: pytest.MonkeyPatch) -> None:
         await asyncio.sleep(RESTORE_DELAY_S)
 
     monkeypatch.setattr(scheduler_service, "stream_partitions", slow_stream)
-    monkeypatch.setattr(projector_service, "read_partitions_to_end", slow)
+    monkeypatch.setattr(projector_service, "stream_partitions", slow_stream)
 
 
 @contextlib.asynccontextmanager

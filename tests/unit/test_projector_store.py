@@ -9,8 +9,8 @@ import pytest
 
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, ProjectorSettings
-from stepstream.core import Continue, Recovery, RunState, fold
-from stepstream.projector.store import RunStore, Written, state_file
+from stepstream.core import Continue, Recovery, RunState, Waiter, WaiterState, fold
+from stepstream.projector.store import RunStore, WaiterStore, Written, state_file
 from tests.unit.test_projector_snapshots import written
 from tests.unit.test_query_store import T0, Run
 
@@ -146,4 +146,49 @@ def test_without_a_folder_the_file_is_temporary_and_removed(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("cache_runs", [0, -3])
 def test_memory_holds_at_least_one_run(tmp_path: Path, cache_runs: int) -> None:
-    assert store(tmp_path / "s.sqlite3", cache_runs=cache_runs).cache_runs == 1
+    assert store(tmp_path / "s.sqlite3", cache_runs=cache_runs).cache == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The waiter indexes, the same way (WaiterStore)
+
+
+def index(event_id: str, *run_ids: str) -> WaiterState:
+    return WaiterState(
+        event_id=event_id,
+        waiters=tuple(Waiter(run_id=run_id, step_index=0, timeout_at_ms=T0 + 60_000) for run_id in run_ids),
+        buffered=(),
+    )
+
+
+def test_waiter_indexes_are_on_disk_the_most_recently_used_in_memory_and_a_tombstone_removes_one(
+    tmp_path: Path,
+) -> None:
+    waiters = WaiterStore(tmp_path / "w.sqlite3", CODEC, topic="t.waiters", cache=2)
+    given = {f"paid-{n}": index(f"paid-{n}", f"run-{n}") for n in range(4)}
+    waiters.written(
+        [Written(n % 2, n, key.encode(), CODEC.encode(state)) for n, (key, state) in enumerate(given.items())], T0
+    )
+    for key, state in given.items():
+        waiters[key] = state
+    waiters.trim()
+
+    # then two stay in memory, all are on disk, and each reads back as it was
+    assert waiters.in_memory() == 2
+    assert (waiters.on_disk(0), waiters.on_disk(1)) == (2, 2)
+    assert {key: waiters.get(key) for key in given} == given
+    # and a tombstone removes one from disk; a reset empties a partition and its position
+    waiters.written([Written(0, 10, b"paid-0", None)], T0)
+    waiters.pop("paid-0")
+    waiters.trim()
+    assert waiters.get("paid-0") is None
+    assert waiters.position(0) == 11
+    waiters.reset(1)
+    assert (waiters.on_disk(1), waiters.position(1), waiters.get("paid-1")) == (0, None, None)
+    waiters.close()
+
+    # and a file opened again keeps what it had
+    again = WaiterStore(tmp_path / "w.sqlite3", CODEC, topic="t.waiters", cache=2)
+    assert again.get("paid-2") == given["paid-2"]
+    assert again.position(0) == 11
+    again.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
@@ -68,7 +68,6 @@ from stepstream.kafka.clients import (
     make_consumer,
     make_producer,
     partition_for,
-    read_partitions_to_end,
     stream_partitions,
     until_done,
 )
@@ -80,7 +79,7 @@ from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_comm
 from stepstream.projector.outbox import Change, Outbox
 from stepstream.projector.retention import Retention
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
-from stepstream.projector.store import STORE_STALE_MS, RunStore, Written, state_file
+from stepstream.projector.store import STORE_STALE_MS, Mirror, RunStore, WaiterStore, Written, state_file
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,13 @@ class Projector:
         )
         self.group_id = f"{self.kafka.topic_prefix}projector"
         self.states = RunStore(state_file(settings), self.codec, topic=self.topics.runs, cache_runs=settings.cache_runs)
-        self.waiters: dict[str, WaiterState] = {}  # the waiter index of each event id this instance owns
+        # The waiter index of each event id this instance owns: on disk, the ones in use in memory.
+        self.waiters = WaiterStore(
+            state_file(settings, "projector-waiters"),
+            self.codec,
+            topic=self.topics.waiters,
+            cache=settings.cache_runs,
+        )
         self.owned: set[int] = set()  # the commands partitions this instance writes runs for
         self.commands_partitions = settings.kafka.partitions
         self.ready = asyncio.Event()
@@ -152,6 +157,7 @@ class Projector:
             await self._consumer.stop()
             await self._producer.stop()
             self.states.close()
+            self.waiters.close()
 
     # -- partition ownership -----------------------------------------------------------------
 
@@ -165,7 +171,7 @@ class Projector:
             "projector owns commands partitions %s (restored %d runs, %d event ids with waiters)",
             sorted(self.owned),
             restored,
-            len(self.waiters),
+            sum(self.waiters.on_disk(partition) for partition in new),
         )
         self.ready.set()
 
@@ -177,52 +183,64 @@ class Projector:
         rather than stop the restore; the record itself stays, for a version that can read it.
         """
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        await self._restore_runs(new, unreadable)
+        stale = self._stale()
+        await self._restore_mirror(self.states, self.topics.runs, new, stale, self._restored_run_record, unreadable)
+        await self._restore_mirror(self.waiters, self.topics.waiters, new, stale, self._restored_waiters, unreadable)
         restored = sum(self.states.runs_on_disk(partition) for partition in new)
-        for record in await read_partitions_to_end(self.kafka, self.topics.waiters, new):
-            try:
-                event_id, waiters = _restored(record, self.codec)
-            except DecodeError as error:
-                unreadable.append((record, f"cannot restore a waiter index from this record: {error}"))
-                continue
-            if waiters is None:
-                self.waiters.pop(event_id, None)
-            else:
-                self.waiters[event_id] = waiters
         if unreadable:
             await self.dead_letters.write_apart(self._producer, self.topics.deadletter, unreadable, self.clock.now_ms())
         return restored
 
-    async def _restore_runs(self, new: set[int], unreadable: list[tuple[ConsumerRecord, str]]) -> None:
-        """Bring the store's copy of ``runs`` up to date for the ``new`` partitions: from where its file
-        left off, or from the beginning when it has nothing of a partition, is older than a tombstone
-        is sure to be kept, or names an offset the partition no longer holds (projector/store.py)."""
+    def _stale(self) -> bool:
+        """Whether the files are older than a tombstone is sure to be kept: then they are read again."""
         now = self.clock.now_ms()
-        written_ms = self.states.written_ms()
-        stale = written_ms is None or now - written_ms > STORE_STALE_MS
+        written = [ms for ms in (self.states.written_ms(), self.waiters.written_ms()) if ms is not None]
+        return not written or now - min(written) > STORE_STALE_MS
+
+    async def _restore_mirror(
+        self,
+        mirror: Mirror[Any],
+        topic: str,
+        new: set[int],
+        stale: bool,
+        check: Callable[[ConsumerRecord], str | int | None],
+        unreadable: list[tuple[ConsumerRecord, str]],
+    ) -> None:
+        """Bring ``mirror``'s copy of ``topic`` up to date for the ``new`` partitions: from where its file
+        left off, or from the beginning when it has nothing of a partition, is ``stale``, or names an
+        offset the partition no longer holds (projector/store.py). ``check`` says why a record cannot
+        be restored (a string), else what the mirror keeps beside it (a run's end, for compaction)."""
         starts: dict[int, int | None] = {}
         for partition in new:
-            if stale and self.states.position(partition) is not None:
-                self.states.reset(partition)
-            starts[partition] = self.states.position(partition)
+            if stale and mirror.position(partition) is not None:
+                mirror.reset(partition)
+            starts[partition] = mirror.position(partition)
         while True:
             try:
-                async for records in stream_partitions(self.kafka, self.topics.runs, starts):
+                async for records in stream_partitions(self.kafka, topic, starts):
                     readable: list[Written] = []
                     for record in records:
-                        restored = self._restored_run_record(record)
+                        restored = check(record)
                         if isinstance(restored, str):
-                            unreadable.append((record, f"cannot restore a run from this record: {restored}"))
+                            unreadable.append((record, f"cannot restore from this record of {topic}: {restored}"))
                         else:
                             key = bytes(record.key)
                             readable.append(Written(record.partition, record.offset, key, record.value, restored))
                     read_to = {record.partition: record.offset + 1 for record in records}
-                    self.states.written(readable, self.clock.now_ms(), read_to=read_to)
+                    mirror.written(readable, self.clock.now_ms(), read_to=read_to)
                 return
             except OffsetOutOfRange as error:
-                log.info("reading runs partition %d again from the beginning: %s", error.partition, error)
-                self.states.reset(error.partition)
+                log.info("reading %s partition %d again from the beginning: %s", topic, error.partition, error)
+                mirror.reset(error.partition)
                 starts[error.partition] = None
+
+    def _restored_waiters(self, record: ConsumerRecord) -> str | None:
+        """Why a record of ``waiters`` cannot be restored, or None: an event id's index or its tombstone."""
+        try:
+            _restored(record, self.codec)
+        except DecodeError as error:
+            return str(error)
+        return None
 
     def _restored_run_record(self, record: ConsumerRecord) -> str | int | None:
         """Why a record of ``runs`` cannot be restored (its key or value); else, for a run's state, when
@@ -254,8 +272,9 @@ class Projector:
             for run_id in self.states.run_ids_in_memory():
                 if partition_for(run_id, self.commands_partitions) in gone:
                     self.states.drop(run_id)  # its file keeps it, for when the partition comes back
-            for event_id in [e for e in self.waiters if partition_for(e, self.commands_partitions) in gone]:
-                del self.waiters[event_id]
+            for event_id in self.waiters.keys_in_memory():
+                if partition_for(event_id, self.commands_partitions) in gone:
+                    self.waiters.drop(event_id)  # its file keeps it, for when the partition comes back
 
     # -- the batch ------------------------------------------------------------------------------
 
@@ -291,7 +310,7 @@ class Projector:
                     self.states[run_id] = previous
             for event_id, previous_waiters in outbox.previous_waiters.items():
                 if previous_waiters is None:
-                    self.waiters.pop(event_id, None)
+                    self.waiters.pop(event_id)
                 else:
                     self.waiters[event_id] = previous_waiters
             for tp, records in batch.items():
@@ -307,7 +326,16 @@ class Projector:
             ),
             self.clock.now_ms(),
         )
+        self.waiters.written(
+            (
+                Written(metadata.partition, metadata.offset, key, value)
+                for (topic, key, value, _), metadata in zip(outbox.records, written, strict=True)
+                if topic == self.topics.waiters
+            ),
+            self.clock.now_ms(),
+        )
         self.states.trim()
+        self.waiters.trim()
         self.progress.done(batch)
 
     def _apply(self, record: ConsumerRecord, outbox: Outbox) -> None:
@@ -396,7 +424,7 @@ class Projector:
             return
         outbox.previous_waiters.setdefault(event_id, state)
         if new_state is None:
-            self.waiters.pop(event_id, None)
+            self.waiters.pop(event_id)
         else:
             self.waiters[event_id] = new_state
         if new_state != state:

@@ -1,4 +1,4 @@
-"""The projector's runs: every run on disk, the runs in use in memory.
+"""The projector's runs and waiter indexes: every one on disk, the ones in use in memory.
 
 The compacted ``runs`` topic is the changelog of the projector's state (a run's state without its
 results under the run id, each result under ``<run id>/<index>``; snapshots.py). Held in a dict, that
@@ -19,6 +19,9 @@ runs in use stay in memory, up to ``cache_runs`` of them:
 The file is a cache of Kafka's state, never the truth: it is written only after Kafka committed,
 and a file that does not match the topic (another cluster or prefix, a topic made again, offsets
 past the end or behind what compaction kept) is emptied for that partition and read again.
+
+The waiter index of each event id (the compacted ``waiters`` topic) is kept the same way, in a file
+of its own (:class:`WaiterStore`); :class:`Mirror` is what the two share.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from stepstream.avro import Codec
 from stepstream.config import ProjectorSettings
-from stepstream.core import RecordedStep, RunState
+from stepstream.core import RecordedStep, RunState, WaiterState
 from stepstream.projector.snapshots import Assembly, parse_step_key
 from stepstream.store.files import remove_sqlite, temporary_sqlite
 
+T = TypeVar("T")
 HEADER = -1  # the index under which a run's own record (its state without results) is kept
 # A file last written longer ago than this is read again from the beginning: Kafka keeps a tombstone
 # on a compacted topic for delete.retention.ms after compaction reaches it (a day by default; the
@@ -44,8 +49,8 @@ HEADER = -1  # the index under which a run's own record (its state without resul
 STORE_STALE_MS = 12 * 3_600_000
 
 # The file's layout; a file of another is emptied and read again from Kafka (it is only a cache).
-LAYOUT = "2"
-_SCHEMA = """
+LAYOUT = "3"
+_RUNS = """
 CREATE TABLE IF NOT EXISTS records (
     run_id TEXT NOT NULL,
     idx INTEGER NOT NULL,        -- the result's index, or -1 for the run's own record
@@ -55,21 +60,30 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (run_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ended ON records (ended_ms) WHERE ended_ms IS NOT NULL;
+"""
+_POSITIONS = """
 CREATE TABLE IF NOT EXISTS positions (
     partition INTEGER PRIMARY KEY,
-    next_offset INTEGER NOT NULL  -- the offset of runs to read from next
+    next_offset INTEGER NOT NULL  -- the offset of the topic to read from next
 );
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_WAITERS = """
+CREATE TABLE IF NOT EXISTS waiters (
+    event_id TEXT PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 
-def state_file(settings: ProjectorSettings) -> Path | None:
-    """The store's file for this projector: one per topic prefix and instance id in the state folder
-    (a stable instance id, as the Helm chart's pod names are, finds its file again after a restart);
-    None, for a temporary file, when no folder is set."""
+def state_file(settings: ProjectorSettings, kind: str = "projector") -> Path | None:
+    """A store's file for this projector (``kind``: ``projector`` for its runs, ``projector-waiters``):
+    one per topic prefix and instance id in the state folder (a stable instance id, as the Helm
+    chart's pod names are, finds its file again after a restart); None, for a temporary file, when no
+    folder is set."""
     if not settings.state_dir:
         return None
-    name = f"{settings.kafka.topic_prefix}projector-{settings.kafka.instance_id}"
+    name = f"{settings.kafka.topic_prefix}{kind}-{settings.kafka.instance_id}"
     return Path(settings.state_dir) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.sqlite3"
 
 
@@ -84,18 +98,23 @@ class Written:
     ended_ms: int | None = None  # a run's own record: when the run ended, if it may be compacted later
 
 
-class RunStore:
-    """Runs by id: on disk, and the ``cache_runs`` most recently used in memory (see the module)."""
+class Mirror(Generic[T]):
+    """A compacted topic of the projector's in a SQLite file, with the most recently used values
+    decoded in memory (see the module). Subclasses say how a record is kept (:meth:`_put`) and how a
+    value is read back (:meth:`_read`); ``_TABLES`` are their tables, each with a ``partition``."""
 
-    def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache_runs: int) -> None:
+    _SCHEMA: str = ""
+    _TABLES: tuple[str, ...] = ()
+
+    def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache: int, prefix: str) -> None:
         """``path``: the SQLite file (made if missing); None: a temporary file, removed by :meth:`close`.
         ``topic``: the changelog's name; a file written for another topic is emptied."""
         self.codec = codec
-        self.cache_runs = max(1, cache_runs)
-        self._memory: OrderedDict[str, RunState | None] = OrderedDict()
+        self.cache = max(1, cache)
+        self._memory: OrderedDict[str, T | None] = OrderedDict()
         self._temporary: Path | None = None
         if path is None:
-            path = self._temporary = temporary_sqlite(self, "stepstream-projector-")
+            path = self._temporary = temporary_sqlite(self, prefix)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # isolation_level=None: transactions are begun and ended here, one per batch or chunk.
@@ -107,14 +126,15 @@ class RunStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         layout = self._db.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
         if layout is None or layout[0] != LAYOUT:
-            self._db.executescript("DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS positions; DELETE FROM meta;")
+            drops = "".join(f"DROP TABLE IF EXISTS {table}; " for table in (*self._TABLES, "positions"))
+            self._db.executescript(f"{drops}DELETE FROM meta;")
             self._db.execute("INSERT INTO meta VALUES ('layout', ?)", (LAYOUT,))
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(self._SCHEMA + _POSITIONS)
         stored = self._db.execute("SELECT value FROM meta WHERE name = 'topic'").fetchone()
         if stored is None or stored[0] != topic:
             with self._transaction():
-                self._db.execute("DELETE FROM records")
-                self._db.execute("DELETE FROM positions")
+                for table in (*self._TABLES, "positions"):
+                    self._db.execute(f"DELETE FROM {table}")
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('topic', ?)", (topic,))
 
     def close(self) -> None:
@@ -122,65 +142,61 @@ class RunStore:
         if self._temporary is not None:
             remove_sqlite(self._temporary)
 
-    # -- runs -----------------------------------------------------------------------------------
+    def _read(self, key: str) -> T | None:
+        raise NotImplementedError
 
-    def get(self, run_id: str) -> RunState | None:
-        if run_id in self._memory:
-            self._memory.move_to_end(run_id)
-            return self._memory[run_id]
-        state = self._read(run_id)
-        if state is not None:
-            self._memory[run_id] = state
-        return state
+    def _put(self, record: Written) -> None:
+        raise NotImplementedError
 
-    def __getitem__(self, run_id: str) -> RunState:
-        state = self.get(run_id)
-        if state is None:
-            raise KeyError(run_id)
-        return state
+    # -- values ---------------------------------------------------------------------------------
 
-    def __setitem__(self, run_id: str, state: RunState) -> None:
-        """The run's new state, in memory until the batch's records reach :meth:`written`."""
-        self._memory[run_id] = state
-        self._memory.move_to_end(run_id)
+    def get(self, key: str) -> T | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        value = self._read(key)
+        if value is not None:
+            self._memory[key] = value
+        return value
 
-    def pop(self, run_id: str) -> None:
-        """Forget a run that the batch made and did not write (its transaction failed)."""
-        self._memory[run_id] = None  # not on disk either: remembered as absent until the next trim
+    def __getitem__(self, key: str) -> T:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: T) -> None:
+        """The key's new value, in memory until the batch's records reach :meth:`written`."""
+        self._memory[key] = value
+        self._memory.move_to_end(key)
+
+    def pop(self, key: str) -> None:
+        """Forget a value the batch made and did not write (its transaction failed), or removed."""
+        self._memory[key] = None  # as on disk once the batch is written: absent until the next trim
 
     def in_memory(self) -> int:
-        return sum(1 for state in self._memory.values() if state is not None)
+        return sum(1 for value in self._memory.values() if value is not None)
 
-    def drop(self, run_id: str) -> None:
-        """Drop a run from memory (its partition is no longer this instance's); the file keeps it,
+    def drop(self, key: str) -> None:
+        """Drop a key from memory (its partition is no longer this instance's); the file keeps it,
         for when the partition comes back."""
-        self._memory.pop(run_id, None)
+        self._memory.pop(key, None)
 
-    def run_ids_in_memory(self) -> list[str]:
+    def keys_in_memory(self) -> list[str]:
         return list(self._memory)
 
     def trim(self) -> None:
-        """Let the least recently used runs leave memory, down to ``cache_runs``. Only between
-        batches: every run in memory is then as it is on disk."""
-        for run_id in [run_id for run_id, state in self._memory.items() if state is None]:
-            del self._memory[run_id]
-        while len(self._memory) > self.cache_runs:
+        """Let the least recently used values leave memory, down to ``cache``. Only between batches:
+        every value in memory is then as it is on disk."""
+        for key in [key for key, value in self._memory.items() if value is None]:
+            del self._memory[key]
+        while len(self._memory) > self.cache:
             self._memory.popitem(last=False)
-
-    def _read(self, run_id: str) -> RunState | None:
-        rows = self._db.execute("SELECT idx, value FROM records WHERE run_id = ? ORDER BY idx", (run_id,)).fetchall()
-        if not rows or rows[0][0] != HEADER:
-            return None
-        assembly = Assembly()
-        assembly.header(run_id, self.codec.decode(rows[0][1], (RunState,)))
-        for index, value in rows[1:]:
-            assembly.step(run_id, index, self.codec.decode(value, (RecordedStep,)))
-        return next(iter(assembly.states()))
 
     # -- the changelog --------------------------------------------------------------------------
 
     def written(self, records: Iterable[Written], now_ms: int, *, read_to: Mapping[int, int] | None = None) -> None:
-        """Records of ``runs`` now committed (written by this projector, or read back in a restore),
+        """Records of the topic now committed (written by this projector, or read back in a restore),
         in offset order per partition: the file takes them, and each partition's position moves past
         them, or to ``read_to`` (a restore also moves past the records it could not read)."""
         with self._transaction():
@@ -195,6 +211,57 @@ class RunStore:
                 ends.items(),
             )
 
+    def position(self, partition: int) -> int | None:
+        """The offset of the topic to read this partition from; None: the file has nothing of it."""
+        row = self._db.execute("SELECT next_offset FROM positions WHERE partition = ?", (partition,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def reset(self, partition: int) -> None:
+        """Empty what the file holds of ``partition``, to read it again from the beginning. Between
+        batches only: memory is emptied too (every value in it is on disk then, so nothing is lost)."""
+        with self._transaction():
+            for table in (*self._TABLES, "positions"):
+                self._db.execute(f"DELETE FROM {table} WHERE partition = ?", (partition,))
+        self._memory.clear()
+
+    def written_ms(self) -> int | None:
+        """When the file last took records (epoch ms), None if never."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'written_ms'").fetchone()
+        return None if row is None else int(row[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+class RunStore(Mirror[RunState]):
+    """Runs by id: on disk, and the ``cache_runs`` most recently used in memory (see the module)."""
+
+    _SCHEMA = _RUNS
+    _TABLES = ("records",)
+
+    def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache_runs: int) -> None:
+        super().__init__(path, codec, topic=topic, cache=cache_runs, prefix="stepstream-projector-")
+
+    def run_ids_in_memory(self) -> list[str]:
+        return self.keys_in_memory()
+
+    def _read(self, run_id: str) -> RunState | None:
+        rows = self._db.execute("SELECT idx, value FROM records WHERE run_id = ? ORDER BY idx", (run_id,)).fetchall()
+        if not rows or rows[0][0] != HEADER:
+            return None
+        assembly = Assembly()
+        assembly.header(run_id, self.codec.decode(rows[0][1], (RunState,)))
+        for index, value in rows[1:]:
+            assembly.step(run_id, index, self.codec.decode(value, (RecordedStep,)))
+        return next(iter(assembly.states()))
+
     def _put(self, record: Written) -> None:
         key = record.key.decode(errors="replace")
         step = parse_step_key(key)
@@ -208,24 +275,6 @@ class RunStore:
             self._db.execute("DELETE FROM records WHERE run_id = ?", (run_id,))
         else:
             self._db.execute("DELETE FROM records WHERE run_id = ? AND idx = ?", (run_id, index))
-
-    def position(self, partition: int) -> int | None:
-        """The offset of ``runs`` to read this partition from; None: the file has nothing of it."""
-        row = self._db.execute("SELECT next_offset FROM positions WHERE partition = ?", (partition,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def reset(self, partition: int) -> None:
-        """Empty what the file holds of ``partition``, to read it again from the beginning. Between
-        batches only: memory is emptied too (every run in it is on disk then, so nothing is lost)."""
-        with self._transaction():
-            self._db.execute("DELETE FROM records WHERE partition = ?", (partition,))
-            self._db.execute("DELETE FROM positions WHERE partition = ?", (partition,))
-        self._memory.clear()
-
-    def written_ms(self) -> int | None:
-        """When the file last took records (epoch ms), None if never."""
-        row = self._db.execute("SELECT value FROM meta WHERE name = 'written_ms'").fetchone()
-        return None if row is None else int(row[0])
 
     def ended_before(self, cutoff_ms: int, partitions: Iterable[int], limit: int) -> list[tuple[str, int, list[int]]]:
         """Up to ``limit`` runs of ``partitions`` that ended before ``cutoff_ms`` and may be compacted,
@@ -257,12 +306,31 @@ class RunStore:
         ).fetchone()
         return int(row[0])
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+
+class WaiterStore(Mirror[WaiterState]):
+    """The waiter index of each event id (who waits on it, notifications kept for late waiters): on
+    disk, mirroring the compacted ``waiters`` topic, and the ``cache`` most recently used in memory.
+    A million runs waiting on events of their own cost a file, not memory."""
+
+    _SCHEMA = _WAITERS
+    _TABLES = ("waiters",)
+
+    def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache: int) -> None:
+        super().__init__(path, codec, topic=topic, cache=cache, prefix="stepstream-projector-waiters-")
+
+    def _read(self, key: str) -> WaiterState | None:
+        row = self._db.execute("SELECT value FROM waiters WHERE event_id = ?", (key,)).fetchone()
+        return None if row is None else self.codec.decode(row[0], (WaiterState,))
+
+    def _put(self, record: Written) -> None:
+        event_id = record.key.decode(errors="replace")
+        if record.value is None:
+            self._db.execute("DELETE FROM waiters WHERE event_id = ?", (event_id,))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO waiters VALUES (?, ?, ?)", (event_id, record.partition, record.value)
+            )
+
+    def on_disk(self, partition: int) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM waiters WHERE partition = ?", (partition,)).fetchone()
+        return int(row[0])
