@@ -29,6 +29,7 @@ from stepstream.core import (
     Suspend,
 )
 from stepstream.core.apart import split
+from stepstream.executor.apart import PartsInHand
 from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
 from stepstream.executor.recovery import fold_reports
 from tests.unit.test_executor_flow import DELIVERY, HTTP_MS, OFFSET, TP, Answer, FakeResponse, Harness, Make
@@ -361,3 +362,21 @@ async def test_a_delivery_whose_parts_were_not_read_is_dead_lettered_not_made_wi
     assert isinstance(letter, DeadLetter)
     assert "Expected the 3 results of delivery" in letter.reason
     assert harness.progress.committable() == OFFSET + 1
+
+
+def test_parts_read_twice_count_once_and_a_partition_let_go_forgets_its_parts() -> None:
+    steps = tuple(RecordedStep(index=index, name=f"s{index}", kind=StepKind.RUN, output="1") for index in range(3))
+    parts, rest = split(replace(PLAIN, steps=steps), room=1, size=lambda step: 1)
+    held = PartsInHand()
+    for _ in range(2):  # the partition read again from an earlier offset
+        for offset, part in enumerate(parts, start=OFFSET):
+            held.add(TP.partition, offset, part)
+
+    joined, offsets = held.take(TP.partition, rest)
+
+    assert joined is not None
+    assert joined.steps == steps
+    assert offsets == [OFFSET, OFFSET + 1, OFFSET + 2]
+    held.add(TP.partition, OFFSET, parts[0])
+    held.drop([TP.partition])
+    assert len(held) == 0

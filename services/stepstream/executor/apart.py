@@ -16,15 +16,17 @@ class PartsInHand:
     delivery reports makes the next owner read the parts again with it."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[int, str], list[tuple[int, DeliverySteps]]] = {}
+        # By offset: a part read twice (the partition read again from an earlier offset) counts once.
+        self._held: dict[tuple[int, str], dict[int, DeliverySteps]] = {}
 
     def add(self, partition: int, offset: int, part: DeliverySteps) -> None:
-        self._held.setdefault((partition, f"{part.delivery_id}#{part.attempt}"), []).append((offset, part))
+        self._held.setdefault((partition, f"{part.delivery_id}#{part.attempt}"), {})[offset] = part
 
     def take(self, partition: int, delivery: Delivery) -> tuple[Delivery | None, list[int]]:
         """``delivery`` with its results joined (None if some were not read), and the parts' offsets."""
-        held = self._held.pop((partition, delivery.request_id), [])
-        return join(delivery, [part for _, part in held]), [offset for offset, _ in held]
+        held = self._held.pop((partition, delivery.request_id), {})
+        offsets = sorted(held)
+        return join(delivery, [held[offset] for offset in offsets]), offsets
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget the parts of partitions let go: their next owner reads them again."""
