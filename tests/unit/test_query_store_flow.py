@@ -210,6 +210,7 @@ class FakeConsumer:
         self.batches = list(batches)
         self.assigned: list[TopicPartition] = []
         self.seeks: dict[TopicPartition, int | None] = {}  # None: to the beginning
+        self.seek_calls = 0  # calls of seek_to_beginning: each waits for the fetch in flight
         self.positions: dict[TopicPartition, int] = {}
         self.lags: list[str | None] = []  # the indexer's lag at each poll
         self.indexer: Indexer | None = None
@@ -226,8 +227,10 @@ class FakeConsumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = partitions
 
-    async def seek_to_beginning(self, tp: TopicPartition) -> None:
-        self.seeks[tp], self.positions[tp] = None, 0
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.seek_calls += 1
+        for tp in partitions:
+            self.seeks[tp], self.positions[tp] = None, 0
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp], self.positions[tp] = offset, offset
@@ -291,6 +294,7 @@ def test_the_indexer_reads_every_partition_of_events_and_flow_and_keeps_its_posi
 
     assert set(consumer.assigned) == {EVENTS, FLOW}
     assert consumer.seeks == {EVENTS: None, FLOW: None}  # a new store: both from their beginning
+    assert consumer.seek_calls == 1  # in one call
     assert shown(store) == {"mailer": 2}
     assert store.get_run("run_A") is not None
     assert store.positions() == {(TOPICS.events, 0): events_end, (TOPICS.flow, 0): 8}

@@ -177,13 +177,18 @@ class Indexer:
             partitions += [TopicPartition(topic, number) for number in sorted(numbers)]
         self._consumer.assign(partitions)
         saved = self.store.positions()
+        unread = []
         for tp in partitions:
             offset = saved.get((tp.topic, tp.partition))
             if offset is None:
-                await self._consumer.seek_to_beginning(tp)
+                unread.append(tp)
             else:
                 self._consumer.seek(tp, offset)
                 self._positions[tp] = offset
+        if unread:
+            # In one call: each call waits for the fetch in flight (up to fetch_max_wait_ms, 0.5 s), so
+            # one a partition made a restart with twelve never-written partitions take 6 s to be ready.
+            await self._consumer.seek_to_beginning(*unread)
         self._targets = await self._consumer.end_offsets(partitions)
         return self._targets
 
