@@ -288,15 +288,9 @@ class RunStore(Mirror[RunState]):
             f"AND partition IN ({marks}) ORDER BY ended_ms LIMIT ?",
             (cutoff_ms, *chosen, limit),
         ).fetchall()
+        results = "SELECT idx FROM records WHERE run_id = ? AND idx >= 0"
         return [
-            (
-                run_id,
-                partition,
-                [
-                    index
-                    for (index,) in self._db.execute("SELECT idx FROM records WHERE run_id = ? AND idx >= 0", (run_id,))
-                ],
-            )
+            (run_id, partition, [index for (index,) in self._db.execute(results, (run_id,))])
             for run_id, partition in rows
         ]
 
