@@ -362,3 +362,32 @@ def test_pending_work_agrees_with_a_sorted_model(
     assert grouped_by_due([(due_ms(held.record), held) for held in pending.pop_due(now + 1_000)]) == grouped_by_due(
         model.pop_due(now + 1_000)
     )
+
+
+def test_a_restore_stages_the_latest_record_of_each_key_in_the_order_of_their_last_writes() -> None:
+    codec = Codec()
+    work = TieredPendingWork(codec)
+    value = [codec.encode(TimerRequested(request_id=f"t{n}", run_id="r", step_index=n, due_ms=n)) for n in range(4)]
+
+    # given a changelog read in two chunks: writes, a rewrite, tombstones, a key written again after one
+    work.stage([(0, b"a", 0, value[0]), (0, b"b", 1, value[1]), (0, b"a", 2, value[2]), (0, b"c", 3, value[3])])
+    work.stage([(0, b"b", 4, None), (0, b"c", 5, None), (0, b"c", 6, value[0]), (1, b"a", 0, value[1])])
+
+    # then each partition's latest record of each key is left, in the order of their last writes
+    assert list(work.staged()) == [(0, b"a", 2, value[2]), (0, b"c", 6, value[0]), (1, b"a", 0, value[1])]
+    # and the stage is empty afterwards
+    assert list(work.staged()) == []
+    work.close()
+
+
+def test_a_request_held_with_the_encoding_it_came_with_is_given_back_as_it_was() -> None:
+    codec = Codec()
+    work = TieredPendingWork(codec, horizon_ms=10)
+    record = TimerRequested(request_id="t", run_id="r", step_index=1, due_ms=1_000)
+
+    with work.bulk():
+        work.add(0, record, codec.encode(record))  # due past the window: on disk, as it came
+
+    assert work.on_disk() == 1
+    assert work.pop_due(1_000) == [Held(0, record)]
+    work.close()

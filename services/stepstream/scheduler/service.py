@@ -151,24 +151,27 @@ class Scheduler:
         self.pending.clear_stage()
         starts: dict[int, int | None] = dict.fromkeys(partitions)
         async for records in stream_partitions(self.kafka, self.topics.timers, starts):
+            keyed = []
             for record in records:
                 if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
                     unreadable.append((record, "Expected a key (a request id), but the record has none"))
                     continue
-                self.pending.stage(record.partition, bytes(record.key), record.offset, record.value)
+                keyed.append((record.partition, bytes(record.key), record.offset, record.value))
+            self.pending.stage(keyed)
         count = 0
-        for partition, key, offset, value in self.pending.staged():
-            try:
-                entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
-            except DecodeError as error:
-                record = _changelog_record(self.topics.timers, partition, offset, key, value)
-                unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
-                continue
-            if isinstance(entry, FlowSlot):
-                self.flow.restore(partition, entry)
-            else:
-                self.pending.add(partition, cast(HeldRecord, entry))
-            count += 1
+        with self.pending.bulk():
+            for partition, key, offset, value in self.pending.staged():
+                try:
+                    entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
+                except DecodeError as error:
+                    record = _changelog_record(self.topics.timers, partition, offset, key, value)
+                    unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
+                    continue
+                if isinstance(entry, FlowSlot):
+                    self.flow.restore(partition, entry)
+                else:
+                    self.pending.add(partition, cast(HeldRecord, entry), value)  # as it came: no encoding again
+                count += 1
         return count, unreadable
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:

@@ -16,8 +16,10 @@ own. It is a temporary file, removed when the scheduler stops.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from stepstream.avro import Codec
 from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
@@ -76,7 +78,8 @@ class TieredPendingWork:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._memory or self._on_disk(request_id) is not None
 
-    def add(self, partition: int, record: HeldRecord) -> None:
+    def add(self, partition: int, record: HeldRecord, value: bytes | None = None) -> None:
+        """Hold ``record``; ``value``: its encoding, when the caller has it (a restore, from the changelog)."""
         if due_ms(record) <= self.window_end:
             self._db.execute("DELETE FROM held WHERE request_id = ?", (record.request_id,))
             self._memory.add(partition, record)
@@ -85,8 +88,20 @@ class TieredPendingWork:
         self._arrivals += 1
         self._db.execute(
             "INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)",
-            (record.request_id, partition, due_ms(record), self._arrivals, self.codec.encode(record)),
+            (record.request_id, partition, due_ms(record), self._arrivals, value or self.codec.encode(record)),
         )
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many changes in one SQLite transaction: a restore's, which would otherwise commit each of a
+        million rows on its own (twice as slow, measured)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def remove(self, request_id: str) -> Held | None:
         held = self._memory.remove(request_id)
@@ -126,13 +141,18 @@ class TieredPendingWork:
 
     # -- a restore's changelog, latest record per key, on disk while it is read ----------------------
 
-    def stage(self, partition: int, key: bytes, offset: int, value: bytes | None) -> None:
-        """One record of the changelog, read in offset order: the latest of each key (per partition:
-        compaction keeps one per partition) is kept, a tombstone removes it."""
-        if value is None:
-            self._db.execute("DELETE FROM staged WHERE partition = ? AND key = ?", (partition, key))
-        else:
-            self._db.execute("INSERT OR REPLACE INTO staged VALUES (?, ?, ?, ?)", (partition, key, offset, value))
+    def stage(self, records: Iterable[tuple[int, bytes, int, bytes | None]]) -> None:
+        """Records of the changelog (partition, key, offset, value), read in offset order: the latest of
+        each key (per partition: compaction keeps one per partition) is kept, a tombstone removes it.
+        One transaction; consecutive records of a kind in one statement each, in their order."""
+        with self.bulk():
+            for tombstones, run in itertools.groupby(records, key=lambda record: record[3] is None):
+                if tombstones:
+                    self._db.executemany(
+                        "DELETE FROM staged WHERE partition = ? AND key = ?", [(p, k) for p, k, _, _ in run]
+                    )
+                else:
+                    self._db.executemany("INSERT OR REPLACE INTO staged VALUES (?, ?, ?, ?)", run)
 
     def clear_stage(self) -> None:
         """Forget what an interrupted restore staged."""
