@@ -216,12 +216,15 @@ class SchedulerSettings:
     kafka: KafkaSettings
     # How often, at most, the scheduler publishes the state of the flow-control keys that changed.
     flow_state_interval_ms: int = 1_000
+    # How many of a flow-control key's queued requests stay in memory; the rest wait on disk.
+    flow_queue_head: int = 256
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
         return cls(
             kafka=KafkaSettings.from_env(environ),
             flow_state_interval_ms=_int(environ, "STEPSTREAM_FLOW_STATE_INTERVAL_MS", 1_000),
+            flow_queue_head=_int(environ, "STEPSTREAM_FLOW_QUEUE_HEAD", 256, minimum=1),
         )
 
 

@@ -122,7 +122,11 @@ class KeyWatcher:
 
 @pytest.fixture(scope="module")
 def flow(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowApp]:
-    stack = Stack(kafka_bootstrap, tmp_path_factory.mktemp("flow"), partitions=PARTITIONS)
+    # Two requests of a key in memory, the rest of its queue on disk (scheduler/queues.py): every test
+    # here queues more than that, so the backlog goes through the file.
+    stack = Stack(
+        kafka_bootstrap, tmp_path_factory.mktemp("flow"), partitions=PARTITIONS, STEPSTREAM_FLOW_QUEUE_HEAD="2"
+    )
     stack.create_topics()
     stack.start("projector", "scheduler", "executor", "api")
     port = stack.start_app("flow", APPS, "flow:app")

@@ -19,6 +19,7 @@ from stepstream.core import (
     Queued,
     most_permissive,
 )
+from stepstream.scheduler.queues import SpilledQueues
 
 KEY = "tenant-acme"
 OTHER = "tenant-globex"
@@ -1037,11 +1038,19 @@ def restore(model: Model, ledger: FlowLedger, partitions: set[int], rng: random.
     return ledger
 
 
-def random_ledger_run(seed: int, steps: int = 150, *, changing: bool = False) -> Model:
+def random_ledger_run(
+    seed: int, steps: int = 150, *, changing: bool = False, spilled: SpilledQueues | None = None
+) -> Model:
+    """``spilled``: the ledgers' queues keep their first requests in memory and the rest in its file
+    (the scheduler's); else all in memory."""
     rng = random.Random(seed)
     keys = [f"key{n}" for n in range(rng.randint(1, 3))]
     model = Model(limits={key: random_limits(rng, key) for key in keys}, changing=changing)
-    ledger, shadow = FlowLedger(), None
+
+    def new_ledger() -> FlowLedger:
+        return FlowLedger() if spilled is None else FlowLedger(spilled.queue)
+
+    ledger, shadow = new_ledger(), None
     now = T0
 
     def feed(inputs: list[Input]) -> None:
@@ -1053,11 +1062,16 @@ def random_ledger_run(seed: int, steps: int = 150, *, changing: bool = False) ->
 
     for serial in range(steps):
         if rng.random() < 0.03:  # a rebalance: a new owner of every partition
-            shadow, ledger = ledger, restore(model, FlowLedger(), {0, 1}, rng)
+            if spilled is not None:
+                ledger.drop_partitions({0, 1})  # a new owner: the old one's file is gone with it
+                shadow = None
+            else:
+                shadow = ledger
+            ledger = restore(model, new_ledger(), {0, 1}, rng)
             model.seen["restore"] += 1
         elif rng.random() < 0.03:  # a failed transaction, or a partition revoked and assigned back
             gone = {rng.choice([0, 1])}
-            shadow = copy.deepcopy(ledger)
+            shadow = copy.deepcopy(ledger) if spilled is None else None  # a file is not copied
             ledger.drop_partitions(gone)
             restore(model, ledger, gone, rng)
             model.seen["drop and restore"] += 1
@@ -1106,6 +1120,29 @@ def test_random_interleavings_with_changing_limits_restore_to_the_same_decisions
 
     assert (model.queued(), model.unsettled) == ([], {})
     assert set(model.emitted) == set(model.items) - model.cancelled
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_interleavings_with_each_keys_backlog_on_disk_decide_as_in_memory(seed: int) -> None:
+    # the scheduler's queues, with two requests of a key in memory and the rest in the file
+    spilled = SpilledQueues(head=2)
+    try:
+        model = random_ledger_run(seed, changing=seed % 2 == 1, spilled=spilled)
+        assert (model.queued(), model.unsettled) == ([], {})
+        assert set(model.emitted) == set(model.items) - model.cancelled
+        assert spilled.on_disk() == 0  # every request spilled came back and was let through or cancelled
+    finally:
+        spilled.close()
+
+
+def test_the_spilled_interleavings_use_the_file() -> None:
+    spilled = SpilledQueues(head=2)
+    try:
+        for seed in range(20):
+            random_ledger_run(seed, spilled=spilled)
+        assert spilled.spilled > 100
+    finally:
+        spilled.close()
 
 
 def test_the_random_interleavings_reach_every_path() -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections import Counter, deque
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from stepstream.core.messages import FlowControl
 
@@ -104,6 +106,49 @@ class Queued:
     apart: bool = False
 
 
+class KeyQueue(Protocol):
+    """A key's queued requests, first in first out, by request id. :class:`MemoryQueue` holds them in
+    memory; the scheduler's keeps only each key's first ones there and the rest on disk
+    (``scheduler/queues.py``), so a key's backlog of a million costs a file, not memory."""
+
+    def __len__(self) -> int: ...
+    def __contains__(self, request_id: str) -> bool: ...
+    def append(self, item: Queued) -> None: ...
+    def remove(self, request_id: str) -> Queued | None: ...
+    def head(self) -> Queued | None: ...
+    def popleft(self) -> Queued: ...
+    def clear(self) -> None: ...
+
+
+class MemoryQueue:
+    """A key's queue in memory: insertion order is arrival order, and a request taken out (cancelled)
+    leaves its place at once."""
+
+    def __init__(self, name: str = "") -> None:
+        self._items: OrderedDict[str, Queued] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._items
+
+    def append(self, item: Queued) -> None:
+        self._items[item.request_id] = item
+
+    def remove(self, request_id: str) -> Queued | None:
+        return self._items.pop(request_id, None)
+
+    def head(self) -> Queued | None:
+        return next(iter(self._items.values()), None)
+
+    def popleft(self) -> Queued:
+        return self._items.popitem(last=False)[1]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 def most_permissive(limits: Counter[Limits]) -> Limits | None:
     """The limits a key obeys while work with each of ``limits`` is queued or in flight: the highest
     parallelism, and the highest rate per time (no limit is the highest of all)."""
@@ -127,25 +172,21 @@ def most_permissive(limits: Counter[Limits]) -> Limits | None:
 class _Key:
     __slots__ = (
         "anchors",
-        "cancelled",
         "last_limits",
         "limits",
         "name",
         "partition",
         "periods",
         "queue",
-        "queued",
         "slots",
         "unsettled",
         "wake_ms",
     )
 
-    def __init__(self, name: str, partition: int) -> None:
+    def __init__(self, name: str, partition: int, queue: KeyQueue) -> None:
         self.name = name
         self.partition = partition
-        self.queue: deque[str] = deque()  # request ids in arrival order; cancelled ones skipped lazily
-        self.queued: dict[str, Queued] = {}
-        self.cancelled: set[str] = set()  # cancelled ids still in ``queue``
+        self.queue = queue  # the requests waiting for the key's limits, in arrival order
         self.slots: dict[str, FlowSlot] = {}
         self.unsettled = 0  # each counts in the rate window, whatever its age
         # The settled slots kept for the rate window, as (anchor: their started_ms, when the scheduler
@@ -185,7 +226,7 @@ class _Key:
 
     @property
     def idle(self) -> bool:
-        return not self.queued and not self.slots
+        return len(self.queue) == 0 and not self.slots
 
 
 class FlowLedger:
@@ -196,7 +237,9 @@ class FlowLedger:
     was last called, for the caller to publish.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queues: Callable[[str], KeyQueue] = MemoryQueue) -> None:
+        """``queues``: makes the queue of a key, given its name (by default in memory)."""
+        self._queues = queues
         self._keys: dict[str, _Key] = {}
         self._dirty: set[str] = set()  # keys whose queue may move
         self._wakes: list[tuple[int, str]] = []  # (when a key's window opens or a start leaves it, key); may be stale
@@ -208,7 +251,7 @@ class FlowLedger:
         self._gone: dict[str, Limits] = {}  # keys forgotten (idle) since take_states, with their last limits
 
     def __len__(self) -> int:
-        return sum(len(key.queued) for key in self._keys.values())
+        return sum(len(key.queue) for key in self._keys.values())
 
     def keys(self) -> list[str]:
         return list(self._keys)
@@ -216,7 +259,7 @@ class FlowLedger:
     def _key(self, name: str, partition: int) -> _Key:
         key = self._keys.get(name)
         if key is None:
-            key = self._keys[name] = _Key(name, partition)
+            key = self._keys[name] = _Key(name, partition, self._queues(name))
         return key
 
     def _intern(self, flow: FlowControl) -> FlowControl:
@@ -226,13 +269,9 @@ class FlowLedger:
         """Add a request that is due; it starts when its key's limits allow, after those before it."""
         item.flow = self._intern(item.flow)
         key = self._key(item.flow.key, item.partition)
-        if item.request_id in key.queued or item.request_id in key.slots:
+        if item.request_id in key.slots or item.request_id in key.queue:
             return  # a duplicate of a request already queued or let through
-        if item.request_id in key.cancelled:  # queued again after a cancellation: it goes to the back
-            key.cancelled.discard(item.request_id)
-            key.queue.remove(item.request_id)
-        key.queue.append(item.request_id)
-        key.queued[item.request_id] = item
+        key.queue.append(item)  # queued again after a cancellation, it goes to the back
         key.add_limits(item.flow)
         key.periods[item.flow.period_ms] += 1
         self._dirty.add(key.name)
@@ -241,10 +280,9 @@ class FlowLedger:
     def cancel(self, flow_key: str, request_id: str) -> Queued | None:
         """Take a queued request out; one already let through stays in flight until it settles."""
         key = self._keys.get(flow_key)
-        item = key.queued.pop(request_id, None) if key is not None else None
+        item = key.queue.remove(request_id) if key is not None else None
         if key is None or item is None:
             return None
-        key.cancelled.add(request_id)
         key.drop_limits(item.flow)
         key.drop_period(item.flow)
         self._dirty.add(key.name)
@@ -333,7 +371,7 @@ class FlowLedger:
         rate, period, parallelism = key.effective()
         return FlowKeyState(
             key=name,
-            queued=len(key.queued),
+            queued=len(key.queue),
             in_flight=key.unsettled,
             starts_in_window=key.starts_in_window(now_ms, period),
             rate=rate,
@@ -378,7 +416,7 @@ class FlowLedger:
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for name in [name for name, key in self._keys.items() if key.partition in partitions]:
-            del self._keys[name]
+            self._keys.pop(name).queue.clear()
             self._dirty.discard(name)
             self.touched.discard(name)
             self._gone.pop(name, None)
@@ -387,13 +425,8 @@ class FlowLedger:
 
     def _drain(self, key: _Key, now: int) -> list[tuple[Queued, FlowSlot]]:
         out: list[tuple[Queued, FlowSlot]] = []
-        while key.queue:
-            request_id = key.queue[0]
-            item = key.queued.get(request_id)
-            if item is None:  # cancelled
-                key.queue.popleft()
-                key.cancelled.discard(request_id)
-                continue
+        while (item := key.queue.head()) is not None:
+            request_id = item.request_id
             rate, period, parallelism = key.effective()
             if parallelism is not None and key.unsettled >= parallelism:
                 return out  # a settlement will wake the key
@@ -401,7 +434,6 @@ class FlowLedger:
                 self._wake_when_window_opens(key, now, rate, period)
                 return out
             key.queue.popleft()
-            del key.queued[request_id]
             slot = FlowSlot(
                 request_id=request_id,
                 flow=item.flow,
@@ -499,7 +531,9 @@ __all__ = [
     "FlowLedger",
     "FlowSettled",
     "FlowSlot",
+    "KeyQueue",
     "Limits",
+    "MemoryQueue",
     "Queued",
     "most_permissive",
 ]

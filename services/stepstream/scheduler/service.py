@@ -51,6 +51,7 @@ from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler.pending import HeldRecord, due_ms
+from stepstream.scheduler.queues import SpilledQueues
 from stepstream.scheduler.tiered import TieredPendingWork
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class Scheduler:
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}scheduler"
         self.pending = TieredPendingWork(self.codec)  # what is due within a minute in memory, the rest on disk
-        self.flow = FlowLedger()
+        # Each flow-control key's first requests in memory, its backlog on disk (scheduler/queues.py).
+        self.queues = SpilledQueues(head=settings.flow_queue_head)
+        self.flow = FlowLedger(self.queues.queue)
         self.owned: set[int] = set()
         self.ready = asyncio.Event()
         self.progress = Progress(self.clock, stall_ms=self.kafka.stall_ms)
@@ -109,6 +112,7 @@ class Scheduler:
             await self._consumer.stop()
             await self._producer.stop()
             self.pending.close()
+            self.queues.close()
 
     def _wait_ms(self) -> int:
         now = self.clock.now_ms()
