@@ -62,10 +62,14 @@ def test_projector_defaults(home: Path) -> None:
     assert settings.kafka.topic_prefix == "stepstream."
 
 
-def test_scheduler_reads_only_kafka_settings() -> None:
+def test_scheduler_reads_its_settings() -> None:
     settings = SchedulerSettings.from_env({"STEPSTREAM_TOPIC_PREFIX": "acme."})
 
     assert settings.kafka.topic_prefix == "acme."
+    assert (settings.flow_state_interval_ms, settings.flow_queue_head) == (1_000, 256)
+    assert SchedulerSettings.from_env({"STEPSTREAM_FLOW_QUEUE_HEAD": "2"}).flow_queue_head == 2
+    with pytest.raises(ConfigurationError, match="STEPSTREAM_FLOW_QUEUE_HEAD"):
+        SchedulerSettings.from_env({"STEPSTREAM_FLOW_QUEUE_HEAD": "0"})
 
 
 def test_executor_defaults_when_unsigned_is_allowed() -> None:

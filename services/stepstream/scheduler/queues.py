@@ -15,8 +15,10 @@ temporary file, removed when the scheduler stops.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, Final
 
 from stepstream.core import FlowControl, Queued
@@ -68,6 +70,17 @@ class SpilledQueues:
 
     def on_disk(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM queued").fetchone()[0])
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many changes in one SQLite transaction (a restore's, a batch's), not one commit each."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()

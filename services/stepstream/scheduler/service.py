@@ -162,8 +162,8 @@ class Scheduler:
                     continue
                 keyed.append((record.partition, bytes(record.key), record.offset, record.value))
             self.pending.stage(keyed)
-        count = 0
-        with self.pending.bulk():
+        count, now = 0, self.clock.now_ms()
+        with self.pending.bulk(), self.queues.bulk():
             for partition, key, offset, value in self.pending.staged():
                 try:
                     entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
@@ -171,34 +171,45 @@ class Scheduler:
                     record = _changelog_record(self.topics.timers, partition, offset, key, value)
                     unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
                     continue
+                held = cast(HeldRecord, entry)
                 if isinstance(entry, FlowSlot):
                     self.flow.restore(partition, entry)
+                elif (
+                    isinstance(held, DeliveryRequested | CallRequested)
+                    and held.flow is not None
+                    and due_ms(held) <= now
+                ):
+                    # Due, it waits in its key's queue (its backlog on disk): straight there, in order, not
+                    # through memory first (a key's backlog of 100,000 peaked at 185 MiB that way).
+                    self.flow.queue(self._queued(partition, held))
                 else:
-                    self.pending.add(partition, cast(HeldRecord, entry), value)  # as it came: no encoding again
+                    self.pending.add(partition, held, value)  # as it came: no encoding again
                 count += 1
         return count, unreadable
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = self.clock.now_ms()
         outputs: list[Output] = []
-        for tp, records in batch.items():
-            for record in records:
-                try:
-                    outputs.extend(self._take(tp, record, now))
-                except (DecodeError, ValueError) as error:
-                    outputs.append(self._dead_letter(record, str(error), now))
-                except Exception as error:
-                    # A value no check foresaw (or a bug): this record is set aside, not the partition.
-                    log.exception("scheduler failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-                    outputs.append(self._dead_letter(record, f"the scheduler failed on this record: {error!r}", now))
-        for held in self.pending.pop_due(now):
-            due = held.record
-            if isinstance(due, DeliveryRequested | CallRequested) and due.flow is not None:
-                self.flow.queue(self._queued(held.partition, due))  # its changelog entry stays as it is
-                continue
-            outputs.append(self._emit(due, now))
-            outputs.append((self.topics.timers, due.request_id.encode(), None, held.partition))
-        outputs.extend(self._release(now))
+        with self.queues.bulk():  # what joins or leaves the keys' queues on disk: one commit
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        outputs.extend(self._take(tp, record, now))
+                    except (DecodeError, ValueError) as error:
+                        outputs.append(self._dead_letter(record, str(error), now))
+                    except Exception as error:
+                        # A value no check foresaw (or a bug): this record is set aside, not the partition.
+                        log.exception("scheduler failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+                        reason = f"the scheduler failed on this record: {error!r}"
+                        outputs.append(self._dead_letter(record, reason, now))
+            for held in self.pending.pop_due(now):
+                due = held.record
+                if isinstance(due, DeliveryRequested | CallRequested) and due.flow is not None:
+                    self.flow.queue(self._queued(held.partition, due))  # its changelog entry stays as it is
+                    continue
+                outputs.append(self._emit(due, now))
+                outputs.append((self.topics.timers, due.request_id.encode(), None, held.partition))
+            outputs.extend(self._release(now))
         if not outputs and not batch:
             return
         try:
