@@ -229,6 +229,8 @@ def ledger_bytes(template: DeliveryRequested, run_ids: list[str]) -> int:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
+        # In memory, all of it (MemoryQueue): what the scheduler's ledger held before it kept each
+        # key's backlog on disk, and what the scheduler's RSS above is compared with.
         ledger = FlowLedger()
         for run_id in run_ids:
             request = codec.decode(codec.encode(copy_for(template, run_id)), expected=(DeliveryRequested,))
@@ -365,7 +367,7 @@ def report(args: argparse.Namespace, numbers: dict[str, Any]) -> str:
         (
             "the ledger alone, per queued delivery",
             f"{numbers['ledger_per_queued_b']:,.0f} B",
-            "tracemalloc of the same N records queued in a FlowLedger in the bench process",
+            "tracemalloc of the same N records queued in a FlowLedger held all in memory (MemoryQueue)",
         ),
         ("fill: produce N records", f"{fmt(numbers['produce_s'])} s", "to schedule, acks=all"),
         (
