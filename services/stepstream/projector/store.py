@@ -30,7 +30,7 @@ import contextlib
 import re
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -39,7 +39,7 @@ from stepstream.avro import Codec
 from stepstream.config import ProjectorSettings
 from stepstream.core import RecordedStep, RunState, WaiterState
 from stepstream.projector.snapshots import Assembly, parse_step_key
-from stepstream.store.files import remove_sqlite, temporary_sqlite
+from stepstream.store.files import remove_sqlite, temporary_sqlite, transaction
 
 T = TypeVar("T")
 HEADER = -1  # the index under which a run's own record (its state without results) is kept
@@ -229,15 +229,8 @@ class Mirror(Generic[T]):
         row = self._db.execute("SELECT value FROM meta WHERE name = 'written_ms'").fetchone()
         return None if row is None else int(row[0])
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
 
 class RunStore(Mirror[RunState]):

@@ -18,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any, Final
 
 from stepstream.core import FlowControl, Queued
-from stepstream.store.files import remove_sqlite, temporary_sqlite
+from stepstream.store.files import remove_sqlite, temporary_sqlite, transaction
 
 HEAD: Final = 256  # requests of a key kept in memory: the next ones to let through
 
@@ -71,16 +70,9 @@ class SpilledQueues:
     def on_disk(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM queued").fetchone()[0])
 
-    @contextlib.contextmanager
-    def bulk(self) -> Iterator[None]:
+    def bulk(self) -> contextlib.AbstractContextManager[None]:
         """Many changes in one SQLite transaction (a restore's, a batch's), not one commit each."""
-        self.db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return transaction(self.db)
 
     def close(self) -> None:
         self.db.close()

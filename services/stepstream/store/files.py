@@ -1,12 +1,15 @@
-"""Temporary SQLite files for a service's own state (the projector's runs when no state folder is
-set, the scheduler's timers due later): made in a folder, removed with their owner."""
+"""SQLite files for a service's own state (the projector's runs and waiters, the scheduler's timers
+due later and flow-control backlogs): temporary ones made in a folder and removed with their owner,
+and the transactions they are written in."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,3 +28,16 @@ def remove_sqlite(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").unlink()
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One SQLite transaction on a connection in autocommit mode (``isolation_level=None``): many
+    changes in one commit, not one each (a restore's million rows), undone together on an error."""
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
