@@ -16,13 +16,14 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
+
+from tests.stack import free_port
 
 
 def _binaries() -> Path:
@@ -36,12 +37,6 @@ def _binaries() -> Path:
         "Expected PostgreSQL's server programs (initdb, pg_ctl) for the query-store tests on PostgreSQL, but found "
         "none: `make test` installs Debian's postgresql package; or set STEPSTREAM_TEST_POSTGRES to a server's url"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -58,7 +53,7 @@ def postgres_server() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(home, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = home / "data", _free_port()
+    data, port = home / "data", free_port()
 
     def run(*command: str) -> None:
         subprocess.run([*as_user, *command], check=True, capture_output=True, cwd=home)

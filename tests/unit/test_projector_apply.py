@@ -134,7 +134,7 @@ async def test_a_record_that_cannot_be_applied_is_dead_lettered_and_changes_noth
     assert letter.reason.startswith(reason)
     assert (letter.source_topic, letter.partition, letter.offset, letter.value) == (TOPICS.triggers, 0, 5, value)
     assert [topic for topic, *_ in outbox.records] == [TOPICS.deadletter]
-    assert projector.states.run_ids_in_memory() == []
+    assert projector.states.keys_in_memory() == []
 
 
 @pytest.mark.asyncio
@@ -146,7 +146,7 @@ async def test_a_trigger_too_large_to_record_is_dead_lettered_whole_and_starts_n
     (letter,) = dead_letters(outbox)
     assert letter.reason.startswith(f"Expected records of at most {LIMIT:,} bytes (STEPSTREAM_MAX_RECORD_BYTES), ")
     assert "value truncated" in letter.reason  # the dead letter itself must fit
-    assert projector.states.run_ids_in_memory() == []
+    assert projector.states.keys_in_memory() == []
     assert outbox.snapshots == {}
 
 

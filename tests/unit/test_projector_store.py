@@ -68,10 +68,10 @@ def test_memory_holds_the_most_recently_used_runs_and_only_after_a_trim(tmp_path
     assert runs.in_memory() == 5  # nothing leaves before the batch's records are on disk
 
     runs.trim()
-    assert runs.run_ids_in_memory() == ["run-3", "run-4"]
+    assert runs.keys_in_memory() == ["run-3", "run-4"]
     assert runs.get("run-0") == all_runs[0].current  # from disk, and now in memory
     runs.trim()
-    assert runs.run_ids_in_memory() == ["run-4", "run-0"]
+    assert runs.keys_in_memory() == ["run-4", "run-0"]
 
 
 def test_a_run_made_by_a_failed_batch_is_absent_again(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FORGET_AT_ONCE = 1_000  # runs removed in one transaction: the writes of a batch, about
+_FORGET_AT_ONCE = 1_000  # ended runs removed in one transaction: about as many writes as a batch
 FlowChange = tuple[str, FlowKeyState | None]  # a key and its new state; None: the key's tombstone
 
 

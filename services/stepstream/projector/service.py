@@ -269,12 +269,10 @@ class Projector:
             self.progress.forget(partitions)
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.commands}
             self.owned -= gone
-            for run_id in self.states.run_ids_in_memory():
-                if partition_for(run_id, self.commands_partitions) in gone:
-                    self.states.drop(run_id)  # its file keeps it, for when the partition comes back
-            for event_id in self.waiters.keys_in_memory():
-                if partition_for(event_id, self.commands_partitions) in gone:
-                    self.waiters.drop(event_id)  # its file keeps it, for when the partition comes back
+            for mirror in (self.states, self.waiters):  # run ids and event ids, both keyed to commands partitions
+                for key in mirror.keys_in_memory():
+                    if partition_for(key, self.commands_partitions) in gone:
+                        mirror.drop(key)  # its file keeps it, for when the partition comes back
 
     # -- the batch ------------------------------------------------------------------------------
 

@@ -242,9 +242,6 @@ class RunStore(Mirror[RunState]):
     def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache_runs: int) -> None:
         super().__init__(path, codec, topic=topic, cache=cache_runs, prefix="stepstream-projector-")
 
-    def run_ids_in_memory(self) -> list[str]:
-        return self.keys_in_memory()
-
     def _read(self, run_id: str) -> RunState | None:
         rows = self._db.execute("SELECT idx, value FROM records WHERE run_id = ? ORDER BY idx", (run_id,)).fetchall()
         if not rows or rows[0][0] != HEADER:

@@ -171,10 +171,12 @@ class Scheduler:
                     record = _changelog_record(self.topics.timers, partition, offset, key, value)
                     unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
                     continue
-                held = cast(HeldRecord, entry)
+                count += 1
                 if isinstance(entry, FlowSlot):
                     self.flow.restore(partition, entry)
-                elif (
+                    continue
+                held = cast(HeldRecord, entry)
+                if (
                     isinstance(held, DeliveryRequested | CallRequested)
                     and held.flow is not None
                     and due_ms(held) <= now
@@ -184,7 +186,6 @@ class Scheduler:
                     self.flow.queue(self._queued(partition, held))
                 else:
                     self.pending.add(partition, held, value)  # as it came: no encoding again
-                count += 1
         return count, unreadable
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
