@@ -214,7 +214,7 @@ class Services:
         self.env = {name: {"STEPSTREAM_INSTANCE_ID": f"bench-{name}"} for name in SERVICES}
         if state_dir:
             # A folder that outlives a restart, as the Helm chart's pod volume does: the projector
-            # finds its file of runs again and reads only what it missed.
+            # and the scheduler find their files again and read only what they missed.
             for name in SERVICES:
                 self.env[name]["STEPSTREAM_STATE_DIR"] = str(stack.directory / "state")
         self.ready_url = {"api": f"{stack.api_url}/readyz"}  # the api serves /readyz on its own port

@@ -218,6 +218,9 @@ class SchedulerSettings:
     flow_state_interval_ms: int = 1_000
     # How many of a flow-control key's queued requests stay in memory; the rest wait on disk.
     flow_queue_head: int = 256
+    # Where the scheduler keeps its changelog's copy (scheduler/changelog.py); empty: a temporary file,
+    # so every start reads the whole timers topic again.
+    state_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
@@ -225,6 +228,7 @@ class SchedulerSettings:
             kafka=KafkaSettings.from_env(environ),
             flow_state_interval_ms=_int(environ, "STEPSTREAM_FLOW_STATE_INTERVAL_MS", 1_000),
             flow_queue_head=_int(environ, "STEPSTREAM_FLOW_QUEUE_HEAD", 256, minimum=1),
+            state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
         )
 
 

@@ -35,6 +35,7 @@ from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, Trigge
 from stepstream.core.retention import COMPACTED_PAYLOAD
 from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
+from stepstream.store import changelog
 from tests.integration.test_rebalance import produce, read_all, read_until, running
 from tests.stack import Stack
 
@@ -65,7 +66,7 @@ def records_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
             restore[-1] += len(records)
             yield records
 
-    monkeypatch.setattr(projector_service, "stream_partitions", counting)
+    monkeypatch.setattr(changelog, "stream_partitions", counting)
     return counts
 
 

@@ -28,6 +28,7 @@ from stepstream.core import Delivery, DeliveryRequested, FlowControl, FlowSettle
 from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
 from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
+from stepstream.store import changelog
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -52,8 +53,7 @@ def slow_restore(monkeypatch: pytest.MonkeyPatch) -> None:
             yield records
         await asyncio.sleep(RESTORE_DELAY_S)
 
-    monkeypatch.setattr(scheduler_service, "stream_partitions", slow_stream)
-    monkeypatch.setattr(projector_service, "stream_partitions", slow_stream)
+    monkeypatch.setattr(changelog, "stream_partitions", slow_stream)  # both services restore through it
 
 
 @contextlib.asynccontextmanager

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from stepstream.avro import Codec
-from stepstream.config import KafkaSettings, ProjectorSettings
+from stepstream.config import KafkaSettings
 from stepstream.core import Continue, Recovery, RunState, Waiter, WaiterState, fold
-from stepstream.projector.store import RunStore, WaiterStore, Written, state_file
+from stepstream.projector.store import RunStore, WaiterStore
+from stepstream.store.changelog import Written, state_file
 from tests.unit.test_projector_snapshots import written
 from tests.unit.test_query_store import T0, Run
 
@@ -104,7 +105,7 @@ def test_the_file_keeps_runs_and_positions_across_a_restart(tmp_path: Path) -> N
     again = store(tmp_path / "s.sqlite3")
     assert again.get("run-1") == fold(run.events)
     assert again.position(2) == len(written(run.states))
-    assert again.written_ms() == T0
+    assert again.seen_ms(2) == T0
 
 
 def test_a_file_written_for_another_topic_is_emptied(tmp_path: Path) -> None:
@@ -130,15 +131,15 @@ def test_a_partition_reset_is_read_again_from_the_beginning(tmp_path: Path) -> N
 
 
 def test_without_a_folder_the_file_is_temporary_and_removed(tmp_path: Path) -> None:
-    settings = ProjectorSettings(kafka=KafkaSettings(instance_id="pod/0"))
-    assert state_file(settings) is None
+    kafka = KafkaSettings(instance_id="pod/0")
+    assert state_file("", kafka, "projector") is None
     runs = RunStore(None, CODEC, topic=TOPIC, cache_runs=1)
     path = runs.path
     assert path.exists()
     runs.close()
     assert not path.exists()
 
-    named = state_file(ProjectorSettings(kafka=KafkaSettings(instance_id="pod/0"), state_dir=str(tmp_path)))
+    named = state_file(str(tmp_path), kafka, "projector")
     assert named is not None
     assert named.parent == tmp_path
     assert "/" not in named.name  # an instance id cannot name a folder

@@ -364,19 +364,16 @@ def test_pending_work_agrees_with_a_sorted_model(
     )
 
 
-def test_a_restore_stages_the_latest_record_of_each_key_in_the_order_of_their_last_writes() -> None:
+def test_requests_given_as_encoded_go_to_disk_unread_unless_memory_would_hold_them() -> None:
     codec = Codec()
-    work = TieredPendingWork(codec)
-    value = [codec.encode(TimerRequested(request_id=f"t{n}", run_id="r", step_index=n, due_ms=n)) for n in range(4)]
+    work = TieredPendingWork(codec, horizon_ms=10)
+    work.pop_due(100)  # memory holds what is due by 110
+    near, far = timer("near", 105), timer("far", 1_000)
 
-    # given a changelog read in two chunks: writes, a rewrite, tombstones, a key written again after one
-    work.stage([(0, b"a", 0, value[0]), (0, b"b", 1, value[1]), (0, b"a", 2, value[2]), (0, b"c", 3, value[3])])
-    work.stage([(0, b"b", 4, None), (0, b"c", 5, None), (0, b"c", 6, value[0]), (1, b"a", 0, value[1])])
+    work.add_encoded([(0, "near", 105, codec.encode(near)), (1, "far", 1_000, codec.encode(far))])
 
-    # then each partition's latest record of each key is left, in the order of their last writes
-    assert list(work.staged()) == [(0, b"a", 2, value[2]), (0, b"c", 6, value[0]), (1, b"a", 0, value[1])]
-    # and the stage is empty afterwards
-    assert list(work.staged()) == []
+    assert (work.in_memory(), work.on_disk()) == (1, 1)
+    assert work.pop_due(1_000) == [Held(0, near), Held(1, far)]
     work.close()
 
 

@@ -17,7 +17,8 @@ from stepstream.config import ProjectorSettings
 from stepstream.core.retention import compacted, ended_at
 from stepstream.kafka.clients import Producer
 from stepstream.projector.snapshots import step_key
-from stepstream.projector.store import RunStore, Written
+from stepstream.projector.store import RunStore
+from stepstream.store.changelog import Written
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Retention:
         written = await asyncio.gather(*sends)
         self.states.written(
             (
-                Written(metadata.partition, metadata.offset, key, value)  # ended_ms None: compacted for good
+                Written(metadata.partition, metadata.offset, key, value)  # at_ms None: compacted for good
                 for (key, value, _), metadata in zip(outputs, written, strict=True)
             ),
             self.clock.now_ms(),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, cast
+from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
@@ -63,12 +63,10 @@ from stepstream.core.apart import filled
 from stepstream.core.retention import ended_at
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
-    OffsetOutOfRange,
     PartitionListener,
     make_consumer,
     make_producer,
     partition_for,
-    stream_partitions,
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
@@ -79,7 +77,8 @@ from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_comm
 from stepstream.projector.outbox import Change, Outbox
 from stepstream.projector.retention import Retention
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
-from stepstream.projector.store import STORE_STALE_MS, Mirror, RunStore, WaiterStore, Written, state_file
+from stepstream.projector.store import RunStore, WaiterStore
+from stepstream.store.changelog import Written, catch_up, state_file
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +99,15 @@ class Projector:
             call_grace_ms=settings.call_grace_ms,
         )
         self.group_id = f"{self.kafka.topic_prefix}projector"
-        self.states = RunStore(state_file(settings), self.codec, topic=self.topics.runs, cache_runs=settings.cache_runs)
+        self.states = RunStore(
+            state_file(settings.state_dir, self.kafka, "projector"),
+            self.codec,
+            topic=self.topics.runs,
+            cache_runs=settings.cache_runs,
+        )
         # The waiter index of each event id this instance owns: on disk, the ones in use in memory.
         self.waiters = WaiterStore(
-            state_file(settings, "projector-waiters"),
+            state_file(settings.state_dir, self.kafka, "projector-waiters"),
             self.codec,
             topic=self.topics.waiters,
             cache=settings.cache_runs,
@@ -156,8 +160,9 @@ class Projector:
         finally:
             await self._consumer.stop()
             await self._producer.stop()
-            self.states.close()
-            self.waiters.close()
+            for mirror in (self.states, self.waiters):
+                mirror.released(self.owned, self.clock.now_ms())
+                mirror.close()
 
     # -- partition ownership -----------------------------------------------------------------
 
@@ -183,56 +188,13 @@ class Projector:
         rather than stop the restore; the record itself stays, for a version that can read it.
         """
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        stale = self._stale()
-        await self._restore_mirror(self.states, self.topics.runs, new, stale, self._restored_run_record, unreadable)
-        await self._restore_mirror(self.waiters, self.topics.waiters, new, stale, self._restored_waiters, unreadable)
+        now = self.clock.now_ms
+        await catch_up(self.states, self.kafka, new, now, self._restored_run_record, unreadable)
+        await catch_up(self.waiters, self.kafka, new, now, self._restored_waiters, unreadable)
         restored = sum(self.states.runs_on_disk(partition) for partition in new)
         if unreadable:
             await self.dead_letters.write_apart(self._producer, self.topics.deadletter, unreadable, self.clock.now_ms())
         return restored
-
-    def _stale(self) -> bool:
-        """Whether the files are older than a tombstone is sure to be kept: then they are read again."""
-        now = self.clock.now_ms()
-        written = [ms for ms in (self.states.written_ms(), self.waiters.written_ms()) if ms is not None]
-        return not written or now - min(written) > STORE_STALE_MS
-
-    async def _restore_mirror(
-        self,
-        mirror: Mirror[Any],
-        topic: str,
-        new: set[int],
-        stale: bool,
-        check: Callable[[ConsumerRecord], str | int | None],
-        unreadable: list[tuple[ConsumerRecord, str]],
-    ) -> None:
-        """Bring ``mirror``'s copy of ``topic`` up to date for the ``new`` partitions: from where its file
-        left off, or from the beginning when it has nothing of a partition, is ``stale``, or names an
-        offset the partition no longer holds (projector/store.py). ``check`` says why a record cannot
-        be restored (a string), else what the mirror keeps beside it (a run's end, for compaction)."""
-        starts: dict[int, int | None] = {}
-        for partition in new:
-            if stale and mirror.position(partition) is not None:
-                mirror.reset(partition)
-            starts[partition] = mirror.position(partition)
-        while True:
-            try:
-                async for records in stream_partitions(self.kafka, topic, starts):
-                    readable: list[Written] = []
-                    for record in records:
-                        restored = check(record)
-                        if isinstance(restored, str):
-                            unreadable.append((record, f"cannot restore from this record of {topic}: {restored}"))
-                        else:
-                            key = bytes(record.key)
-                            readable.append(Written(record.partition, record.offset, key, record.value, restored))
-                    read_to = {record.partition: record.offset + 1 for record in records}
-                    mirror.written(readable, self.clock.now_ms(), read_to=read_to)
-                return
-            except OffsetOutOfRange as error:
-                log.info("reading %s partition %d again from the beginning: %s", topic, error.partition, error)
-                mirror.reset(error.partition)
-                starts[error.partition] = None
 
     def _restored_waiters(self, record: ConsumerRecord) -> str | None:
         """Why a record of ``waiters`` cannot be restored, or None: an event id's index or its tombstone."""
@@ -270,6 +232,7 @@ class Projector:
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.commands}
             self.owned -= gone
             for mirror in (self.states, self.waiters):  # run ids and event ids, both keyed to commands partitions
+                mirror.released(gone, self.clock.now_ms())
                 for key in mirror.keys_in_memory():
                     if partition_for(key, self.commands_partitions) in gone:
                         mirror.drop(key)  # its file keeps it, for when the partition comes back

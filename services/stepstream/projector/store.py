@@ -17,8 +17,8 @@ runs in use stay in memory, up to ``cache_runs`` of them:
   never holds the whole topic in memory.
 
 The file is a cache of Kafka's state, never the truth: it is written only after Kafka committed,
-and a file that does not match the topic (another cluster or prefix, a topic made again, offsets
-past the end or behind what compaction kept) is emptied for that partition and read again.
+and what does not match the topic is emptied and read again (store/changelog.py, which the scheduler's
+file of timers shares).
 
 The waiter index of each event id (the compacted ``waiters`` topic) is kept the same way, in a file
 of its own (:class:`WaiterStore`); :class:`Mirror` is what the two share.
@@ -26,30 +26,19 @@ of its own (:class:`WaiterStore`); :class:`Mirror` is what the two share.
 
 from __future__ import annotations
 
-import contextlib
-import re
-import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from stepstream.avro import Codec
-from stepstream.config import ProjectorSettings
 from stepstream.core import RecordedStep, RunState, WaiterState
 from stepstream.projector.snapshots import Assembly, parse_step_key
-from stepstream.store.files import remove_sqlite, temporary_sqlite, transaction
+from stepstream.store.changelog import ChangelogFile, Written
 
 T = TypeVar("T")
 HEADER = -1  # the index under which a run's own record (its state without results) is kept
-# A file last written longer ago than this is read again from the beginning: Kafka keeps a tombstone
-# on a compacted topic for delete.retention.ms after compaction reaches it (a day by default; the
-# topics keep the default), and a file that missed a tombstone since would keep what it deleted.
-STORE_STALE_MS = 12 * 3_600_000
 
-# The file's layout; a file of another is emptied and read again from Kafka (it is only a cache).
-LAYOUT = "3"
 _RUNS = """
 CREATE TABLE IF NOT EXISTS records (
     run_id TEXT NOT NULL,
@@ -61,12 +50,6 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ended ON records (ended_ms) WHERE ended_ms IS NOT NULL;
 """
-_POSITIONS = """
-CREATE TABLE IF NOT EXISTS positions (
-    partition INTEGER PRIMARY KEY,
-    next_offset INTEGER NOT NULL  -- the offset of the topic to read from next
-);
-"""
 _WAITERS = """
 CREATE TABLE IF NOT EXISTS waiters (
     event_id TEXT PRIMARY KEY,
@@ -76,76 +59,20 @@ CREATE TABLE IF NOT EXISTS waiters (
 """
 
 
-def state_file(settings: ProjectorSettings, kind: str = "projector") -> Path | None:
-    """A store's file for this projector (``kind``: ``projector`` for its runs, ``projector-waiters``):
-    one per topic prefix and instance id in the state folder (a stable instance id, as the Helm
-    chart's pod names are, finds its file again after a restart); None, for a temporary file, when no
-    folder is set."""
-    if not settings.state_dir:
-        return None
-    name = f"{settings.kafka.topic_prefix}{kind}-{settings.kafka.instance_id}"
-    return Path(settings.state_dir) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.sqlite3"
+class Mirror(ChangelogFile, Generic[T]):
+    """A compacted topic of the projector's in a SQLite file (store/changelog.py), with the most
+    recently used values decoded in memory (see the module). Subclasses say how a record is kept
+    (:meth:`_put`) and how a value is read back (:meth:`_read`)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """One record of ``runs``, as the changelog holds it: a tombstone's ``value`` is None."""
-
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes | None
-    ended_ms: int | None = None  # a run's own record: when the run ended, if it may be compacted later
-
-
-class Mirror(Generic[T]):
-    """A compacted topic of the projector's in a SQLite file, with the most recently used values
-    decoded in memory (see the module). Subclasses say how a record is kept (:meth:`_put`) and how a
-    value is read back (:meth:`_read`); ``_TABLES`` are their tables, each with a ``partition``."""
-
-    _SCHEMA: str = ""
-    _TABLES: tuple[str, ...] = ()
+    LAYOUT = "4"
 
     def __init__(self, path: Path | None, codec: Codec, *, topic: str, cache: int, prefix: str) -> None:
-        """``path``: the SQLite file (made if missing); None: a temporary file, removed by :meth:`close`.
-        ``topic``: the changelog's name; a file written for another topic is emptied."""
+        super().__init__(path, topic=topic, prefix=prefix)
         self.codec = codec
         self.cache = max(1, cache)
         self._memory: OrderedDict[str, T | None] = OrderedDict()
-        self._temporary: Path | None = None
-        if path is None:
-            path = self._temporary = temporary_sqlite(self, prefix)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # isolation_level=None: transactions are begun and ended here, one per batch or chunk.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # WAL without a sync on every commit: the file is a cache of Kafka, so losing its last
-        # transactions to a power cut only means reading them again; WAL keeps it consistent.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        layout = self._db.execute("SELECT value FROM meta WHERE name = 'layout'").fetchone()
-        if layout is None or layout[0] != LAYOUT:
-            drops = "".join(f"DROP TABLE IF EXISTS {table}; " for table in (*self._TABLES, "positions"))
-            self._db.executescript(f"{drops}DELETE FROM meta;")
-            self._db.execute("INSERT INTO meta VALUES ('layout', ?)", (LAYOUT,))
-        self._db.executescript(self._SCHEMA + _POSITIONS)
-        stored = self._db.execute("SELECT value FROM meta WHERE name = 'topic'").fetchone()
-        if stored is None or stored[0] != topic:
-            with self._transaction():
-                for table in (*self._TABLES, "positions"):
-                    self._db.execute(f"DELETE FROM {table}")
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('topic', ?)", (topic,))
-
-    def close(self) -> None:
-        self._db.close()
-        if self._temporary is not None:
-            remove_sqlite(self._temporary)
 
     def _read(self, key: str) -> T | None:
-        raise NotImplementedError
-
-    def _put(self, record: Written) -> None:
         raise NotImplementedError
 
     # -- values ---------------------------------------------------------------------------------
@@ -193,44 +120,11 @@ class Mirror(Generic[T]):
         while len(self._memory) > self.cache:
             self._memory.popitem(last=False)
 
-    # -- the changelog --------------------------------------------------------------------------
-
-    def written(self, records: Iterable[Written], now_ms: int, *, read_to: Mapping[int, int] | None = None) -> None:
-        """Records of the topic now committed (written by this projector, or read back in a restore),
-        in offset order per partition: the file takes them, and each partition's position moves past
-        them, or to ``read_to`` (a restore also moves past the records it could not read)."""
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('written_ms', ?)", (str(now_ms),))
-            ends: dict[int, int] = dict(read_to or {})
-            for record in records:
-                self._put(record)
-                ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-            self._db.executemany(
-                "INSERT INTO positions VALUES (?, ?) ON CONFLICT (partition) "
-                "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
-                ends.items(),
-            )
-
-    def position(self, partition: int) -> int | None:
-        """The offset of the topic to read this partition from; None: the file has nothing of it."""
-        row = self._db.execute("SELECT next_offset FROM positions WHERE partition = ?", (partition,)).fetchone()
-        return None if row is None else int(row[0])
-
     def reset(self, partition: int) -> None:
         """Empty what the file holds of ``partition``, to read it again from the beginning. Between
         batches only: memory is emptied too (every value in it is on disk then, so nothing is lost)."""
-        with self._transaction():
-            for table in (*self._TABLES, "positions"):
-                self._db.execute(f"DELETE FROM {table} WHERE partition = ?", (partition,))
+        super().reset(partition)
         self._memory.clear()
-
-    def written_ms(self) -> int | None:
-        """When the file last took records (epoch ms), None if never."""
-        row = self._db.execute("SELECT value FROM meta WHERE name = 'written_ms'").fetchone()
-        return None if row is None else int(row[0])
-
-    def _transaction(self) -> contextlib.AbstractContextManager[None]:
-        return transaction(self._db)
 
 
 class RunStore(Mirror[RunState]):
@@ -259,7 +153,7 @@ class RunStore(Mirror[RunState]):
         if record.value is not None:
             self._db.execute(
                 "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
-                (run_id, index, record.partition, record.value, record.ended_ms),
+                (run_id, index, record.partition, record.value, record.at_ms),
             )
         elif index == HEADER:  # the run is gone, its results with it (as snapshots.Assembly reads it)
             self._db.execute("DELETE FROM records WHERE run_id = ?", (run_id,))

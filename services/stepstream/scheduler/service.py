@@ -13,6 +13,9 @@ rate window) — is mirrored in the compacted ``timers`` topic, in the same part
 ``schedule`` records it came from, so whoever owns a schedule partition next restores exactly that
 partition's work, in flight included. Input offsets, outputs and changelog entries are committed in
 one transaction. Each key's state goes to the compacted ``flow`` topic for the api to show.
+
+The changelog is mirrored in a file (scheduler/changelog.py), written after each committed transaction,
+so that a restart on the same disk reads from Kafka only what it missed.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import cast
+from typing import NamedTuple, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
@@ -44,15 +48,16 @@ from stepstream.kafka.clients import (
     PartitionListener,
     make_consumer,
     make_producer,
-    stream_partitions,
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.scheduler.changelog import Entry, TimersFile
 from stepstream.scheduler.pending import HeldRecord, due_ms
 from stepstream.scheduler.queues import SpilledQueues
 from stepstream.scheduler.tiered import TieredPendingWork
+from stepstream.store.changelog import Written, catch_up, state_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,15 @@ SCHEDULE_TYPES = (DeliveryRequested, CallRequested, TimerRequested, ScheduleCanc
 CHANGELOG_TYPES = (DeliveryRequested, CallRequested, TimerRequested, FlowSlot)
 _IDLE_WAIT_MS = 500
 
-Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
+
+class Output(NamedTuple):
+    """A record a batch writes."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    partition: int | None = None  # None: by key
+    due_ms: int | None = None  # a changelog entry's due time, kept beside it in the changelog's file
 
 
 class Scheduler:
@@ -73,6 +86,8 @@ class Scheduler:
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}scheduler"
         self.pending = TieredPendingWork(self.codec)  # what is due within a minute in memory, the rest on disk
+        # The timers topic as this instance last knew it, for a restart to read only what it missed.
+        self.timers = TimersFile(state_file(settings.state_dir, self.kafka, "scheduler"), topic=self.topics.timers)
         # Each flow-control key's first requests in memory, its backlog on disk (scheduler/queues.py).
         self.queues = SpilledQueues(head=settings.flow_queue_head)
         self.flow = FlowLedger(self.queues.queue)
@@ -111,6 +126,8 @@ class Scheduler:
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+            self.timers.released(self.owned, self.clock.now_ms())
+            self.timers.close()
             self.pending.close()
             self.queues.close()
 
@@ -141,52 +158,64 @@ class Scheduler:
             self.progress.forget(partitions)
             gone = {tp.partition for tp in partitions if tp.topic == self.topics.schedule}
             self.owned -= gone
+            self.timers.released(gone, self.clock.now_ms())
             self.pending.drop_partitions(gone)
             self.flow.drop_partitions(gone)
 
     async def _restore(self, partitions: set[int]) -> tuple[int, list[tuple[ConsumerRecord, str]]]:
-        """Read back the changelog of ``partitions``: the latest entry per request, in the order of
-        their last writes (so a key's queue keeps its order of arrival). Returns how many entries,
-        and the records that could not be read (another producer's, or a newer version's), with why."""
-        # By partition too: compaction keeps the latest record of a key per partition, and a key written
-        # to two partitions (by another producer) is two entries, each to restore or refuse. The latest
-        # of each is staged on disk as it is read (a million sleeping runs' timers never all in memory).
+        """Bring the changelog's file up to date for ``partitions`` (from Kafka, what it missed), then
+        take their entries back, in the order of their last writes (so a key's queue keeps its order
+        of arrival). Returns how many entries, and the records that could not be read (another
+        producer's, or a newer version's), with why."""
         unreadable: list[tuple[ConsumerRecord, str]] = []
-        self.pending.clear_stage()
-        starts: dict[int, int | None] = dict.fromkeys(partitions)
-        async for records in stream_partitions(self.kafka, self.topics.timers, starts):
-            keyed = []
-            for record in records:
-                if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
-                    unreadable.append((record, "Expected a key (a request id), but the record has none"))
-                    continue
-                keyed.append((record.partition, bytes(record.key), record.offset, record.value))
-            self.pending.stage(keyed)
+        await catch_up(self.timers, self.kafka, partitions, self.clock.now_ms, self._restorable, unreadable)
         count, now = 0, self.clock.now_ms()
+        far = max(now, self.pending.window_end)  # what is due later goes to disk without being decoded
         with self.pending.bulk(), self.queues.bulk():
-            for partition, key, offset, value in self.pending.staged():
-                try:
-                    entry = self.codec.decode(value, expected=CHANGELOG_TYPES)
-                except DecodeError as error:
-                    record = _changelog_record(self.topics.timers, partition, offset, key, value)
-                    unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
-                    continue
-                count += 1
-                if isinstance(entry, FlowSlot):
-                    self.flow.restore(partition, entry)
-                    continue
-                held = cast(HeldRecord, entry)
-                if (
-                    isinstance(held, DeliveryRequested | CallRequested)
-                    and held.flow is not None
-                    and due_ms(held) <= now
-                ):
-                    # Due, it waits in its key's queue (its backlog on disk): straight there, in order, not
-                    # through memory first (a key's backlog of 100,000 peaked at 185 MiB that way).
-                    self.flow.queue(self._queued(partition, held))
-                else:
-                    self.pending.add(partition, held, value)  # as it came: no encoding again
+            for chunk in self.timers.entries(partitions):
+                count += len(chunk)
+                self.pending.add_encoded(
+                    (partition, key.decode(), due, value)
+                    for partition, key, _, value, due in chunk
+                    if due is not None and due > far
+                )
+                for entry in chunk:
+                    if entry[4] is None or entry[4] <= far:  # its due time
+                        self._restore_entry(entry, now, unreadable)
         return count, unreadable
+
+    def _restore_entry(self, entry: Entry, now: int, unreadable: list[tuple[ConsumerRecord, str]]) -> None:
+        """Take back one entry of the changelog's file: a key's slot, a request into its key's queue or held."""
+        partition, key, offset, value, _ = entry
+        try:
+            decoded = self.codec.decode(value, expected=CHANGELOG_TYPES)
+        except DecodeError as error:  # read when it entered the file: only a file a newer version wrote
+            record = _changelog_record(self.topics.timers, partition, offset, key, value)
+            unreadable.append((record, f"cannot restore a pending request from this record: {error}"))
+            return
+        if isinstance(decoded, FlowSlot):
+            self.flow.restore(partition, decoded)
+            return
+        held = cast(HeldRecord, decoded)
+        if isinstance(held, DeliveryRequested | CallRequested) and held.flow is not None and due_ms(held) <= now:
+            # Due, it waits in its key's queue (its backlog on disk): straight there, in order, not
+            # through memory first (a key's backlog of 100,000 peaked at 185 MiB that way).
+            self.flow.queue(self._queued(partition, held))
+        else:
+            self.pending.add(partition, held, value)  # as it came: no encoding again
+
+    def _restorable(self, record: ConsumerRecord) -> str | int | None:
+        """Why a record of ``timers`` cannot be restored; else the request's due time (None for a
+        slot or a tombstone), kept beside it in the file."""
+        if record.key is None:  # not the scheduler's: every entry it writes is keyed by request id
+            return "Expected a key (a request id), but the record has none"
+        if record.value is None:
+            return None
+        try:
+            entry = self.codec.decode(record.value, expected=CHANGELOG_TYPES)
+        except DecodeError as error:
+            return f"cannot restore a pending request from this record: {error}"
+        return None if isinstance(entry, FlowSlot) else due_ms(cast(HeldRecord, entry))
 
     async def _step(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now = self.clock.now_ms()
@@ -209,14 +238,19 @@ class Scheduler:
                     self.flow.queue(self._queued(held.partition, due))  # its changelog entry stays as it is
                     continue
                 outputs.append(self._emit(due, now))
-                outputs.append((self.topics.timers, due.request_id.encode(), None, held.partition))
+                outputs.append(Output(self.topics.timers, due.request_id.encode(), None, held.partition))
             outputs.extend(self._release(now))
         if not outputs and not batch:
             return
+        changelog: list[tuple[Output, asyncio.Future[RecordMetadata]]] = []
         try:
             async with self._producer.transaction():
-                for topic, key, value, partition in outputs:
-                    await self._producer.send(topic, value=value, key=key, partition=partition)
+                for output in outputs:
+                    sent = await self._producer.send(
+                        output.topic, value=output.value, key=output.key, partition=output.partition
+                    )
+                    if output.topic == self.topics.timers:
+                        changelog.append((output, sent))
                 if batch:
                     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                     await self._producer.send_offsets_to_transaction(offsets, self.group_id)
@@ -233,6 +267,12 @@ class Scheduler:
                 self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
             return
+        # Committed: the changelog's file takes what went to timers (never before: it holds nothing Kafka does not).
+        written = [(output, await sent) for output, sent in changelog]
+        self.timers.written(
+            (Written(meta.partition, meta.offset, output.key, output.value, output.due_ms) for output, meta in written),
+            self.clock.now_ms(),
+        )
         self.progress.done(batch)
 
     def _take(self, tp: TopicPartition, record: ConsumerRecord, now: int) -> list[Output]:
@@ -261,7 +301,7 @@ class Scheduler:
             problem = flow_control_problem(work.flow)
             if problem is not None:
                 raise ValueError(problem)
-        changelog = (self.topics.timers, work.request_id.encode(), record.value, tp.partition)
+        changelog = Output(self.topics.timers, work.request_id.encode(), record.value, tp.partition, due_ms(work))
         if due_ms(work) > now:
             # Held at once, so a cancellation later in the same batch finds it.
             self.pending.add(tp.partition, work)
@@ -272,7 +312,7 @@ class Scheduler:
         return [self._emit(work, now)]
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, now: int) -> Output:
-        return self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now), None
+        return Output(self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now))
 
     def _cancel(self, request: ScheduleCancelled) -> list[Output]:
         outputs: list[Output] = []
@@ -283,7 +323,7 @@ class Scheduler:
                 queued = self.flow.cancel(request.flow_key, request_id)
                 partition = queued.partition if queued is not None else partition
             if partition is not None:
-                outputs.append((self.topics.timers, request_id.encode(), None, partition))
+                outputs.append(Output(self.topics.timers, request_id.encode(), None, partition))
         return outputs
 
     def _queued(self, partition: int, request: DeliveryRequested | CallRequested) -> Queued:
@@ -312,9 +352,9 @@ class Scheduler:
         changelog writes for the keys' slots, and (at most once per interval) the changed keys' state."""
         let_through, expired = self.flow.release(now)
         outputs: list[Output] = [
-            (self.topics.commands, item.run_id.encode(), item.value, None)
+            Output(self.topics.commands, item.run_id.encode(), item.value)
             if item.apart
-            else (self.topics.deliveries, item.flow.key.encode(), item.value, None)
+            else Output(self.topics.deliveries, item.flow.key.encode(), item.value)
             for item, _ in let_through
         ]
         for slot in expired:
@@ -324,13 +364,13 @@ class Scheduler:
             # for a later attempt of the same step (FireTimer names no attempt) and is rejected.
             fired_at = slot.lease_until_ms if slot.lease_until_ms is not None else now
             command = FireTimer(run_id=slot.run_id, step_index=slot.call_step_index, now_ms=fired_at)
-            outputs.append((self.topics.commands, slot.run_id.encode(), self.codec.encode(command), None))
+            outputs.append(Output(self.topics.commands, slot.run_id.encode(), self.codec.encode(command)))
         for partition, request_id, change in self.flow.take_changes():
             value = None if change is None else self.codec.encode(change)
-            outputs.append((self.topics.timers, request_id.encode(), value, partition))
+            outputs.append(Output(self.topics.timers, request_id.encode(), value, partition))
         if self.flow.touched and now >= self._states_due_ms:
             states = self.flow.take_states(now)
-            outputs.extend((self.topics.flow, state.key.encode(), self.codec.encode(state), None) for state in states)
+            outputs.extend(Output(self.topics.flow, state.key.encode(), self.codec.encode(state)) for state in states)
             self._states_due_ms = now + self.settings.flow_state_interval_ms
         return outputs
 
@@ -339,16 +379,16 @@ class Scheduler:
             delivery = request.delivery
             # Held without the run's results (too many for a record): the projector adds them.
             topic = self.topics.commands if delivery.steps_apart else self.topics.deliveries
-            return topic, delivery.run_id.encode(), self.codec.encode(delivery), None
+            return Output(topic, delivery.run_id.encode(), self.codec.encode(delivery))
         if isinstance(request, CallRequested):
             call = request.call
-            return self.topics.deliveries, call.run_id.encode(), self.codec.encode(call), None
+            return Output(self.topics.deliveries, call.run_id.encode(), self.codec.encode(call))
         command = FireTimer(run_id=request.run_id, step_index=request.step_index, now_ms=now)
-        return self.topics.commands, request.run_id.encode(), self.codec.encode(command), None
+        return Output(self.topics.commands, request.run_id.encode(), self.codec.encode(command))
 
 
 def _changelog_record(topic: str, partition: int, offset: int, key: bytes, value: bytes) -> ConsumerRecord:
-    """A staged changelog record as the consumer gave it, for its dead letter."""
+    """An entry of the changelog's file as the consumer gave it, for its dead letter."""
     return ConsumerRecord(
         topic=topic,
         partition=partition,

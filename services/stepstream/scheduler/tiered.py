@@ -10,16 +10,15 @@ it. It behaves as ``PendingWork`` does, one request per id, ties in order of arr
 
 The file only spills what memory would have held: it is written as memory would have been (before
 the batch's transaction commits) and emptied with it (a failed transaction or a revoked partition
-drops the partitions, and the restore reads the changelog again), so it needs no positions of its
-own. It is a temporary file, removed when the scheduler stops.
+drops the partitions, and the restore fills it again from the changelog's file, changelog.py), so
+it needs no positions of its own. It is a temporary file, removed when the scheduler stops.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from stepstream.avro import Codec
 from stepstream.scheduler.pending import Held, HeldRecord, PendingWork, due_ms
@@ -36,13 +35,6 @@ CREATE TABLE held (
     value BLOB NOT NULL
 );
 CREATE INDEX held_by_due ON held (due_ms, arrival);
-CREATE TABLE staged (
-    partition INTEGER NOT NULL,
-    key BLOB NOT NULL,
-    offset INTEGER NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (partition, key)
-);
 """
 
 
@@ -132,33 +124,17 @@ class TieredPendingWork:
         self._memory.drop_partitions(partitions)
         self._db.executemany("DELETE FROM held WHERE partition = ?", [(partition,) for partition in partitions])
 
-    # -- a restore's changelog, latest record per key, on disk while it is read ----------------------
-
-    def stage(self, records: Iterable[tuple[int, bytes, int, bytes | None]]) -> None:
-        """Records of the changelog (partition, key, offset, value), read in offset order: the latest of
-        each key (per partition: compaction keeps one per partition) is kept, a tombstone removes it.
-        One transaction; consecutive records of a kind in one statement each, in their order."""
-        with self.bulk():
-            for tombstones, run in itertools.groupby(records, key=lambda record: record[3] is None):
-                if tombstones:
-                    self._db.executemany(
-                        "DELETE FROM staged WHERE partition = ? AND key = ?", [(p, k) for p, k, _, _ in run]
-                    )
-                else:
-                    self._db.executemany("INSERT OR REPLACE INTO staged VALUES (?, ?, ?, ?)", run)
-
-    def clear_stage(self) -> None:
-        """Forget what an interrupted restore staged."""
-        self._db.execute("DELETE FROM staged")
-
-    def staged(self, chunk: int = 5_000) -> Iterator[tuple[int, bytes, int, bytes]]:
-        """The staged records, each partition's in the order of their last writes, in chunks (so a
-        restore never holds the changelog in memory); then the stage is empty."""
-        cursor = self._db.execute("SELECT partition, key, offset, value FROM staged ORDER BY partition, offset")
-        while rows := cursor.fetchmany(chunk):
-            for partition, key, offset, value in rows:
-                yield int(partition), bytes(key), int(offset), bytes(value)
-        self._db.execute("DELETE FROM staged")
+    def add_encoded(self, rows: Iterable[tuple[int, str, int, bytes]]) -> None:
+        """Requests as the changelog holds them (partition, request id, due time, encoding): those due
+        after ``window_end`` to disk as they are, not decoded (a restore's far timers)."""
+        for partition, request_id, due, value in rows:
+            if due <= self.window_end:
+                self._memory.add(partition, self._decode(value))
+                continue
+            self._memory.remove(request_id)
+            self._arrivals += 1
+            row = (request_id, partition, due, self._arrivals, value)
+            self._db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)", row)
 
     def _on_disk(self, request_id: str) -> tuple[int, bytes] | None:
         row = self._db.execute("SELECT partition, value FROM held WHERE request_id = ?", (request_id,)).fetchone()
