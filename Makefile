@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test postgres-server lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
+.PHONY: dev test postgres-server prometheus-server lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/stepstream: pyproject.toml
 dev: $(BIN)/stepstream
 	$(BIN)/stepstream dev --example
 
-test: $(BIN)/stepstream postgres-server
+test: $(BIN)/stepstream postgres-server prometheus-server
 	$(BIN)/python -m pytest
 
 # The query store's tests on PostgreSQL start a server of their own (tests/postgres.py) from Debian's
@@ -25,6 +25,15 @@ postgres-server:
 	    && ! command -v initdb >/dev/null; then \
 	  echo "installing PostgreSQL (Debian's postgresql package) for the query-store tests"; \
 	  apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	fi
+
+# The metrics tests scrape the services with a real Prometheus, and check the alert rules with its
+# promtool (tests/prometheus.py): Debian's prometheus package, installed here when missing (or set
+# STEPSTREAM_TEST_PROMETHEUS to a prometheus binary with promtool beside it).
+prometheus-server:
+	@if [ -z "$$STEPSTREAM_TEST_PROMETHEUS" ] && ! command -v prometheus >/dev/null; then \
+	  echo "installing Prometheus (Debian's prometheus package) for the metrics tests"; \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
 	fi
 
 lint: $(BIN)/stepstream

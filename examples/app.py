@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,8 @@ from pydantic import BaseModel
 from stepstream.sdk import WorkflowContext, Workflows
 
 workflows = Workflows()
+# The app's log shows each delivery it serves: the SDK logs one line per delivery at INFO.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 class Signup(BaseModel):

@@ -142,6 +142,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         lines = [
             "",
             f"Stepstream is running: Kafka at {bootstrap}, api at {api}",
+            f"Metrics of all four services (Prometheus' text format): {api}/metrics",
         ]
         if args.example:
             lines += [
@@ -232,7 +233,7 @@ def cmd_service(args: argparse.Namespace) -> None:
         settings = readers[name]()
     except config.ConfigurationError as error:
         _fail(str(error))
-    runner.run_service(lambda: build(settings))
+    runner.run_service(name, lambda: build(settings))
 
 
 # -- the api's client -------------------------------------------------------------------------

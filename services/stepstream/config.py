@@ -221,6 +221,8 @@ class SchedulerSettings:
     # Where the scheduler keeps its changelog's copy (scheduler/changelog.py); empty: a temporary file,
     # so every start reads the whole timers topic again.
     state_dir: str = ""
+    # Flow-control keys always shown by name in the metrics (besides the ten with the longest queues).
+    metrics_flow_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
@@ -229,6 +231,9 @@ class SchedulerSettings:
             flow_state_interval_ms=_int(environ, "STEPSTREAM_FLOW_STATE_INTERVAL_MS", 1_000),
             flow_queue_head=_int(environ, "STEPSTREAM_FLOW_QUEUE_HEAD", 256, minimum=1),
             state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
+            metrics_flow_keys=tuple(
+                key.strip() for key in environ.get("STEPSTREAM_METRICS_FLOW_KEYS", "").split(",") if key.strip()
+            ),
         )
 
 

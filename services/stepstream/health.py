@@ -1,60 +1,79 @@
-"""Health endpoints for the services that serve no HTTP of their own (projector, scheduler, executor).
+"""Health and metrics for the services that serve no HTTP of their own (projector, scheduler, executor).
 
 ``GET /healthz`` answers 200 while the process serves (liveness); ``GET /readyz`` answers 200 once the
 service is ready (it has joined its consumer group and restored its partitions), else 503 with the
-reason. Anything else is 404. A plain HTTP/1.1 server on asyncio streams: a probe needs no framework.
+reason; ``GET /metrics`` is the Prometheus page (:mod:`stepstream.metrics`). Anything else is a 404
+naming the three. Served by uvicorn, as the api is (it was a hand-written HTTP/1.1 loop, which a
+metrics page and a scraper's keep-alive connections would have had to grow into).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stepstream import metrics
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], str | None]  # None: ready; else why not
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-_READ_TIMEOUT_S = 5.0
+_PATHS = "GET /healthz, GET /readyz or GET /metrics"
 
 
-def answer(method: str, path: str, ready: Readiness) -> tuple[int, dict[str, str]]:
-    """The status and JSON body for a request line's method and path."""
-    path = path.split("?", 1)[0]
-    if path not in ("/healthz", "/readyz"):
-        return 404, {"error": f"Expected GET /healthz or GET /readyz, but got {method} {path}"}
-    if method not in ("GET", "HEAD"):
-        return 405, {"error": f"Expected GET {path}, but got {method}"}
-    if path == "/healthz":
-        return 200, {"status": "ok"}
-    problem = ready()
-    return (200, {"status": "ready"}) if problem is None else (503, {"status": "not ready", "reason": problem})
+def health_app(ready: Readiness) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        problem = ready()
+        if problem is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+
+    async def metrics_page(_: Request) -> Response:
+        body, content_type = await metrics.page()
+        return Response(body, media_type=content_type)
+
+    async def not_found(request: Request, _: Exception) -> Response:
+        return JSONResponse({"error": f"Expected {_PATHS}, but got {request.method} {request.url.path}"}, 404)
+
+    async def not_allowed(request: Request, _: Exception) -> Response:
+        return JSONResponse({"error": f"Expected GET {request.url.path}, but got {request.method}"}, 405)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_page, methods=["GET", "HEAD"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn as one task among a service's: the process's own signal handlers decide when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def serve_health(host: str, port: int, ready: Readiness) -> None:
-    """Serve the two endpoints on ``host:port`` until cancelled."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S)
-            while (await asyncio.wait_for(reader.readline(), _READ_TIMEOUT_S)).strip():
-                pass  # headers: none matter
-            method, path = ([*request_line.decode("latin-1").split(), "", ""])[:2]
-            status, body = answer(method, path, ready)
-            payload = json.dumps(body).encode()
-            head = (
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (b"" if method == "HEAD" else payload))
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, host, port)
-    log.info("health endpoints on http://%s:%d/healthz and /readyz", host, port)
-    async with server:
-        await server.serve_forever()
+    """Serve the endpoints on ``host:port`` until cancelled. Raises ``OSError`` if the address is taken
+    (bound here, before uvicorn, which would end the process instead)."""
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    config = uvicorn.Config(health_app(ready), log_level="warning", log_config=None, lifespan="off", access_log=False)
+    server = QuietServer(config)
+    log.info("health endpoints and metrics on http://%s:%d/healthz, /readyz and /metrics", host, port)
+    sockets: list[Any] = [listener]
+    try:
+        await server.serve(sockets=sockets)
+    finally:
+        listener.close()

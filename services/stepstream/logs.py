@@ -1,18 +1,25 @@
 """The services' logs: the format and level, and a Kafka outage told in two lines instead of thousands.
 
-``STEPSTREAM_LOG_LEVEL`` sets the level (INFO). The Kafka clients' own lines about an unreachable
-broker, a coordinator or a leader moving, and a produce retried while a transaction settles are
-kept at DEBUG, where they can still be seen.
+``STEPSTREAM_LOG_LEVEL`` sets the level (INFO). ``STEPSTREAM_LOG_FORMAT`` sets the format: ``text``
+(the default, for people) or ``json``, one JSON object per line for a log pipeline, with the service's
+name and, on lines logged while a service handles a run, the run's id, workflow, step and delivery
+(:func:`log_context`). The Kafka clients' own lines about an unreachable broker, a coordinator or a
+leader moving, and a produce retried while a transaction settles are kept at DEBUG, where they can
+still be seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
 from aiokafka.errors import (
     ConcurrentTransactions,
@@ -35,16 +42,69 @@ _outages: KafkaOutageLog | None = None  # this process's, once configure_logging
 
 def configure_logging() -> None:
     global _outages
+    form = os.environ.get("STEPSTREAM_LOG_FORMAT", "text").strip().lower()
+    if form not in ("text", "json"):
+        raise ValueError(f"Expected STEPSTREAM_LOG_FORMAT to be text or json, but got {form!r}")
     logging.basicConfig(
         level=os.environ.get("STEPSTREAM_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if form == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLines())
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if _outages is None:
         _outages = KafkaOutageLog(debug=lambda: logging.getLogger("stepstream").isEnabledFor(logging.DEBUG))
     for handler in logging.getLogger().handlers:
         if _outages not in handler.filters:
             handler.addFilter(_outages)
+
+
+# -- what a line is about, and lines as JSON ------------------------------------------------------
+
+# Set per asyncio task (each service's loop, each delivery's task), so a line names what its task was
+# doing: the service (all four share a process in `stepstream dev`) and the run it was handling.
+_CONTEXT: ContextVar[dict[str, str]] = ContextVar("stepstream_log_context", default={})  # noqa: B039
+# What a line may name, in this order: the context's, or the same attributes given with ``extra=``
+# (the SDK's lines in a user's app, which has no context of ours).
+FIELDS = ("service", "run_id", "workflow", "step", "delivery_id", "trace_id")
+
+
+@contextlib.contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Lines logged inside this block (in this task, and tasks it starts) name ``fields`` (those not None)."""
+    named = {name: str(value) for name, value in fields.items() if value is not None}
+    token = _CONTEXT.set({**_CONTEXT.get(), **named})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def name_service(service: str) -> None:
+    """Every line this task logs from now on (and the tasks it starts) names ``service``."""
+    _CONTEXT.set({**_CONTEXT.get(), "service": service})
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, then what the line is
+    about (:data:`FIELDS`), and a traceback as ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = _CONTEXT.get()
+        for name in FIELDS:
+            value = context.get(name, getattr(record, name, None))
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
 
 
 # Lines that say the clients cannot reach Kafka, by aiokafka's format strings where the record

@@ -1,18 +1,18 @@
 """Starting services: each alone in its own process, or all together (``stepstream dev``).
 
 A service runs until SIGTERM or SIGINT, then stops its clients cleanly (leaving its consumer group,
-so its partitions move at once). Alone, the projector, scheduler and executor serve ``/healthz`` and
-``/readyz`` on STEPSTREAM_HEALTH_PORT (:mod:`stepstream.health`); the api serves them on its own port.
+so its partitions move at once). Alone, the projector, scheduler and executor serve ``/healthz``,
+``/readyz`` and ``/metrics`` on STEPSTREAM_HEALTH_PORT (:mod:`stepstream.health`); the api serves them
+on its own port (all four services' metrics, when they share its process in ``stepstream dev``).
 The api also runs the indexer of its query store, and is ready once the store has caught up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,8 @@ from stepstream.config import (
     SchedulerSettings,
     health_address,
 )
-from stepstream.health import Readiness, serve_health
-from stepstream.logs import configure_logging, report_outages
+from stepstream.health import QuietServer, Readiness, serve_health
+from stepstream.logs import configure_logging, name_service, report_outages
 
 log = logging.getLogger("stepstream")
 
@@ -117,15 +117,11 @@ def api_service(settings: ApiSettings) -> Service:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through the service's own handlers: one format (logs.py)
         lifespan="on",
     )
 
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn would take SIGINT/SIGTERM while it serves; ours decide when the process stops.
-            yield
-
+    class Server(QuietServer):
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             # uvicorn waits for the requests in progress to finish: end the waits and history streams
             # now (they answer with what the store shows; a stream's client resumes elsewhere).
@@ -146,9 +142,10 @@ async def _serve_until_cancelled(server: Any) -> None:
         raise
 
 
-def run_service(build: Callable[[], Service]) -> None:
-    """Run one service in this process until SIGTERM or SIGINT, with its health endpoints."""
+def run_service(name: str, build: Callable[[], Service]) -> None:
+    """Run the service ``name`` in this process until SIGTERM or SIGINT, with its health endpoints."""
     configure_logging()
+    name_service(name)  # every line of the process names it, from the event loop's first
 
     async def main() -> None:
         service = build()
@@ -194,7 +191,8 @@ async def run_all(
         executor_service(executor),
         api_service(api),
     ]
-    tasks = [task for service in services for task in service.tasks]
+    # Each service's tasks name it in their log lines: the four share this process.
+    tasks = [_named(service.name, task) for service in services for task in service.tasks]
 
     async def announce() -> None:
         if started is not None:
@@ -202,3 +200,9 @@ async def run_all(
         await asyncio.Event().wait()  # a task that ends would stop the others
 
     await _until_signalled([*tasks, announce(), report_outages()])
+
+
+async def _named(service: str, work: Coroutine[Any, Any, None]) -> None:
+    """``work``, in a task whose log lines name ``service`` (its context is its own)."""
+    name_service(service)
+    await work

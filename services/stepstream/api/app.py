@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,11 +25,12 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stepstream import metrics
 from stepstream.api.changes import RunChanges
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.follow import ended, history_stream, known, wait_for_run
@@ -219,9 +221,11 @@ def create_app(
             await own_publisher.start()
         state["publisher"] = publisher or own_publisher
         state["store"] = store or open_query_store(settings.database)
+        stop_counting = metrics.on_scrape(lambda: metrics.DEAD_LETTER_LIST.set(state["store"].dead_letter_count()))
         try:
             yield
         finally:
+            stop_counting()
             run_changes.close()
             if own_publisher is not None:
                 await own_publisher.stop()
@@ -230,6 +234,7 @@ def create_app(
 
     app = FastAPI(title="Stepstream", version="1", lifespan=lifespan)
     app.add_middleware(InternalErrors)
+    app.add_middleware(RequestMetrics, router=app.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -619,6 +624,11 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        body, content_type = await metrics.page()
+        return Response(body, media_type=content_type)
+
     @app.get("/readyz", response_model=None)
     async def ready() -> dict[str, str] | JSONResponse:
         problem = readiness() if readiness is not None else None
@@ -627,6 +637,49 @@ def create_app(
         return {"status": "ready"}
 
     return app
+
+
+class RequestMetrics:
+    """Counts each request by method, route and status class, and times it (stepstream.metrics). The
+    route is the path template a request matched (``/v1/runs/{run_id}``), never the path itself,
+    so that run ids do not become label values; a path no route matched counts as ``unmatched``."""
+
+    def __init__(self, app: ASGIApp, router: Any) -> None:
+        self.app = app
+        self.router = router
+        self._paths: dict[Any, str] = {}  # endpoint -> its route's path, for routes that do not say
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")  # FastAPI's routes put themselves here; Starlette's own only the endpoint
+        if route is not None:
+            return str(route.path)
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        if endpoint not in self._paths:
+            paths = [route.path for route in self.router.routes if getattr(route, "endpoint", None) is endpoint]
+            self._paths[endpoint] = paths[0] if paths else "unmatched"
+        return self._paths[endpoint]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app raises before it answers
+        began = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route, method = self._route(scope), scope["method"]
+            metrics.API_REQUESTS.labels(method, route, metrics.status_class(status)).inc()
+            metrics.API_REQUEST_DURATION.labels(method, route).observe(time.perf_counter() - began)
 
 
 class InternalErrors:

@@ -380,6 +380,10 @@ class FlowLedger:
             updated_ms=now_ms,
         )
 
+    def depths(self) -> list[tuple[str, int, int]]:
+        """Each key held: its name, requests queued, and requests let through and not settled."""
+        return [(name, len(key.queue), key.unsettled) for name, key in self._keys.items()]
+
     def take_changes(self) -> list[tuple[int, str, FlowSlot | None]]:
         """The changelog writes since the last call, each with its key's partition: a slot to keep,
         or None to delete it."""

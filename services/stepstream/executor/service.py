@@ -26,9 +26,10 @@ then; a call's settlement lost in a crash is made good by the scheduler's lease 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -36,6 +37,7 @@ import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from stepstream import metrics
 from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
@@ -77,8 +79,10 @@ from stepstream.kafka.clients import (
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,7 @@ class Executor:
         )
         await self._producer.start()
         await self._consumer.start()
+        unwatch = watch_lag(SERVICE, self._consumer)
         try:
             self._consumer.subscribe(
                 [self.topics.deliveries], listener=PartitionListener(assigned=self.assigned, revoked=self.drain)
@@ -163,8 +168,10 @@ class Executor:
                         progress = self._progress.setdefault(tp, PartitionProgress())
                         for record in records:
                             await self._start(tp, progress, record)
+                        metrics.RECORDS_CONSUMED.labels(SERVICE, tp.topic).inc(len(records))
                 await self._commit()
         finally:
+            unwatch()
             await self._finish_in_flight()
             tasks = [*self._deliveries, *self._calls]
             for task in tasks:
@@ -323,7 +330,13 @@ class Executor:
                 await self._send_dead_letter(record, str(message))
             else:
                 try:
-                    await self._deliver(message)
+                    with log_context(
+                        run_id=message.run_id,
+                        workflow=message.workflow,
+                        step=message.step_index,
+                        delivery_id=message.delivery_id,
+                    ):
+                        await self._deliver(message)
                 except Exception as error:
                     # A bug, or a value no check foresaw: the run must not wait for ever on this
                     # delivery. Reported as a retryable failure, it is tried again, then fails the run.
@@ -431,7 +444,11 @@ class Executor:
             return Reply((), Fail(error=ErrorInfo(type="InvalidRequest", message=problem), retryable=False))
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_ms / 1000)
         try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
+            async with (
+                measured("delivery") as outcome,
+                self._session.post(url, data=body, headers=headers, timeout=timeout) as response,
+            ):
+                outcome.status = response.status
                 answer = await response.read()
                 return reply_of(response.status, answer, parse_retry_after(response.headers.get("Retry-After")))
         except TimeoutError:
@@ -446,6 +463,10 @@ class Executor:
     # Engine-side calls
 
     async def _handle_call(self, call: CallDelivery) -> None:
+        with log_context(run_id=call.run_id, step=call.step_index, delivery_id=call.request_id):
+            await self._make_call(call)
+
+    async def _make_call(self, call: CallDelivery) -> None:
         started = time.perf_counter()
         try:
             flight = self._begin(call.request_id, call.flow_key)
@@ -466,14 +487,18 @@ class Executor:
         assert self._call_session is not None
         spec = call.call
         try:
-            async with self._call_session.request(
-                spec.method,
-                spec.url,
-                headers=spec.headers,  # a sequence of pairs: a repeated name is sent repeated
-                data=None if spec.body is None else spec.body.encode(),
-                timeout=aiohttp.ClientTimeout(total=spec.timeout_ms / 1000),
-                skip_auto_headers=("Content-Type",),  # the step's headers say what the body is, or nothing does
-            ) as response:
+            async with (
+                measured("call") as outcome,
+                self._call_session.request(
+                    spec.method,
+                    spec.url,
+                    headers=spec.headers,  # a sequence of pairs: a repeated name is sent repeated
+                    data=None if spec.body is None else spec.body.encode(),
+                    timeout=aiohttp.ClientTimeout(total=spec.timeout_ms / 1000),
+                    skip_auto_headers=("Content-Type",),  # the step's headers say what the body is, or nothing does
+                ) as response,
+            ):
+                outcome.status = response.status
                 body = await _read_at_most(response, calls.MAX_CALL_BODY_BYTES)
                 if body is None:
                     return calls.unanswered(
@@ -564,6 +589,25 @@ class Executor:
             settled_ms=self.clock.now_ms(),
         )
         await self._send(self.topics.schedule, flight.flow_key, self.codec.encode(settled))
+
+
+class _Outcome:
+    status = 0  # no answer yet, or none at all
+
+
+@contextlib.asynccontextmanager
+async def measured(kind: str) -> AsyncIterator[_Outcome]:
+    """One HTTP request of ``kind`` (delivery, call) in the metrics: in flight while it lasts, then
+    counted by the status class of its answer (the caller sets it), or as ``error`` without one."""
+    outcome = _Outcome()
+    metrics.IN_FLIGHT.labels(kind).inc()
+    began = time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        metrics.IN_FLIGHT.labels(kind).dec()
+        metrics.REQUESTS.labels(kind, metrics.status_class(outcome.status)).inc()
+        metrics.REQUEST_DURATION.labels(kind).observe(time.perf_counter() - began)
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:

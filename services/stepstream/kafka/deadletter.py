@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 
+from stepstream import metrics
 from stepstream.avro import Codec, DeadLetter
 from stepstream.config import KafkaSettings
 from stepstream.kafka.clients import Producer, make_producer
@@ -56,6 +57,7 @@ class DeadLetters:
     def encode(self, record: ConsumerRecord, reason: str, now_ms: int) -> bytes:
         """The dead letter of ``record`` as a record value for ``deadletter``; logs it, once, at WARNING."""
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:1_000])
+        metrics.DEAD_LETTERED.labels(self.consumer, record.topic, metrics.reason_class(reason)).inc()
         return self.codec.encode(self.letter(record, reason, now_ms))
 
     async def write_apart(

@@ -4,4 +4,4 @@ from stepstream.config import ProjectorSettings
 from stepstream.runner import projector_service, run_service
 
 if __name__ == "__main__":
-    run_service(lambda: projector_service(ProjectorSettings.from_env()))
+    run_service("projector", lambda: projector_service(ProjectorSettings.from_env()))

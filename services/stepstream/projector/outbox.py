@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stepstream.core import RunState, WaiterState
+from stepstream.core import Event, RunState, WaiterState
+from stepstream.projector.metrics import Applied
 
 Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
 
@@ -23,6 +24,7 @@ class Outbox:
     previous: dict[str, RunState | None] = field(default_factory=dict)
     waiter_snapshots: dict[str, bytes | None] = field(default_factory=dict)  # None: the index's tombstone
     previous_waiters: dict[str, WaiterState | None] = field(default_factory=dict)
+    applied: list[Applied] = field(default_factory=list)  # each run command's events, for the metrics
 
     def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.records.append((topic, key.encode(), value, partition))
@@ -35,6 +37,7 @@ class Change:
 
     records: list[Output] = field(default_factory=list)
     snapshot: bytes | None = None
+    events: list[Event] = field(default_factory=list)  # a run command's events
 
     def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
         self.records.append((topic, key.encode(), value, partition))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from stepstream import metrics
 from stepstream.avro import (
     RUN_COMMAND_TYPES,
     TOPIC_TYPES,
@@ -70,10 +72,13 @@ from stepstream.kafka.clients import (
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.logs import log_context
 from stepstream.projector.deliveries import delivery_records, schedule_value
 from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
+from stepstream.projector.metrics import observe
 from stepstream.projector.outbox import Change, Outbox
 from stepstream.projector.retention import Retention
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
@@ -139,6 +144,10 @@ class Projector:
     async def run(self) -> None:
         await self._producer.start()
         await self._consumer.start()
+        unwatch = [
+            watch_lag(SERVICE, self._consumer),
+            metrics.on_scrape(lambda: metrics.WAITERS.set(sum(self.waiters.on_disk(p) for p in self.owned))),
+        ]
         try:
             partitions = self._consumer.partitions_for_topic(self.topics.commands)
             if partitions:
@@ -158,6 +167,8 @@ class Projector:
                         await self._process(batch)
                     await self.retention.compact_when_due(self.owned)
         finally:
+            for stop in unwatch:
+                stop()
             await self._consumer.stop()
             await self._producer.stop()
             for mirror in (self.states, self.waiters):
@@ -250,6 +261,7 @@ class Projector:
             outbox.add(self.topics.runs, run_id, snapshot, partition_for(run_id, self.commands_partitions))
         for event_id, waiters in outbox.waiter_snapshots.items():
             outbox.add(self.topics.waiters, event_id, waiters, partition_for(event_id, self.commands_partitions))
+        began = time.perf_counter()
         try:
             async with self._producer.transaction():
                 sends = [
@@ -259,6 +271,7 @@ class Projector:
                 await self._producer.send_offsets_to_transaction(offsets, self.group_id)
             written = await asyncio.gather(*sends)
         except Exception as error:
+            metrics.TRANSACTIONS_FAILED.labels(SERVICE).inc()
             # Nothing of the batch is visible: put memory back and read the batch again. What each
             # command writes was checked against the record limit before, so what fails here is the
             # broker's (unreachable, a transaction fenced or timed out) and worth trying again.
@@ -298,6 +311,10 @@ class Projector:
         self.states.trim()
         self.waiters.trim()
         self.progress.done(batch)
+        metrics.TRANSACTION_DURATION.labels(SERVICE).observe(time.perf_counter() - began)
+        for tp, records in batch.items():
+            metrics.RECORDS_CONSUMED.labels(SERVICE, tp.topic).inc(len(records))
+        observe(outbox.applied)
 
     def _apply(self, record: ConsumerRecord, outbox: Outbox) -> None:
         """Apply one input record, or dead-letter it with the reason; never raise, so no record can stop
@@ -309,18 +326,22 @@ class Projector:
             self._dead_letter(record, str(error), outbox, now)
             return
         try:
-            key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
-            partition = partition_for(key, self.commands_partitions)
-            if partition not in self.owned:
-                # Another instance owns this run or event id (a producer partitioned the record
-                # differently, or the topics differ in partition count): hand the command to its owner.
-                self._forward(command, key, partition, record, outbox, now)
-            elif isinstance(command, Delivery):
-                self._let_through(command, record, outbox, now)
-            elif isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
-                self._apply_to_waiters(command, record, outbox, now)
-            else:
-                self._apply_to_run(command, record, outbox, now)
+            with log_context(run_id=getattr(command, "run_id", None)):
+                key = command_key(command) if isinstance(command, WAITER_COMMAND_TYPES) else command.run_id
+                partition = partition_for(key, self.commands_partitions)
+                if partition not in self.owned:
+                    # Another instance owns this run or event id (a producer partitioned the record
+                    # differently, or the topics differ in partition count): hand the command to its owner.
+                    self._forward(command, key, partition, record, outbox, now)
+                elif isinstance(command, Delivery):
+                    self._let_through(command, record, outbox, now)
+                elif isinstance(command, RegisterWaiter | UnregisterWaiter | NotifyEvent):
+                    self._apply_to_waiters(command, record, outbox, now)
+                else:
+                    state = self.states.get(command.run_id)
+                    workflow = state.workflow if state is not None else getattr(command, "workflow", None)
+                    with log_context(workflow=workflow):
+                        self._apply_to_run(command, record, outbox, now)
         except Exception as error:
             # A value no check foresaw (or a bug): this record is set aside, its run and every other
             # run of the partition go on. Nothing of it reached memory or the outbox (see Change).
@@ -439,6 +460,7 @@ class Projector:
             self._dead_letter(record, problem, outbox, now)
             return
         outbox.previous.setdefault(run_id, state)
+        outbox.applied.append((state, change.events, new_state))
         self.states[run_id] = new_state
         assert change.snapshot is not None
         outbox.snapshots[run_id] = change.snapshot
@@ -450,7 +472,7 @@ class Projector:
         """The run's state after ``events``, and every record they write: the events, the commands and
         schedule records their effects ask for, and the new snapshot. ``lean``: a failure handler's
         delivery goes without the run's results."""
-        change = Change()
+        change = Change(events=events)
         state = before
         run_id = events[0].run_id
         for event in events:

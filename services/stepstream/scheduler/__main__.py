@@ -4,4 +4,4 @@ from stepstream.config import SchedulerSettings
 from stepstream.runner import run_service, scheduler_service
 
 if __name__ == "__main__":
-    run_service(lambda: scheduler_service(SchedulerSettings.from_env()))
+    run_service("scheduler", lambda: scheduler_service(SchedulerSettings.from_env()))

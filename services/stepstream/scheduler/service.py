@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import NamedTuple, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
+from stepstream import metrics
 from stepstream.avro import Codec, DecodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import SchedulerSettings
@@ -51,9 +53,11 @@ from stepstream.kafka.clients import (
     until_done,
 )
 from stepstream.kafka.deadletter import DeadLetters
+from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler.changelog import Entry, TimersFile
+from stepstream.scheduler.metrics import refresher
 from stepstream.scheduler.pending import HeldRecord, due_ms
 from stepstream.scheduler.queues import SpilledQueues
 from stepstream.scheduler.tiered import TieredPendingWork
@@ -111,6 +115,10 @@ class Scheduler:
     async def run(self) -> None:
         await self._producer.start()
         await self._consumer.start()
+        unwatch = [
+            watch_lag(SERVICE, self._consumer),
+            metrics.on_scrape(refresher(self.pending, self.flow, self.settings.metrics_flow_keys)),
+        ]
         try:
             self._consumer.subscribe(
                 [self.topics.schedule], listener=PartitionListener(assigned=self.assigned, revoked=self.revoked)
@@ -124,6 +132,8 @@ class Scheduler:
                     self.progress.waiting(batch)
                     await self._step(batch)
         finally:
+            for stop in unwatch:
+                stop()
             await self._consumer.stop()
             await self._producer.stop()
             self.timers.released(self.owned, self.clock.now_ms())
@@ -234,6 +244,7 @@ class Scheduler:
                         outputs.append(self._dead_letter(record, reason, now))
             for held in self.pending.pop_due(now):
                 due = held.record
+                metrics.TIMER_LATENESS.observe(max(0, now - due_ms(due)) / 1000)
                 if isinstance(due, DeliveryRequested | CallRequested) and due.flow is not None:
                     self.flow.queue(self._queued(held.partition, due))  # its changelog entry stays as it is
                     continue
@@ -243,6 +254,7 @@ class Scheduler:
         if not outputs and not batch:
             return
         changelog: list[tuple[Output, asyncio.Future[RecordMetadata]]] = []
+        began = time.perf_counter()
         try:
             async with self._producer.transaction():
                 for output in outputs:
@@ -255,6 +267,7 @@ class Scheduler:
                     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                     await self._producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception as error:
+            metrics.TRANSACTIONS_FAILED.labels(SERVICE).inc()
             log.exception("scheduler transaction failed; restoring from the changelog and re-reading the batch")
             self.progress.failed(error)
             # Memory ran ahead of what was committed: start again from the changelog, as a new owner would.
@@ -274,6 +287,9 @@ class Scheduler:
             self.clock.now_ms(),
         )
         self.progress.done(batch)
+        metrics.TRANSACTION_DURATION.labels(SERVICE).observe(time.perf_counter() - began)
+        for tp, records in batch.items():
+            metrics.RECORDS_CONSUMED.labels(SERVICE, tp.topic).inc(len(records))
 
     def _take(self, tp: TopicPartition, record: ConsumerRecord, now: int) -> list[Output]:
         """Take one ``schedule`` record in: hold it, queue it, or emit it now; returns what to write.
@@ -309,6 +325,8 @@ class Scheduler:
         if isinstance(work, DeliveryRequested | CallRequested) and work.flow is not None:
             self.flow.queue(self._queued(tp.partition, work))
             return [changelog]
+        if due_ms(work) > 0:  # due already when it came (0: as soon as possible, no due time to be late for)
+            metrics.TIMER_LATENESS.observe((now - due_ms(work)) / 1000)
         return [self._emit(work, now)]
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, now: int) -> Output:

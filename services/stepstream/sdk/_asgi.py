@@ -140,6 +140,7 @@ class WorkflowsApp:
             sessions=self.workflows.sessions,
             max_output_bytes=self.workflows.max_output_bytes,
         )
+        _log_delivery(request, response)
         return _json(response)
 
     async def _resume(self, request: DeliveryRequest) -> bytes:
@@ -152,6 +153,7 @@ class WorkflowsApp:
                 f"Expected a session this process keeps, but it has no session {request.session!r} for delivery "
                 f"{request.delivery_id} (served elsewhere, or expired): send the whole delivery",
             )
+        _log_delivery(request, response)
         return _json(response)
 
     def _authenticate(self, scope: Scope, body: bytes, signature: str | None) -> None:
@@ -205,6 +207,26 @@ class WorkflowsApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _log_delivery(request: DeliveryRequest, response: DeliveryResponse) -> None:
+    """One line per delivery the app served: which run, what it recorded, what comes next. The names
+    go in ``extra`` too, for a JSON log formatter to pick up (Stepstream's own names them so)."""
+    logger.info(
+        "run %s (%s) delivery %s attempt %d: %d steps recorded, then %s",
+        request.run_id,
+        request.workflow,
+        request.delivery_id,
+        request.attempt,
+        len(response.steps),
+        response.next.type,
+        extra={
+            "run_id": request.run_id,
+            "workflow": request.workflow,
+            "delivery_id": request.delivery_id,
+            "step": len(request.steps),  # the first step this delivery could record
+        },
+    )
 
 
 def _json(response: DeliveryResponse) -> bytes:

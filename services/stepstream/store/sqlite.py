@@ -565,6 +565,12 @@ class QueryStore:
             rows = self._reader.execute(query, (*parameters, limit)).fetchall()
         return [_run_row(row) for row in rows]
 
+    def dead_letter_count(self) -> int:
+        """How many runs are in the dead-letter list (an index holds exactly them: cheap to count)."""
+        with self._read_lock:
+            row = self._reader.execute("SELECT COUNT(*) FROM runs WHERE dead_letter = 1").fetchone()
+        return int(row[0])
+
     def steps(self, run_id: str) -> list[StepRow]:
         """The run's steps by index: completed ones and pending ones (a gap is a step not yet started)."""
         with self._read_lock:
