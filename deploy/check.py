@@ -6,7 +6,10 @@ checked the same way. Prints one PASS or FAIL line per check and exits 1 if any 
 
 - the Helm chart (helm/stepstream) with each CI values file (helm/ci/*-values.yaml): ``helm lint
   --strict``; ``helm template`` validated by ``kubernetes-validate --strict`` (a WARN line, such as
-  an unknown kind, fails too); every ``stepstream`` command in its containers is a real subcommand;
+  an unknown kind, fails too), and its Prometheus Operator objects (PodMonitor, PrometheusRule)
+  against the CRDs' own schemas, vendored in deploy/crds/, with no unknown field allowed; the
+  PrometheusRule and the dashboard ConfigMap carry files/alerts.yaml and files/grafana-dashboard.json
+  unchanged; every ``stepstream`` command in its containers is a real subcommand;
 - compose.yaml: the real docker-compose binary (``config -q``) and the compose-spec JSON schema;
   every ``stepstream`` command in it is a real subcommand; the example app it runs imports;
 - the Dockerfile: parsed by BuildKit's parser and linted by hadolint; stages, base image against
@@ -18,6 +21,7 @@ checked the same way. Prints one PASS or FAIL line per check and exits 1 if any 
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -31,13 +35,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dockerfile
+import jsonschema
 import yaml
 from packaging.specifiers import SpecifierSet
+from referencing import Registry, Resource
 
 KUBERNETES_VERSION = "1.33.0"
 VALUES_FILES = ("default", "production")
 IMAGE_TAG = "stepstream:local"
 SERVICE_PORTS = {"8080", "8081"}  # the api; the health server of projector, scheduler and executor
+CUSTOM_GROUPS = ("monitoring.coreos.com/",)  # kinds validated against deploy/crds/, not kubernetes-validate
 
 
 class CheckFailed(Exception):
@@ -512,6 +519,111 @@ def _pod_specs(document: Any) -> Iterator[dict[str, Any]]:
             yield from _pod_specs(value)
 
 
+# -- custom resources ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomSchema:
+    """A custom kind's schema, as JSON Schema, from a vendored CRD."""
+
+    schema: dict[str, Any]
+    source: str  # such as "prometheus-operator 0.93.0"
+    unchecked_rules: int  # CEL rules (x-kubernetes-validations) in it: only an API server evaluates them
+
+
+# The ObjectMeta of Kubernetes' own schemas (those of the pinned kubernetes-validate), for the
+# metadata of custom resources, which a CRD's schema leaves as a bare object.
+OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+
+
+def _kubernetes_definitions() -> dict[str, Any]:
+    folder = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    definitions: dict[str, Any] = json.loads(
+        (folder / f"v{KUBERNETES_VERSION}-local-strict" / "_definitions.json").read_text()
+    )
+    return definitions
+
+
+def _strict(node: Any) -> tuple[Any, int]:
+    """An openAPIV3Schema as the API server applies it with strict field validation: an object with
+    declared properties takes no others (unless x-kubernetes-preserve-unknown-fields), nullable allows
+    null. Returns the schema and how many CEL rules it holds, which JSON Schema cannot evaluate."""
+    if isinstance(node, list):
+        converted = [_strict(item) for item in node]
+        return [schema for schema, _ in converted], sum(count for _, count in converted)
+    if not isinstance(node, dict):
+        return node, 0
+    rules = len(node.get("x-kubernetes-validations", []))
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            converted = {name: _strict(child) for name, child in value.items()}
+            result[key] = {name: schema for name, (schema, _) in converted.items()}
+            rules += sum(count for _, count in converted.values())
+        elif key in ("items", "additionalProperties", "not", "anyOf", "allOf", "oneOf") and isinstance(
+            value, dict | list
+        ):
+            result[key], count = _strict(value)
+            rules += count
+        elif key == "pattern" and "(?i)" in value and not value.startswith("(?i)"):
+            # Go's regexp takes a flag anywhere; Python's re only at the start.
+            result[key] = "(?i)" + value.replace("(?i)", "")
+        else:
+            result[key] = value
+    if node.get("nullable") and isinstance(node.get("type"), str):
+        result["type"] = [node["type"], "null"]
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        result["additionalProperties"] = False
+    return result, rules
+
+
+def custom_schemas(root: Path) -> dict[tuple[str, str], CustomSchema]:
+    """The schemas of the CRDs in deploy/crds/, by (apiVersion, kind), for each served version."""
+    schemas: dict[tuple[str, str], CustomSchema] = {}
+    for path in sorted((root / "deploy" / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        if crd.get("kind") != "CustomResourceDefinition":
+            raise CheckFailed(f"expected {path.name} to be a CustomResourceDefinition, but it is a {crd.get('kind')}")
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        version = crd["metadata"].get("annotations", {}).get("operator.prometheus.io/version", "unknown")
+        for served in crd["spec"]["versions"]:
+            if not served.get("served"):
+                continue
+            api_version = f"{group}/{served['name']}"
+            schema, rules = _strict(served["schema"]["openAPIV3Schema"])
+            schema["properties"]["apiVersion"] = {"const": api_version}
+            schema["properties"]["kind"] = {"const": kind}
+            schema["properties"]["metadata"] = {"$ref": OBJECT_META}
+            schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+            schemas[(api_version, kind)] = CustomSchema(schema, f"prometheus-operator {version}", rules)
+    return schemas
+
+
+def validate_custom(documents: list[dict[str, Any]], schemas: dict[tuple[str, str], CustomSchema]) -> list[str]:
+    """Each custom resource against its CRD's schema: the problems found, one line each."""
+    registry: Registry[Any] = Resource.from_contents(_kubernetes_definitions()) @ Registry()
+    problems = []
+    for document in documents:
+        name = f"{document.get('kind')}/{document.get('metadata', {}).get('name')}"
+        custom = schemas.get((str(document.get("apiVersion")), str(document.get("kind"))))
+        if custom is None:
+            known = ", ".join(f"{kind} ({api_version})" for api_version, kind in sorted(schemas)) or "none"
+            problems.append(
+                f"{name}: expected a kind with a schema in deploy/crds/ ({known}), "
+                f"but got {document.get('kind')} ({document.get('apiVersion')})"
+            )
+            continue
+        validator = jsonschema.Draft202012Validator(custom.schema, registry=registry)
+        for error in sorted(validator.iter_errors(document), key=lambda error: list(error.absolute_path)):
+            where = ".".join(str(part) for part in error.absolute_path) or "(the object)"
+            problems.append(f"{name}: expected it to match the {custom.source} schema, but at {where}: {error.message}")
+    return problems
+
+
 def check_chart(checker: Checker) -> None:
     chart = checker.root / "helm" / "stepstream"
     rendered: dict[str, str] = {}
@@ -556,26 +668,78 @@ def check_chart(checker: Checker) -> None:
             if done.returncode != 0:
                 raise CheckFailed(*done.stderr.strip().splitlines())
             rendered[values_name] = done.stdout
+            documents = [document for document in yaml.safe_load_all(done.stdout) if document]
+            custom = [document for document in documents if str(document.get("apiVersion")).startswith(CUSTOM_GROUPS)]
+            builtin = [document for document in documents if document not in custom]
             validated = checker.run(
-                [checker.tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, "-"], stdin=done.stdout
+                [checker.tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, "-"],
+                stdin=yaml.safe_dump_all(builtin, sort_keys=False) if custom else done.stdout,
             )
             output = (validated.stdout + validated.stderr).splitlines()
             bad = [line for line in output if "WARN" in line or "ERROR" in line]
             if validated.returncode != 0 or bad:
                 raise CheckFailed(*(bad or output or [f"kubernetes-validate exited {validated.returncode}"]))
-            documents = [document for document in yaml.safe_load_all(done.stdout) if document]
             passed = [line for line in output if "passed for resource" in line]
-            if len(passed) != len(documents):
+            if len(passed) != len(builtin):
                 raise CheckFailed(
-                    f"expected kubernetes-validate to pass each of the {len(documents)} rendered "
+                    f"expected kubernetes-validate to pass each of the {len(builtin)} rendered "
                     f"resources, but it passed {len(passed)}:",
                     *output,
                 )
-            kinds = sorted({str(document.get("kind")) for document in documents})
-            return f"{len(passed)} resources valid for Kubernetes {KUBERNETES_VERSION}: {', '.join(kinds)}"
+            kinds = sorted({str(document.get("kind")) for document in builtin})
+            note = f"{len(passed)} resources valid for Kubernetes {KUBERNETES_VERSION}: {', '.join(kinds)}"
+            if custom:
+                schemas = custom_schemas(checker.root)
+                problems = validate_custom(custom, schemas)
+                if problems:
+                    raise CheckFailed(*problems)
+                used = [schemas[key] for key in {(str(doc["apiVersion"]), str(doc["kind"])) for doc in custom}]
+                sources = sorted({schema.source for schema in used})
+                unchecked = sum(schema.unchecked_rules for schema in used)
+                custom_kinds = ", ".join(sorted({str(document["kind"]) for document in custom}))
+                note += (
+                    f"; {len(custom)} valid against the {', '.join(sources)} CRDs in deploy/crds/: {custom_kinds}"
+                    + (f" ({unchecked} CEL rules left to the API server)" if unchecked else "")
+                )
+            return note
 
         checker.check(f"helm lint --strict with helm/ci/{values_name}-values.yaml", lint)
         checker.check(f"helm template with helm/ci/{values_name}-values.yaml | kubernetes-validate --strict", template)
+
+    def monitoring() -> str:
+        """The PrometheusRule and the dashboard ConfigMap carry the chart's files as they are: one copy."""
+        if not rendered:
+            raise CheckFailed("expected rendered manifests, but no values file rendered (see above)")
+        rules = yaml.safe_load((chart / "files" / "alerts.yaml").read_text())
+        dashboard = json.loads((chart / "files" / "grafana-dashboard.json").read_text())
+        seen = set()
+        for values_name, manifests in rendered.items():
+            for document in yaml.safe_load_all(manifests):
+                if not document:
+                    continue
+                where = f"{document.get('kind')}/{document.get('metadata', {}).get('name')} ({values_name} values)"
+                if document.get("kind") == "PrometheusRule":
+                    if document["spec"]["groups"] != rules["groups"]:
+                        raise CheckFailed(f"{where}: expected the groups of files/alerts.yaml, but they differ")
+                    seen.add("PrometheusRule")
+                elif document.get("kind") == "ConfigMap" and (document.get("metadata", {}).get("labels") or {}).get(
+                    "grafana_dashboard"
+                ):
+                    held = [json.loads(value) for value in (document.get("data") or {}).values()]
+                    if held != [dashboard]:
+                        raise CheckFailed(
+                            f"{where}: expected files/grafana-dashboard.json, but it holds something else"
+                        )
+                    seen.add("dashboard ConfigMap")
+        missing = {"PrometheusRule", "dashboard ConfigMap"} - seen
+        if missing:
+            raise CheckFailed(
+                "expected a CI values file to turn the monitoring objects on, "
+                f"but none rendered {', '.join(sorted(missing))}"
+            )
+        return "the PrometheusRule holds files/alerts.yaml, the ConfigMap files/grafana-dashboard.json"
+
+    checker.check("helm chart: monitoring objects carry the chart's rules and dashboard files", monitoring)
 
     def commands() -> str:
         if not rendered:

@@ -233,6 +233,7 @@ STEPSTREAM_KAFKA_SSL_KEYFILE: {{ printf "%s/client.key" (include "stepstream.tls
 {{- end }}
 STEPSTREAM_HOME: "/var/lib/stepstream"
 STEPSTREAM_LOG_LEVEL: {{ .Values.logLevel | quote }}
+STEPSTREAM_LOG_FORMAT: {{ .Values.logFormat | quote }}
 STEPSTREAM_NOTIFY_BUFFER_MS: {{ int64 .Values.notifyBufferMs | quote }}
 STEPSTREAM_MAX_RECORD_BYTES: {{ int64 .Values.kafka.maxRecordBytes | quote }}
 STEPSTREAM_STALL_MS: {{ int64 .Values.stallMs | quote }}
