@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from stepstream import tracing
 from stepstream.config import (
     ApiSettings,
     ExecutorSettings,
@@ -146,6 +147,7 @@ def run_service(name: str, build: Callable[[], Service]) -> None:
     """Run the service ``name`` in this process until SIGTERM or SIGINT, with its health endpoints."""
     configure_logging()
     name_service(name)  # every line of the process names it, from the event loop's first
+    tracing.configure(name)
 
     async def main() -> None:
         service = build()
@@ -160,7 +162,10 @@ def run_service(name: str, build: Callable[[], Service]) -> None:
 
     # asyncio's own event loop, not uvloop's: on uvloop, the api made the broker spend twice the CPU
     # per run and the engine did a quarter fewer runs a second (make bench, side by side; decision 0008).
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.shutdown()  # the spans still buffered
 
 
 async def _health(host: str, port: int, ready: Readiness) -> None:
@@ -199,7 +204,11 @@ async def run_all(
             await started()
         await asyncio.Event().wait()  # a task that ends would stop the others
 
-    await _until_signalled([*tasks, announce(), report_outages()])
+    tracing.configure("dev")
+    try:
+        await _until_signalled([*tasks, announce(), report_outages()])
+    finally:
+        tracing.shutdown()
 
 
 async def _named(service: str, work: Coroutine[Any, Any, None]) -> None:

@@ -86,7 +86,7 @@ def apply(projector: Projector, *records: ConsumerRecord[Any, Any]) -> Outbox:
 
 
 def written(outbox: Outbox, topic: str) -> list[object]:
-    return [CODEC.decode(value) for written_topic, _, value, _ in outbox.records if written_topic == topic]
+    return [CODEC.decode(out.value) for out in outbox.records if out.topic == topic]
 
 
 def dead_letters(outbox: Outbox) -> list[DeadLetter]:
@@ -253,7 +253,7 @@ def recorded_past_the_limit(projector: Projector, outcome: Any) -> Outbox:
 
 
 def deliveries_written(outbox: Outbox) -> list[tuple[bytes, object]]:
-    return [(key, CODEC.decode(value)) for topic, key, value, _ in outbox.records if topic == TOPICS.deliveries]
+    return [(out.key, CODEC.decode(out.value)) for out in outbox.records if out.topic == TOPICS.deliveries]
 
 
 def joined_from(written_records: list[tuple[bytes, object]]) -> Delivery:
@@ -280,7 +280,7 @@ async def test_a_delivery_after_a_sleep_whose_results_pass_the_limit_is_written_
     written_records = deliveries_written(outbox)
     assert {key for key, _ in written_records} == {b"run-1"}
     assert len(written_records) == 3  # two results of 40 % to a part (the sleep's with the last two), then the delivery
-    assert all(len(value) <= LIMIT for _, _, value, _ in outbox.records if value is not None)
+    assert all(len(out.value) <= LIMIT for out in outbox.records if out.value is not None)
     # and joined, it is the delivery the run asked for, with every result
     joined = joined_from(written_records)
     assert joined.steps == projector.states["run-1"].steps

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepstream import metrics
+from stepstream import metrics, tracing
 from stepstream.api.changes import RunChanges
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.follow import ended, history_stream, known, wait_for_run
@@ -362,7 +362,10 @@ def create_app(
                 if wait_ms is not None:
                     return await waited(body.run_id, wait_ms, {"run_id": body.run_id, "duplicate": True})
                 return JSONResponse({"run_id": body.run_id, "duplicate": True, "run": existing.to_dict()}, 200)
-        await publish(record)
+        # The run's trace starts here (tracing.py), linked to the caller's if its request carried one.
+        run_id = record.run_id or ""
+        with tracing.span(f"trigger {record.workflow}", run_id, link=request.headers, kind=tracing.SERVER):
+            await publish(record)
         answer = {"run_id": record.run_id, "duplicate": False, "not_before_ms": record.not_before_ms}
         if wait_ms is not None:
             return await waited(record.run_id or "", wait_ms, answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, assert_never
 
+from stepstream import tracing
 from stepstream.avro import CancelRequest, Codec, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.config import KafkaSettings
 from stepstream.kafka.clients import make_producer
@@ -65,7 +66,8 @@ class KafkaPublisher:
         encoded = [(triggers_key(record).encode(), codec.encode(record)) for record in records]
         if len(encoded) == 1:  # a trigger: no gather, whose tasks and futures cost more than the send
             key, value = encoded[0]
-            await producer.send_and_wait(self.topic, value=value, key=key)
+            # Inside the trigger's span, the record carries it to the projector (tracing.py).
+            await producer.send_and_wait(self.topic, value=value, key=key, headers=tracing.kafka_headers() or None)
             return
         for start in range(0, len(encoded), _CONCURRENT_SENDS):
             chunk = encoded[start : start + _CONCURRENT_SENDS]

@@ -37,7 +37,7 @@ import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stepstream import metrics
+from stepstream import metrics, tracing
 from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
@@ -202,7 +202,7 @@ class Executor:
         if isinstance(message, CallDelivery):
             await self._call_slots.acquire()
             progress.start(record.offset, hold=False)
-            self._spawn(self._calls, self._handle_call(message))
+            self._spawn(self._calls, self._handle_call(message, record.headers))
         else:
             parts: list[int] = []
             if isinstance(message, Delivery) and message.steps_apart:
@@ -329,19 +329,34 @@ class Executor:
             if isinstance(message, DecodeError):
                 await self._send_dead_letter(record, str(message))
             else:
-                try:
-                    with log_context(
+                # Its log lines name the run; its span (if traced) is the parent of the app's and of the
+                # projector's for its reports.
+                attributes: dict[str, str | int] = {
+                    "stepstream.delivery_id": message.delivery_id,
+                    "stepstream.attempt": message.attempt,
+                }
+                with (
+                    log_context(
                         run_id=message.run_id,
                         workflow=message.workflow,
                         step=message.step_index,
                         delivery_id=message.delivery_id,
-                    ):
+                    ),
+                    tracing.span(
+                        f"deliver {message.workflow}",
+                        message.run_id,
+                        headers=record.headers,
+                        kind=tracing.CLIENT,
+                        attributes=attributes,
+                    ),
+                ):
+                    try:
                         await self._deliver(message)
-                except Exception as error:
-                    # A bug, or a value no check foresaw: the run must not wait for ever on this
-                    # delivery. Reported as a retryable failure, it is tried again, then fails the run.
-                    log.exception("executor failed on delivery %s#%d", message.delivery_id, message.attempt)
-                    await self._report_failure(message, f"{type(error).__name__}: {error}")
+                    except Exception as error:
+                        # A bug, or a value no check foresaw: the run must not wait for ever on this
+                        # delivery. Reported as a retryable failure, it is tried again, then fails the run.
+                        log.exception("executor failed on delivery %s#%d", message.delivery_id, message.attempt)
+                        await self._report_failure(message, f"{type(error).__name__}: {error}")
         except Exception as error:
             # Not even a report could be written (Kafka refused it for good): set the record aside.
             log.exception("executor failed on %s[%d]@%d", record.topic, record.partition, record.offset)
@@ -398,6 +413,7 @@ class Executor:
             kept = False
             if isinstance(url, str):
                 body, headers = signed_request(current, url, self.settings, session=session, resume=resume)
+                headers.update(tracing.http_headers())  # the delivery's span, for the app's steps (not signed)
                 reply = await self._post(url, body, headers)
                 if reply.unknown_session:
                     # Served by another process of the app, or expired: the whole delivery, and no more
@@ -462,8 +478,11 @@ class Executor:
     # ------------------------------------------------------------------------------------------
     # Engine-side calls
 
-    async def _handle_call(self, call: CallDelivery) -> None:
-        with log_context(run_id=call.run_id, step=call.step_index, delivery_id=call.request_id):
+    async def _handle_call(self, call: CallDelivery, headers: tracing.Headers) -> None:
+        with (
+            log_context(run_id=call.run_id, step=call.step_index, delivery_id=call.request_id),
+            tracing.span(f"call {call.call.method}", call.run_id, headers=headers, kind=tracing.CLIENT),
+        ):
             await self._make_call(call)
 
     async def _make_call(self, call: CallDelivery) -> None:
@@ -559,7 +578,9 @@ class Executor:
         delay = 0.1
         while True:
             try:
-                await (await self._producer.send(topic, value=value, key=key.encode()))
+                # Inside a delivery's or a call's span, a report carries it to the projector (tracing.py).
+                traced = {"headers": headers} if (headers := tracing.kafka_headers()) else {}
+                await (await self._producer.send(topic, value=value, key=key.encode(), **traced))
                 return
             except MessageSizeTooLargeError:
                 raise

@@ -1,6 +1,7 @@
-"""What the projector counts of runs and steps (stepstream.metrics), from the events it committed.
+"""What the projector reports of runs and steps once their events are committed: the counts and
+durations of stepstream.metrics, and the root span of an ended run's trace (tracing.py).
 
-Counted after the batch's transaction commits, from the events each command appended, so a batch
+Reported after the batch's transaction commits, from the events each command appended, so a batch
 tried again after a failed transaction counts once, and the counts agree with the ``events`` topic.
 The state before the command gives the run's workflow and when it started and last moved.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stepstream import metrics
+from stepstream import metrics, tracing
 from stepstream.core import (
     CallRetried,
     Event,
@@ -53,6 +54,7 @@ def observe(applied: Iterable[Applied]) -> None:
                     status = {RunCompleted: "completed", RunFailed: "failed", RunCancelled: "cancelled"}[type(event)]
                     metrics.RUNS_ENDED.labels(workflow, status).inc()
                     metrics.RUN_DURATION.labels(workflow, status).observe(max(0, event.at_ms - started_ms) / 1000)
+                    tracing.end_of_run(after.run_id, workflow, status, started_ms, event.at_ms)
             last_ms = event.at_ms
         if after.dead_letter and (before is None or not before.dead_letter):
             metrics.DEAD_LETTER_RUNS.labels(workflow).inc()

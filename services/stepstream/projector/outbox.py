@@ -8,11 +8,21 @@ trace; the batch's records go out in one transaction, and if it fails, memory is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from stepstream import tracing
 from stepstream.core import Event, RunState, WaiterState
 from stepstream.projector.metrics import Applied
 
-Output = tuple[str, bytes, bytes | None, int | None]  # topic, key, value, partition (None: by key)
+
+class Output(NamedTuple):
+    """A record a batch writes."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    partition: int | None = None  # None: by key
+    headers: tuple[tuple[str, bytes], ...] = ()  # the trace of the command that wrote it (tracing.py)
 
 
 @dataclass(slots=True)
@@ -27,7 +37,7 @@ class Outbox:
     applied: list[Applied] = field(default_factory=list)  # each run command's events, for the metrics
 
     def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
-        self.records.append((topic, key.encode(), value, partition))
+        self.records.append(Output(topic, key.encode(), value, partition))
 
 
 @dataclass(slots=True)
@@ -38,13 +48,15 @@ class Change:
     records: list[Output] = field(default_factory=list)
     snapshot: bytes | None = None
     events: list[Event] = field(default_factory=list)  # a run command's events
+    # Made inside the span of the command (if traced), its records carry it to whoever reads them.
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=lambda: tuple(tracing.kafka_headers()))
 
     def add(self, topic: str, key: str, value: bytes | None, partition: int | None = None) -> None:
-        self.records.append((topic, key.encode(), value, partition))
+        self.records.append(Output(topic, key.encode(), value, partition, self.headers))
 
     def too_large(self, limit: int, snapshot_topic: str) -> str | None:
         """Why one of the records would not fit (the largest named), or None if all do."""
-        sizes = [(len(key) + len(value or b""), topic) for topic, key, value, _ in self.records]
+        sizes = [(len(record.key) + len(record.value or b""), record.topic) for record in self.records]
         if self.snapshot is not None:
             sizes.append((len(self.snapshot), snapshot_topic))
         size, topic = max(sizes, default=(0, ""))

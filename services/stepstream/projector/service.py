@@ -17,7 +17,7 @@ from typing import cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from stepstream import metrics
+from stepstream import metrics, tracing
 from stepstream.avro import (
     RUN_COMMAND_TYPES,
     TOPIC_TYPES,
@@ -79,7 +79,7 @@ from stepstream.logs import log_context
 from stepstream.projector.deliveries import delivery_records, schedule_value
 from stepstream.projector.inputs import PUBLIC_TYPES, PublicRequest, public_command
 from stepstream.projector.metrics import observe
-from stepstream.projector.outbox import Change, Outbox
+from stepstream.projector.outbox import Change, Outbox, Output
 from stepstream.projector.retention import Retention
 from stepstream.projector.snapshots import parse_step_key, parts, step_key
 from stepstream.projector.store import RunStore, WaiterStore
@@ -265,8 +265,10 @@ class Projector:
         try:
             async with self._producer.transaction():
                 sends = [
-                    await self._producer.send(topic, value=value, key=key, partition=partition)
-                    for topic, key, value, partition in outbox.records
+                    await self._producer.send(
+                        topic, value=value, key=key, partition=partition, headers=list(headers) or None
+                    )
+                    for topic, key, value, partition, headers in outbox.records
                 ]
                 await self._producer.send_offsets_to_transaction(offsets, self.group_id)
             written = await asyncio.gather(*sends)
@@ -294,17 +296,17 @@ class Projector:
         # Committed: the store's file takes what went to runs, and then runs may leave memory.
         self.states.written(
             (
-                Written(metadata.partition, metadata.offset, key, value, self._ended_at(key, value))
-                for (topic, key, value, _), metadata in zip(outbox.records, written, strict=True)
-                if topic == self.topics.runs
+                Written(metadata.partition, metadata.offset, out.key, out.value, self._ended_at(out.key, out.value))
+                for out, metadata in zip(outbox.records, written, strict=True)
+                if out.topic == self.topics.runs
             ),
             self.clock.now_ms(),
         )
         self.waiters.written(
             (
-                Written(metadata.partition, metadata.offset, key, value)
-                for (topic, key, value, _), metadata in zip(outbox.records, written, strict=True)
-                if topic == self.topics.waiters
+                Written(metadata.partition, metadata.offset, out.key, out.value)
+                for out, metadata in zip(outbox.records, written, strict=True)
+                if out.topic == self.topics.waiters
             ),
             self.clock.now_ms(),
         )
@@ -339,8 +341,10 @@ class Projector:
                     self._apply_to_waiters(command, record, outbox, now)
                 else:
                     state = self.states.get(command.run_id)
-                    workflow = state.workflow if state is not None else getattr(command, "workflow", None)
-                    with log_context(workflow=workflow):
+                    workflow = state.workflow if state is not None else getattr(command, "workflow", "")
+                    # A span per command of a traced run, under the span that sent it (tracing.py).
+                    name = f"{type(command).__name__} {workflow}"
+                    with log_context(workflow=workflow), tracing.span(name, command.run_id, headers=record.headers):
                         self._apply_to_run(command, record, outbox, now)
         except Exception as error:
             # A value no check foresaw (or a bug): this record is set aside, its run and every other
@@ -365,7 +369,7 @@ class Projector:
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, outbox: Outbox, now: int) -> None:
         outbox.records.append(
-            (self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now), None)
+            Output(self.topics.deadletter, DeadLetters.key(record), self.dead_letters.encode(record, reason, now))
         )
 
     def _forward(

@@ -23,6 +23,7 @@ from stepstream.protocol import (
     DeliveryResponse,
     ErrorBody,
 )
+from stepstream.sdk import _tracing
 from stepstream.sdk._destination import destination_problem
 from stepstream.sdk._machine import history_problem
 from stepstream.sdk._sessions import resume
@@ -124,7 +125,8 @@ class WorkflowsApp:
                 f"Expected the body's workflow to match the path's '{name}', but it is '{request.workflow}'",
             )
         if request.resume:
-            return await self._resume(request)
+            with _tracing.delivery(scope["headers"]):
+                return await self._resume(request)
         problem = history_problem(request)
         if problem is not None:
             raise _Reply(400, "bad_request", problem)
@@ -132,14 +134,16 @@ class WorkflowsApp:
             payload = definition.parse_payload(request.payload)
         except ValidationError as exc:
             raise _Reply(422, "invalid_payload", str(exc)) from None
-        response = await definition.execute(
-            request,
-            payload,
-            clock=self._clock,
-            started_at=started_at,
-            sessions=self.workflows.sessions,
-            max_output_bytes=self.workflows.max_output_bytes,
-        )
+        # In the trace context the executor sent (if the app has OpenTelemetry): its steps' spans join it.
+        with _tracing.delivery(scope["headers"]):
+            response = await definition.execute(
+                request,
+                payload,
+                clock=self._clock,
+                started_at=started_at,
+                sessions=self.workflows.sessions,
+                max_output_bytes=self.workflows.max_output_bytes,
+            )
         _log_delivery(request, response)
         return _json(response)
 

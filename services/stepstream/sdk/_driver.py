@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from stepstream.protocol import DeliveryResponse
+from stepstream.sdk import _tracing
 from stepstream.sdk._errors import DeliverySuspended
 from stepstream.sdk._machine import Execute, Pause, Plan, ReplayMachine, StepKind
 
@@ -45,6 +46,7 @@ class _Blocked:
     future: asyncio.Future[Any]
     work: Work | None  # a run step's function and arguments
     context: contextvars.Context | None  # the caller's context, for the function to run in
+    name: str = ""  # the step's name
 
 
 class Driver:
@@ -68,7 +70,7 @@ class Driver:
             raise self.machine.nested(name, kind, running[1])
         index = self.machine.claim(name, kind, plan)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._blocked[index] = _Blocked(future, work, contextvars.copy_context() if work is not None else None)
+        self._blocked[index] = _Blocked(future, work, contextvars.copy_context() if work is not None else None, name)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -169,7 +171,7 @@ class Driver:
         # The function runs in its own task with the caller's context (what the workflow set in context
         # variables is visible to it), marked as a step so that a step called inside it is refused.
         entry.context.run(_running_step.set, (self, index))
-        task = asyncio.create_task(_call(function, args, kwargs), context=entry.context)
+        task = asyncio.create_task(_call(function, args, kwargs, entry.name, index), context=entry.context)
         self._tasks.add(task)
         try:
             result = await task
@@ -198,11 +200,16 @@ class Driver:
                 task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
-async def _call(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if inspect.iscoroutinefunction(function):
-        return await function(*args, **kwargs)
-    # A sync function runs in a worker thread, so that it cannot block the event loop.
-    result = await asyncio.to_thread(function, *args, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+async def _call(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str, index: int
+) -> Any:
+    # In a span of its own when the app traces (_tracing.py): the spans the function makes go under it.
+    with _tracing.step(name, index):
+        if inspect.iscoroutinefunction(function):
+            return await function(*args, **kwargs)
+        # A sync function runs in a worker thread, so that it cannot block the event loop (the thread
+        # gets the task's context variables, the span with them).
+        result = await asyncio.to_thread(function, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
