@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test postgres-server prometheus-server lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
+.PHONY: dev test postgres-server prometheus-server chromium lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/stepstream: pyproject.toml
 dev: $(BIN)/stepstream
 	$(BIN)/stepstream dev --example
 
-test: $(BIN)/stepstream postgres-server prometheus-server
+test: $(BIN)/stepstream postgres-server prometheus-server chromium
 	$(BIN)/python -m pytest
 
 # The query store's tests on PostgreSQL start a server of their own (tests/postgres.py) from Debian's
@@ -34,6 +34,15 @@ prometheus-server:
 	@if [ -z "$$STEPSTREAM_TEST_PROMETHEUS" ] && ! command -v prometheus >/dev/null; then \
 	  echo "installing Prometheus (Debian's prometheus package) for the metrics tests"; \
 	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	fi
+
+# The dashboard's browser tests drive Chromium through Playwright (tests/browser): Debian's chromium
+# package, installed here when missing (Playwright's own browser download does not work here), or the
+# binary STEPSTREAM_TEST_CHROMIUM names.
+chromium:
+	@if [ -z "$$STEPSTREAM_TEST_CHROMIUM" ] && ! command -v chromium >/dev/null; then \
+	  echo "installing Chromium (Debian's chromium package) for the dashboard's browser tests"; \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
 	fi
 
 lint: $(BIN)/stepstream

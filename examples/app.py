@@ -1,7 +1,7 @@
 """The example workflow app: a FastAPI service that serves two workflows with the Stepstream SDK.
 
 - ``onboarding``: steps and a sleep;
-- ``order``: parallel steps, an HTTP call the engine makes, and a wait for a payment event.
+- ``order``: parallel steps, an HTTP call the engine makes, a wait for a payment event, and a sleep.
 
 Run it with ``stepstream dev --example`` (which also starts the engine), or alone:
 
@@ -98,6 +98,8 @@ async def order(ctx: WorkflowContext[Order]) -> dict[str, object]:
     )
     if payment.timeout:
         return {"status": "expired", "reservations": reservations}
+    # Packing takes a moment: the run sleeps, and nothing runs meanwhile.
+    await ctx.sleep("pack", timedelta(seconds=1))
     shipped = await ctx.run("ship", ship, quote.body["price"])
     return {"status": "shipped", "reservations": reservations, "payment": payment.data, "shipping": shipped}
 

@@ -142,6 +142,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         lines = [
             "",
             f"Stepstream is running: Kafka at {bootstrap}, api at {api}",
+            f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
             f"Metrics of all four services (Prometheus' text format): {api}/metrics",
         ]
         if args.example:

@@ -21,11 +21,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -232,7 +235,9 @@ def create_app(
             if store is None:
                 state["store"].close()
 
-    app = FastAPI(title="Stepstream", version="1", lifespan=lifespan)
+    # /docs from Swagger UI's files vendored here (api/swagger/), not FastAPI's CDN links: the api's
+    # pages work with no internet access, as the dashboard does. No ReDoc page: it would need a CDN.
+    app = FastAPI(title="Stepstream", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(InternalErrors)
     app.add_middleware(RequestMetrics, router=app.router)
 
@@ -411,6 +416,22 @@ def create_app(
             before=_run_cursor(cursor),
         )
         return _page(rows, limit)
+
+    @app.get("/v1/runs/counts")
+    async def count_runs(
+        workflow: str | None = None,
+        label: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+    ) -> dict[str, Any]:
+        counts = await _off_loop(
+            query_store().count_runs,
+            workflow=workflow,
+            label=label,
+            created_after_ms=_instant(created_after, "created_after"),
+            created_before_ms=_instant(created_before, "created_before"),
+        )
+        return {"counts": counts, "total": sum(counts.values())}
 
     @app.post("/v1/runs/cancel", status_code=202)
     async def cancel_matching(request: Request) -> JSONResponse:
@@ -626,6 +647,24 @@ def create_app(
     @app.get("/healthz")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    # The dashboard: static files of this package, which read the endpoints above (docs/decisions/0013).
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
+    app.mount("/docs/assets", StaticFiles(directory=Path(__file__).parent / "swagger"), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Stepstream api",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_page() -> Response:

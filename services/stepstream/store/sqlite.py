@@ -61,7 +61,7 @@ from stepstream.core import (
     WaitTimedOut,
 )
 from stepstream.store.history import event_to_dict
-from stepstream.store.rows import ENDED_STATUSES, FlowKeyRow, HistoryPage, RunRow, StepRow, WaiterRow
+from stepstream.store.rows import ENDED_STATUSES, RUN_STATUSES, FlowKeyRow, HistoryPage, RunRow, StepRow, WaiterRow
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -564,6 +564,33 @@ class QueryStore:
         with self._read_lock:
             rows = self._reader.execute(query, (*parameters, limit)).fetchall()
         return [_run_row(row) for row in rows]
+
+    def count_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        label: str | None = None,
+        created_after_ms: int | None = None,
+        created_before_ms: int | None = None,
+    ) -> dict[str, int]:
+        """How many runs have each status (every status, 0 for none), among those the filters select
+        (as :meth:`list_runs` reads them)."""
+        clauses: list[str] = []
+        parameters: list[Any] = []
+        for clause, value in (
+            ("workflow = ?", workflow),
+            ("label = ?", label),
+            ("created_at_ms >= ?", created_after_ms),
+            ("created_at_ms < ?", created_before_ms),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                parameters.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._read_lock:
+            rows = self._reader.execute(f"SELECT status, COUNT(*) FROM runs {where} GROUP BY status", parameters)
+            counts = {str(status): int(count) for status, count in rows.fetchall()}
+        return {status: counts.get(status, 0) for status in RUN_STATUSES}
 
     def dead_letter_count(self) -> int:
         """How many runs are in the dead-letter list (an index holds exactly them: cheap to count)."""
