@@ -161,9 +161,22 @@ def test_a_run_s_timeline_and_history_follow_it_live_through_a_notify_to_its_end
     screenshot(page, "run")
 
 
-def test_a_run_cancelled_from_the_dashboard_is_cancelled(stack: Stack, page: Page) -> None:
-    run_id = trigger(stack, "order", {"order_id": uuid.uuid4().hex[:8]})
+def test_a_waiting_run_is_among_the_waiters_and_cancelled_from_the_dashboard_is_cancelled(
+    stack: Stack, page: Page
+) -> None:
+    order_id = uuid.uuid4().hex[:8]
+    run_id = trigger(stack, "order", {"order_id": order_id})
     stack.wait_for_status(run_id, "waiting", timeout=60)
+
+    # the waiters page lists the run under its event id, and so does the event id's own list
+    page.goto("/ui/#/waiters")
+    expect(page.locator(f'table.waiters tr[data-run-id="{run_id}"]')).to_have_attribute(
+        "data-event-id", f"payment-{order_id}"
+    )
+    page.fill("input[name=event_id]", f"payment-{order_id}")
+    page.click("form.filters button[type=submit]")
+    expect(page.locator("table.waiters tbody tr")).to_have_count(1)
+    screenshot(page, "waiters")
 
     page.goto(f"/ui/#/runs/{run_id}")
     page.click("button[data-action=cancel]")

@@ -1256,6 +1256,40 @@ def test_list_runs_by_creation_time_includes_the_start_and_excludes_the_end(stor
     assert [found.run_id for found in listed] == newest_first(wanted)
 
 
+def test_every_waiter_is_listed_the_next_to_time_out_first(store: QueryStore) -> None:
+    runs = [Run(f"run_{number}", now=T0) for number in range(3)]
+    for number, run in enumerate(runs):
+        # the later run waits the shorter time: it times out first
+        run.suspend(PlanWait(index=0, name="approval", event_id=f"ev-{number}", timeout_ms=60_000 - number * 1_000))
+        store.apply(run.events)
+
+    listed = store.all_waiters()
+
+    assert [(waiter.event_id, waiter.run_id) for waiter in listed] == [
+        ("ev-2", "run_2"),
+        ("ev-1", "run_1"),
+        ("ev-0", "run_0"),
+    ]
+    assert [waiter.event_id for waiter in store.all_waiters(limit=1)] == ["ev-2"]
+
+
+def test_runs_are_counted_by_status_under_the_list_s_filters(store: QueryStore) -> None:
+    many_runs(store)  # number % 3: 0 running, 1 completed, 2 sleeping; odd numbers are orders
+    status_of = {0: "running", 1: "completed", 2: "sleeping"}
+
+    def expected(numbers: range | list[int]) -> dict[str, int]:
+        counts = dict.fromkeys(("running", "sleeping", "waiting", "completed", "failed", "cancelled"), 0)
+        for number in numbers:
+            counts[status_of[number % 3]] += 1
+        return counts
+
+    assert store.count_runs() == expected(range(25))
+    assert store.count_runs(workflow="orders") == expected([n for n in range(25) if n % 2])
+    assert store.count_runs(label="nightly") == expected([n for n in range(25) if n % 5 == 0])
+    assert store.count_runs(created_after_ms=T0 + 2_000, created_before_ms=T0 + 5_000) == expected(range(6, 15))
+    assert sum(store.count_runs(workflow="nobody").values()) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # A store written by an older indexer, and the indexer's batch
 

@@ -559,6 +559,11 @@ def create_app(
         }
         return JSONResponse(answer, status_code=202)
 
+    @app.get("/v1/waiters")
+    async def all_waiters(limit: Annotated[int, Query(ge=1, le=1_000)] = 200) -> dict[str, Any]:
+        rows = await _off_loop(query_store().all_waiters, limit)
+        return {"waiters": [row.to_dict() for row in rows]}
+
     @app.get("/v1/events/{event_id:path}/waiters")
     async def waiters(event_id: str) -> dict[str, Any]:
         event_id = event_id_checked(event_id)

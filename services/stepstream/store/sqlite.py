@@ -143,6 +143,7 @@ CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, created_at_ms DES
 CREATE INDEX IF NOT EXISTS runs_in_dead_letter ON runs (created_at_ms DESC, run_id DESC) WHERE dead_letter = 1;
 CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS waiters_by_run ON waiters (run_id);
+CREATE INDEX IF NOT EXISTS waiters_by_timeout ON waiters (timeout_at_ms);
 CREATE INDEX IF NOT EXISTS runs_ended ON runs (updated_at_ms) WHERE status IN ('completed', 'failed', 'cancelled');
 """
 
@@ -627,6 +628,19 @@ class QueryStore:
                 "SELECT event_id, run_id, step_index, timeout_at_ms, since_ms FROM waiters WHERE event_id = ?"
                 " ORDER BY since_ms, run_id, step_index",
                 (event_id,),
+            ).fetchall()
+        return [
+            WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)
+            for event, run_id, step_index, timeout, since in rows
+        ]
+
+    def all_waiters(self, limit: int = 200) -> list[WaiterRow]:
+        """Every run waiting on an event id, the next to time out first, up to ``limit``."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT event_id, run_id, step_index, timeout_at_ms, since_ms FROM waiters"
+                " ORDER BY timeout_at_ms, event_id, run_id, step_index LIMIT ?",
+                (limit,),
             ).fetchall()
         return [
             WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)

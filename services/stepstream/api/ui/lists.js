@@ -98,28 +98,30 @@ export async function waitersView(query) {
           (location.hash = `#/waiters?event_id=${encodeURIComponent(input.value.trim())}`)
         ),
       },
-      h("label", {}, "Event id", input),
+      h("label", {}, "Event id (empty: every waiting run)", input),
       h("button", { type: "submit" }, "Show"),
     ),
     result,
   );
-  if (!eventId) return;
   const draw = async () => {
-    const answer = await api(`/v1/events/${encodeURIComponent(eventId)}/waiters`);
+    // One event id's waiters, or every waiting run, the next to time out first.
+    const path = eventId ? `/v1/events/${encodeURIComponent(eventId)}/waiters` : "/v1/waiters?limit=200";
+    const answer = await api(path);
+    const none = eventId ? `No run waits on ${eventId}.` : "No run waits on an event.";
     fill(
       result,
       answer.waiters.length === 0
-        ? h("p", { class: "muted" }, `No run waits on ${eventId}.`)
+        ? h("p", { class: "muted" }, none)
         : h(
             "table",
-            {},
+            { class: "waiters" },
             h(
               "thead",
               {},
               h(
                 "tr",
                 {},
-                ["Run", "Step", "Waiting since", "Times out"].map((name) => h("th", {}, name)),
+                ["Event id", "Run", "Step", "Waiting since", "Times out"].map((name) => h("th", {}, name)),
               ),
             ),
             h(
@@ -128,7 +130,8 @@ export async function waitersView(query) {
               answer.waiters.map((waiter) =>
                 h(
                   "tr",
-                  {},
+                  { dataset: { eventId: waiter.event_id, runId: waiter.run_id } },
+                  h("td", { class: "mono" }, waiter.event_id),
                   h("td", {}, runLink(waiter.run_id)),
                   h("td", {}, waiter.step_index),
                   h("td", {}, time(waiter.since_ms)),
