@@ -629,10 +629,7 @@ class QueryStore:
                 " ORDER BY since_ms, run_id, step_index",
                 (event_id,),
             ).fetchall()
-        return [
-            WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)
-            for event, run_id, step_index, timeout, since in rows
-        ]
+        return _waiter_rows(rows)
 
     def all_waiters(self, limit: int = 200) -> list[WaiterRow]:
         """Every run waiting on an event id, the next to time out first, up to ``limit``."""
@@ -642,10 +639,7 @@ class QueryStore:
                 " ORDER BY timeout_at_ms, event_id, run_id, step_index LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [
-            WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)
-            for event, run_id, step_index, timeout, since in rows
-        ]
+        return _waiter_rows(rows)
 
     def flow_key(self, key: str) -> FlowKeyRow | None:
         with self._read_lock:
@@ -699,6 +693,13 @@ _RUN_COLUMNS = (
 
 _FLOW_FIELDS = ("key", "queued", "in_flight", "starts_in_window", "rate", "period_ms", "parallelism", "updated_at_ms")
 _FLOW_COLUMNS = ", ".join(_FLOW_FIELDS)
+
+
+def _waiter_rows(rows: list[Any]) -> list[WaiterRow]:
+    return [
+        WaiterRow(event_id=event, run_id=run_id, step_index=step_index, timeout_at_ms=timeout, since_ms=since)
+        for event, run_id, step_index, timeout, since in rows
+    ]
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:
