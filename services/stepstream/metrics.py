@@ -132,7 +132,9 @@ FLOW_KEY_QUEUED = Gauge(
 FLOW_KEY_IN_FLIGHT = Gauge(
     "stepstream_flow_key_in_flight", "Requests in flight under a flow-control key (the keys shown)", ["key"]
 )
-WAITERS = Gauge("stepstream_waiters", "Event ids that runs wait on, in the projector's partitions")
+WAITERS = Gauge(
+    "stepstream_waiters", "Event ids that runs wait on, in the projector's partitions (counted at most once a minute)"
+)
 
 # -- every consumer ------------------------------------------------------------------------------
 

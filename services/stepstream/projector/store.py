@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS waiters (
     partition INTEGER NOT NULL,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+-- Counting a partition's event ids (the waiters metric) reads this, not the table's values.
+CREATE INDEX IF NOT EXISTS waiters_by_partition ON waiters (partition);
 """
 
 
