@@ -115,7 +115,9 @@ REQUEST_DURATION = Histogram(
 
 # -- the scheduler (read on scrape) --------------------------------------------------------------
 
-TIMERS_PENDING = Gauge("stepstream_timers_pending", "Requests the scheduler holds until they are due")
+TIMERS_PENDING = Gauge(
+    "stepstream_timers_pending", "Requests the scheduler holds until they are due (counted at most once a minute)"
+)
 TIMER_LATENESS = Histogram(
     "stepstream_timer_lateness_seconds",
     "How long after its due time the scheduler let a timer or a delayed request go (one already due "
