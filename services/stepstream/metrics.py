@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -192,11 +193,29 @@ def status_class(status: int) -> str:
 _before_scrape: list[Callable[[], Awaitable[None] | None]] = []
 
 
-def on_scrape(refresh: Callable[[], Awaitable[None] | None]) -> Callable[[], None]:
-    """Call ``refresh`` (sync or async) before each page is made, to set gauges read from state;
-    returns what removes it (a service that stops)."""
+def on_scrape(refresh: Callable[[], Awaitable[None] | None], *, every_s: float = 0.0) -> Callable[[], None]:
+    """Call ``refresh`` (sync or async) before each page is made, to set gauges read from state, or at
+    most once per ``every_s`` seconds (a count that reads a file, on the service's loop); returns what
+    removes it (a service that stops)."""
+    if every_s > 0:
+        refresh = _at_most_every(every_s, refresh)
     _before_scrape.append(refresh)
     return lambda: _before_scrape.remove(refresh) if refresh in _before_scrape else None
+
+
+def _at_most_every(
+    seconds: float, refresh: Callable[[], Awaitable[None] | None]
+) -> Callable[[], Awaitable[None] | None]:
+    last = -seconds
+
+    def throttled() -> Awaitable[None] | None:
+        nonlocal last
+        if time.monotonic() - last < seconds:
+            return None
+        last = time.monotonic()
+        return refresh()
+
+    return throttled
 
 
 async def page() -> tuple[bytes, str]:

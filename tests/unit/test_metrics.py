@@ -4,18 +4,19 @@ bounded. The pages themselves are scraped from the real stack in tests/integrati
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 
 from stepstream import metrics
-from stepstream.avro import Codec
 from stepstream.core import Complete, Continue, Fail, FlowControl, FlowLedger, Queued, RunState
 from stepstream.core.messages import CancelRun
 from stepstream.projector.metrics import Applied, observe
-from stepstream.scheduler.metrics import TOP_KEYS, refresher
-from stepstream.scheduler.tiered import TieredPendingWork
+from stepstream.scheduler.metrics import TOP_KEYS, flow_refresher
 from tests.unit.test_query_store import BOOM, T0, Run
 
 
@@ -99,13 +100,13 @@ def queued(key: str, number: int) -> Queued:
 
 
 def test_flow_keys_are_labels_only_for_the_longest_queues_and_the_named_ones() -> None:
-    ledger, pending = FlowLedger(), TieredPendingWork(Codec())
+    ledger = FlowLedger()
     # given twenty keys with queues of 1..20 (each lets one through: parallelism 1), and one named key
     for size in range(1, 21):
         for number in range(size + 1):
             ledger.queue(queued(f"key-{size:02}", number))
     ledger.release(T0)
-    refresh = refresher(pending, ledger, named={"key-01"})
+    refresh = flow_refresher(ledger, named={"key-01"})
 
     refresh()
     shown = {
@@ -125,7 +126,27 @@ def test_flow_keys_are_labels_only_for_the_longest_queues_and_the_named_ones() -
     refresh()
     assert sample("stepstream_flow_key_queued", key="key-20") == 0
     assert REGISTRY.get_sample_value("stepstream_flow_key_queued", {"key": "key-20"}) is None
-    pending.close()
+
+
+def test_a_refresh_asked_to_wait_runs_at_most_once_per_interval_however_often_the_page_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1_000.0]
+    monkeypatch.setattr("stepstream.metrics.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    calls = {"throttled": 0, "every": 0}
+    stops = [
+        metrics.on_scrape(lambda: calls.__setitem__("throttled", calls["throttled"] + 1), every_s=60),
+        metrics.on_scrape(lambda: calls.__setitem__("every", calls["every"] + 1)),
+    ]
+    try:
+        for advance in (0, 30, 29, 1, 0.5):  # made at 0, 30, 59, 60 and 60.5 s
+            clock[0] += advance
+            asyncio.run(metrics.page())
+    finally:
+        for stop in stops:
+            stop()
+
+    assert calls == {"throttled": 2, "every": 5}  # at 0 s and at 60 s
 
 
 def test_label_values_stay_bounded() -> None:

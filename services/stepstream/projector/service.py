@@ -118,7 +118,6 @@ class Projector:
             cache=settings.cache_runs,
         )
         self.owned: set[int] = set()  # the commands partitions this instance writes runs for
-        self._waiters_counted_ms = -60_000  # when the waiters gauge was last counted (_count_waiters)
         self.commands_partitions = settings.kafka.partitions
         self.ready = asyncio.Event()
         self.progress = Progress(self.clock, stall_ms=self.kafka.stall_ms)
@@ -142,18 +141,15 @@ class Projector:
     def readiness(self) -> str | None:
         return readiness(self.ready, self.progress)
 
-    def _count_waiters(self) -> None:
-        """The waiters gauge: event ids with waiting runs in the owned partitions. A count reads the file
-        (on the service's loop), so it is taken at most once a minute, however often Prometheus scrapes."""
-        now = self.clock.now_ms()
-        if now - self._waiters_counted_ms >= 60_000:
-            self._waiters_counted_ms = now
-            metrics.WAITERS.set(sum(self.waiters.on_disk(partition) for partition in self.owned))
-
     async def run(self) -> None:
         await self._producer.start()
         await self._consumer.start()
-        unwatch = [watch_lag(SERVICE, self._consumer), metrics.on_scrape(self._count_waiters)]
+
+        def count_waiters() -> None:
+            metrics.WAITERS.set(sum(self.waiters.on_disk(partition) for partition in self.owned))
+
+        # At most once a minute: a count reads the waiters' file, on the service's loop.
+        unwatch = [watch_lag(SERVICE, self._consumer), metrics.on_scrape(count_waiters, every_s=60)]
         try:
             partitions = self._consumer.partitions_for_topic(self.topics.commands)
             if partitions:

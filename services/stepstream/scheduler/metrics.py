@@ -8,7 +8,6 @@ queues at the time; the totals over all keys are always there.
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable, Collection
 
 from stepstream import metrics
@@ -19,15 +18,19 @@ TOP_KEYS = 10
 COUNT_EVERY_S = 60.0  # the timers on disk are counted at most this often: a count reads the file
 
 
-def refresher(pending: TieredPendingWork, ledger: FlowLedger, named: Collection[str]) -> Callable[[], None]:
+def watch(pending: TieredPendingWork, ledger: FlowLedger, named: Collection[str]) -> list[Callable[[], None]]:
+    """Set the scheduler's gauges on every metrics page (the timers pending, at most once a minute: a
+    million sleeping runs' timers are a scan of the file's index); returns what stops it."""
+    return [
+        metrics.on_scrape(lambda: metrics.TIMERS_PENDING.set(len(pending)), every_s=COUNT_EVERY_S),
+        metrics.on_scrape(flow_refresher(ledger, named)),
+    ]
+
+
+def flow_refresher(ledger: FlowLedger, named: Collection[str]) -> Callable[[], None]:
     shown: set[str] = set()
-    counted_at = -COUNT_EVERY_S
 
     def refresh() -> None:
-        nonlocal counted_at
-        if time.monotonic() - counted_at >= COUNT_EVERY_S:
-            counted_at = time.monotonic()
-            metrics.TIMERS_PENDING.set(len(pending))  # a million sleeping runs' timers: a scan of its index
         depths = ledger.depths()
         metrics.FLOW_QUEUED.set(sum(queued for _, queued, _ in depths))
         metrics.FLOW_IN_FLIGHT.set(sum(in_flight for _, _, in_flight in depths))

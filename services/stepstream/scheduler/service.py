@@ -56,8 +56,8 @@ from stepstream.kafka.deadletter import DeadLetters
 from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
+from stepstream.scheduler import metrics as scheduler_metrics
 from stepstream.scheduler.changelog import Entry, TimersFile
-from stepstream.scheduler.metrics import refresher
 from stepstream.scheduler.pending import HeldRecord, due_ms
 from stepstream.scheduler.queues import SpilledQueues
 from stepstream.scheduler.tiered import TieredPendingWork
@@ -117,7 +117,7 @@ class Scheduler:
         await self._consumer.start()
         unwatch = [
             watch_lag(SERVICE, self._consumer),
-            metrics.on_scrape(refresher(self.pending, self.flow, self.settings.metrics_flow_keys)),
+            *scheduler_metrics.watch(self.pending, self.flow, self.settings.metrics_flow_keys),
         ]
         try:
             self._consumer.subscribe(
