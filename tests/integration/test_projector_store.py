@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,9 @@ from stepstream.core import (
 )
 from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
 from stepstream.core.retention import COMPACTED_PAYLOAD
-from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
+from stepstream.kafka.clients import read_partitions_to_end
 from stepstream.kafka.topics import TopicNames
-from stepstream.store import changelog
 from tests.integration.test_rebalance import produce, read_all, read_until, running
-from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -46,28 +45,9 @@ RUNS = 10
 
 
 @pytest.fixture
-def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
-    stack = Stack(kafka_bootstrap, tmp_path, partitions=1)
-    stack.create_topics()
-    return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=stack.prefix, partitions=1, instance_id="store-test"
-    )
-
-
-@pytest.fixture
-def records_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
-    """How many records of runs (and of waiters) each restore streamed, one number per restore."""
-    counts: dict[str, list[int]] = {"runs": [], "waiters": []}
-
-    async def counting(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
-        restore = counts[topic.rsplit(".", 1)[-1]]
-        restore.append(0)
-        async for records in stream_partitions(settings, topic, starts):
-            restore[-1] += len(records)
-            yield records
-
-    monkeypatch.setattr(changelog, "stream_partitions", counting)
-    return counts
+def kafka(kafka: KafkaSettings) -> KafkaSettings:
+    """One partition, and a stable instance id: a restart finds the projector's files again."""
+    return replace(kafka, instance_id="store-test")
 
 
 def trigger(run_id: str, now: int) -> TriggerRun:

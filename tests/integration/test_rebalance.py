@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,19 +28,11 @@ from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, Trigge
 from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
 from stepstream.store import changelog
-from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 RESTORE_DELAY_S = 2.0
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
-    stack = Stack(kafka_bootstrap, tmp_path, partitions=1)
-    stack.create_topics()
-    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=stack.prefix, partitions=1)
 
 
 @pytest.fixture

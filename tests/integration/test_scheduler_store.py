@@ -9,49 +9,22 @@ read and on what the scheduler holds, never on times (only "not before it was du
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, SchedulerSettings
 from stepstream.core import FireTimer, TimerRequested
-from stepstream.kafka.clients import stream_partitions
 from stepstream.kafka.topics import TopicNames
 from stepstream.scheduler.service import Scheduler
-from stepstream.store import changelog
 from tests.helpers import assert_eventually
 from tests.integration.test_rebalance import produce, read_until, running
-from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-def kafka(kafka_bootstrap: str, tmp_path: Path) -> KafkaSettings:
-    stack = Stack(kafka_bootstrap, tmp_path, partitions=1)
-    stack.create_topics()
-    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=stack.prefix, partitions=1)
-
-
-@pytest.fixture
-def records_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many records of timers each restore read from Kafka, one number per restore."""
-    counts: list[int] = []
-
-    async def counting(settings: KafkaSettings, topic: str, starts: Mapping[int, int | None]) -> AsyncIterator[Any]:
-        counts.append(0)
-        async for records in stream_partitions(settings, topic, starts):
-            counts[-1] += len(records)
-            yield records
-
-    monkeypatch.setattr(changelog, "stream_partitions", counting)
-    return counts
 
 
 def scheduler(kafka: KafkaSettings, instance: str, state_dir: Path) -> Scheduler:
@@ -66,7 +39,7 @@ async def sleep_until(kafka: KafkaSettings, topics: TopicNames, codec: Codec, ru
 
 @pytest.mark.asyncio
 async def test_a_restart_on_the_same_disk_reads_only_what_it_missed_and_wakes_sleeps_on_time(
-    kafka: KafkaSettings, tmp_path: Path, records_read: list[int]
+    kafka: KafkaSettings, tmp_path: Path, records_read: dict[str, list[int]]
 ) -> None:
     topics, codec, now = TopicNames(kafka.topic_prefix), Codec(), int(time.time() * 1000)
 
@@ -76,13 +49,13 @@ async def test_a_restart_on_the_same_disk_reads_only_what_it_missed_and_wakes_sl
         for number in range(20):
             await sleep_until(kafka, topics, codec, f"run-{number}", now + HOUR_MS)
         await assert_eventually(lambda: first.timers.count(0) == 20, timeout=30)
-    assert records_read == [0]  # a new topic: nothing to restore
+    assert records_read["timers"] == [0]  # a new topic: nothing to restore
 
     # and another instance, on its own disk, that took over meanwhile and took five more sleeps, two short
     other = scheduler(kafka, "scheduler-b", tmp_path / "b")
     async with running(other):
         await assert_eventually(lambda: other.ready.is_set(), timeout=30)
-        assert records_read[-1] == 20  # a new disk: the whole changelog
+        assert records_read["timers"][-1] == 20  # a new disk: the whole changelog
         soon = int(time.time() * 1000) + 15_000
         for number in range(20, 25):
             await sleep_until(kafka, topics, codec, f"run-{number}", soon if number < 22 else now + HOUR_MS)
@@ -95,7 +68,7 @@ async def test_a_restart_on_the_same_disk_reads_only_what_it_missed_and_wakes_sl
 
         # then it read from Kafka only the five entries written while it was away, and holds all 25:
         # the far ones on disk, the two short sleeps in memory once its first batch looks ahead
-        assert records_read[-1] == 5
+        assert records_read["timers"][-1] == 5
         assert len(again.pending) == 25
         await assert_eventually(lambda: (len(again.pending), again.pending.in_memory()) == (25, 2))
         # and the short sleeps wake, not before they were due, and no other
