@@ -70,6 +70,17 @@ export function failure(error) {
   return h("p", { class: "error", role: "alert" }, String(error.message || error));
 }
 
+// A view's first drawing (its error shown in ``place`` if it fails), then, with ``live``, a drawing every
+// REFRESH_MS; returns what stops it.
+export async function drawn(place, draw, { live = true } = {}) {
+  try {
+    await draw();
+  } catch (error) {
+    fill(place, failure(error));
+  }
+  return live ? every(REFRESH_MS, draw) : () => {};
+}
+
 export function every(ms, work) {
   let stopped = false;
   let timer = null;

@@ -1,6 +1,6 @@
 // The dead letters, the waiters of an event id, and the flow-control keys.
 
-import { REFRESH_MS, h, api, post, time, runLink, duration, fill, show, failure, every, confirmed } from "./dom.js";
+import { h, api, post, time, runLink, duration, fill, show, drawn, confirmed } from "./dom.js";
 
 export async function deadLetterView() {
   const body = h("div");
@@ -71,11 +71,7 @@ export async function deadLetterView() {
           ],
     );
   };
-  try {
-    await draw();
-  } catch (error) {
-    fill(body, failure(error));
-  }
+  return drawn(body, draw, { live: false }); // drawn again after an action
 }
 
 export async function waitersView(query) {
@@ -142,12 +138,7 @@ export async function waitersView(query) {
           ),
     );
   };
-  try {
-    await draw();
-  } catch (error) {
-    fill(result, failure(error));
-  }
-  return every(REFRESH_MS, draw);
+  return drawn(result, draw);
 }
 
 export async function flowView() {
@@ -207,10 +198,5 @@ export async function flowView() {
           ),
     );
   };
-  try {
-    await draw();
-  } catch (error) {
-    fill(body, failure(error));
-  }
-  return every(REFRESH_MS, draw);
+  return drawn(body, draw);
 }

@@ -1,6 +1,6 @@
 // The run list: filters, counts by status, pages, drawn again every two seconds.
 
-import { STATUSES, REFRESH_MS, h, api, time, status, runLink, fill, show, failure, every } from "./dom.js";
+import { STATUSES, h, api, time, status, runLink, fill, show, drawn } from "./dom.js";
 
 const WINDOWS = { "": "any time", "1h": "last hour", "24h": "last day", "7d": "last week" };
 const WINDOW_MS = { "1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000 };
@@ -149,11 +149,5 @@ export async function runsView(query) {
       h("button", { disabled: !list.next_cursor, onclick: () => ((page += 1), draw()) }, "Older"),
     );
   };
-  try {
-    await draw();
-  } catch (error) {
-    fill(table, failure(error));
-  }
-  // Live: the page in view is drawn again every two seconds.
-  return every(REFRESH_MS, draw);
+  return drawn(table, draw); // live: the page in view is drawn again every two seconds
 }
