@@ -168,22 +168,19 @@ def span(
         yield current
 
 
-def kafka_headers() -> list[tuple[str, bytes]]:
-    """The current span's context as Kafka record headers (none while tracing is off or outside a span)."""
-    if _tracer is None:
-        return []
-    carrier: dict[str, str] = {}
-    inject(carrier)
-    return [(name, value.encode()) for name, value in carrier.items()]
-
-
 def http_headers() -> dict[str, str]:
-    """The current span's context as HTTP headers (``traceparent``), for a delivery's request."""
+    """The current span's context as HTTP headers (``traceparent``), for a delivery's request (none
+    while tracing is off or outside a span)."""
     if _tracer is None:
         return {}
     carrier: dict[str, str] = {}
     inject(carrier)
     return carrier
+
+
+def kafka_headers() -> list[tuple[str, bytes]]:
+    """The same as Kafka record headers."""
+    return [(name, value.encode()) for name, value in http_headers().items()]
 
 
 def end_of_run(run_id: str, workflow: str, status: str, started_ms: int, ended_ms: int) -> None:
