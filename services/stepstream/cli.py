@@ -30,15 +30,11 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-API_URL_DEFAULT = "http://127.0.0.1:8080"
+from stepstream import client
+
 EXAMPLE_PORT = 8000
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    print(f"stepstream: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 # -- local Kafka ------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ def _bootstrap_or_local(home: Path) -> tuple[str, Any]:
     try:
         kafka.start()
     except StepstreamError as error:
-        _fail(str(error))
+        client.fail(str(error))
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
     return str(kafka.bootstrap_servers), None if was_running else kafka
 
@@ -190,7 +186,7 @@ def _dev_allowed_url_hosts() -> str:
 def _start_example(home: Path) -> subprocess.Popen[bytes]:
     examples = Path(__file__).resolve().parents[2] / "examples"
     if not (examples / "app.py").exists():
-        _fail(f"the example app is not at {examples / 'app.py'} (run from a source checkout)")
+        client.fail(f"the example app is not at {examples / 'app.py'} (run from a source checkout)")
     log_path = home / "example-app.log"
     print(f"stepstream dev: starting the example app on port {EXAMPLE_PORT} (log: {log_path})", file=sys.stderr)
     log_file = log_path.open("ab")
@@ -233,85 +229,8 @@ def cmd_service(args: argparse.Namespace) -> None:
     try:
         settings = readers[name]()
     except config.ConfigurationError as error:
-        _fail(str(error))
+        client.fail(str(error))
     runner.run_service(name, lambda: build(settings))
-
-
-# -- the api's client -------------------------------------------------------------------------
-
-
-def _base() -> str:
-    return os.environ.get("STEPSTREAM_API_URL", API_URL_DEFAULT).rstrip("/")
-
-
-def _api(method: str, path: str, **kwargs: Any) -> Any:
-    """The api's JSON answer; on an error answer or no answer, the reason on stderr and exit code 2."""
-    return _request(method, path, **kwargs).json()
-
-
-def _request(method: str, path: str, *, timeout: float = 10, **kwargs: Any) -> Any:
-    """The api's answer, one of success; on an error answer or no answer, the reason and exit code 2."""
-    import httpx
-
-    base = _base()
-    try:
-        response = httpx.request(method, base + path, timeout=timeout, **kwargs)
-    except httpx.HTTPError as error:
-        _fail(f"cannot reach the api at {base}: {error} (is `stepstream dev` or `stepstream api` running?)")
-    if response.status_code >= 400:
-        _fail(f"{response.status_code}: {_detail(response)}")
-    return response
-
-
-def _detail(response: Any) -> str:
-    try:
-        return str(response.json().get("message", response.text))
-    except ValueError:
-        return str(response.text)
-
-
-def _segment(value: str) -> str:
-    """A run id or event id as one URL path segment."""
-    from urllib.parse import quote
-
-    return quote(value, safe="")
-
-
-def _json_option(value: str | None, option: str) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError as error:
-        _fail(f"{option} is not valid JSON: {error}")
-
-
-def _instant(value: str, option: str, *, ago: bool = False) -> int:
-    """Epoch milliseconds from ``value``: epoch ms, an ISO-8601 time (local time if it names no zone),
-    or, if ``ago``, a duration such as ``2h`` meaning that long before now."""
-    from datetime import datetime
-
-    from stepstream.api.inputs import parse_duration_ms
-
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
-    if ago:
-        try:
-            return int(time.time() * 1000) - parse_duration_ms(text)
-        except ValueError:
-            pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        durations = "a duration such as '2h' (that long ago), " if ago else ""
-        _fail(
-            f"{option}: expected {durations}epoch milliseconds or an ISO-8601 time such as "
-            f"'2026-01-31T09:00' or '2026-01-31T09:00:00Z', but got {value!r}"
-        )
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # the machine's local time zone, as a person at a terminal means it
-    return int(moment.timestamp() * 1000)
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -319,7 +238,7 @@ def _header(value: str) -> tuple[str, str]:
     if not separator:
         name, separator, header_value = value.partition("=")
     if not separator or not name.strip():
-        _fail(f"--header: expected 'Name: value', but got {value!r}")
+        client.fail(f"--header: expected 'Name: value', but got {value!r}")
     return name.strip(), header_value.strip()
 
 
@@ -331,13 +250,13 @@ def _clock(at_ms: int | None, *, date: bool = False) -> str:
 
 
 def cmd_trigger(args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"workflow": args.workflow, "payload": _json_option(args.payload, "--payload")}
+    body: dict[str, Any] = {"workflow": args.workflow, "payload": client.json_option(args.payload, "--payload")}
     for name in ("url", "run_id", "label", "retries", "retry_delay", "failure_url", "delay", "delay_ms"):
         value = getattr(args, name)
         if value is not None:
             body[name] = value
     if args.not_before is not None:
-        body["not_before"] = _instant(args.not_before, "--not-before")
+        body["not_before"] = client.instant(args.not_before, "--not-before")
     if args.header:
         body["headers"] = dict(_header(value) for value in args.header)
     limits = {name: value for name in ("rate", "period", "parallelism") if (value := getattr(args, name)) is not None}
@@ -345,10 +264,10 @@ def cmd_trigger(args: argparse.Namespace) -> None:
         body["flow_control"] = {"key": args.flow_key, **limits}
     elif limits:
         given = ", ".join(f"--{name}" for name in limits)
-        _fail(f"{given} limit the runs under a flow-control key: give one with --flow-key")
+        client.fail(f"{given} limit the runs under a flow-control key: give one with --flow-key")
     deadline = time.monotonic() + args.timeout
     params = {"wait": _wait_param(args.timeout)} if args.wait else {}
-    response = _request("POST", "/v1/runs", json=body, params=params, timeout=_wait_timeout(params))
+    response = client.request("POST", "/v1/runs", json=body, params=params, timeout=_wait_timeout(params))
     answer = response.json()
     print(answer["run_id"])
     if answer.get("duplicate"):
@@ -450,8 +369,8 @@ def _watch(run_id: str, timeout_s: float) -> None:
     """
     import httpx
 
-    base = _base()
-    path = f"{base}/v1/runs/{_segment(run_id)}/history/stream"
+    base = client.base()
+    path = f"{base}/v1/runs/{client.segment(run_id)}/history/stream"
     seen = 0
     deadline = time.monotonic() + timeout_s
     while (remaining := deadline - time.monotonic()) > 0:
@@ -463,7 +382,7 @@ def _watch(run_id: str, timeout_s: float) -> None:
                     continue
                 if response.status_code >= 400:
                     response.read()
-                    _fail(f"{response.status_code}: {_detail(response)}")
+                    client.fail(f"{response.status_code}: {client.detail(response)}")
                 for kind, event in _server_sent(response.iter_lines(), deadline):
                     if kind == "end":  # the run has ended (its ending event came first, unless it was seen)
                         raise SystemExit(ENDED_STATUSES.get(event["status"], 1))
@@ -474,10 +393,10 @@ def _watch(run_id: str, timeout_s: float) -> None:
                             raise SystemExit(ENDING_EVENTS[event["type"]])
                         return
         except httpx.ConnectError as error:
-            _fail(f"cannot reach the api at {base}: {error}")
+            client.fail(f"cannot reach the api at {base}: {error}")
         except (httpx.TimeoutException, httpx.TransportError):
             continue  # silent too long, or broken: open it again after the last event seen
-    _fail(f"gave up watching {run_id} after {timeout_s:.0f} s; it may still be running", code=1)
+    client.fail(f"gave up watching {run_id} after {timeout_s:.0f} s; it may still be running", code=1)
 
 
 def _server_sent(lines: Iterable[str], deadline: float) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -510,11 +429,13 @@ def _wait_for_end(run_id: str, deadline: float, timeout_s: float) -> dict[str, A
     """The run once it has ended, asking the api to wait (at most 5 minutes a request) until ``deadline``."""
     while (remaining := deadline - time.monotonic()) > 0:
         params = {"wait": _wait_param(remaining)}
-        response = _request("GET", f"/v1/runs/{_segment(run_id)}", params=params, timeout=_wait_timeout(params))
+        response = client.request(
+            "GET", f"/v1/runs/{client.segment(run_id)}", params=params, timeout=_wait_timeout(params)
+        )
         if response.status_code == 200:
             run: dict[str, Any] = response.json()
             return run
-    _fail(
+    client.fail(
         f"gave up waiting for {run_id} after {timeout_s:.0f} s; it is still going: "
         f"follow it with `stepstream runs history {run_id} --follow`",
         code=1,
@@ -541,9 +462,9 @@ def _run_filters(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name, None):
             query[name] = getattr(args, name)
     if getattr(args, "since", None):
-        query["created_after"] = _instant(args.since, "--since", ago=True)
+        query["created_after"] = client.instant(args.since, "--since", ago=True)
     if getattr(args, "until", None):
-        query["created_before"] = _instant(args.until, "--until", ago=True)
+        query["created_before"] = client.instant(args.until, "--until", ago=True)
     return query
 
 
@@ -595,11 +516,11 @@ def cmd_runs(args: argparse.Namespace) -> None:
             query["status"] = args.status
         if args.dead_letter:
             query["dead_letter"] = "true"
-        _print_runs(_api("GET", "/v1/runs", params=query))
+        _print_runs(client.api("GET", "/v1/runs", params=query))
     elif args.action == "get":
-        print(json.dumps(_api("GET", f"/v1/runs/{_segment(args.run_id)}"), indent=2))
+        print(json.dumps(client.api("GET", f"/v1/runs/{client.segment(args.run_id)}"), indent=2))
     elif args.action == "steps":
-        steps = _api("GET", f"/v1/runs/{_segment(args.run_id)}/steps")["steps"]
+        steps = client.api("GET", f"/v1/runs/{client.segment(args.run_id)}/steps")["steps"]
         for step in steps:
             print(_step_line(step))
         if not steps:
@@ -607,13 +528,13 @@ def cmd_runs(args: argparse.Namespace) -> None:
     elif args.follow:
         _watch(args.run_id, timeout_s=args.timeout)
     else:
-        for event in _api("GET", f"/v1/runs/{_segment(args.run_id)}/history")["events"]:
+        for event in client.api("GET", f"/v1/runs/{client.segment(args.run_id)}/history")["events"]:
             _print_event(event)
 
 
 def cmd_notify(args: argparse.Namespace) -> None:
-    data = _json_option(args.data, "--data")
-    answer = _api("POST", f"/v1/events/{_segment(args.event_id)}/notify", json={"data": data})
+    data = client.json_option(args.data, "--data")
+    answer = client.api("POST", f"/v1/events/{client.segment(args.event_id)}/notify", json={"data": data})
     for run_id in answer["waiting"]:
         print(run_id)
     if not answer["waiting"]:
@@ -621,7 +542,7 @@ def cmd_notify(args: argparse.Namespace) -> None:
 
 
 def cmd_waiters(args: argparse.Namespace) -> None:
-    waiters = _api("GET", f"/v1/events/{_segment(args.event_id)}/waiters")["waiters"]
+    waiters = client.api("GET", f"/v1/events/{client.segment(args.event_id)}/waiters")["waiters"]
     for waiter in waiters:
         print(
             f"{waiter['run_id']}  step {waiter['step_index']}  waiting since {_clock(waiter['since_ms'], date=True)}"
@@ -631,24 +552,34 @@ def cmd_waiters(args: argparse.Namespace) -> None:
         print(f"no run is waiting on event {args.event_id!r}", file=sys.stderr)
 
 
+def _optional_instant(value: str | None, option: str) -> int | None:
+    return None if value is None else client.instant(value, option)
+
+
 def cmd_cancel(args: argparse.Namespace) -> None:
     criteria = {
         "workflow": args.workflow,
         "label": args.label,
-        "created_after": None if args.created_after is None else _instant(args.created_after, "--created-after"),
-        "created_before": None if args.created_before is None else _instant(args.created_before, "--created-before"),
+        "created_after": None if args.created_after is None else client.instant(args.created_after, "--created-after"),
+        "created_before": None
+        if args.created_before is None
+        else client.instant(args.created_before, "--created-before"),
     }
     chosen = {name: value for name, value in criteria.items() if value is not None}
     reason = {"reason": args.reason} if args.reason is not None else {}
     if args.run_id is not None:
         if chosen or args.all:
-            _fail("give a run id, or filters (--workflow, --label, --created-after, --created-before, --all), not both")
-        answer = _api("POST", f"/v1/runs/{_segment(args.run_id)}/cancel", json=reason)
+            client.fail(
+                "give a run id, or filters (--workflow, --label, --created-after, --created-before, --all), not both"
+            )
+        answer = client.api("POST", f"/v1/runs/{client.segment(args.run_id)}/cancel", json=reason)
         print(answer["message"], file=sys.stderr)
         return
     if not chosen and not args.all:
-        _fail("give a run id, or at least one of --workflow, --label, --created-after, --created-before, or --all")
-    answer = _api("POST", "/v1/runs/cancel", json={**chosen, **reason, "all": args.all})
+        client.fail(
+            "give a run id, or at least one of --workflow, --label, --created-after, --created-before, or --all"
+        )
+    answer = client.api("POST", "/v1/runs/cancel", json={**chosen, **reason, "all": args.all})
     for run_id in answer["cancelled"]:
         print(run_id)
     count = answer["count"]
@@ -657,16 +588,16 @@ def cmd_cancel(args: argparse.Namespace) -> None:
 
 def cmd_deadletter(args: argparse.Namespace) -> None:
     if args.action == "list":
-        _print_runs(_api("GET", "/v1/deadletter", params=_page_query(args)), errors=True)
+        _print_runs(client.api("GET", "/v1/deadletter", params=_page_query(args)), errors=True)
         return
     if args.run_id is None:
-        _fail(f"`stepstream deadletter {args.action}` needs a run id")
-    path = f"/v1/deadletter/{_segment(args.run_id)}"
+        client.fail(f"`stepstream deadletter {args.action}` needs a run id")
+    path = f"/v1/deadletter/{client.segment(args.run_id)}"
     if args.action == "delete":
-        _api("DELETE", path)
+        client.api("DELETE", path)
         print(f"run {args.run_id} is being taken off the dead-letter list (it and its history stay)", file=sys.stderr)
     else:
-        _api("POST", f"{path}/{args.action}")
+        client.api("POST", f"{path}/{args.action}")
         print(f"run {args.run_id}: {args.action} requested", file=sys.stderr)
 
 
@@ -707,12 +638,12 @@ def _print_flow_keys(keys: list[dict[str, Any]]) -> None:
 
 def cmd_flow(args: argparse.Namespace) -> None:
     if args.key is not None:
-        _print_flow_keys([_api("GET", f"/v1/flow-control/{_segment(args.key)}")])
+        _print_flow_keys([client.api("GET", f"/v1/flow-control/{client.segment(args.key)}")])
         return
     query: dict[str, Any] = {"limit": args.limit}
     if args.cursor:
         query["cursor"] = args.cursor
-    answer = _api("GET", "/v1/flow-control", params=query)
+    answer = client.api("GET", "/v1/flow-control", params=query)
     if answer["flow_keys"]:
         _print_flow_keys(answer["flow_keys"])
     else:

@@ -1,0 +1,92 @@
+"""The api as the command line speaks to it: one request, its JSON, and every failure said on stderr
+with exit code 2 (the CLI's contract, ``stepstream.cli``). Shared by the commands of ``cli.py`` and
+``history/cli.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+API_URL_DEFAULT = "http://127.0.0.1:8080"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"stepstream: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def base() -> str:
+    return os.environ.get("STEPSTREAM_API_URL", API_URL_DEFAULT).rstrip("/")
+
+
+def api(method: str, path: str, **kwargs: Any) -> Any:
+    """The api's JSON answer; on an error answer or no answer, the reason on stderr and exit code 2."""
+    return request(method, path, **kwargs).json()
+
+
+def request(method: str, path: str, *, timeout: float = 10, **kwargs: Any) -> Any:
+    """The api's answer, one of success; on an error answer or no answer, the reason and exit code 2."""
+    import httpx
+
+    url = base()
+    try:
+        response = httpx.request(method, url + path, timeout=timeout, **kwargs)
+    except httpx.HTTPError as error:
+        fail(f"cannot reach the api at {url}: {error} (is `stepstream dev` or `stepstream api` running?)")
+    if response.status_code >= 400:
+        fail(f"{response.status_code}: {detail(response)}")
+    return response
+
+
+def detail(response: Any) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return str(response.text)
+
+
+def segment(value: str) -> str:
+    """A run id or event id as one URL path segment."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def json_option(value: str | None, option: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        fail(f"{option} is not valid JSON: {error}")
+
+
+def instant(value: str, option: str, *, ago: bool = False) -> int:
+    """Epoch milliseconds from ``value``: epoch ms, an ISO-8601 time (local time if it names no zone),
+    or, if ``ago``, a duration such as ``2h`` meaning that long before now."""
+    from datetime import datetime
+
+    from stepstream.api.inputs import parse_duration_ms
+
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if ago:
+        try:
+            return int(time.time() * 1000) - parse_duration_ms(text)
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        durations = "a duration such as '2h' (that long ago), " if ago else ""
+        fail(
+            f"{option}: expected {durations}epoch milliseconds or an ISO-8601 time such as "
+            f"'2026-01-31T09:00' or '2026-01-31T09:00:00Z', but got {value!r}"
+        )
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the machine's local time zone, as a person at a terminal means it
+    return int(moment.timestamp() * 1000)
