@@ -11,6 +11,7 @@ stepstream notify EVENT_ID [--data JSON]       stepstream waiters EVENT_ID
 stepstream cancel RUN_ID | --workflow W | --label L | --created-before T | --all
 stepstream deadletter list|resume|restart|delete [RUN_ID]
 stepstream flow [KEY]                          flow-control keys: queued, in flight, limits
+stepstream state|export|show|replay …          a run's history put to use (stepstream.history.cli)
 
 Exit codes: 0 done; 1 a watched run failed or was cancelled, or watching gave up; 2 the command was
 wrong, the api refused it, or the api could not be reached.
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from stepstream import client
+from stepstream.history import cli as history_commands
 
 EXAMPLE_PORT = 8000
 
@@ -760,6 +762,7 @@ def parser() -> argparse.ArgumentParser:
     _add_trigger(commands)
     _add_runs(commands)
     _add_events_and_control(commands)
+    history_commands.add_commands(commands)
     return root
 
 

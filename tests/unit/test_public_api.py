@@ -147,12 +147,16 @@ def test_the_sdk_exports_the_workflow_api_and_the_result_of_every_primitive() ->
     assert sdk.__all__ == [
         "CallResponse",
         "ConfigurationError",
+        "Divergence",
         "FailureInfo",
         "FlowControl",
         "InvokeResult",
         "NonRetryableError",
         "NondeterminismError",
+        "ReplayHistory",
+        "ReplayReport",
         "RetryAfterError",
+        "StartedStep",
         "StepstreamSDKError",
         "WaitResult",
         "WorkflowContext",
@@ -160,4 +164,5 @@ def test_the_sdk_exports_the_workflow_api_and_the_result_of_every_primitive() ->
         "WorkflowDefinition",
         "Workflows",
         "WorkflowsApp",
+        "replay",
     ]

@@ -55,6 +55,7 @@ from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
 from stepstream.core import Recovery, headers_problem, trigger_problem
 from stepstream.core.limits import MAX_SEQ
+from stepstream.history.points import diff, events_of, fold_to, state_to_dict
 from stepstream.projector.inputs import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow, open_query_store
 
@@ -482,6 +483,54 @@ def create_app(
     async def history(run_id: str, after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0) -> dict[str, Any]:
         known_run(run_id)
         return {"run_id": run_id, "events": await _off_loop(query_store().history, run_id, after_seq=after_seq)}
+
+    async def folded(run_id: str, seq: int | None, at: str | None) -> dict[str, Any]:
+        """The run's state after its events up to ``seq`` and as of ``at``, with the last event applied."""
+        known_run(run_id)
+        history = await _off_loop(query_store().history, run_id)
+        at_ms = _instant(at, "at")
+        applied = [
+            event
+            for event in history
+            if (seq is None or event["seq"] <= seq) and (at_ms is None or event["at_ms"] <= at_ms)
+        ]
+        try:
+            state = fold_to(events_of(applied))
+        except ValueError as error:  # an event the core cannot read back: the store's fault, said plainly
+            raise ApiError(500, "unreadable_history", f"Expected a history the core can fold, but {error}") from None
+        if state is None:
+            point = f"seq {seq}" if seq is not None else f"{at}"
+            raise ApiError(
+                404,
+                "before_the_run",
+                f"Expected a point in run {run_id!r}'s history, but {point} is before its first event",
+            )
+        last = applied[-1]
+        return {"seq": last["seq"], "at_ms": last["at_ms"], "event": last["type"], "state": state_to_dict(state)}
+
+    @app.get("/v1/runs/{run_id}/state")
+    async def state_at(
+        run_id: str, seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None, at: str | None = None
+    ) -> dict[str, Any]:
+        """The run's state after its event ``seq``, or as of the time ``at``; without either, now (docs/history.md)."""
+        return {"run_id": run_id, **await folded(run_id, seq, at)}
+
+    @app.get("/v1/runs/{run_id}/state/diff")
+    async def state_diff(
+        run_id: str,
+        from_seq: Annotated[int, Query(ge=1, le=MAX_SEQ)],
+        to_seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
+    ) -> dict[str, Any]:
+        """What changed in the run's state from after event ``from_seq`` to after ``to_seq`` (default: its last)."""
+        before = await folded(run_id, from_seq, None)
+        after = await folded(run_id, to_seq, None)
+        changes = diff(before["state"], after["state"])
+        return {
+            "run_id": run_id,
+            "from_seq": before["seq"],
+            "to_seq": after["seq"],
+            "changes": [change.to_dict() for change in changes],
+        }
 
     @app.get("/v1/runs/{run_id}/history/stream", response_model=None)
     async def history_events(

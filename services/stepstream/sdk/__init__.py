@@ -47,18 +47,23 @@ from stepstream.sdk._errors import (
     StepstreamSDKError,
 )
 from stepstream.sdk._flow import FlowControl
+from stepstream.sdk._replay import Divergence, ReplayHistory, ReplayReport, StartedStep, replay
 from stepstream.sdk._results import CallResponse, FailureInfo, InvokeResult, WaitResult
 from stepstream.sdk._workflows import WorkflowDecorator, WorkflowDefinition, Workflows
 
 __all__ = [
     "CallResponse",
     "ConfigurationError",
+    "Divergence",
     "FailureInfo",
     "FlowControl",
     "InvokeResult",
     "NonRetryableError",
     "NondeterminismError",
+    "ReplayHistory",
+    "ReplayReport",
     "RetryAfterError",
+    "StartedStep",
     "StepstreamSDKError",
     "WaitResult",
     "WorkflowContext",
@@ -66,4 +71,5 @@ __all__ = [
     "WorkflowDefinition",
     "Workflows",
     "WorkflowsApp",
+    "replay",
 ]

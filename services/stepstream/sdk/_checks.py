@@ -21,7 +21,7 @@ from stepstream.protocol import (
     MAX_NAME_LENGTH,
     MAX_RETRIES,
 )
-from stepstream.sdk._machine import to_json_value
+from stepstream.sdk._machine import PATCH_PREFIX, to_json_value
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -34,13 +34,16 @@ MAX_REASON_LENGTH = 2_000
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def step_name(name: object) -> str:
+def step_name(name: object, *, marker: bool = False) -> str:
     if not isinstance(name, str):
         raise TypeError(f"Expected a step name (str) as the first argument, but got {type(name).__name__}")
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
         raise ValueError(
             f"Expected a step name of 1 to {MAX_NAME_LENGTH} characters, but got one of {len(name)}: {name[:40]!r}"
         )
+    if not marker and name.startswith(PATCH_PREFIX):
+        # A step of that name would be taken for a versioning marker, and skipped in replays.
+        raise ValueError(f"Expected a step name not starting with {PATCH_PREFIX!r}, which ctx.patched uses: {name!r}")
     return name
 
 

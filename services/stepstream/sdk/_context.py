@@ -22,7 +22,7 @@ from stepstream.protocol import (
 from stepstream.sdk import _checks as checks
 from stepstream.sdk._driver import Driver
 from stepstream.sdk._flow import FlowControl, flow_control_spec
-from stepstream.sdk._machine import to_json_text
+from stepstream.sdk._machine import patch_step_name, to_json_text
 from stepstream.sdk._results import (
     CallResponse,
     InvokeResult,
@@ -415,6 +415,27 @@ class WorkflowContext(Generic[PayloadT]):
             return result
         output = type_adapter(result_type).validate_python(result.output)
         return InvokeResult(run_id=result.run_id, status=result.status, output=output, error=result.error)
+
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new branch of a code change named ``change_id``.
+
+        Change a workflow while runs are in flight in it by keeping both branches::
+
+            if await ctx.patched("ship-with-tracking"):
+                await ctx.run("ship", ship_tracked, order_id)
+            else:
+                await ctx.run("ship", ship, order_id)
+
+        True for a run that reaches this point under the new code (the answer is recorded in its
+        history as a step ``patched:<change_id>``, so its replays take the same branch); false for a
+        run whose history already went on past this point under the old code. Once no run can need
+        the old branch, delete it and the ``patched`` call: recorded markers are skipped. See
+        docs/history.md, "Versioning a workflow".
+        """
+        if not isinstance(change_id, str) or not change_id:
+            raise ValueError(f"Expected a change id (a non-empty str) for ctx.patched, but got {change_id!r}")
+        checks.step_name(patch_step_name(change_id), marker=True)
+        return await self._driver.patched(change_id)
 
     def cancel(self, reason: str | None = None) -> NoReturn:
         """End the run now as cancelled, with ``reason``; nothing after this line runs.

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from stepstream.protocol import DeliveryResponse
+from stepstream.protocol import DeliveryResponse, PlannedRun
 from stepstream.sdk import _tracing
 from stepstream.sdk._errors import DeliverySuspended
-from stepstream.sdk._machine import Execute, Pause, Plan, ReplayMachine, StepKind
+from stepstream.sdk._machine import Execute, Pause, Plan, ReplayMachine, StepKind, patch_step_name
 
 # How many turns of the event loop without a new claim count as quiet. Each level of nested
 # asyncio.gather costs a turn or two between one step's result and the next claim.
@@ -77,6 +77,15 @@ class Driver:
         self._claims += 1
         self._woken.set()
         return await future
+
+    async def patched(self, change_id: str) -> bool:
+        """``ctx.patched``: false where the history was recorded before the change; else a ``run``
+        step that records the marker (once per run) and true."""
+        if not self.machine.takes_patch(change_id):
+            return False
+        name = patch_step_name(change_id)
+        await self.step(name, "run", lambda index: PlannedRun(index=index, name=name), (_marked, (), {}))
+        return True
 
     def cancel(self, reason: str | None) -> NoReturn:
         """The workflow cancels its run: decide, and unwind the caller."""
@@ -213,3 +222,7 @@ async def _call(
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+def _marked() -> bool:
+    return True

@@ -18,6 +18,12 @@ call steps.
 The first decision that ends the delivery (a suspension, a failure, a cancellation, the return
 value) is final: later calls cannot change it, so user code that catches an exception and carries
 on cannot make the SDK report steps the engine would reject.
+
+``ctx.patched(change_id)`` (versioning, docs/history.md) is a ``run`` step named
+``patched:<change_id>`` that returns true: recorded where new code first passes it, so the history
+says which branch the run took. A history that has another step at that index was recorded by the
+code before the change: ``patched`` answers false there and claims nothing. Markers the code no
+longer asks for are skipped, so the ``patched`` call can be removed once no run needs the old branch.
 """
 
 from __future__ import annotations
@@ -79,6 +85,26 @@ class Pause:
 
 
 Round = Resume | Execute | Pause | None  # None: the delivery's answer is decided
+
+PATCH_PREFIX = "patched:"
+
+
+def patch_step_name(change_id: str) -> str:
+    """The name of the ``run`` step that records ``ctx.patched(change_id)`` in a run's history."""
+    return PATCH_PREFIX + change_id
+
+
+def is_patch_marker(step: RecordedStep) -> bool:
+    return step.kind == "run" and step.name.startswith(PATCH_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """Where the code and the history part: the step ``index``, what each holds there, in words."""
+
+    index: int
+    recorded: str
+    code: str
 
 
 def history_problem(request: DeliveryRequest) -> str | None:
@@ -144,11 +170,17 @@ class ReplayMachine:
         started_at: float | None = None,
         keeps_session: bool = False,
         max_output_bytes: int | None = None,
+        executes: bool = True,
     ) -> None:
         problem = history_problem(request)
         if problem is not None:
             raise ValueError(problem)
         self._history: dict[int, RecordedStep] = {step.index: step for step in request.steps}
+        self._last_recorded = max(self._history, default=-1)
+        # False: a replay against history (``_replay``): a step without a result is never executed, the
+        # delivery suspends there instead, and says what the code asked for.
+        self._executes = executes
+        self.mismatch: Mismatch | None = None
         self._budget_ms = request.budget_ms
         # ``keeps_session``: pause at ``continue`` instead of ending (the caller keeps the workflow for the
         # session's next request). Only where the engine may go on: a branch's delivery, or a failure
@@ -183,10 +215,10 @@ class ReplayMachine:
             )
             self._decide(failure(misuse, name=name))
             raise misuse
-        index = self._next_index
-        self._next_index += 1
-        recorded = self._history.get(index)
+        index, recorded = self._recorded_next(name)
+        self._next_index = index + 1
         if recorded is not None and (recorded.kind != kind or recorded.name != name):
+            self.mismatch = Mismatch(index, f"{recorded.kind} '{recorded.name}'", f"{kind} '{name}'")
             mismatch = NondeterminismError(
                 f"Expected step {index} to be {recorded.kind} '{recorded.name}' as recorded in the history, "
                 f"but the code called {kind} '{name}'"
@@ -195,6 +227,28 @@ class ReplayMachine:
             raise mismatch
         self._claims[index] = Claim(index, name, kind, None if recorded is not None else plan(index))
         return index
+
+    def takes_patch(self, change_id: str) -> bool:
+        """Whether ``ctx.patched(change_id)`` is true here: its marker is recorded at the next index, or
+        the history ends before it (new code on new ground, which records the marker). False where
+        the history has another step there, or a step still pending (a gap before later steps):
+        that part was recorded by the code before the change."""
+        if self.decided:
+            raise DeliverySuspended
+        name = patch_step_name(change_id)
+        index, recorded = self._recorded_next(name)
+        if recorded is None:
+            return index > self._last_recorded
+        return recorded.kind == "run" and recorded.name == name
+
+    def _recorded_next(self, wanted: str) -> tuple[int, RecordedStep | None]:
+        """The next index to claim and its recorded step, past patch markers other than ``wanted``."""
+        index = self._next_index
+        recorded = self._history.get(index)
+        while recorded is not None and is_patch_marker(recorded) and recorded.name != wanted:
+            index += 1
+            recorded = self._history.get(index)
+        return index, recorded
 
     def nested(self, name: str, kind: StepKind, running_index: int) -> BaseException:
         """A step was called inside the function of step ``running_index``: the error to raise there."""
@@ -228,6 +282,9 @@ class ReplayMachine:
                 return None
             self._executing = target
             return Execute(target.index)
+        if not self._executes:
+            self._decide(SuspendNext(steps=[claim.plan for claim in new if claim.plan is not None]))
+            return None
         if len(new) == 1 and new[0].kind == "run":
             if self._completed and not self._within_budget():
                 if self._keeps_session:
@@ -298,9 +355,13 @@ class ReplayMachine:
             self._decide(failure(early, index=self._execute_index))
             return
         # A failure handler gets the run's history too, but replays none of it.
-        unconsumed = min((index for index in self._history if index >= self._next_index), default=None)
+        unconsumed = min(
+            (index for index, step in self._history.items() if index >= self._next_index and not is_patch_marker(step)),
+            default=None,
+        )
         if unconsumed is not None and not self._handling_failure:
             step = self._history[unconsumed]
+            self.mismatch = Mismatch(step.index, f"{step.kind} '{step.name}'", "the workflow returned")
             error = NondeterminismError(
                 f"Expected step {step.index} to be {step.kind} '{step.name}' as recorded in the history, "
                 "but the workflow returned before calling it"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from enum import Enum
 from functools import cache
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from stepstream.core import Event
 
@@ -70,6 +73,8 @@ def _shown(data: dict[str, Any]) -> dict[str, Any]:
             shown[key] = _json_or_text(value)  # a call's request body: JSON when it is JSON, else text
         elif isinstance(value, dict):
             shown[key] = _shown(value)
+        elif isinstance(value, list):  # a run state's steps and pending steps
+            shown[key] = [_shown(item) if isinstance(item, dict) else item for item in value]
         else:
             shown[key] = value
     return shown
@@ -81,5 +86,52 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
     Raises ``ValueError`` if a field that must hold JSON text does not.
     """
-    data: dict[str, Any] = _plain(event)
-    return {"type": type(event).__name__, **_shown(data)}
+    return {"type": type(event).__name__, **record_to_dict(event)}
+
+
+def record_to_dict(record: object) -> dict[str, Any]:
+    """Any of the core's records (an event, a run's state) as the history shows it: see ``event_to_dict``."""
+    data: dict[str, Any] = _plain(record)
+    return _shown(data)
+
+
+@cache
+def _event_types() -> dict[str, TypeAdapter[Any]]:
+    return {kind.__name__: TypeAdapter(kind) for kind in typing.get_args(Event)}
+
+
+def _unshown(data: dict[str, Any]) -> dict[str, Any]:
+    """``_shown`` undone as far as it can be: user values back to JSON text, headers back to pairs
+    (their values stay redacted), a call's body back to text."""
+    plain: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "headers" and isinstance(value, dict):
+            plain[key] = list(value.items())
+        elif key in _JSON_FIELDS or (key == "body" and value is not None and not isinstance(value, str)):
+            plain[key] = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, dict):
+            plain[key] = _unshown(value)
+        elif isinstance(value, list):
+            plain[key] = [_unshown(item) if isinstance(item, dict) else item for item in value]
+        else:
+            plain[key] = value
+    return plain
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """An event from what :func:`event_to_dict` made of it, to fold into a run's state (the api's
+    state at a point, an exported file's). Header values stay redacted; a call's body that was JSON
+    comes back as compact JSON text.
+
+    Raises ``ValueError`` naming the type or the field that does not fit.
+    """
+    kind = data.get("type")
+    adapter = _event_types().get(kind) if isinstance(kind, str) else None
+    if adapter is None:
+        raise ValueError(f"Expected an event type, one of {', '.join(_event_types())}, but got {kind!r}")
+    fields = {key: value for key, value in data.items() if key != "type"}
+    try:
+        event: Event = adapter.validate_python(_unshown(fields))
+    except ValidationError as error:
+        raise ValueError(f"Expected a valid {kind}, but {error}") from None
+    return event
