@@ -595,11 +595,13 @@ def cmd_deadletter(args: argparse.Namespace) -> None:
     if args.run_id is None:
         client.fail(f"`stepstream deadletter {args.action}` needs a run id")
     path = f"/v1/deadletter/{client.segment(args.run_id)}"
+    # The run's history keeps the reason beside the action, and who asked.
+    body = {"reason": args.reason} if args.reason is not None else None
     if args.action == "delete":
-        client.api("DELETE", path)
+        client.api("DELETE", path, json=body)
         print(f"run {args.run_id} is being taken off the dead-letter list (it and its history stay)", file=sys.stderr)
     else:
-        client.api("POST", f"{path}/{args.action}")
+        client.api("POST", f"{path}/{args.action}", json=body)
         print(f"run {args.run_id}: {args.action} requested", file=sys.stderr)
 
 
@@ -736,6 +738,7 @@ def _add_events_and_control(commands: Any) -> None:
     deadletter = commands.add_parser("deadletter", help="failed runs: list, resume, restart or delete them")
     deadletter.add_argument("action", choices=["list", "resume", "restart", "delete"])
     deadletter.add_argument("run_id", nargs="?")
+    deadletter.add_argument("--reason", help="why, kept in the run's history with the action")
     _add_filters(deadletter)
     deadletter.set_defaults(handler=cmd_deadletter)
     flow = commands.add_parser("flow", help="flow-control keys: work queued and in flight, starts, limits")

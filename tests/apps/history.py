@@ -1,9 +1,10 @@
 """Workflows whose histories the history tests record, replay, export and fold (tests/integration/test_history.py).
 
-``journey`` uses every primitive; ``leaf`` is its child. ``versioned`` exists twice: ``before`` is the
-code before a change, served at ``/before/...``; ``workflows`` has it with ``ctx.patched`` (both
-branches), served at ``/workflows/...``. ``executions`` counts every step body run in this process,
-so a test that replays in-process can see that none ran.
+``journey`` uses every primitive; ``leaf`` is its child; ``doomed`` fails, for the dead-letter list.
+``versioned`` exists twice: ``before`` is the code before a change, served at ``/before/...``;
+``workflows`` has it with ``ctx.patched`` (both branches), served at ``/workflows/...``.
+``executions`` counts every step body run in this process, so a test that replays in-process can
+see that none ran.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from stepstream.sdk import WorkflowContext, Workflows
+from stepstream.sdk import NonRetryableError, WorkflowContext, Workflows
 
 workflows = Workflows()
 before = Workflows()
@@ -42,6 +43,16 @@ async def journey(ctx: WorkflowContext[Any]) -> dict[str, Any]:
 async def leaf(ctx: WorkflowContext[Any]) -> int:
     seat: int = await ctx.run("double", counted, "double", ctx.payload["seat"] * 2)
     return seat
+
+
+@workflows.workflow("doomed")
+async def doomed(ctx: WorkflowContext[Any]) -> None:
+    """Fails at once, every time: a run for the dead-letter list and its operators."""
+
+    def refuse() -> None:
+        raise NonRetryableError("the card was refused")
+
+    await ctx.run("charge", refuse)
 
 
 @before.workflow("versioned")

@@ -5,7 +5,9 @@ the current code and against changed code, export and import, and versioning wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import linecache
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ from stepstream.history import (
 from stepstream.sdk import WorkflowContext, Workflows
 from stepstream.store import REDACTED
 from tests.helpers import wait_until
-from tests.stack import Stack, read_topic
+from tests.stack import Stack, free_port, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -359,3 +361,90 @@ def test_the_state_api_says_what_it_cannot_find(recorded: Recorded) -> None:
     api: httpx.Client = recorded.stack.api
     assert api.get("/v1/runs/no-such-run/state").status_code == 404
     assert api.get(f"/v1/runs/{recorded.runs['journey']}/state", params={"seq": 0}).status_code == 422
+
+
+# -- the audit trail ------------------------------------------------------------------------------
+
+
+def test_operator_actions_are_in_the_history_with_who_and_why(recorded: Recorded) -> None:
+    stack, api = recorded.stack, recorded.stack.api
+    caller = "client 127.0.0.1"
+    run_id = recorded.trigger("doomed", None)
+    for action, method, path in (
+        ("resume", "POST", f"/v1/deadletter/{run_id}/resume"),
+        ("restart", "POST", f"/v1/deadletter/{run_id}/restart"),
+        ("delete", "DELETE", f"/v1/deadletter/{run_id}"),
+    ):
+        wait_until(lambda: (stack.run(run_id) or {}).get("dead_letter"), timeout=60)
+        answer = api.request(method, path, json={"reason": f"{action}: ticket 7"})
+        assert answer.status_code == 202, answer.text
+        wait_until(lambda a=action: any(e.get("action") == a for e in stack.history(run_id)), timeout=60)
+    recovered = [(e["action"], e["actor"], e["reason"]) for e in stack.history(run_id) if e["type"] == "RunRecovered"]
+    assert recovered == [
+        ("resume", caller, "resume: ticket 7"),
+        ("restart", caller, "restart: ticket 7"),
+        ("delete", caller, "delete: ticket 7"),
+    ]
+
+    event_id = f"approval-{uuid.uuid4().hex[:8]}"
+    payload = {"base": recorded.base, "event_id": event_id, "wake_at": 0}
+    waiting = recorded.trigger("journey", payload)
+    wait_until(lambda: api.get(f"/v1/events/{event_id}/waiters").json()["waiters"], timeout=60)
+    assert api.post(f"/v1/events/{event_id}/notify", json={"data": "ok"}).status_code == 202
+    wait_until(lambda: any(e["type"] == "EventReceived" for e in stack.history(waiting)), timeout=60)
+    received = next(e for e in stack.history(waiting) if e["type"] == "EventReceived")
+    assert (received["actor"], received["data"]) == (caller, "ok")
+    # The fixture's notification too: every wake-up from the api names its caller.
+    other = recorded.runs["journey"]
+    assert [e.get("actor") for e in stack.history(other) if e["type"] == "EventReceived"] == [caller]
+
+    cancelled = recorded.trigger("journey", {**payload, "event_id": f"never-{event_id}"})
+    stack.wait_for_status(cancelled, "waiting", timeout=60)
+    assert api.post(f"/v1/runs/{cancelled}/cancel", json={"reason": "duplicate order"}).status_code == 202
+    stack.wait_for_status(cancelled, "cancelled", timeout=60)
+    ended = next(e for e in stack.history(cancelled) if e["type"] == "RunCancelled")
+    assert (ended["actor"], ended["reason"]) == (caller, "duplicate order")
+
+
+def test_a_query_store_rebuilt_from_events_equals_the_live_one(recorded: Recorded, tmp_path: Path) -> None:
+    """A second api on a new, empty store reads every topic from the beginning: it must end with the
+    same rows as the api that indexed the same events as they were written."""
+    stack = recorded.stack
+    live = stack.directory / "query.db"
+    rebuilt = tmp_path / "rebuilt.db"
+    port = free_port()
+    env = {
+        **stack.env,
+        "STEPSTREAM_DATABASE": str(rebuilt),
+        "STEPSTREAM_API_PORT": str(port),
+        "STEPSTREAM_HEALTH_PORT": str(free_port()),
+        "STEPSTREAM_INSTANCE_ID": f"{stack.prefix}api-rebuilt",
+    }
+    with (stack.directory / "api-rebuilt.log").open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "stepstream.api"], env=env, stdout=log, stderr=log)
+    try:
+        stack.wait_for_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        # Nothing moves any more (every run has ended or waits with no deadline close): the two stores
+        # read the same events; wait until both have the last of them.
+        wait_until(lambda: _rows(live) == _rows(rebuilt), timeout=30)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    tables = _rows(live)
+    assert tables == _rows(rebuilt)
+    assert len(tables["runs"]) >= len(recorded.runs)
+    assert len(tables["events"]) > 50
+
+
+_OWN_TABLES = frozenset({"positions"})  # where each store has read to: its own, not the events'
+
+
+def _rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of a query store, but how far each store has read (its own positions)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        names = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {
+            name: sorted(db.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
+            for name in names
+            if name not in _OWN_TABLES
+        }

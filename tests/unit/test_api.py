@@ -28,6 +28,7 @@ from tests.unit.test_query_store import Run
 
 T0 = 1_700_000_000_000
 NOW = T0 + 3_600_000  # the api's clock: an hour after the runs below started
+CALLER = "client 127.0.0.1"  # the test client's address, kept as who asked
 ORDERS_URL = "http://app.local/workflows/orders"
 
 
@@ -395,7 +396,9 @@ def test_notifying_an_event_nobody_waits_on_says_so_and_how_long_it_is_kept(
             "the notification is kept for 60 s for runs that start waiting on it"
         ),
     }
-    assert published.records == [NotifyRequest(event_id="order-42", data='{"approved":true}', requested_at_ms=NOW)]
+    assert published.records == [
+        NotifyRequest(event_id="order-42", data='{"approved":true}', requested_at_ms=NOW, actor=CALLER)
+    ]
     assert triggers_key(published.records[0]) == "order-42"
 
 
@@ -414,7 +417,7 @@ def test_notifying_an_event_lists_the_runs_waiting_on_it(
 def test_a_notification_without_a_body_carries_null(api: TestClient, published: FakePublisher) -> None:
     assert api.post("/v1/events/order-42/notify").status_code == 202
 
-    assert published.records == [NotifyRequest(event_id="order-42", data="null", requested_at_ms=NOW)]
+    assert published.records == [NotifyRequest(event_id="order-42", data="null", requested_at_ms=NOW, actor=CALLER)]
 
 
 def test_without_a_buffer_a_notification_nobody_waits_for_is_lost_and_the_answer_says_so(
@@ -472,14 +475,14 @@ def test_cancelling_a_run_publishes_a_cancel_request(
 
     assert response.status_code == 202
     assert response.json()["run_id"] == "run_A"
-    assert published.records == [CancelRequest(run_id="run_A", reason="not needed", requested_at_ms=NOW)]
+    assert published.records == [CancelRequest(run_id="run_A", reason="not needed", requested_at_ms=NOW, actor=CALLER)]
 
 
 def test_a_cancel_needs_no_body(api: TestClient, store: QueryStore, published: FakePublisher) -> None:
     add(store, sleeping("run_A"))
 
     assert api.post("/v1/runs/run_A/cancel").status_code == 202
-    assert published.records == [CancelRequest(run_id="run_A", reason=None, requested_at_ms=NOW)]
+    assert published.records == [CancelRequest(run_id="run_A", reason=None, requested_at_ms=NOW, actor=CALLER)]
 
 
 def test_cancelling_an_unknown_run_is_a_404_and_an_ended_one_a_409(
@@ -710,7 +713,7 @@ def test_acting_on_a_dead_lettered_run_publishes_a_recover_request(
 
     assert response.status_code == 202, response.text
     assert response.json() == {"run_id": "run_5", "action": action.value}
-    assert published.records == [RecoverRequest(run_id="run_5", action=action, requested_at_ms=NOW)]
+    assert published.records == [RecoverRequest(run_id="run_5", action=action, requested_at_ms=NOW, actor=CALLER)]
 
 
 @pytest.mark.parametrize(

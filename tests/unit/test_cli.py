@@ -21,6 +21,7 @@ from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, Trigge
 from stepstream.core import Complete, Event, FlowControl, FlowKeyState, Recovery
 from stepstream.store import QueryStore, event_to_dict
 from tests.unit.test_api import (
+    CALLER,
     NOW,
     T0,
     FakePublisher,
@@ -214,7 +215,9 @@ def test_notify_prints_nothing_and_explains_when_nobody_waits(run_cli: Cli, publ
         "No run is waiting on event 'order-42' now; "
         "the notification is kept for 60 s for runs that start waiting on it\n"
     )
-    assert published.records == [NotifyRequest(event_id="order-42", data='{"approved":true}', requested_at_ms=NOW)]
+    assert published.records == [
+        NotifyRequest(event_id="order-42", data='{"approved":true}', requested_at_ms=NOW, actor=CALLER)
+    ]
 
 
 def test_notify_prints_the_runs_that_were_waiting(run_cli: Cli, store: QueryStore) -> None:
@@ -260,7 +263,7 @@ def test_cancel_a_run(run_cli: Cli, store: QueryStore, published: FakePublisher)
 
     assert result.code == 0
     assert "Cancel of run 'run_A' requested" in result.err
-    assert published.records == [CancelRequest(run_id="run_A", reason="not needed", requested_at_ms=NOW)]
+    assert published.records == [CancelRequest(run_id="run_A", reason="not needed", requested_at_ms=NOW, actor=CALLER)]
 
 
 def test_cancelling_an_unknown_or_ended_run_exits_2(run_cli: Cli, store: QueryStore) -> None:
@@ -374,7 +377,7 @@ def test_deadletter_actions_publish_a_recover_request(
     result = run_cli("deadletter", action.value, "run_5")
 
     assert result.code == 0
-    assert published.records == [RecoverRequest(run_id="run_5", action=action, requested_at_ms=NOW)]
+    assert published.records == [RecoverRequest(run_id="run_5", action=action, requested_at_ms=NOW, actor=CALLER)]
 
 
 def test_deadletter_actions_on_a_run_not_in_the_list_exit_2(run_cli: Cli, store: QueryStore) -> None:

@@ -907,7 +907,14 @@ def test_a_notify_asks_the_event_ids_waiter_index_to_wake_its_runs_and_answer() 
         NotifyStarted(run_id=RUN, seq=3, at_ms=T0, step_index=0, name="tell", event_id="order-42", data='{"paid":true}')
     ]
     assert records == [
-        NotifyEvent(event_id="order-42", data='{"paid":true}', now_ms=T0, reply_run_id=RUN, reply_step_index=0)
+        NotifyEvent(
+            event_id="order-42",
+            data='{"paid":true}',
+            now_ms=T0,
+            reply_run_id=RUN,
+            reply_step_index=0,
+            actor=f"run {RUN}",
+        )
     ]
     assert isinstance(records[0], NotifyEvent)
     assert command_key(records[0]) == "order-42"
@@ -1260,7 +1267,7 @@ INVOKE = PlanInvoke(index=1, name="ship", workflow="ship", url=None, payload="{}
             [ScheduleCancelled(run_id=RUN, request_ids=(call_request_id(RUN, 1, 1), call_deadline_id(RUN, 1, 1)))],
         ),
         (BRANCH, [ScheduleCancelled(run_id=RUN, request_ids=(f"{RUN}/2#1",))]),
-        (INVOKE, [CancelRun(run_id=f"{RUN}.1", reason=f"parent run {RUN} ended", now_ms=T0 + 5)]),
+        (INVOKE, [CancelRun(run_id=f"{RUN}.1", reason=f"parent run {RUN} ended", now_ms=T0 + 5, actor=f"run {RUN}")]),
     ],
     ids=["sleep", "wait", "call", "branch", "invoke"],
 )

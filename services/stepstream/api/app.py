@@ -41,6 +41,7 @@ from stepstream.api.inputs import (
     CancelBody,
     CancelFilterBody,
     NotifyBody,
+    RecoverBody,
     TriggerBody,
     check_delay_ms,
     check_event_id,
@@ -96,6 +97,12 @@ def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
     if len(message) > MAX_MESSAGE_LENGTH:  # a value quoted whole, such as a number of 4,000 digits
         message = f"{message[:MAX_MESSAGE_LENGTH]}… ({len(message)} characters)"
     return JSONResponse({"error": error, "message": message, **more}, status_code=status)
+
+
+def actor(request: Request) -> str | None:
+    """Who asks, as the run's history keeps it beside an operator's action: the client's address
+    until the api has tokens (then the token's name)."""
+    return f"client {request.client.host}" if request.client is not None else None
 
 
 def _invalid(message: str) -> ApiError:
@@ -459,7 +466,10 @@ def create_app(
                 break
             before = (rows[-1].created_at_ms, rows[-1].run_id)
         now_ms = clock.now_ms()
-        await publish(*(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=now_ms) for run_id in run_ids))
+        who = actor(request)
+        await publish(
+            *(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=now_ms, actor=who) for run_id in run_ids)
+        )
         return JSONResponse({"cancelled": run_ids, "count": len(run_ids)}, status_code=202)
 
     @app.get("/v1/runs/{run_id}", response_model=None)
@@ -566,7 +576,9 @@ def create_app(
                 f"Expected a run that has not ended, but run {run_id!r} is {run.status}; nothing to cancel",
                 run=run.to_dict(),
             )
-        await publish(CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=clock.now_ms()))
+        await publish(
+            CancelRequest(run_id=run_id, reason=body.reason, requested_at_ms=clock.now_ms(), actor=actor(request))
+        )
         later = "results that arrive later are ignored"
         message = f"Cancel of run {run_id!r} requested: nothing more is scheduled for it, and {later}"
         return JSONResponse({"run_id": run_id, "message": message}, status_code=202)
@@ -586,7 +598,7 @@ def create_app(
         waiting = list(dict.fromkeys(waiter.run_id for waiter in await _off_loop(query_store().waiters, event_id)))
         now_ms = clock.now_ms()
         data = _json_text(body.data, "data", settings.max_payload_bytes)
-        await publish(NotifyRequest(event_id=event_id, data=data, requested_at_ms=now_ms))
+        await publish(NotifyRequest(event_id=event_id, data=data, requested_at_ms=now_ms, actor=actor(request)))
         buffer_ms = settings.notify_buffer_ms
         kept = f"the notification is kept for {_seconds(buffer_ms)} for runs that start waiting on it"
         if waiting:
@@ -647,7 +659,8 @@ def create_app(
         )
         return _page(rows, limit)
 
-    async def recover(run_id: str, action: Recovery) -> JSONResponse:
+    async def recover(run_id: str, action: Recovery, request: Request) -> JSONResponse:
+        body = await parse(request, RecoverBody, optional=True)
         run = query_store().get_run(run_id)
         if run is None or not run.dead_letter:
             found = "not known (yet)" if run is None else run.status
@@ -658,20 +671,24 @@ def create_app(
                 "not_in_dead_letter",
                 f"Expected a run in the dead-letter list to {action.value}, but run {shown(run_id)} is {found}",
             )
-        await publish(RecoverRequest(run_id=run_id, action=action, requested_at_ms=clock.now_ms()))
+        await publish(
+            RecoverRequest(
+                run_id=run_id, action=action, requested_at_ms=clock.now_ms(), actor=actor(request), reason=body.reason
+            )
+        )
         return JSONResponse({"run_id": run_id, "action": action.value}, status_code=202)
 
     @app.post("/v1/deadletter/{run_id}/resume", status_code=202)
-    async def resume(run_id: str) -> JSONResponse:
-        return await recover(run_id, Recovery.RESUME)
+    async def resume(run_id: str, request: Request) -> JSONResponse:
+        return await recover(run_id, Recovery.RESUME, request)
 
     @app.post("/v1/deadletter/{run_id}/restart", status_code=202)
-    async def restart(run_id: str) -> JSONResponse:
-        return await recover(run_id, Recovery.RESTART)
+    async def restart(run_id: str, request: Request) -> JSONResponse:
+        return await recover(run_id, Recovery.RESTART, request)
 
     @app.delete("/v1/deadletter/{run_id}", status_code=202)
-    async def delete(run_id: str) -> JSONResponse:
-        return await recover(run_id, Recovery.DELETE)
+    async def delete(run_id: str, request: Request) -> JSONResponse:
+        return await recover(run_id, Recovery.DELETE, request)
 
     # -- flow control -----------------------------------------------------------------------------
 

@@ -207,6 +207,14 @@ class CancelBody(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
 
 
+class RecoverBody(BaseModel):
+    """``POST /v1/deadletter/{run_id}/resume`` and ``/restart``, ``DELETE /v1/deadletter/{run_id}``: optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH)
+
+
 class CancelFilterBody(BaseModel):
     """``POST /v1/runs/cancel``: cancel every run that matches and has not ended."""
 

@@ -90,6 +90,7 @@ class NotifyRequest:
     event_id: str
     data: str  # JSON text
     requested_at_ms: int | None = None
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +100,7 @@ class CancelRequest:
     run_id: str
     reason: str | None = None
     requested_at_ms: int | None = None
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +110,8 @@ class RecoverRequest:
     run_id: str
     action: Recovery
     requested_at_ms: int | None = None
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
+    reason: str | None = None  # why, as the operator gave it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

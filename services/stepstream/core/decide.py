@@ -285,7 +285,10 @@ def _cancel(state: RunState | None, command: CancelRun) -> list[Event] | Rejecte
             reason=f"Expected a run that has not ended, but run {command.run_id} is {state.status.value}",
             duplicate=True,
         )
-    return [RunCancelled(run_id=command.run_id, seq=state.seq + 1, at_ms=command.now_ms, reason=command.reason)]
+    cancelled = RunCancelled(
+        run_id=command.run_id, seq=state.seq + 1, at_ms=command.now_ms, reason=command.reason, actor=command.actor
+    )
+    return [cancelled]
 
 
 def _recover(state: RunState | None, command: RecoverRun) -> list[Event] | Rejected:
@@ -301,7 +304,16 @@ def _recover(state: RunState | None, command: RecoverRun) -> list[Event] | Rejec
             duplicate=True,
         )
     builder = _Builder(state, command.run_id, command.now_ms)
-    builder.add(RunRecovered(run_id=command.run_id, seq=builder.next_seq, at_ms=command.now_ms, action=command.action))
+    builder.add(
+        RunRecovered(
+            run_id=command.run_id,
+            seq=builder.next_seq,
+            at_ms=command.now_ms,
+            action=command.action,
+            actor=command.actor,
+            reason=command.reason,
+        )
+    )
     if command.action is not Recovery.DELETE:
         builder.schedule(attempt=1, not_before_ms=command.now_ms)
     return builder.events
@@ -761,6 +773,7 @@ def _receive_event(state: RunState, command: ReceiveEvent) -> list[Event] | Reje
             step_index=command.step_index,
             event_id=command.event_id,
             data=command.data,
+            actor=command.actor,
         )
     )
     builder.continue_if_idle()

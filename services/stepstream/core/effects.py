@@ -359,6 +359,7 @@ def _effects_of(previous: RunState | None, state: RunState, event: Event) -> lis
                     now_ms=event.at_ms,
                     reply_run_id=run_id,
                     reply_step_index=event.step_index,
+                    actor=f"run {run_id}",
                 )
             ]
         case InvokeStarted():
@@ -423,7 +424,11 @@ def _abandon(previous: RunState | None, now: int, *, completed: bool) -> list[Ef
                 if call_key is None:
                     by_key[None].append(call_deadline_id(run_id, step.step_index, step.attempt))
             case PendingInvoke():
-                records.append(CancelRun(run_id=step.child_run_id, reason=f"parent run {run_id} ended", now_ms=now))
+                records.append(
+                    CancelRun(
+                        run_id=step.child_run_id, reason=f"parent run {run_id} ended", now_ms=now, actor=f"run {run_id}"
+                    )
+                )
             case _:
                 pass
     cancels = [ScheduleCancelled(run_id=run_id, request_ids=tuple(ids), flow_key=key) for key, ids in by_key.items()]

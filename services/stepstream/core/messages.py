@@ -319,6 +319,7 @@ class ReceiveEvent:
     event_id: str
     data: str  # JSON text
     now_ms: int
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,6 +352,7 @@ class CancelRun:
     run_id: str
     reason: str | None
     now_ms: int
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 class Recovery(StrEnum):
@@ -366,6 +368,8 @@ class RecoverRun:
     run_id: str
     action: Recovery
     now_ms: int
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
+    reason: str | None = None  # why, as the operator gave it
 
 
 Command = (
@@ -512,6 +516,7 @@ class EventReceived:
     step_index: int
     event_id: str
     data: str  # JSON text
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -576,6 +581,7 @@ class RunCancelled:
     seq: int
     at_ms: int
     reason: str | None
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -622,6 +628,8 @@ class RunRecovered:
     seq: int
     at_ms: int
     action: Recovery
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
+    reason: str | None = None  # why, as the operator gave it
 
 
 Event = (

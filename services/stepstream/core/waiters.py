@@ -33,6 +33,7 @@ class BufferedNotification:
     at_ms: int
     expires_at_ms: int
     delivered_to: tuple[str, ...]  # run ids that already received it
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +71,7 @@ class NotifyEvent:
     now_ms: int
     reply_run_id: str | None = None
     reply_step_index: int | None = None
+    actor: str | None = None  # who asked: an api caller, a run ("run <id>"); None: the engine, or written before
 
 
 WaiterCommand = RegisterWaiter | UnregisterWaiter | NotifyEvent
@@ -87,7 +89,9 @@ def decide_waiters(
         case RegisterWaiter():
             for position, early in enumerate(current.buffered):
                 if command.run_id not in early.delivered_to:
-                    outputs.append(_receive(command.run_id, command.step_index, command.event_id, early.data, now))
+                    outputs.append(
+                        _receive(command.run_id, command.step_index, command.event_id, early.data, now, early.actor)
+                    )
                     delivered = replace(early, delivered_to=(*early.delivered_to, command.run_id))
                     buffered = (*current.buffered[:position], delivered, *current.buffered[position + 1 :])
                     current = replace(current, buffered=buffered)
@@ -107,7 +111,9 @@ def decide_waiters(
             current = replace(current, waiters=waiters)
         case NotifyEvent():
             woken = current.waiters
-            outputs.extend(_receive(w.run_id, w.step_index, command.event_id, command.data, now) for w in woken)
+            outputs.extend(
+                _receive(w.run_id, w.step_index, command.event_id, command.data, now, command.actor) for w in woken
+            )
             buffered = current.buffered
             if buffer_ms > 0:
                 early = BufferedNotification(
@@ -115,6 +121,7 @@ def decide_waiters(
                     at_ms=now,
                     expires_at_ms=now + buffer_ms,
                     delivered_to=tuple(dict.fromkeys(w.run_id for w in woken)),
+                    actor=command.actor,
                 )
                 buffered = (*buffered, early)
             current = replace(current, waiters=(), buffered=buffered)
@@ -142,5 +149,5 @@ def _pruned(state: WaiterState, now: int) -> WaiterState:
     )
 
 
-def _receive(run_id: str, step_index: int, event_id: str, data: str, now: int) -> ReceiveEvent:
-    return ReceiveEvent(run_id=run_id, step_index=step_index, event_id=event_id, data=data, now_ms=now)
+def _receive(run_id: str, step_index: int, event_id: str, data: str, now: int, actor: str | None) -> ReceiveEvent:
+    return ReceiveEvent(run_id=run_id, step_index=step_index, event_id=event_id, data=data, now_ms=now, actor=actor)

@@ -72,8 +72,10 @@ def public_command(request: PublicRequest, now_ms: int) -> Command | WaiterComma
                 raise ValueError(problem)
             return trigger
         case NotifyRequest():
-            return NotifyEvent(event_id=request.event_id, data=request.data, now_ms=now_ms)
+            return NotifyEvent(event_id=request.event_id, data=request.data, now_ms=now_ms, actor=request.actor)
         case CancelRequest():
-            return CancelRun(run_id=request.run_id, reason=request.reason, now_ms=now_ms)
+            return CancelRun(run_id=request.run_id, reason=request.reason, now_ms=now_ms, actor=request.actor)
         case RecoverRequest():
-            return RecoverRun(run_id=request.run_id, action=request.action, now_ms=now_ms)
+            return RecoverRun(
+                run_id=request.run_id, action=request.action, now_ms=now_ms, actor=request.actor, reason=request.reason
+            )

@@ -887,6 +887,43 @@ SCALE_SAMPLES: dict[str, object] = {
     ),
 }
 
+# Who asked for an operator's action, and why (issue 15's audit trail): ``actor`` on the requests,
+# the commands and the events they become; ``reason`` on the recoveries too.
+OPERATOR = "client 10.0.0.7"
+AUDIT_SAMPLES: dict[str, object] = {
+    "NotifyRequest.actor": NotifyRequest(event_id=EVENT_ID, data="null", requested_at_ms=NOW_MS, actor=OPERATOR),
+    "CancelRequest.actor": CancelRequest(run_id=RUN_ID, reason="duplicate order", actor=OPERATOR),
+    "RecoverRequest.actor": RecoverRequest(
+        run_id=RUN_ID, action=Recovery.RESUME, actor=OPERATOR, reason="the card processor is back"
+    ),
+    "CancelRun.actor": CancelRun(run_id=RUN_ID, reason="duplicate order", now_ms=NOW_MS, actor=OPERATOR),
+    "RecoverRun.actor": RecoverRun(
+        run_id=RUN_ID, action=Recovery.RESTART, now_ms=NOW_MS, actor=OPERATOR, reason="fixed the payload"
+    ),
+    "NotifyEvent.actor": NotifyEvent(
+        event_id=EVENT_ID, data="null", now_ms=NOW_MS, reply_run_id=RUN_ID, reply_step_index=12, actor=f"run {RUN_ID}"
+    ),
+    "ReceiveEvent.actor": ReceiveEvent(
+        run_id=RUN_ID, step_index=11, event_id=EVENT_ID, data="true", now_ms=NOW_MS, actor=OPERATOR
+    ),
+    "EventReceived.actor": EventReceived(
+        run_id=RUN_ID, seq=17, at_ms=NOW_MS, step_index=11, event_id=EVENT_ID, data="true", actor=OPERATOR
+    ),
+    "RunCancelled.actor": RunCancelled(run_id=RUN_ID, seq=20, at_ms=NOW_MS, reason="duplicate order", actor=OPERATOR),
+    "RunRecovered.actor": RunRecovered(
+        run_id=RUN_ID, seq=13, at_ms=NOW_MS, action=Recovery.DELETE, actor=OPERATOR, reason="refunded by hand"
+    ),
+    "WaiterState.actor": WaiterState(
+        event_id=EVENT_ID,
+        waiters=(),
+        buffered=(
+            BufferedNotification(
+                data="true", at_ms=NOW_MS, expires_at_ms=NOW_MS + 30_000, delivered_to=(), actor=OPERATOR
+            ),
+        ),
+    ),
+}
+
 # Every sample: the golden file of each decodes to it.
 SAMPLES: dict[str, object] = {
     **FIRST_SAMPLES,
@@ -894,6 +931,7 @@ SAMPLES: dict[str, object] = {
     **FLOW_SAMPLES,
     **HOT_PATH_SAMPLES,
     **SCALE_SAMPLES,
+    **AUDIT_SAMPLES,
 }
 
 
