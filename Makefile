@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test postgres-server prometheus-server chromium lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
+.PHONY: dev test postgres-server prometheus-server chromium schema-registry lint bench bench-quick bench-load bench-flow bench-flow-memory bench-scale bench-recovery clean check-deploy
 
 $(BIN)/stepstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/stepstream: pyproject.toml
 dev: $(BIN)/stepstream
 	$(BIN)/stepstream dev --example
 
-test: $(BIN)/stepstream postgres-server prometheus-server chromium
+test: $(BIN)/stepstream postgres-server prometheus-server chromium schema-registry
 	$(BIN)/python -m pytest
 
 # The query store's tests on PostgreSQL start a server of their own (tests/postgres.py) from Debian's
@@ -43,6 +43,14 @@ chromium:
 	@if [ -z "$$STEPSTREAM_TEST_CHROMIUM" ] && ! command -v chromium >/dev/null; then \
 	  echo "installing Chromium (Debian's chromium package) for the dashboard's browser tests"; \
 	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	fi
+
+# The Confluent-format tests need a schema registry: Apicurio Registry, fetched from Maven Central into
+# ~/.cache/stepstream on first use (stepstream/avro/local_registry.py; docs/decisions/0014), or the one
+# STEPSTREAM_TEST_REGISTRY names.
+schema-registry: $(BIN)/stepstream
+	@if [ -z "$$STEPSTREAM_TEST_REGISTRY" ]; then \
+	  $(BIN)/python -c 'from stepstream.avro.local_registry import fetch; fetch()'; \
 	fi
 
 lint: $(BIN)/stepstream

@@ -131,6 +131,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
         os.environ.setdefault("STEPSTREAM_WORKFLOWS", f"onboarding={example_url},order={order_url}")
         example = _start_example(home)
     os.environ.setdefault("STEPSTREAM_ALLOWED_URL_HOSTS", _dev_allowed_url_hosts())
+    # A stack that wrote records in the Confluent format needs its registry to read them again.
+    registry = _start_registry(home) if args.schema_registry or (home / "registry" / "db").exists() else None
     settings = KafkaSettings.from_env()
     asyncio.run(ensure_topics_for(settings))
 
@@ -143,6 +145,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
             f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
             f"Metrics of all four services (Prometheus' text format): {api}/metrics",
         ]
+        if registry is not None:
+            lines.append(f"Records in the Confluent wire format, their schemas in the registry at {registry.url}")
         if args.example:
             lines += [
                 f"The example workflows 'onboarding' and 'order' are served at {example_url.rsplit('/', 1)[0]}",
@@ -171,9 +175,27 @@ def cmd_dev(args: argparse.Namespace) -> None:
         if example is not None:
             example.terminate()
             example.wait(timeout=10)
+        if registry is not None:
+            registry.stop()
         if started_kafka is not None:
             print("stepstream dev: stopping the local Kafka (its data stays in place)", file=sys.stderr)
             started_kafka.stop()
+
+
+def _start_registry(home: Path) -> Any:
+    """A local schema registry (Apicurio, its schemas kept under ``home``), and every service set to
+    write the Confluent wire format with it: what Kafka Connect, ksqlDB and Kafka UIs read."""
+    from stepstream.avro.local_registry import LocalRegistry, RegistryProvisioningError
+
+    registry = LocalRegistry(home / "registry")
+    print("stepstream dev: starting a local schema registry (Apicurio; the first start downloads it)", file=sys.stderr)
+    try:
+        registry.start()
+    except RegistryProvisioningError as error:
+        client.fail(str(error))
+    os.environ["STEPSTREAM_SCHEMA_REGISTRY_URL"] = registry.url
+    os.environ.setdefault("STEPSTREAM_RECORD_FORMAT", "confluent")
+    return registry
 
 
 def _dev_allowed_url_hosts() -> str:
@@ -753,6 +775,11 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("dev", help="run the local stack (Kafka and all four services) in one process")
     dev.add_argument("--example", action="store_true", help="also start the example workflow app on port 8000")
+    dev.add_argument(
+        "--schema-registry",
+        action="store_true",
+        help="also run a local schema registry and write records in the Confluent wire format (docs/history.md)",
+    )
     dev.set_defaults(handler=cmd_dev)
     for name in ("projector", "scheduler", "executor", "api"):
         commands.add_parser(name, help=f"run the {name} service alone").set_defaults(handler=cmd_service)

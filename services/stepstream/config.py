@@ -108,6 +108,11 @@ class KafkaSettings:
     # process that died holds back every read_committed reader of its partitions until then, unless
     # a process with the same transactional id (the same instance id) starts and fences it first.
     transaction_timeout_ms: int = 60_000
+    # A schema registry speaking the Confluent API: every service registers the record schemas there
+    # and reads records in its wire format; ``record_format="confluent"`` also writes them so, for
+    # Kafka Connect, ksqlDB, Flink and Kafka UIs (docs/history.md). Both formats are always read.
+    schema_registry_url: str | None = None
+    record_format: str = "single-object"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KafkaSettings:
@@ -118,6 +123,17 @@ class KafkaSettings:
                 f"Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of {', '.join(allowed)}, but got {protocol!r}"
             )
         defaults = cls()
+        record_format = environ.get("STEPSTREAM_RECORD_FORMAT", defaults.record_format).strip().lower()
+        registry_url = environ.get("STEPSTREAM_SCHEMA_REGISTRY_URL") or None
+        if record_format not in ("single-object", "confluent"):
+            raise ConfigurationError(
+                f"Expected STEPSTREAM_RECORD_FORMAT to be single-object or confluent, but got {record_format!r}"
+            )
+        if record_format == "confluent" and registry_url is None:
+            raise ConfigurationError(
+                "Expected STEPSTREAM_SCHEMA_REGISTRY_URL to be set for STEPSTREAM_RECORD_FORMAT=confluent "
+                "(the records name their schema by its id in that registry), but it is not"
+            )
         # Brokers refuse less than their group.min.session.timeout.ms (6 s by default) anyway.
         session_timeout_ms = _int(
             environ, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, minimum=1_000
@@ -158,6 +174,8 @@ class KafkaSettings:
             transaction_timeout_ms=_int(
                 environ, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", defaults.transaction_timeout_ms, minimum=1
             ),
+            schema_registry_url=registry_url,
+            record_format=record_format,
         )
 
     def client_options(self) -> dict[str, Any]:

@@ -8,7 +8,11 @@ without catching a bug's ``TypeError`` too. Each subclass lives next to the code
      ├── KafkaProvisioningError     here: no local Kafka broker or topics could be set up
      ├── SignatureError             stepstream.signing: a delivery's signature is missing, forged or stale
      ├── DecodeError, EncodeError   stepstream.avro: a record the codec cannot read or write
-     ├── SchemaError                stepstream.avro: the schema files are missing or do not match
+     ├── SchemaError                stepstream.avro: the schema files are missing or do not match, or a
+     │                              schema registry refuses one as incompatible
+     ├── RegistryUnavailable        stepstream.avro.registry: the schema registry does not answer
+     ├── RegistryProvisioningError  stepstream.avro.local_registry: no local schema registry could be set up
+     ├── ExportError                stepstream.history: a file that is not an export of histories
      └── StepstreamSDKError         stepstream.sdk: the SDK's own tree, drawn in ``stepstream.sdk._errors``
 """
 

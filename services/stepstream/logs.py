@@ -53,6 +53,8 @@ def configure_logging() -> None:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonLines())
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: the schema registry's calls at start, a line per record type.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if _outages is None:
         _outages = KafkaOutageLog(debug=lambda: logging.getLogger("stepstream").isEnabledFor(logging.DEBUG))
     for handler in logging.getLogger().handlers:

@@ -98,11 +98,11 @@ def api_service(settings: ApiSettings) -> Service:
     from stepstream.api.app import create_app
     from stepstream.api.changes import RunChanges
     from stepstream.api.indexer import Indexer
-    from stepstream.avro import Codec
+    from stepstream.avro import codec_for
     from stepstream.kafka.deadletter import DeadLetterWriter
     from stepstream.store import open_query_store
 
-    codec = Codec()
+    codec = codec_for(settings.kafka)
     store = open_query_store(settings.database)
     changes = RunChanges()  # the indexer tells the requests waiting on runs when their runs change
     indexer = Indexer(

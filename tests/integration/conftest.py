@@ -1,15 +1,17 @@
-"""Fixtures the in-process service tests share: a one-partition set of topics, and a count of the
-records each restore of a changelog read from Kafka."""
+"""Fixtures the integration tests share: a one-partition set of topics and a count of the records each
+restore of a changelog read from Kafka (the in-process service tests), and a schema registry."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stepstream.avro.local_registry import LocalRegistry
 from stepstream.config import KafkaSettings
 from stepstream.kafka.clients import stream_partitions
 from stepstream.store import changelog
@@ -39,3 +41,16 @@ def records_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
 
     monkeypatch.setattr(changelog, "stream_partitions", counting)
     return counts
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A schema registry speaking the Confluent API: Apicurio Registry, started here (the first run
+    downloads it: ``make test`` does that first), or the one ``STEPSTREAM_TEST_REGISTRY`` names. Tests
+    may share it: each registers what it needs, and registering again is idempotent."""
+    external = os.environ.get("STEPSTREAM_TEST_REGISTRY")
+    if external:
+        yield external
+        return
+    with LocalRegistry(data_dir=tmp_path_factory.mktemp("registry")) as registry:
+        yield registry.url

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import linecache
 import sqlite3
 import subprocess
@@ -378,7 +379,7 @@ def test_operator_actions_are_in_the_history_with_who_and_why(recorded: Recorded
         wait_until(lambda: (stack.run(run_id) or {}).get("dead_letter"), timeout=60)
         answer = api.request(method, path, json={"reason": f"{action}: ticket 7"})
         assert answer.status_code == 202, answer.text
-        wait_until(lambda a=action: any(e.get("action") == a for e in stack.history(run_id)), timeout=60)
+        wait_until(functools.partial(_recovered, stack, run_id, action), timeout=60)
     recovered = [(e["action"], e["actor"], e["reason"]) for e in stack.history(run_id) if e["type"] == "RunRecovered"]
     assert recovered == [
         ("resume", caller, "resume: ticket 7"),
@@ -404,6 +405,10 @@ def test_operator_actions_are_in_the_history_with_who_and_why(recorded: Recorded
     stack.wait_for_status(cancelled, "cancelled", timeout=60)
     ended = next(e for e in stack.history(cancelled) if e["type"] == "RunCancelled")
     assert (ended["actor"], ended["reason"]) == (caller, "duplicate order")
+
+
+def _recovered(stack: Stack, run_id: str, action: str) -> bool:
+    return any(event.get("action") == action for event in stack.history(run_id))
 
 
 def test_a_query_store_rebuilt_from_events_equals_the_live_one(recorded: Recorded, tmp_path: Path) -> None:

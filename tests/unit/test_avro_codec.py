@@ -268,8 +268,12 @@ def _valid(codec: Codec) -> bytes:
         pytest.param(lambda codec: b"\xc3\x01\x00\x01\x02", "at least 10 bytes", id="too short"),
         pytest.param(
             lambda codec: b'{"run_id": "run_1", "step_index": 2}',
-            "starting C3 01, but the record starts 7b 22",
+            r"starting 00\), but the record starts 7b 22",
             id="json",
+        ),
+        pytest.param(lambda codec: b"\x00\x00\x01", "at least 5 bytes", id="confluent too short"),
+        pytest.param(
+            lambda codec: b"\x00\x00\x00\x00\x07\x02ab", "no schema registry is set", id="confluent without registry"
         ),
         pytest.param(lambda codec: b"\xc3\x01" + bytes(8) + b"\x02ab", "not written by any known schema", id="unknown"),
         pytest.param(lambda codec: _valid(codec) + b"\x00", "but the record has 1 more", id="trailing bytes"),

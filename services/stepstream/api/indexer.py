@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, cast
 from aiokafka import ConsumerRecord, TopicPartition
 
 from stepstream.api.changes import RunChanges
-from stepstream.avro import EVENT_TYPES, Codec, DecodeError
+from stepstream.avro import EVENT_TYPES, Codec, DecodeError, codec_for
 from stepstream.config import KafkaSettings
 from stepstream.core import Event, FlowKeyState
 from stepstream.kafka.clients import make_consumer, topic_partitions
@@ -68,7 +68,7 @@ class Indexer:
     ) -> None:
         self.topics = TopicNames(kafka.topic_prefix)
         self.store = store
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(kafka)
         self.dead_letters = dead_letters
         self.changes = changes
         # The broker answers a fetch as soon as committed records are there, so the wait bounds only how

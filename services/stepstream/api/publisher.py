@@ -6,7 +6,7 @@ import asyncio
 from typing import Any, Protocol, assert_never
 
 from stepstream import tracing
-from stepstream.avro import CancelRequest, Codec, NotifyRequest, RecoverRequest, TriggerRequest
+from stepstream.avro import CancelRequest, Codec, NotifyRequest, RecoverRequest, TriggerRequest, codec_for
 from stepstream.config import KafkaSettings
 from stepstream.kafka.clients import make_producer
 from stepstream.kafka.topics import TopicNames
@@ -51,7 +51,7 @@ class KafkaPublisher:
     async def start(self) -> None:
         # The codec reads the schemas here, at start-up, not when the app is built: tests build the
         # app with a fake publisher and need neither the schemas nor a broker.
-        self._codec = Codec()
+        self._codec = await asyncio.to_thread(codec_for, self.kafka)  # a registry, if set, is called now
         self._producer = make_producer(self.kafka)
         await self._producer.start()
 

@@ -4,7 +4,7 @@ Schemas live in the top-level ``schemas/`` directory (shipped in the package as 
 ``schemas/README.md`` says which record goes on which topic and how a schema may change.
 """
 
-from stepstream.avro.codec import HEADER_SIZE, MAGIC, Codec, DecodeError, EncodeError
+from stepstream.avro.codec import HEADER_SIZE, MAGIC, Codec, DecodeError, EncodeError, codec_for
 from stepstream.avro.records import (
     EVENT_TYPES,
     RECORD_TYPES,
@@ -17,6 +17,7 @@ from stepstream.avro.records import (
     RecoverRequest,
     TriggerRequest,
 )
+from stepstream.avro.registry import RegistryUnavailable, SchemaRegistry
 from stepstream.avro.schemas import SchemaError
 from stepstream.avro.upcasters import Upcaster
 
@@ -35,7 +36,10 @@ __all__ = [
     "EncodeError",
     "NotifyRequest",
     "RecoverRequest",
+    "RegistryUnavailable",
     "SchemaError",
+    "SchemaRegistry",
     "TriggerRequest",
     "Upcaster",
+    "codec_for",
 ]

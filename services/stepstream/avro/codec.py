@@ -1,8 +1,17 @@
-"""The one codec for every Kafka record value: Avro, single-object encoding, schemas from ``schemas/``.
+"""The one codec for every Kafka record value: Avro, schemas from ``schemas/``, in one of two framings.
 
-Every value is laid out as the Avro specification's single-object encoding::
+By default every value is laid out as the Avro specification's single-object encoding::
 
     C3 01 | CRC-64-AVRO fingerprint of the writer schema's canonical form, 8 bytes little-endian | Avro binary body
+
+With a schema registry (``STEPSTREAM_SCHEMA_REGISTRY_URL``) and ``STEPSTREAM_RECORD_FORMAT=confluent``,
+values are written in the Confluent Schema Registry wire format instead, which Kafka Connect, ksqlDB,
+Flink and Kafka UIs decode::
+
+    00 | the writer schema's id in the registry, 4 bytes big-endian | Avro binary body
+
+Either framing is read whatever the setting, so a cluster switches format with a restart and loses
+nothing: records written before the switch stay readable (decision 0015).
 
 Naming the writer schema in every record is what lets a reader decode records written before a
 schema changed: it reads them with the writer schema the fingerprint names, resolved to the current
@@ -13,7 +22,7 @@ It also lets any Kafka producer, in any language, write a record the engine acce
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources.abc import Traversable
 from io import BytesIO
 from typing import Any, Final, TypeVar, overload
@@ -24,12 +33,24 @@ from fastavro.types import Schema
 
 from stepstream.avro.conversion import ConversionBuilder, Convert, schema_name
 from stepstream.avro.records import RECORD_TYPES
-from stepstream.avro.schemas import SchemaError, default_directory, expand, fingerprint, read_directory
+from stepstream.avro.registry import SchemaRegistry
+from stepstream.avro.schemas import (
+    NAMESPACE,
+    SchemaError,
+    default_directory,
+    expand,
+    fingerprint,
+    full_name,
+    read_directory,
+)
 from stepstream.avro.upcasters import UPCASTERS, Upcaster
+from stepstream.config import KafkaSettings
 from stepstream.errors import StepstreamError
 
 MAGIC: Final = b"\xc3\x01"  # single-object encoding, version 1
 HEADER_SIZE: Final = len(MAGIC) + 8
+CONFLUENT_MAGIC: Final = b"\x00"  # the Confluent wire format, version 0
+CONFLUENT_HEADER_SIZE: Final = len(CONFLUENT_MAGIC) + 4
 
 RecordT = TypeVar("RecordT")
 OtherT = TypeVar("OtherT")
@@ -76,16 +97,27 @@ class Codec:
     """
 
     def __init__(
-        self, schema_directory: Traversable | None = None, *, upcasters: Mapping[str, Upcaster] | None = None
+        self,
+        schema_directory: Traversable | None = None,
+        *,
+        upcasters: Mapping[str, Upcaster] | None = None,
+        registry: SchemaRegistry | None = None,
+        confluent: bool = False,
     ) -> None:
+        if confluent and registry is None:
+            raise SchemaError(
+                "Expected a schema registry (STEPSTREAM_SCHEMA_REGISTRY_URL) to write records in the Confluent "
+                "format, but none is set"
+            )
         schema_files = read_directory(schema_directory or default_directory())
         builder = ConversionBuilder(schema_files.current)
         self._writers: dict[type, _Writer] = {}
         self._readers: dict[bytes, _Reader] = {}
         current_by_name: dict[str, _Reader] = {}
+        expanded_by_type: dict[type, dict[str, Any]] = {}
         for record_type in RECORD_TYPES:
             name = schema_name(record_type)
-            expanded = expand(name, schema_files.current)
+            expanded = expanded_by_type[record_type] = expand(name, schema_files.current)
             parsed = parse_schema(expanded)
             conversion = builder.record(record_type)
             record_fingerprint = fingerprint(expanded)
@@ -118,6 +150,58 @@ class Codec:
             )
         if given:
             raise SchemaError(f"Expected a schema file for every upcaster, but there is none for {sorted(given)}")
+        self._current_by_name = current_by_name
+        self._registry = registry
+        self._by_id: dict[int, _Reader] = {}  # the readers of the registry's schema ids, as they are learnt
+        if registry is not None:
+            self._register(registry, expanded_by_type, confluent=confluent)
+
+    def _register(self, registry: SchemaRegistry, expanded: Mapping[type, dict[str, Any]], *, confluent: bool) -> None:
+        """Register every current schema (subject: its record's full name); with ``confluent``, write
+        with the ids the registry gave them. Other ids (earlier shapes, a newer engine's) are looked up
+        when a record names one (:meth:`_confluent_reader`): a call each, once per process."""
+        known = registry.subjects()
+        for record_type, schema in expanded.items():
+            name = schema_name(record_type)
+            schema_id = registry.register(name, schema, new=name not in known)
+            self._by_id[schema_id] = self._current_by_name[name]
+            if confluent:
+                writer = self._writers[record_type]
+                self._writers[record_type] = replace(writer, header=CONFLUENT_MAGIC + schema_id.to_bytes(4, "big"))
+
+    def _reader_of(self, schema: dict[str, Any], schema_id: int) -> _Reader:
+        """The reader of records written with ``schema`` (id ``schema_id`` in the registry): the one of
+        the same fingerprint (an earlier shape keeps its upcaster), else the current reader of its
+        record, resolving (a newer engine's shape, during a rolling upgrade)."""
+        known = self._readers.get(fingerprint(schema))
+        if known is not None:
+            return known
+        name = full_name(schema, NAMESPACE)
+        current = self._current_by_name.get(name)
+        if current is None:
+            raise DecodeError(f"Expected schema id {schema_id} to be a schema of a Stepstream record, but it is {name}")
+        return replace(current, writer_schema=parse_schema(schema), reader_schema=current.writer_schema)
+
+    def _confluent_reader(self, data: bytes) -> _Reader:
+        if len(data) < CONFLUENT_HEADER_SIZE:
+            raise DecodeError(
+                f"Expected at least {CONFLUENT_HEADER_SIZE} bytes (the marker 00 and a 4-byte schema id), "
+                f"but got {len(data)}"
+            )
+        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+        reader = self._by_id.get(schema_id)
+        if reader is not None:
+            return reader
+        if self._registry is None:
+            raise DecodeError(
+                f"Expected a record in single-object encoding, but it is in the Confluent format (schema id "
+                f"{schema_id}) and no schema registry is set (STEPSTREAM_SCHEMA_REGISTRY_URL)"
+            )
+        schema = self._registry.schema(schema_id)  # RegistryUnavailable: not the record's fault
+        if schema is None:
+            raise DecodeError(f"Expected a schema id the registry knows, but it has no schema {schema_id}")
+        reader = self._by_id[schema_id] = self._reader_of(schema, schema_id)
+        return reader
 
     def encode(self, record: object) -> bytes:
         """The record as a Kafka record value, in its type's current schema."""
@@ -158,26 +242,15 @@ class Codec:
         """
         if data is None:
             raise DecodeError("Expected a record value, but the record has none (a null value, or tombstone)")
-        if len(data) < HEADER_SIZE:
-            raise DecodeError(
-                f"Expected at least {HEADER_SIZE} bytes (the marker C3 01 and an 8-byte schema fingerprint), "
-                f"but got {len(data)}"
-            )
-        if data[:2] != MAGIC:
-            raise DecodeError(
-                f"Expected an Avro single-object encoding starting C3 01, but the record starts {data[:2].hex(' ')}"
-            )
-        reader = self._readers.get(data[2:HEADER_SIZE])
-        if reader is None:
-            raise DecodeError(
-                f"Expected a record written by a known schema, but fingerprint {data[2:HEADER_SIZE].hex()} "
-                "is not written by any known schema (a newer producer, or another system's record)"
-            )
+        if data[:1] == CONFLUENT_MAGIC:
+            reader, start = self._confluent_reader(data), CONFLUENT_HEADER_SIZE
+        else:
+            reader, start = self._single_object_reader(data), HEADER_SIZE
         if expected is not None and reader.record_type not in expected:
             names = ", ".join(record_type.__name__ for record_type in expected)
             raise DecodeError(f"Expected {names} on this topic, but the record is a {reader.name}")
         buffer = BytesIO(data)
-        buffer.seek(HEADER_SIZE)
+        buffer.seek(start)
         try:
             datum = schemaless_reader(
                 buffer,
@@ -193,18 +266,46 @@ class Codec:
             raise DecodeError(f"Expected a valid {reader.name} body, but it is corrupt: {error!r}") from error
         if buffer.tell() != len(data):
             raise DecodeError(
-                f"Expected a {reader.name} body of {buffer.tell() - HEADER_SIZE} bytes, "
+                f"Expected a {reader.name} body of {buffer.tell() - start} bytes, "
                 f"but the record has {len(data) - buffer.tell()} more"
             )
         return record
 
+    def _single_object_reader(self, data: bytes) -> _Reader:
+        if len(data) < HEADER_SIZE:
+            raise DecodeError(
+                f"Expected at least {HEADER_SIZE} bytes (the marker C3 01 and an 8-byte schema fingerprint), "
+                f"but got {len(data)}"
+            )
+        if data[:2] != MAGIC:
+            raise DecodeError(
+                f"Expected an Avro single-object encoding starting C3 01 (or the Confluent format, starting 00), "
+                f"but the record starts {data[:2].hex(' ')}"
+            )
+        reader = self._readers.get(data[2:HEADER_SIZE])
+        if reader is None:
+            raise DecodeError(
+                f"Expected a record written by a known schema, but fingerprint {data[2:HEADER_SIZE].hex()} "
+                "is not written by any known schema (a newer producer, or another system's record)"
+            )
+        return reader
+
     def fingerprint(self, record_type: type) -> bytes:
-        """The 8-byte fingerprint of the current schema of ``record_type``, as records of it carry."""
-        writer = self._writers.get(record_type)
-        if writer is None:
+        """The 8-byte fingerprint of the current schema of ``record_type``, as single-object records of it carry."""
+        reader = self._current_by_name.get(schema_name(record_type))
+        if reader is None:
             raise TypeError(f"Expected a record type with a schema, but got {record_type.__qualname__}")
-        return writer.header[len(MAGIC) :]
+        return next(key for key, value in self._readers.items() if value is reader)
 
 
 def _upcasting(upcaster: Upcaster, from_avro: Convert) -> Convert:
     return lambda datum: from_avro(upcaster(datum))
+
+
+def codec_for(kafka: KafkaSettings) -> Codec:
+    """The codec a service uses with these settings: with a schema registry when one is set (registering
+    the schemas there now, a blocking call at start), writing the Confluent format if asked."""
+    if kafka.schema_registry_url is None:
+        return Codec()
+    registry = SchemaRegistry(kafka.schema_registry_url)
+    return Codec(registry=registry, confluent=kafka.record_format == "confluent")

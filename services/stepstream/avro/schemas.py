@@ -66,7 +66,7 @@ def read_directory(directory: Traversable) -> SchemaFiles:
         except ValueError as error:
             raise SchemaError(f"Expected {entry.name} to be JSON, but {error}") from error
         name, version = match.group(1), match.group(2)
-        declared = _full_name(schema, NAMESPACE) if isinstance(schema, dict) else None
+        declared = full_name(schema, NAMESPACE) if isinstance(schema, dict) else None
         if declared != name:
             raise SchemaError(f"Expected {entry.name} to define record {name}, but it defines {declared}")
         if version is None:
@@ -107,7 +107,7 @@ def _expand(node: Any, current: Mapping[str, dict[str, Any]], defined: set[str],
         raise SchemaError(f"Expected a type name, union or object, but found {node!r}")
     kind = node.get("type")
     if kind in _NAMED_TYPES:
-        name = _full_name(node, namespace)
+        name = full_name(node, namespace)
         defined.add(name)
         inner_namespace = name.rpartition(".")[0]
         copy = dict(node)
@@ -123,7 +123,7 @@ def _expand(node: Any, current: Mapping[str, dict[str, Any]], defined: set[str],
     return {**node, "type": _expand(kind, current, defined, namespace)}
 
 
-def _full_name(schema: Mapping[str, Any], namespace: str) -> str:
+def full_name(schema: Mapping[str, Any], namespace: str) -> str:
     name = str(schema.get("name"))
     return name if "." in name else f"{schema.get('namespace', namespace)}.{name}"
 

@@ -38,7 +38,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stepstream import metrics, tracing
-from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError
+from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError, codec_for
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
 from stepstream.core import (
@@ -108,7 +108,7 @@ class Executor:
         self.settings = settings
         self.kafka = settings.kafka
         self.topics = TopicNames(self.kafka.topic_prefix)
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(settings.kafka)
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}executor"
         if not settings.allowed_url_hosts:

@@ -75,7 +75,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     output = Path(args.output)
     with output.open("w", encoding="utf-8") as out:
         runs, events = write_export(out, histories())
-    print(f"exported {runs:,} runs ({events:,} events) to {output}", file=sys.stderr)
+    print(f"exported {_count(runs, 'run')} ({_count(events, 'event')}) to {output}", file=sys.stderr)
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number:,} {thing}" + ("" if number == 1 else "s")
 
 
 def _read(path: str) -> dict[str, list[dict[str, Any]]]:
@@ -120,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
     for report in reports:
         print(("ok        " if report.ok else "DIVERGES  ") + report.describe())
     diverged = sum(1 for report in reports if not report.ok)
-    print(f"{len(reports) - diverged} of {len(reports)} runs replay", file=sys.stderr)
+    print(f"{len(reports) - diverged} of {_count(len(reports), 'run')} replay", file=sys.stderr)
     if diverged:
         raise SystemExit(1)
 

@@ -24,6 +24,7 @@ from stepstream.avro import (
     WAITER_COMMAND_TYPES,
     Codec,
     DecodeError,
+    codec_for,
 )
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ProjectorSettings
@@ -95,7 +96,7 @@ class Projector:
         self.settings = settings
         self.kafka = settings.kafka
         self.topics = TopicNames(settings.kafka.topic_prefix)
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(settings.kafka)
         self.clock = clock or SystemClock()
         self.defaults = Defaults(
             retries=settings.default_retries,

@@ -30,7 +30,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from stepstream import metrics
-from stepstream.avro import Codec, DecodeError
+from stepstream.avro import Codec, DecodeError, codec_for
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import SchedulerSettings
 from stepstream.core import (
@@ -86,7 +86,7 @@ class Scheduler:
         self.kafka = settings.kafka
         self.settings = settings
         self.topics = TopicNames(self.kafka.topic_prefix)
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(settings.kafka)
         self.clock = clock or SystemClock()
         self.group_id = f"{self.kafka.topic_prefix}scheduler"
         self.pending = TieredPendingWork(self.codec)  # what is due within a minute in memory, the rest on disk
