@@ -344,7 +344,7 @@ def _describe(event: dict[str, Any]) -> str:
         timeout = _seconds(event["timeout_at_ms"] - event["at_ms"])
         return f"wait {step} {event['name']!r} waits for event {event['event_id']!r} (times out in {timeout})"
     if kind == "EventReceived":
-        return f"wait {step} received event {event['event_id']!r} → {json.dumps(event['data'])}"
+        return f"wait {step} received event {event['event_id']!r} → {json.dumps(event['data'])}{_by(event)}"
     if kind == "WaitTimedOut":
         return f"wait {step} timed out waiting for event {event['event_id']!r}"
     if kind == "NotifyStarted":
@@ -356,7 +356,7 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "RunFailed":
         return f"run failed: {event['error']['type']}: {event['error']['message']}"
     if kind == "RunCancelled":
-        return "run cancelled" + (f": {event['reason']}" if event.get("reason") else "")
+        return "run cancelled" + _by(event) + (f": {event['reason']}" if event.get("reason") else "")
     if kind == "ResultIgnored":
         return f"ignored, the run was cancelled: {event['what']}"
     if kind == "FailureHandlerScheduled":
@@ -370,8 +370,14 @@ def _describe(event: dict[str, Any]) -> str:
         return f"failure handler attempt {event['attempt']} failed: {event['error']['message']}{retry}"
     if kind == "RunRecovered":
         done = {"resume": "resumed", "restart": "restarted", "delete": "deleted from the dead-letter list"}
-        return f"run {done.get(event['action'], event['action'])} by an operator"
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        return f"run {done.get(event['action'], event['action'])}{_by(event) or ' by an operator'}{reason}"
     return kind
+
+
+def _by(event: dict[str, Any]) -> str:
+    """Who asked for what the event records (the audit trail, docs/history.md), when it says."""
+    return f" by {event['actor']}" if event.get("actor") else ""
 
 
 def _print_event(event: dict[str, Any]) -> None:

@@ -440,6 +440,19 @@ def test_every_event_kind_prints_as_a_sentence_not_just_its_name(scenario: Calla
         ),
         ({"type": "RunCancelled", "reason": "not needed"}, "run cancelled: not needed"),
         ({"type": "RunRecovered", "action": "resume"}, "run resumed by an operator"),
+        # who asked and why, where the event says (the audit trail)
+        (
+            {"type": "RunCancelled", "reason": "duplicate", "actor": "client 10.0.0.7"},
+            "run cancelled by client 10.0.0.7: duplicate",
+        ),
+        (
+            {"type": "RunRecovered", "action": "restart", "actor": "client 10.0.0.7", "reason": "fixed"},
+            "run restarted by client 10.0.0.7: fixed",
+        ),
+        (
+            {"type": "EventReceived", "step_index": 3, "event_id": "paid", "data": 1, "actor": "run run_B"},
+            "wait step 3 received event 'paid' → 1 by run run_B",
+        ),
         (
             {
                 "type": "InvokeStarted",

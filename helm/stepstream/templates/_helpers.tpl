@@ -237,6 +237,10 @@ STEPSTREAM_LOG_FORMAT: {{ .Values.logFormat | quote }}
 STEPSTREAM_NOTIFY_BUFFER_MS: {{ int64 .Values.notifyBufferMs | quote }}
 STEPSTREAM_MAX_RECORD_BYTES: {{ int64 .Values.kafka.maxRecordBytes | quote }}
 STEPSTREAM_STALL_MS: {{ int64 .Values.stallMs | quote }}
+{{- if .Values.schemaRegistry.url }}
+STEPSTREAM_SCHEMA_REGISTRY_URL: {{ .Values.schemaRegistry.url | quote }}
+STEPSTREAM_RECORD_FORMAT: {{ .Values.schemaRegistry.recordFormat | quote }}
+{{- end }}
 {{- /* The api starts them by name; their hosts are where the executor may deliver, by default. */}}
 {{- if .Values.workflows }}
 STEPSTREAM_WORKFLOWS: {{ include "stepstream.workflows" . | quote }}

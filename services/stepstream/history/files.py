@@ -10,7 +10,7 @@ The first line names the format; then one line per event, in each run's order::
 JSON, header values redacted, so an export can go to an auditor without the credentials runs carried.
 ``schema`` names the event's Avro record (``schemas/``), whose fields ``event`` holds. JSON lines
 rather than Avro container files: an auditor reads them with any tool, a file of several runs
-appends, and replaying one needs nothing but the standard library (decision 0014).
+appends, and replaying one needs nothing but the standard library (decision 0015).
 """
 
 from __future__ import annotations
