@@ -183,6 +183,7 @@ def test_a_waiting_run_is_among_the_waiters_and_cancelled_from_the_dashboard_is_
 
     expect(page.locator(".facts .status")).to_have_text("cancelled", timeout=30_000)
     expect(page.locator('.history details[data-type="RunCancelled"]')).to_have_count(1, timeout=30_000)
+    expect(page.locator('.history details[data-type="RunCancelled"]')).to_contain_text("actor=client 127.0.0.1")
     assert stack.run(run_id)["status"] == "cancelled"  # type: ignore[index]
 
 
@@ -200,7 +201,11 @@ def test_a_dead_lettered_run_resumed_from_the_dashboard_completes(stack: Stack, 
     page.click("button[data-action=resume]")
 
     expect(page.locator(".facts .status")).to_have_text("completed", timeout=30_000)
-    expect(page.locator('.history details[data-type="RunRecovered"]')).to_have_count(1, timeout=30_000)
+    recovered = page.locator('.history details[data-type="RunRecovered"]')
+    expect(recovered).to_have_count(1, timeout=30_000)
+    # the audit trail: who resumed it, and why
+    expect(recovered).to_contain_text("actor=client 127.0.0.1")
+    expect(recovered).to_contain_text("reason=from the dashboard")
 
 
 def test_the_flow_control_page_shows_a_key_s_queued_work_while_its_limits_hold_it_back(

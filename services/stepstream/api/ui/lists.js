@@ -20,7 +20,8 @@ export async function deadLetterView() {
           onclick: async () => {
             const runIds = chosen();
             if (!runIds.length || !confirmed(`${text} ${runIds.length} runs?`)) return;
-            for (const runId of runIds) await post(`/v1/deadletter/${encodeURIComponent(runId)}/${action}`);
+            for (const runId of runIds)
+              await post(`/v1/deadletter/${encodeURIComponent(runId)}/${action}`, { reason: "from the dashboard" });
             await draw();
           },
         },

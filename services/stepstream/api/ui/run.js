@@ -28,6 +28,7 @@ function summary(event) {
     "child_run_id",
     "status",
     "action",
+    "actor",
     "reason",
   ]) {
     if (event[name] !== undefined && event[name] !== null)
@@ -138,7 +139,10 @@ function actions(run, steps, redraw) {
           "button",
           {
             dataset: { action },
-            onclick: () => act(`${text} run ${run.run_id}?`, () => post(`/v1/deadletter/${id}/${action}`)),
+            onclick: () =>
+              act(`${text} run ${run.run_id}?`, () =>
+                post(`/v1/deadletter/${id}/${action}`, { reason: "from the dashboard" }),
+              ),
           },
           text,
         ),
