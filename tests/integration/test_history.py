@@ -386,6 +386,9 @@ def test_operator_actions_are_in_the_history_with_who_and_why(recorded: Recorded
         ("restart", caller, "restart: ticket 7"),
         ("delete", caller, "delete: ticket 7"),
     ]
+    # A failed run replays too: the code asks for the step it failed at, which the history started.
+    report = asyncio.run(replay_history(workflows, stack.history(run_id)))
+    assert report.ok, report.describe()
 
     event_id = f"approval-{uuid.uuid4().hex[:8]}"
     payload = {"base": recorded.base, "event_id": event_id, "wake_at": 0}

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stepstream import metrics, tracing
 from stepstream.api.changes import RunChanges
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
+from stepstream.api.errors import ApiError, invalid
 from stepstream.api.follow import ended, history_stream, known, wait_for_run
 from stepstream.api.inputs import (
     CancelBody,
@@ -50,13 +51,13 @@ from stepstream.api.inputs import (
     parse_wait_ms,
     shown,
 )
+from stepstream.api.points import add_state_routes
 from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
 from stepstream.core import Recovery, headers_problem, trigger_problem
 from stepstream.core.limits import MAX_SEQ
-from stepstream.history.points import diff, events_of, fold_to, state_to_dict
 from stepstream.projector.inputs import new_run_id, trigger_command
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow, open_query_store
 
@@ -82,17 +83,6 @@ MAX_MESSAGE_LENGTH = 1_000
 APPEAR_WITHIN_S = 10.0
 
 
-class ApiError(Exception):
-    """An answer other than success: its status, a short error code, a sentence, and any more fields."""
-
-    def __init__(self, status: int, error: str, message: str, **more: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.more = more
-
-
 def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
     if len(message) > MAX_MESSAGE_LENGTH:  # a value quoted whole, such as a number of 4,000 digits
         message = f"{message[:MAX_MESSAGE_LENGTH]}… ({len(message)} characters)"
@@ -103,10 +93,6 @@ def actor(request: Request) -> str | None:
     """Who asks, as the run's history keeps it beside an operator's action: the client's address
     until the api has tokens (then the token's name)."""
     return f"client {request.client.host}" if request.client is not None else None
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message)
 
 
 def _describe(problems: Sequence[Any]) -> str:
@@ -137,7 +123,7 @@ def _json_text(value: Any, name: str, limit: int) -> str:
         # Not ASCII-escaped: "é" is 2 bytes of UTF-8 as it is and 6 as \u00e9, and the limit is in bytes.
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
-        raise _invalid(
+        raise invalid(
             f"Expected {name} to be JSON, but it holds NaN, Infinity or a number too large for JSON (such as 1e400)"
         ) from None
     size = len(text.encode())
@@ -156,7 +142,7 @@ def _instant(value: int | str | None, name: str) -> int | None:
     try:
         return parse_instant_ms(value, name)
     except ValueError as error:
-        raise _invalid(str(error)) from None
+        raise invalid(str(error)) from None
 
 
 def _statuses(values: list[str] | None) -> list[str] | None:
@@ -166,7 +152,7 @@ def _statuses(values: list[str] | None) -> list[str] | None:
     statuses = [status.strip() for value in values for status in value.split(",") if status.strip()]
     unknown = [status for status in statuses if status not in RUN_STATUSES]
     if unknown:
-        raise _invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {shown(', '.join(unknown))}")
+        raise invalid(f"Expected status to be among {', '.join(RUN_STATUSES)}, but got {shown(', '.join(unknown))}")
     return statuses or None
 
 
@@ -185,7 +171,7 @@ def _wait_ms(wait: str | None) -> int | None:
     try:
         return parse_wait_ms(wait)
     except ValueError as error:
-        raise _invalid(str(error)) from None
+        raise invalid(str(error)) from None
 
 
 def _still_going(run_id: str, run: RunRow | None, wait_ms: int, *, shutting_down: bool = False) -> str:
@@ -312,7 +298,7 @@ def create_app(
         except ValidationError as error:
             if any(problem["type"] == "json_invalid" for problem in error.errors()):
                 raise ApiError(400, "bad_request", _describe(error.errors())) from None
-            raise _invalid(_describe(error.errors())) from None
+            raise invalid(_describe(error.errors())) from None
 
     # -- runs -------------------------------------------------------------------------------------
 
@@ -330,7 +316,7 @@ def create_app(
         try:
             flow = body.flow_control.flow() if body.flow_control is not None else None
         except ValueError as error:
-            raise _invalid(str(error)) from None
+            raise invalid(str(error)) from None
         now_ms = clock.now_ms()
         not_before_ms = _not_before(body, now_ms)
         record = TriggerRequest(
@@ -362,7 +348,7 @@ def create_app(
         # check leaves to the executor: a run whose deliveries cannot be sent is better refused now.
         problem = trigger_problem(trigger_command(record, now_ms)) or headers_problem(record.headers)
         if problem is not None:
-            raise _invalid(problem)
+            raise invalid(problem)
         for name, value in (("url", url), ("failure_url", body.failure_url)):
             # The executor would refuse to sign a delivery there (and fail the run); say so now.
             problem = None if value is None else url_hosts.url_problem(value, name=name)
@@ -451,7 +437,7 @@ def create_app(
             "created_before_ms": _instant(body.created_before, "created_before"),
         }
         if all(value is None for value in criteria.values()) and not body.all:
-            raise _invalid(
+            raise invalid(
                 "Expected at least one of workflow, label, created_after and created_before, "
                 'or "all": true to cancel every run that has not ended, but got none'
             )
@@ -494,53 +480,7 @@ def create_app(
         known_run(run_id)
         return {"run_id": run_id, "events": await _off_loop(query_store().history, run_id, after_seq=after_seq)}
 
-    async def folded(run_id: str, seq: int | None, at: str | None) -> dict[str, Any]:
-        """The run's state after its events up to ``seq`` and as of ``at``, with the last event applied."""
-        known_run(run_id)
-        history = await _off_loop(query_store().history, run_id)
-        at_ms = _instant(at, "at")
-        applied = [
-            event
-            for event in history
-            if (seq is None or event["seq"] <= seq) and (at_ms is None or event["at_ms"] <= at_ms)
-        ]
-        try:
-            state = fold_to(events_of(applied))
-        except ValueError as error:  # an event the core cannot read back: the store's fault, said plainly
-            raise ApiError(500, "unreadable_history", f"Expected a history the core can fold, but {error}") from None
-        if state is None:
-            point = f"seq {seq}" if seq is not None else f"{at}"
-            raise ApiError(
-                404,
-                "before_the_run",
-                f"Expected a point in run {run_id!r}'s history, but {point} is before its first event",
-            )
-        last = applied[-1]
-        return {"seq": last["seq"], "at_ms": last["at_ms"], "event": last["type"], "state": state_to_dict(state)}
-
-    @app.get("/v1/runs/{run_id}/state")
-    async def state_at(
-        run_id: str, seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None, at: str | None = None
-    ) -> dict[str, Any]:
-        """The run's state after its event ``seq``, or as of the time ``at``; without either, now (docs/history.md)."""
-        return {"run_id": run_id, **await folded(run_id, seq, at)}
-
-    @app.get("/v1/runs/{run_id}/state/diff")
-    async def state_diff(
-        run_id: str,
-        from_seq: Annotated[int, Query(ge=1, le=MAX_SEQ)],
-        to_seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
-    ) -> dict[str, Any]:
-        """What changed in the run's state from after event ``from_seq`` to after ``to_seq`` (default: its last)."""
-        before = await folded(run_id, from_seq, None)
-        after = await folded(run_id, to_seq, None)
-        changes = diff(before["state"], after["state"])
-        return {
-            "run_id": run_id,
-            "from_seq": before["seq"],
-            "to_seq": after["seq"],
-            "changes": [change.to_dict() for change in changes],
-        }
+    add_state_routes(app, query_store, known_run)
 
     @app.get("/v1/runs/{run_id}/history/stream", response_model=None)
     async def history_events(
@@ -552,9 +492,7 @@ def create_app(
         if last_event_id is not None:  # a client resuming: the header wins over the url it resumes
             digits = last_event_id.strip()
             if not (digits.isascii() and digits.isdigit() and len(digits) <= 10 and int(digits) <= MAX_SEQ):
-                raise _invalid(
-                    f"Expected Last-Event-ID to be a seq from 0 to {MAX_SEQ}, but got {shown(last_event_id)}"
-                )
+                raise invalid(f"Expected Last-Event-ID to be a seq from 0 to {MAX_SEQ}, but got {shown(last_event_id)}")
             after_seq = int(digits)
         # A run just triggered may not be in the store yet: wait a little for it, then say it is unknown.
         known_run(run_id, await wait_for_run(query_store(), run_changes, run_id, APPEAR_WITHIN_S, known))
@@ -589,7 +527,7 @@ def create_app(
         try:
             return check_event_id(event_id)
         except ValueError as error:
-            raise _invalid(str(error)) from None
+            raise invalid(str(error)) from None
 
     @app.post("/v1/events/{event_id:path}/notify", status_code=202)
     async def notify(event_id: str, request: Request) -> JSONResponse:
@@ -845,7 +783,7 @@ def _not_before(body: TriggerBody, now_ms: int) -> int | None:
     """When the run's first delivery is due, from at most one of ``delay_ms``, ``delay`` and ``not_before``."""
     given = [name for name in ("delay_ms", "delay", "not_before") if getattr(body, name) is not None]
     if len(given) > 1:
-        raise _invalid(f"Expected at most one of delay_ms, delay and not_before, but got {' and '.join(given)}")
+        raise invalid(f"Expected at most one of delay_ms, delay and not_before, but got {' and '.join(given)}")
     try:
         if body.not_before is not None:
             not_before_ms = parse_instant_ms(body.not_before, "not_before")
@@ -858,5 +796,5 @@ def _not_before(body: TriggerBody, now_ms: int) -> int | None:
         else:
             return None
     except ValueError as error:
-        raise _invalid(str(error)) from None
+        raise invalid(str(error)) from None
     return now_ms + delay_ms if delay_ms else None

@@ -108,7 +108,7 @@ def _unshown(data: dict[str, Any]) -> dict[str, Any]:
         if key == "headers" and isinstance(value, dict):
             plain[key] = list(value.items())
         elif key in _JSON_FIELDS or (key == "body" and value is not None and not isinstance(value, str)):
-            plain[key] = json.dumps(value, separators=(",", ":"))
+            plain[key] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
         elif isinstance(value, dict):
             plain[key] = _unshown(value)
         elif isinstance(value, list):
