@@ -29,27 +29,23 @@ or ``$XDG_CACHE_HOME/stepstream`` or ``~/.cache/stepstream``), under which each 
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import functools
 import glob
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from stepstream.errors import StepstreamError
+from stepstream.local_servers import exclusive_lock, last_lines, port_answers, progress
 
 REGISTRY_VERSION = "3.3.3"
 """The Apicurio Registry release to run; ``STEPSTREAM_REGISTRY_VERSION`` overrides it."""
@@ -128,7 +124,7 @@ def fetch(version: str | None = None) -> Path:
     if (app / _COMPLETE_MARKER).is_file():
         return app
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to fetch Apicurio {version}"):
+    with exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to fetch Apicurio {version}"):
         # Another process may have finished the download while this one waited for the lock.
         if not (app / _COMPLETE_MARKER).is_file():
             _download(version, cache)
@@ -149,7 +145,7 @@ def _download(version: str, cache: Path) -> None:
         shutil.rmtree(app)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
-        _progress(f"downloading Apicurio Registry {version} with Maven (first run only, ~160 MB)…")
+        progress(f"downloading Apicurio Registry {version} with Maven (first run only, ~160 MB)…")
         started = time.monotonic()
         # The `all` archive is the application as its release built it (Quarkus' fast-jar layout in 3.x, a
         # runner jar and lib/ in 2.x): nothing to resolve or build here, only one artifact to unpack.
@@ -173,7 +169,7 @@ def _download(version: str, cache: Path) -> None:
             raise RegistryProvisioningError(f"Could not run Maven ({maven}): {error}. {_ALTERNATIVES}") from error
         if result.returncode != 0:
             # Maven ends its output with colour resets even in batch mode; they are noise in an exception.
-            output = _last_lines(re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr), 30)
+            output = last_lines(re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr), 30)
             raise RegistryProvisioningError(
                 f"Maven could not download Apicurio Registry {version} (exit code {result.returncode}):\n{output}\n"
                 f"{_ALTERNATIVES}"
@@ -181,7 +177,7 @@ def _download(version: str, cache: Path) -> None:
         _launcher(staging / "app")  # refuses an archive in a layout this module does not know
         (staging / "app" / _COMPLETE_MARKER).write_text(f"Apicurio Registry {version}\n", encoding="utf-8")
         os.rename(staging / "app", app)
-        _progress(f"… done in {time.monotonic() - started:.0f} s ({app})")
+        progress(f"… done in {time.monotonic() - started:.0f} s ({app})")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -333,7 +329,7 @@ class LocalRegistry:
         self._process = None
         app = fetch(self.version)
         java = find_java(_required_java(app))
-        if self.requested_port and _port_answers(self.requested_port):
+        if self.requested_port and port_answers(self.requested_port):
             # Else the readiness probe could take whatever listens there for this registry.
             raise RegistryProvisioningError(
                 f"Expected port {self.requested_port} on 127.0.0.1 to be free for the local schema registry, "
@@ -464,7 +460,7 @@ class LocalRegistry:
             return ""
 
     def _log_tail(self) -> str:
-        return _last_lines(self._log_text(), 40) or "(empty)"
+        return last_lines(self._log_text(), 40) or "(empty)"
 
 
 # Loopback only: a proxy from the environment (HTTP_PROXY without 127.0.0.1 in NO_PROXY) must not see it.
@@ -478,35 +474,3 @@ def _api_answers(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path, *, waiting_message: str | None = None) -> Iterator[None]:
-    # As stepstream.kafka.local's, repeated so this module needs nothing beyond the standard library.
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting_message:
-                _progress(f"{waiting_message}…")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _progress(message: str) -> None:
-    print(f"stepstream: {message}", file=sys.stderr, flush=True)
-
-
-def _last_lines(text: str, count: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-count:])

@@ -25,18 +25,15 @@ import base64
 import concurrent.futures
 import contextlib
 import datetime
-import fcntl
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from stepstream.errors import KafkaProvisioningError
+from stepstream.local_servers import exclusive_lock, last_lines, port_answers, progress
 
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release the local broker runs; ``STEPSTREAM_KAFKA_VERSION`` overrides it."""
@@ -128,7 +126,7 @@ def ensure_jars(version: str | None = None) -> Path:
     if (libs / _COMPLETE_MARKER).is_file():
         return libs
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to download Kafka {version}"):
+    with exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to download Kafka {version}"):
         # Another process may have finished the download while this one waited for the lock.
         if not (libs / _COMPLETE_MARKER).is_file():
             _download_jars(version, cache)
@@ -151,7 +149,7 @@ def _download_jars(version: str, cache: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
         (staging / "pom.xml").write_text(_pom(version), encoding="utf-8")
-        _progress(f"downloading Apache Kafka {version} jars with Maven (first run only, ~45 MB)…")
+        progress(f"downloading Apache Kafka {version} jars with Maven (first run only, ~45 MB)…")
         started = time.monotonic()
         command = [
             maven,
@@ -170,7 +168,7 @@ def _download_jars(version: str, cache: Path) -> None:
                 f"Maven did not finish downloading Apache Kafka {version} in 30 min"
             ) from error
         if result.returncode != 0:
-            output = _last_lines(result.stdout + result.stderr, 30)
+            output = last_lines(result.stdout + result.stderr, 30)
             raise KafkaProvisioningError(
                 f"Maven could not download Apache Kafka {version} (exit code {result.returncode}):\n{output}\n"
                 f"{_ALTERNATIVES}"
@@ -179,7 +177,7 @@ def _download_jars(version: str, cache: Path) -> None:
             raise KafkaProvisioningError(f"Expected Maven to fetch kafka_2.13-{version}.jar, but it is missing")
         (staging / "libs" / _COMPLETE_MARKER).write_text(f"Apache Kafka {version}\n", encoding="utf-8")
         os.rename(staging / "libs", libs)
-        _progress(f"… done in {time.monotonic() - started:.0f} s ({libs})")
+        progress(f"… done in {time.monotonic() - started:.0f} s ({libs})")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -246,7 +244,7 @@ class LocalKafka:
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         spawned = False
-        with _exclusive_lock(self.data_dir / ".lock"):
+        with exclusive_lock(self.data_dir / ".lock"):
             pid = self._running_pid()
             if pid is None:
                 self._pid_file.unlink(missing_ok=True)  # stale: the process it named is gone
@@ -264,7 +262,7 @@ class LocalKafka:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``); the data directory stays."""
         if not self.data_dir.is_dir():
             return
-        with _exclusive_lock(self.data_dir / ".lock"):
+        with exclusive_lock(self.data_dir / ".lock"):
             pid = self._running_pid()
             if pid is not None:
                 _signal_process_group(pid, signal.SIGTERM)
@@ -317,7 +315,7 @@ class LocalKafka:
 
     def _refuse_busy_ports(self) -> None:
         for port in (self.port, self._controller_port()):
-            if _port_answers(port):
+            if port_answers(port):
                 raise KafkaProvisioningError(
                     f"Expected port {port} on 127.0.0.1 to be free for the local Kafka broker in {self.data_dir}, "
                     "but something already listens there (another broker?). Stop it or choose other ports."
@@ -384,7 +382,7 @@ class LocalKafka:
         if result.returncode != 0:
             raise KafkaProvisioningError(
                 f"Could not format the Kafka data directory {self._log_dirs} (exit code {result.returncode}):\n"
-                + _last_lines(result.stdout + result.stderr, 30)
+                + last_lines(result.stdout + result.stderr, 30)
             )
 
     def _spawn(self, java: str, libs: Path) -> int:
@@ -431,7 +429,7 @@ class LocalKafka:
             exit_code = _reap(pid)
             if exit_code is not None or not self._is_this_broker(pid):
                 raise self._exited_during_start_up(exit_code)
-            if _port_answers(self.port) and _broker_answers(self.bootstrap_servers):
+            if port_answers(self.port) and _broker_answers(self.bootstrap_servers):
                 return
             if time.monotonic() > deadline:
                 tail = self._log_tail()
@@ -470,7 +468,7 @@ class LocalKafka:
                 text = log.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return "(no log written)"
-        return _last_lines(text, 40) or "(empty)"
+        return last_lines(text, 40) or "(empty)"
 
 
 _LOG4J_PROPERTIES = """\
@@ -527,14 +525,6 @@ def _broker_answers(bootstrap_servers: str) -> bool:
         return pool.submit(lambda: asyncio.run(probe())).result()
 
 
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _reap(pid: int) -> int | None:
     """Collect ``pid``'s exit code if it is this process's child and has exited, so no zombie is left."""
     try:
@@ -563,27 +553,3 @@ def _signal_process_group(pid: int, signal_number: signal.Signals) -> None:
             os.kill(pid, signal_number)
     except PermissionError as error:
         raise KafkaProvisioningError(f"Not allowed to signal Apache Kafka (pid {pid}): {error}") from error
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path, *, waiting_message: str | None = None) -> Iterator[None]:
-    # Opened for appending so that taking the lock never truncates anything.
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting_message:
-                _progress(f"{waiting_message}…")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _progress(message: str) -> None:
-    print(f"stepstream: {message}", file=sys.stderr, flush=True)
-
-
-def _last_lines(text: str, count: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-count:])
