@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from stepstream.avro import Codec, SchemaError, SchemaRegistry
+from stepstream.avro import Codec, DecodeError, SchemaError, SchemaRegistry
 from stepstream.avro.codec import CONFLUENT_MAGIC, MAGIC
 from stepstream.avro.schemas import default_directory, expand, read_directory
 from stepstream.core import RunStarted
@@ -94,6 +94,37 @@ def test_a_codec_that_did_not_register_learns_a_schema_id_from_the_registry(
         late = Codec(registry=registry)
         late._by_id.clear()  # as if started before the id existed
         assert late.decode(data) == SAMPLES["RunStarted.full"]
+
+
+class CountingRegistry(SchemaRegistry):
+    """The real registry, counting the schema lookups the codec makes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.lookups: list[int] = []
+
+    def schema(self, schema_id: int) -> dict[str, Any] | None:
+        self.lookups.append(schema_id)
+        return super().schema(schema_id)
+
+
+def test_ids_the_registry_does_not_know_are_looked_up_once_and_a_few_a_minute(registry_url: str) -> None:
+    """Any producer can name any schema id: each lookup blocks the service's loop, so an unknown id is
+    looked up once, and no more than 20 new ids a minute (the records are dead-lettered, not lost)."""
+    with CountingRegistry(registry_url) as registry:
+        codec = Codec(registry=registry)
+        unknown = b"\x00" + (2**31 - 7).to_bytes(4, "big") + b"\x02ab"
+        for _ in range(3):
+            with pytest.raises(DecodeError, match="has no schema"):
+                codec.decode(unknown)
+        assert registry.lookups == [2**31 - 7]
+
+        for offset in range(1, 20):
+            with pytest.raises(DecodeError, match="has no schema"):
+                codec.decode(b"\x00" + (2**31 - 7 - offset).to_bytes(4, "big") + b"\x02ab")
+        with pytest.raises(DecodeError, match="at most 20 new schema ids a minute"):
+            codec.decode(b"\x00" + (2**31 - 100).to_bytes(4, "big") + b"\x02ab")
+        assert len(registry.lookups) == 20
 
 
 def test_the_engines_subjects_are_named_by_record_and_checked_backward(registry_url: str) -> None:

@@ -21,6 +21,7 @@ It also lets any Kafka producer, in any language, write a record the engine acce
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib.resources.abc import Traversable
@@ -51,6 +52,7 @@ MAGIC: Final = b"\xc3\x01"  # single-object encoding, version 1
 HEADER_SIZE: Final = len(MAGIC) + 8
 CONFLUENT_MAGIC: Final = b"\x00"  # the Confluent wire format, version 0
 CONFLUENT_HEADER_SIZE: Final = len(CONFLUENT_MAGIC) + 4
+_LOOKUPS_PER_MINUTE: Final = 20  # schema ids a codec looks up in the registry, at most
 
 RecordT = TypeVar("RecordT")
 OtherT = TypeVar("OtherT")
@@ -153,6 +155,8 @@ class Codec:
         self._current_by_name = current_by_name
         self._registry = registry
         self._by_id: dict[int, _Reader] = {}  # the readers of the registry's schema ids, as they are learnt
+        self._unreadable_ids: dict[int, str] = {}  # ids looked up and found unreadable, with why
+        self._lookups: list[float] = []  # when ids were looked up in the last minute
         if registry is not None:
             self._register(registry, expanded_by_type, confluent=confluent)
 
@@ -197,10 +201,33 @@ class Codec:
                 f"Expected a record in single-object encoding, but it is in the Confluent format (schema id "
                 f"{schema_id}) and no schema registry is set (STEPSTREAM_SCHEMA_REGISTRY_URL)"
             )
+        refused = self._unreadable_ids.get(schema_id)
+        if refused is not None:
+            raise DecodeError(refused)
+        # Each lookup is a blocking call on the service's loop, and any producer can name any id: a
+        # few a minute are what an upgrade needs, more are refused (the record is dead-lettered, kept).
+        now = time.monotonic()
+        self._lookups = [at for at in self._lookups if now - at < 60.0]
+        if len(self._lookups) >= _LOOKUPS_PER_MINUTE:
+            raise DecodeError(
+                f"Expected at most {_LOOKUPS_PER_MINUTE} new schema ids a minute, but schema id {schema_id} is "
+                "one more: records naming ids the registry may not know arrive faster than they are looked up"
+            )
+        self._lookups.append(now)
         schema = self._registry.schema(schema_id)  # RegistryUnavailable: not the record's fault
-        if schema is None:
-            raise DecodeError(f"Expected a schema id the registry knows, but it has no schema {schema_id}")
-        reader = self._by_id[schema_id] = self._reader_of(schema, schema_id)
+        try:
+            if schema is None:
+                raise DecodeError(f"Expected a schema id the registry knows, but it has no schema {schema_id}")
+            reader = self._reader_of(schema, schema_id)
+        except Exception as error:  # a schema fastavro cannot parse, or no record of ours: the record's fault
+            message = str(error)
+            if not isinstance(error, DecodeError):
+                message = f"Expected a readable schema {schema_id}, but {error!r}"
+            if len(self._unreadable_ids) >= 10_000:
+                self._unreadable_ids.clear()  # bounded: a producer naming ever new ids cannot grow it
+            self._unreadable_ids[schema_id] = message
+            raise DecodeError(message) from error
+        self._by_id[schema_id] = reader
         return reader
 
     def encode(self, record: object) -> bytes:

@@ -16,7 +16,7 @@ set another level on it, which the engine then leaves alone.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -43,7 +43,7 @@ class SchemaRegistry:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> SchemaRegistry:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -224,5 +224,6 @@ async def _call(
         return result
 
 
-def _marked() -> bool:
+async def _marked() -> bool:
+    # A coroutine function: a sync one would run in a worker thread, for nothing.
     return True
