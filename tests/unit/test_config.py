@@ -162,6 +162,21 @@ def test_static_membership_refuses_anything_else_by_name() -> None:
         KafkaSettings.from_env({"STEPSTREAM_KAFKA_STATIC_MEMBERSHIP": "sometimes"})
 
 
+def test_a_schema_registry_and_the_record_format_are_read_and_checked() -> None:
+    url = "http://registry:8080/apis/ccompat/v7"
+    settings = KafkaSettings.from_env({"STEPSTREAM_SCHEMA_REGISTRY_URL": url, "STEPSTREAM_RECORD_FORMAT": "Confluent"})
+
+    assert (settings.schema_registry_url, settings.record_format) == (url, "confluent")
+    assert (KafkaSettings.from_env({}).schema_registry_url, KafkaSettings.from_env({}).record_format) == (
+        None,
+        "single-object",
+    )
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_RECORD_FORMAT to be single-object or conf"):
+        KafkaSettings.from_env({"STEPSTREAM_RECORD_FORMAT": "json"})
+    with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_SCHEMA_REGISTRY_URL to be set"):
+        KafkaSettings.from_env({"STEPSTREAM_RECORD_FORMAT": "confluent"})
+
+
 def test_a_shorter_session_timeout_shortens_the_default_heartbeat_to_a_third() -> None:
     settings = KafkaSettings.from_env({"STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000"})
 
