@@ -184,6 +184,8 @@ class Stack:
             "STEPSTREAM_TOPIC_PREFIX": self.prefix,
             "STEPSTREAM_PARTITIONS": str(partitions),
             "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
+            # The benchmarks' clients send no token: the api open, on this machine only.
+            "STEPSTREAM_API_AUTH": "none",
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
             "STEPSTREAM_HEALTH_PORT": "off",  # several services on one host; the bench does not probe them
             "STEPSTREAM_API_PORT": str(self.api_port),

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from stepstream.tokens import ROLES, new_token, token_line
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("projector", "scheduler", "executor", "api")
 TERMINAL = ("completed", "failed")
@@ -42,12 +44,16 @@ class Stack:
         self.prefix = f"test{uuid.uuid4().hex[:8]}."
         self.workflow_url = f"http://127.0.0.1:{self.app_port}/workflows/onboarding"
         key = uuid.uuid4().hex
+        self.token = new_token()
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "STEPSTREAM_TOPIC_PREFIX": self.prefix,
             "STEPSTREAM_PARTITIONS": str(partitions),
             "STEPSTREAM_SIGNING_KEYS": key,
+            # The api wants a token: one with every role, which the CLI run with this env sends too.
+            "STEPSTREAM_API_TOKENS": token_line("tests", ROLES, self.token),
+            "STEPSTREAM_API_TOKEN": self.token,
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
             "STEPSTREAM_API_PORT": str(self.api_port),
             # Its host, 127.0.0.1, is also where the executor may deliver by default (any port), so the
@@ -62,7 +68,11 @@ class Stack:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.health_ports: dict[str, int] = {}  # the health port of each service process started
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10)
+        self.api = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     # -- processes --------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ stepstream dev [--example]          the local stack in one process (starts a loc
 stepstream projector|scheduler|executor|api
 stepstream kafka start|stop|status  the local single-node Kafka
 stepstream topics create            create the engine's topics
+stepstream token new NAME --roles read,write,operate   an api token, and the line that configures it
 stepstream trigger WORKFLOW [--payload JSON] [--run-id ID] [--delay 10s|--not-before TIME] [--watch|--wait] …
                    [--flow-key K [--rate N] [--period 1m] [--parallelism N]]
 stepstream runs list|get|steps|history …
@@ -105,6 +106,35 @@ def _dev_signing_key(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _dev_api_token(home: Path) -> str:
+    """The local stack's api token (every role), made once and kept beside its signing key."""
+    from stepstream.tokens import new_token
+
+    path = home / client.API_TOKEN_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_token())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from stepstream.tokens import ROLES, new_token, token_line
+
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    if not roles or not set(roles) <= set(ROLES):
+        client.fail(f"--roles: expected some of {', '.join(ROLES)}, comma-separated, but got {args.roles!r}")
+    token = new_token()
+    print(token)
+    print(
+        "The token (above, on stdout) is shown once: give it to whoever calls the api "
+        "(STEPSTREAM_API_TOKEN for the CLI). Add this line to the api's STEPSTREAM_API_TOKENS or its "
+        "tokens file; it holds only the token's hash:",
+        file=sys.stderr,
+    )
+    print(f"    {token_line(args.name, roles, token)}", file=sys.stderr)
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -124,6 +154,13 @@ def cmd_dev(args: argparse.Namespace) -> None:
     print(f"stepstream dev: state in {home}", file=sys.stderr)
     bootstrap, started_kafka = _bootstrap_or_local(home)
     os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_signing_key(home))
+    api_token = None
+    configured = ("STEPSTREAM_API_TOKENS", "STEPSTREAM_API_TOKENS_FILE", "STEPSTREAM_API_AUTH")
+    if not any(os.environ.get(name) for name in configured):  # the api's own settings win
+        from stepstream.tokens import ROLES, token_line
+
+        api_token = _dev_api_token(home)
+        os.environ["STEPSTREAM_API_TOKENS"] = token_line("local", ROLES, api_token)
     example: subprocess.Popen[bytes] | None = None
     example_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/onboarding"
     order_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/order"
@@ -145,6 +182,13 @@ def cmd_dev(args: argparse.Namespace) -> None:
             f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
             f"Metrics of all four services (Prometheus' text format): {api}/metrics",
         ]
+        if api_token is not None:
+            token_file = home / client.API_TOKEN_FILE
+            lines += [
+                f"The api wants a token: the local one is in {token_file} (every role). The CLI here reads it",
+                "from there; the dashboard asks for it once; elsewhere: "
+                f"export STEPSTREAM_API_TOKEN=$(cat {token_file})",
+            ]
         if registry is not None:
             lines.append(f"Records in the Confluent wire format, their schemas in the registry at {registry.url}")
         if args.example:
@@ -406,7 +450,9 @@ def _watch(run_id: str, timeout_s: float) -> None:
     while (remaining := deadline - time.monotonic()) > 0:
         timeout = httpx.Timeout(10, read=min(remaining, STREAM_SILENCE_S))
         try:
-            with httpx.stream("GET", path, params={"after_seq": seen}, timeout=timeout) as response:
+            with httpx.stream(
+                "GET", path, params={"after_seq": seen}, timeout=timeout, headers=client.auth_headers()
+            ) as response:
                 if response.status_code == 404:  # the api waited a while for the run to appear
                     time.sleep(min(0.5, remaining))  # an api that answers at once is not asked in a loop
                     continue
@@ -792,6 +838,11 @@ def parser() -> argparse.ArgumentParser:
     kafka = commands.add_parser("kafka", help="the local single-node Apache Kafka")
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.set_defaults(handler=cmd_kafka)
+    token = commands.add_parser("token", help="make an api token: prints it, and the line that configures it")
+    token.add_argument("action", choices=["new"])
+    token.add_argument("name", help="who holds it: recorded as the actor of what they do")
+    token.add_argument("--roles", required=True, help="comma-separated: read, write, operate")
+    token.set_defaults(handler=cmd_token)
     topics = commands.add_parser("topics", help="create the engine's topics")
     topics.add_argument("action", choices=["create"])
     topics.set_defaults(handler=cmd_topics)

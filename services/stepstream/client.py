@@ -10,7 +10,10 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from stepstream.config import default_home
+
 API_URL_DEFAULT = "http://127.0.0.1:8080"
+API_TOKEN_FILE = "api-token"  # in the local stack's home: the token `stepstream dev` made
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -27,15 +30,35 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
     return request(method, path, **kwargs).json()
 
 
+def token() -> str | None:
+    """The token to send: ``STEPSTREAM_API_TOKEN``, else, for the local api (``STEPSTREAM_API_URL``
+    unset), the one ``stepstream dev`` made in its home (``.stepstream/api-token``)."""
+    given = os.environ.get("STEPSTREAM_API_TOKEN", "").strip()
+    if given:
+        return given
+    if os.environ.get("STEPSTREAM_API_URL"):
+        return None  # another api: never send it the local stack's token
+    local = default_home() / API_TOKEN_FILE
+    return local.read_text(encoding="utf-8").strip() if local.is_file() else None
+
+
+def auth_headers() -> dict[str, str]:
+    found = token()
+    return {"Authorization": f"Bearer {found}"} if found else {}
+
+
 def request(method: str, path: str, *, timeout: float = 10, **kwargs: Any) -> Any:
     """The api's answer, one of success; on an error answer or no answer, the reason and exit code 2."""
     import httpx
 
     url = base()
+    headers = {**auth_headers(), **kwargs.pop("headers", {})}
     try:
-        response = httpx.request(method, url + path, timeout=timeout, **kwargs)
+        response = httpx.request(method, url + path, timeout=timeout, headers=headers, **kwargs)
     except httpx.HTTPError as error:
         fail(f"cannot reach the api at {url}: {error} (is `stepstream dev` or `stepstream api` running?)")
+    if response.status_code == 401:
+        fail(f"401: {detail(response)}; set STEPSTREAM_API_TOKEN to a token of the api (docs/security.md)")
     if response.status_code >= 400:
         fail(f"{response.status_code}: {detail(response)}")
     return response

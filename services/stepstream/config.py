@@ -17,6 +17,7 @@ from typing import Any
 from stepstream.core.urls import VARIABLE as ALLOWED_URL_HOSTS_VARIABLE
 from stepstream.core.urls import AllowedHosts
 from stepstream.errors import StepstreamError
+from stepstream.tokens import Token, parse_tokens
 
 
 class ConfigurationError(StepstreamError):
@@ -363,6 +364,9 @@ class ApiSettings:
     # The hosts a trigger's url and failure_url may name; None: the hosts of ``workflows``, as from_env
     # reads STEPSTREAM_ALLOWED_URL_HOSTS when it is unset.
     allowed_url_hosts: AllowedHosts | None = None
+    # Who may call the api (stepstream.tokens); None: anyone who reaches it, which from_env allows only
+    # when STEPSTREAM_API_AUTH=none says so.
+    tokens: tuple[Token, ...] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -388,6 +392,7 @@ class ApiSettings:
             notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
             query_store_retention_ms=_int(environ, "STEPSTREAM_QUERY_STORE_RETENTION_MS", 0),
             allowed_url_hosts=allowed_url_hosts(environ),
+            tokens=api_tokens(environ),
         )
 
     @property
@@ -396,3 +401,39 @@ class ApiSettings:
         if self.allowed_url_hosts is None:
             return AllowedHosts.of_urls(self.workflows.values())
         return self.allowed_url_hosts
+
+
+def api_tokens(environ: Mapping[str, str]) -> tuple[Token, ...] | None:
+    """The api's tokens from ``STEPSTREAM_API_TOKENS`` and the file ``STEPSTREAM_API_TOKENS_FILE``;
+    ``None`` only when ``STEPSTREAM_API_AUTH=none`` opens the api on purpose."""
+    auth = environ.get("STEPSTREAM_API_AUTH", "tokens").strip().lower()
+    if auth not in ("tokens", "none"):
+        raise ConfigurationError(f"Expected STEPSTREAM_API_AUTH to be tokens or none, but got {auth!r}")
+    sources = []
+    if environ.get("STEPSTREAM_API_TOKENS", "").strip():
+        sources.append((environ["STEPSTREAM_API_TOKENS"].replace(";", "\n"), "STEPSTREAM_API_TOKENS"))
+    path = environ.get("STEPSTREAM_API_TOKENS_FILE", "").strip()
+    if path:
+        try:
+            sources.append((Path(path).read_text(encoding="utf-8"), f"STEPSTREAM_API_TOKENS_FILE {path}"))
+        except OSError as error:
+            raise ConfigurationError(f"Expected STEPSTREAM_API_TOKENS_FILE to be readable, but {error}") from None
+    if auth == "none":
+        if sources:
+            raise ConfigurationError("Expected either api tokens or STEPSTREAM_API_AUTH=none, but both are set")
+        return None
+    try:
+        tokens = tuple(token for text, source in sources for token in parse_tokens(text, source))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    names = [token.name for token in tokens]
+    if len(set(names)) != len(names):
+        again = sorted({name for name in names if names.count(name) > 1})
+        raise ConfigurationError(f"Expected each token name once, but {', '.join(again)} is configured twice")
+    if not tokens:
+        raise ConfigurationError(
+            "Expected api tokens in STEPSTREAM_API_TOKENS or STEPSTREAM_API_TOKENS_FILE (`stepstream token new NAME "
+            "--roles read,write,operate` makes one and prints its line), or STEPSTREAM_API_AUTH=none to leave the "
+            "api open to anyone who can reach it (a machine of your own only)"
+        )
+    return tokens

@@ -9,6 +9,7 @@ of the main pages there (docs/images/ holds the ones in the docs).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -58,10 +59,13 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(
         base_url=f"http://127.0.0.1:{stack.api_port}", viewport={"width": 1280, "height": 900}
     )
+    if "no_token" not in request.keywords:
+        # As if the token had been entered once before (test_the_dashboard_asks_for_a_token enters it).
+        context.add_init_script(f"localStorage.setItem('stepstream.token', {json.dumps(stack.token)})")
     outside: list[str] = []
 
     def loopback_only(route: Route) -> None:
@@ -99,6 +103,28 @@ def screenshot(page: Page, name: str) -> None:
 def trigger(stack: Stack, workflow: str, payload: Any, **options: Any) -> str:
     url = stack.workflow_url.rsplit("/", 1)[0] + f"/{workflow}"
     return stack.trigger(payload, workflow=workflow, url=url, **options)
+
+
+@pytest.mark.no_token
+def test_the_dashboard_asks_for_a_token_and_works_with_it(stack: Stack, page: Page) -> None:
+    run_id = trigger(stack, "onboarding", {"name": "Ada", "sleep_seconds": 0.2})
+
+    page.goto("/ui/#/runs")
+    dialog = page.locator("dialog.token")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Expected a token (Authorization: Bearer <token>), but got none")
+    screenshot(page, "token")
+    page.fill("dialog.token input[name=token]", "ssk_not-a-token-of-this-api")
+    page.click("dialog.token button[type=submit]")
+    expect(page.locator("dialog.token")).to_contain_text("Expected a known token, but this one is not")
+
+    page.fill("dialog.token input[name=token]", stack.token)
+    page.click("dialog.token button[type=submit]")
+    expect(page.locator(f'tr[data-run-id="{run_id}"]')).to_be_visible()
+    expect(page.locator("dialog.token")).to_have_count(0)
+    # the history stream, which EventSource opens without headers, is let in by the token's cookie
+    page.goto(f"/ui/#/runs/{run_id}")
+    expect(page.locator('.history details[data-type="RunStarted"]')).to_have_count(1, timeout=30_000)
 
 
 def test_the_run_list_shows_a_new_run_and_its_filters_narrow_it(stack: Stack, page: Page) -> None:
@@ -183,7 +209,7 @@ def test_a_waiting_run_is_among_the_waiters_and_cancelled_from_the_dashboard_is_
 
     expect(page.locator(".facts .status")).to_have_text("cancelled", timeout=30_000)
     expect(page.locator('.history details[data-type="RunCancelled"]')).to_have_count(1, timeout=30_000)
-    expect(page.locator('.history details[data-type="RunCancelled"]')).to_contain_text("actor=client 127.0.0.1")
+    expect(page.locator('.history details[data-type="RunCancelled"]')).to_contain_text("actor=token tests")
     assert stack.run(run_id)["status"] == "cancelled"  # type: ignore[index]
 
 
@@ -204,7 +230,7 @@ def test_a_dead_lettered_run_resumed_from_the_dashboard_completes(stack: Stack, 
     recovered = page.locator('.history details[data-type="RunRecovered"]')
     expect(recovered).to_have_count(1, timeout=30_000)
     # the audit trail: who resumed it, and why
-    expect(recovered).to_contain_text("actor=client 127.0.0.1")
+    expect(recovered).to_contain_text("actor=token tests")
     expect(recovered).to_contain_text("reason=from the dashboard")
 
 

@@ -112,7 +112,8 @@ class KeyWatcher:
         self._thread.join(timeout=10)
 
     def _poll(self) -> None:
-        with httpx.Client(base_url=self.flow.stack.api.base_url, timeout=5) as api:
+        stack_api = self.flow.stack.api
+        with httpx.Client(base_url=stack_api.base_url, headers=stack_api.headers, timeout=5) as api:
             while not self._stop.is_set():
                 response = api.get(f"/v1/flow-control/{self.key}")
                 if response.status_code == 200:

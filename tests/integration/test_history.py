@@ -369,7 +369,7 @@ def test_the_state_api_says_what_it_cannot_find(recorded: Recorded) -> None:
 
 def test_operator_actions_are_in_the_history_with_who_and_why(recorded: Recorded) -> None:
     stack, api = recorded.stack, recorded.stack.api
-    caller = "client 127.0.0.1"
+    caller = "token tests"  # the name of the token the stack's client sends
     run_id = recorded.trigger("doomed", None)
     for action, method, path in (
         ("resume", "POST", f"/v1/deadletter/{run_id}/resume"),

@@ -41,7 +41,7 @@ def test_two_api_replicas_share_one_store_one_indexes_and_the_other_takes_over(
         second = subprocess.Popen([sys.executable, "-m", "stepstream.api"], env=env, stdout=log, stderr=log)
     try:
         stack.wait_for_http(f"http://127.0.0.1:{port}/readyz")
-        other = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        other = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=stack.api.headers, timeout=60)
         wait_until(lambda: "indexer writes the shared query store" in (tmp_path / "api.log").read_text(), timeout=30)
         assert "indexer writes the shared query store" not in (tmp_path / "api-2.log").read_text()
 

@@ -9,17 +9,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from stepstream import cli
+from stepstream import cli, client
+from stepstream.api.auth import TokenAuth
 from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import index
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.core import Complete, Event, FlowControl, FlowKeyState, Recovery
 from stepstream.store import QueryStore, event_to_dict
+from stepstream.tokens import parse_tokens
 from tests.unit.test_api import (
     CALLER,
     NOW,
@@ -734,3 +737,52 @@ def test_flow_without_keys_says_so(run_cli: Cli) -> None:
 
     assert (result.code, result.out) == (0, "")
     assert "no flow-control key is known yet" in result.err
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def test_token_new_prints_the_token_and_the_line_that_configures_only_its_hash(capsys: Any) -> None:
+    cli.main(["token", "new", "deploy-bot", "--roles", "write,read"])
+    out, err = capsys.readouterr()
+
+    token = out.strip()
+    line = err.strip().splitlines()[-1].strip()
+    assert token.startswith("ssk_")
+    assert token not in err
+    (configured,) = parse_tokens(line, "stderr")
+    assert (configured.name, configured.roles) == ("deploy-bot", frozenset({"read", "write"}))
+    assert TokenAuth(None, (configured,)).find(token) == configured  # type: ignore[arg-type]
+
+
+def test_token_new_refuses_unknown_roles(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["token", "new", "x", "--roles", "read,admin"])
+    assert exited.value.code == 2
+    assert "--roles: expected some of read, write, operate" in capsys.readouterr().err
+
+
+def test_the_cli_sends_its_token_and_the_local_stacks_only_to_the_local_api(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("STEPSTREAM_API_TOKEN", raising=False)
+    monkeypatch.delenv("STEPSTREAM_API_URL", raising=False)
+    monkeypatch.setenv("STEPSTREAM_HOME", str(tmp_path))
+    assert client.auth_headers() == {}
+    (tmp_path / "api-token").write_text("ssk_local\n")
+    assert client.auth_headers() == {"Authorization": "Bearer ssk_local"}
+    monkeypatch.setenv("STEPSTREAM_API_URL", "https://stepstream.example.com")
+    assert client.auth_headers() == {}, "the local stack's token never goes to another api"
+    monkeypatch.setenv("STEPSTREAM_API_TOKEN", "ssk_given")
+    assert client.auth_headers() == {"Authorization": "Bearer ssk_given"}
+
+
+def test_a_401_says_which_variable_holds_the_token(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    def refused(method: str, url: str, **options: Any) -> httpx.Response:
+        return httpx.Response(401, json={"error": "unauthorized", "message": "Expected a token, but got none"})
+
+    monkeypatch.setattr(httpx, "request", refused)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["runs", "list"])
+    assert exited.value.code == 2
+    assert "401: Expected a token, but got none; set STEPSTREAM_API_TOKEN" in capsys.readouterr().err

@@ -21,10 +21,16 @@ from stepstream.config import (
     default_home,
 )
 from stepstream.errors import StepstreamError
+from stepstream.tokens import ROLES, Token, new_token, token_line
 
 UNSIGNED = {"STEPSTREAM_ALLOW_UNSIGNED": "1"}
 
 Reader = Callable[[Mapping[str, str]], object]  # a settings class's from_env
+
+
+def api_from_env(environ: dict[str, str]) -> ApiSettings:
+    """The api's settings, its tokens aside (their own tests below): open, as STEPSTREAM_API_AUTH=none says."""
+    return ApiSettings.from_env({"STEPSTREAM_API_AUTH": "none", **environ})
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +87,7 @@ def test_executor_defaults_when_unsigned_is_allowed() -> None:
 
 
 def test_api_defaults(home: Path) -> None:
-    settings = ApiSettings.from_env({"STEPSTREAM_HOME": str(home)})
+    settings = api_from_env({"STEPSTREAM_HOME": str(home)})
 
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.database == str(home.resolve() / "stepstream.db")
@@ -237,6 +243,7 @@ def test_executor_reads_every_variable() -> None:
 def test_api_reads_every_variable() -> None:
     settings = ApiSettings.from_env(
         {
+            "STEPSTREAM_API_TOKENS": f"ops read,operate sha256:{'a' * 64}",
             "STEPSTREAM_API_HOST": "0.0.0.0",
             "STEPSTREAM_API_PORT": "9000",
             "STEPSTREAM_DATABASE": "/data/q.db",
@@ -248,6 +255,7 @@ def test_api_reads_every_variable() -> None:
     assert (settings.host, settings.port, settings.database) == ("0.0.0.0", 9000, "/data/q.db")
     assert dict(settings.workflows) == {"orders": "http://app:8000/workflows/orders"}
     assert settings.max_payload_bytes == 2_048
+    assert settings.tokens == (Token("ops", frozenset({"read", "operate"}), bytes.fromhex("a" * 64)),)
 
 
 def test_an_empty_integer_variable_takes_the_default() -> None:
@@ -270,12 +278,12 @@ INTEGERS = [
     (ProjectorSettings.from_env, "STEPSTREAM_DEFAULT_RETRY_BASE_MS"),
     (ProjectorSettings.from_env, "STEPSTREAM_PROJECTOR_MAX_BATCH"),
     (ProjectorSettings.from_env, "STEPSTREAM_ENDED_RUN_RETENTION_MS"),
-    (ApiSettings.from_env, "STEPSTREAM_QUERY_STORE_RETENTION_MS"),
+    (api_from_env, "STEPSTREAM_QUERY_STORE_RETENTION_MS"),
     (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_CONCURRENCY"),
     (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_TIMEOUT_MS"),
     (ExecutorSettings.from_env, "STEPSTREAM_STEP_BUDGET_MS"),
-    (ApiSettings.from_env, "STEPSTREAM_API_PORT"),
-    (ApiSettings.from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES"),
+    (api_from_env, "STEPSTREAM_API_PORT"),
+    (api_from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES"),
 ]
 
 
@@ -299,8 +307,8 @@ def test_a_variable_that_is_not_an_integer_is_refused_by_name(read: Reader, name
         (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_CONCURRENCY", 1),
         (ExecutorSettings.from_env, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 1),
         (ExecutorSettings.from_env, "STEPSTREAM_STEP_BUDGET_MS", 0),
-        (ApiSettings.from_env, "STEPSTREAM_API_PORT", 1),
-        (ApiSettings.from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1),
+        (api_from_env, "STEPSTREAM_API_PORT", 1),
+        (api_from_env, "STEPSTREAM_MAX_PAYLOAD_BYTES", 1),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
@@ -317,11 +325,11 @@ def test_a_variable_below_its_minimum_is_refused_by_name_and_the_minimum_itself_
 @pytest.mark.parametrize("port", ["65536", "100000"])
 def test_an_api_port_above_65535_is_refused_by_name(port: str) -> None:
     with pytest.raises(ConfigurationError, match="STEPSTREAM_API_PORT"):
-        ApiSettings.from_env({"STEPSTREAM_API_PORT": port})
+        api_from_env({"STEPSTREAM_API_PORT": port})
 
 
 def test_the_highest_api_port_is_fine() -> None:
-    assert ApiSettings.from_env({"STEPSTREAM_API_PORT": "65535"}).port == 65_535
+    assert api_from_env({"STEPSTREAM_API_PORT": "65535"}).port == 65_535
 
 
 def test_configuration_errors_share_the_root() -> None:
@@ -333,7 +341,7 @@ def test_configuration_errors_share_the_root() -> None:
 
 
 def test_workflows_are_parsed_name_by_name_with_spaces_trimmed() -> None:
-    settings = ApiSettings.from_env(
+    settings = api_from_env(
         {"STEPSTREAM_WORKFLOWS": " orders = http://app:8000/workflows/orders ,refunds=https://pay.example/wf/refunds,,"}
     )
 
@@ -344,7 +352,7 @@ def test_workflows_are_parsed_name_by_name_with_spaces_trimmed() -> None:
 
 
 def test_a_workflow_url_may_contain_an_equals_sign() -> None:
-    settings = ApiSettings.from_env({"STEPSTREAM_WORKFLOWS": "orders=http://app/wf?tenant=acme"})
+    settings = api_from_env({"STEPSTREAM_WORKFLOWS": "orders=http://app/wf?tenant=acme"})
 
     assert dict(settings.workflows) == {"orders": "http://app/wf?tenant=acme"}
 
@@ -356,7 +364,7 @@ def test_a_workflow_url_may_contain_an_equals_sign() -> None:
 )
 def test_a_malformed_workflow_entry_is_refused_by_name(entry: str) -> None:
     with pytest.raises(ConfigurationError, match=r"^Expected STEPSTREAM_WORKFLOWS entries like name=http") as raised:
-        ApiSettings.from_env({"STEPSTREAM_WORKFLOWS": f"good=http://app/good,{entry}"})
+        api_from_env({"STEPSTREAM_WORKFLOWS": f"good=http://app/good,{entry}"})
 
     assert repr(entry.strip()) in str(raised.value)
 
@@ -406,7 +414,7 @@ def test_every_service_refuses_an_unknown_security_protocol() -> None:
         ProjectorSettings.from_env,
         SchedulerSettings.from_env,
         ExecutorSettings.from_env,
-        ApiSettings.from_env,
+        api_from_env,
     ):
         with pytest.raises(ConfigurationError, match="STEPSTREAM_KAFKA_SECURITY_PROTOCOL"):
             read(environ)
@@ -505,7 +513,7 @@ def test_default_home_is_dot_stepstream_in_the_working_directory(
 # Where deliveries may go
 
 
-@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+@pytest.mark.parametrize("read", [api_from_env, ExecutorSettings.from_env], ids=["api", "executor"])
 def test_the_allowed_url_hosts_default_to_the_hosts_of_the_registered_workflows(read: Reader) -> None:
     settings = read(
         {
@@ -519,7 +527,7 @@ def test_the_allowed_url_hosts_default_to_the_hosts_of_the_registered_workflows(
     assert hosts.url_problem("http://shop.apps:9999/other") is None
 
 
-@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+@pytest.mark.parametrize("read", [api_from_env, ExecutorSettings.from_env], ids=["api", "executor"])
 def test_the_allowed_url_hosts_variable_replaces_the_default(read: Reader) -> None:
     settings = read(
         {
@@ -539,7 +547,7 @@ def test_only_an_explicit_star_allows_any_host() -> None:
     assert not ExecutorSettings.from_env(UNSIGNED).allowed_url_hosts  # nothing registered: nothing allowed
 
 
-@pytest.mark.parametrize("read", [ApiSettings.from_env, ExecutorSettings.from_env], ids=["api", "executor"])
+@pytest.mark.parametrize("read", [api_from_env, ExecutorSettings.from_env], ids=["api", "executor"])
 def test_a_malformed_allowed_url_host_is_refused_by_name(read: Reader) -> None:
     with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_ALLOWED_URL_HOSTS entries like"):
         read({**UNSIGNED, "STEPSTREAM_ALLOWED_URL_HOSTS": "https://app.example.com"})
@@ -567,10 +575,10 @@ def test_a_signature_v1_flag_that_is_not_on_or_off_is_refused_by_name() -> None:
 
 def test_the_payload_limit_leaves_room_in_a_record_for_the_runs_other_fields() -> None:
     # by default 512 KiB; lowered with the record limit, so an accepted payload can always be recorded
-    assert ApiSettings.from_env({}).max_payload_bytes == 524_288
-    assert ApiSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000"}).max_payload_bytes == 200_000 - 65_536
+    assert api_from_env({}).max_payload_bytes == 524_288
+    assert api_from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000"}).max_payload_bytes == 200_000 - 65_536
     with pytest.raises(ConfigurationError) as raised:
-        ApiSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000", "STEPSTREAM_MAX_PAYLOAD_BYTES": "200000"})
+        api_from_env({"STEPSTREAM_MAX_RECORD_BYTES": "200000", "STEPSTREAM_MAX_PAYLOAD_BYTES": "200000"})
     assert str(raised.value) == (
         "Expected STEPSTREAM_MAX_PAYLOAD_BYTES to be at most 134464 (STEPSTREAM_MAX_RECORD_BYTES less 64 KiB), "
         "but got 200000"
@@ -583,3 +591,44 @@ def test_the_record_limit_and_the_stall_bound_are_read_once_for_every_service() 
     assert (KafkaSettings().max_record_bytes, KafkaSettings().stall_ms) == (1_000_000, 30_000)
     with pytest.raises(ConfigurationError, match="Expected STEPSTREAM_MAX_RECORD_BYTES to be at least 65536"):
         KafkaSettings.from_env({"STEPSTREAM_MAX_RECORD_BYTES": "1000"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The api's tokens
+
+
+def test_the_api_wants_tokens_unless_told_to_run_open(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^Expected api tokens in STEPSTREAM_API_TOKENS .*STEPSTREAM_API_AUTH=none"
+    ):
+        ApiSettings.from_env({})
+    assert ApiSettings.from_env({"STEPSTREAM_API_AUTH": "none"}).tokens is None
+
+    token = new_token()
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"# who may call\n{token_line('deploy-bot', ['write'], token)}\n\n")
+    settings = ApiSettings.from_env(
+        {"STEPSTREAM_API_TOKENS_FILE": str(tokens_file), "STEPSTREAM_API_TOKENS": token_line("ops", ROLES, "x")}
+    )
+    assert [(t.name, sorted(t.roles)) for t in settings.tokens or ()] == [
+        ("ops", ["operate", "read", "write"]),
+        ("deploy-bot", ["write"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environ", "reason"),
+    [
+        ({"STEPSTREAM_API_AUTH": "maybe"}, "^Expected STEPSTREAM_API_AUTH to be tokens or none"),
+        ({"STEPSTREAM_API_AUTH": "none", "STEPSTREAM_API_TOKENS": f"a read sha256:{'0' * 64}"}, "but both are set"),
+        ({"STEPSTREAM_API_TOKENS": "a read"}, "line 1, but got 2 fields"),
+        ({"STEPSTREAM_API_TOKENS": f"a admin sha256:{'0' * 64}"}, "Expected roles among read, write, operate"),
+        ({"STEPSTREAM_API_TOKENS": "a read ssk_pasted-the-token"}, "sha256:<64 hex digits>.*but got something else$"),
+        ({"STEPSTREAM_API_TOKENS": f"a read sha256:{'0' * 64};a write sha256:{'1' * 64}"}, "'a' appears again"),
+        ({"STEPSTREAM_API_TOKENS_FILE": "/no/such/file"}, "^Expected STEPSTREAM_API_TOKENS_FILE to be readable"),
+    ],
+)
+def test_malformed_tokens_are_refused_by_name_without_echoing_a_secret(environ: dict[str, str], reason: str) -> None:
+    with pytest.raises(ConfigurationError, match=reason) as raised:
+        ApiSettings.from_env(environ)
+    assert "ssk_" not in str(raised.value)

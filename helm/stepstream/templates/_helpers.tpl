@@ -356,3 +356,22 @@ securityContext:
 {{- end }}
 {{- join "," $entries }}
 {{- end }}
+
+{{/*
+The Secret holding the api's tokens (a line each: name, roles, sha256 of the token), and its key.
+*/}}
+{{- define "stepstream.apiTokensSecretName" -}}
+{{- if .Values.api.tokens.existingSecret }}
+{{- .Values.api.tokens.existingSecret }}
+{{- else }}
+{{- printf "%s-api-tokens" (include "stepstream.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "stepstream.apiTokensSecretKey" -}}
+{{- if .Values.api.tokens.existingSecret }}
+{{- .Values.api.tokens.existingSecretKey }}
+{{- else }}
+{{- print "tokens" }}
+{{- end }}
+{{- end }}

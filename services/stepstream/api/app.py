@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepstream import metrics, tracing
+from stepstream.api.auth import TokenAuth
 from stepstream.api.changes import RunChanges
 from stepstream.api.cursors import flow_cursor, parse_flow_cursor, parse_run_cursor, run_cursor
 from stepstream.api.errors import ApiError, invalid
@@ -90,8 +91,11 @@ def _error(status: int, error: str, message: str, **more: Any) -> JSONResponse:
 
 
 def actor(request: Request) -> str | None:
-    """Who asks, as the run's history keeps it beside an operator's action: the client's address
-    until the api has tokens (then the token's name)."""
+    """Who asks, as the run's history keeps it beside an operator's action: the token's name, or the
+    client's address where the api runs without tokens."""
+    token = request.scope.get("state", {}).get("token")
+    if token is not None:
+        return f"token {token}"
     return f"client {request.client.host}" if request.client is not None else None
 
 
@@ -232,6 +236,8 @@ def create_app(
     # /docs from Swagger UI's files vendored here (api/swagger/), not FastAPI's CDN links: the api's
     # pages work with no internet access, as the dashboard does. No ReDoc page: it would need a CDN.
     app = FastAPI(title="Stepstream", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    if settings.tokens is not None:
+        app.add_middleware(TokenAuth, tokens=settings.tokens)  # inside the others: refusals are counted
     app.add_middleware(InternalErrors)
     app.add_middleware(RequestMetrics, router=app.router)
 

@@ -24,11 +24,58 @@ export function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// The api wants a token (docs/security.md): asked for once, kept in this browser's storage, sent with
+// every request. The cookie carries it for the history stream, which EventSource opens without
+// headers; the api accepts a cookie for reads only, so another site cannot make this browser change
+// anything with it.
+const TOKEN_KEY = "stepstream.token";
+export const token = {
+  get: () => localStorage.getItem(TOKEN_KEY),
+  set(value) {
+    localStorage.setItem(TOKEN_KEY, value);
+    document.cookie = `stepstream_token=${encodeURIComponent(value)}; path=/; SameSite=Strict`;
+  },
+  clear() {
+    localStorage.removeItem(TOKEN_KEY);
+    document.cookie = "stepstream_token=; path=/; SameSite=Strict; max-age=0";
+  },
+};
+if (token.get()) token.set(token.get()); // the cookie lasts a browser session, the storage longer
+
+function askForToken(message) {
+  if (document.querySelector("dialog.token")) return;
+  const input = h("input", { type: "password", name: "token", autocomplete: "off", required: true });
+  const dialog = h(
+    "dialog",
+    { class: "token" },
+    h(
+      "form",
+      {
+        method: "dialog",
+        onsubmit: () => {
+          token.set(input.value.trim());
+          location.reload();
+        },
+      },
+      h("h2", {}, "This api wants a token"),
+      h("p", { class: "muted" }, message),
+      h("p", {}, "`make dev` prints where the local one is; `stepstream token new` makes others."),
+      h("label", {}, "Token ", input),
+      h("button", { type: "submit" }, "Use this token"),
+    ),
+  );
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
 export async function api(path, options = {}) {
-  const response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+  const headers = { Accept: "application/json", ...options.headers };
+  if (token.get()) headers.Authorization = `Bearer ${token.get()}`;
+  const response = await fetch(path, { ...options, headers });
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
   if (!response.ok) {
     const message = body?.message || `${response.status} ${response.statusText}`;
+    if (response.status === 401) askForToken(message);
     throw new Error(message);
   }
   return body;
