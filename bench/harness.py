@@ -37,6 +37,7 @@ import aiohttp
 import httpx
 
 from stepstream.kafka import LocalKafka, TopicNames, free_port
+from stepstream.sealing import new_key
 
 BENCH_DIR = Path(__file__).resolve().parent
 # The uvicorn apps a Stack can start, by process name: the benchmark's workflows, and the plain-HTTP floor.
@@ -186,6 +187,7 @@ class Stack:
             "STEPSTREAM_SIGNING_KEYS": uuid.uuid4().hex,
             # The benchmarks' clients send no token: the api open, on this machine only.
             "STEPSTREAM_API_AUTH": "none",
+            "STEPSTREAM_HEADER_KEYS": new_key(),
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
             "STEPSTREAM_HEALTH_PORT": "off",  # several services on one host; the bench does not probe them
             "STEPSTREAM_API_PORT": str(self.api_port),

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from stepstream.sealing import new_key
 from stepstream.tokens import ROLES, new_token, token_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,8 @@ class Stack:
             # The api wants a token: one with every role, which the CLI run with this env sends too.
             "STEPSTREAM_API_TOKENS": token_line("tests", ROLES, self.token),
             "STEPSTREAM_API_TOKEN": self.token,
+            # Credential headers are sealed before they reach Kafka (stepstream.sealing).
+            "STEPSTREAM_HEADER_KEYS": new_key(),
             "STEPSTREAM_DATABASE": str(directory / "query.db"),
             "STEPSTREAM_API_PORT": str(self.api_port),
             # Its host, 127.0.0.1, is also where the executor may deliver by default (any port), so the

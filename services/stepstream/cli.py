@@ -97,23 +97,12 @@ def cmd_topics(args: argparse.Namespace) -> None:
 # -- the local stack --------------------------------------------------------------------------
 
 
-def _dev_signing_key(home: Path) -> str:
-    path = home / "signing.key"
+def _dev_secret(home: Path, name: str, make: Callable[[], str]) -> str:
+    """A secret of the local stack (its signing key, header key, api token), made once in its home."""
+    path = home / name
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-def _dev_api_token(home: Path) -> str:
-    """The local stack's api token (every role), made once and kept beside its signing key."""
-    from stepstream.tokens import new_token
-
-    path = home / client.API_TOKEN_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_token())
+        path.write_text(make())
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -148,18 +137,19 @@ def cmd_dev(args: argparse.Namespace) -> None:
     )
     from stepstream.logs import configure_logging
     from stepstream.runner import ensure_topics_for, run_all
+    from stepstream.sealing import new_key
+    from stepstream.tokens import ROLES, new_token, token_line
 
     configure_logging()
     home = default_home()
     print(f"stepstream dev: state in {home}", file=sys.stderr)
     bootstrap, started_kafka = _bootstrap_or_local(home)
-    os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_signing_key(home))
+    os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_secret(home, "signing.key", lambda: secrets.token_hex(32)))
+    os.environ.setdefault("STEPSTREAM_HEADER_KEYS", _dev_secret(home, "header.key", new_key))
     api_token = None
     configured = ("STEPSTREAM_API_TOKENS", "STEPSTREAM_API_TOKENS_FILE", "STEPSTREAM_API_AUTH")
     if not any(os.environ.get(name) for name in configured):  # the api's own settings win
-        from stepstream.tokens import ROLES, token_line
-
-        api_token = _dev_api_token(home)
+        api_token = _dev_secret(home, client.API_TOKEN_FILE, new_token)
         os.environ["STEPSTREAM_API_TOKENS"] = token_line("local", ROLES, api_token)
     example: subprocess.Popen[bytes] | None = None
     example_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/onboarding"

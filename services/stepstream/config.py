@@ -17,6 +17,7 @@ from typing import Any
 from stepstream.core.urls import VARIABLE as ALLOWED_URL_HOSTS_VARIABLE
 from stepstream.core.urls import AllowedHosts
 from stepstream.errors import StepstreamError
+from stepstream.sealing import SENSITIVE_HEADERS, Sealer, parse_keys
 from stepstream.tokens import Token, parse_tokens
 
 
@@ -279,6 +280,9 @@ class ExecutorSettings:
     # Also sign with the older v1 scheme (no url, no nonce), for endpoints on an older SDK while they
     # are upgraded; they stay open to replays until it is off again.
     sign_v1: bool = False
+    # Seals the credential headers a step asks for before they reach Kafka, opens them to send them
+    # (stepstream.sealing); without keys, such headers fail their run, said why.
+    sealer: Sealer = field(default_factory=Sealer)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
@@ -298,6 +302,7 @@ class ExecutorSettings:
             allow_unsigned=allow_unsigned,
             sessions=_flag(environ, "STEPSTREAM_SESSIONS", True),
             call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
+            sealer=header_sealer(environ),
             shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
             allowed_url_hosts=allowed_url_hosts(environ),
             sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1", False),
@@ -367,6 +372,8 @@ class ApiSettings:
     # Who may call the api (stepstream.tokens); None: anyone who reaches it, which from_env allows only
     # when STEPSTREAM_API_AUTH=none says so.
     tokens: tuple[Token, ...] | None = None
+    # Seals a trigger's credential headers before they reach Kafka; without keys, such a trigger is refused.
+    sealer: Sealer = field(default_factory=Sealer)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -393,6 +400,7 @@ class ApiSettings:
             query_store_retention_ms=_int(environ, "STEPSTREAM_QUERY_STORE_RETENTION_MS", 0),
             allowed_url_hosts=allowed_url_hosts(environ),
             tokens=api_tokens(environ),
+            sealer=header_sealer(environ),
         )
 
     @property
@@ -437,3 +445,14 @@ def api_tokens(environ: Mapping[str, str]) -> tuple[Token, ...] | None:
             "api open to anyone who can reach it (a machine of your own only)"
         )
     return tokens
+
+
+def header_sealer(environ: Mapping[str, str]) -> Sealer:
+    """What seals credential headers: the keys of ``STEPSTREAM_HEADER_KEYS`` (the first seals, all open),
+    for the headers named credentials by default and in ``STEPSTREAM_SENSITIVE_HEADERS``."""
+    try:
+        keys = parse_keys(environ.get("STEPSTREAM_HEADER_KEYS", ""))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    more = {name.strip().lower() for name in environ.get("STEPSTREAM_SENSITIVE_HEADERS", "").split(",") if name.strip()}
+    return Sealer(keys, SENSITIVE_HEADERS | more)

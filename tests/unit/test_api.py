@@ -23,6 +23,7 @@ from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, Trigge
 from stepstream.clock import ManualClock
 from stepstream.config import ApiSettings, KafkaSettings
 from stepstream.core import AllowedHosts, Complete, PlanSleep, PlanWait, Recovery, StepKind, check_delay_rule
+from stepstream.sealing import Sealer, new_key, parse_keys
 from stepstream.store import QueryStore
 from tests.unit.test_query_store import Run
 
@@ -141,7 +142,7 @@ def test_a_trigger_publishes_the_run_with_every_option(api: TestClient, publishe
             "retries": 2,
             "retry_delay": "1000 * pow(2, retried)",
             "failure_url": "http://app.local/failures",
-            "headers": {"authorization": "Bearer x"},
+            "headers": {"x-tenant": "acme"},
         },
     )
 
@@ -153,7 +154,7 @@ def test_a_trigger_publishes_the_run_with_every_option(api: TestClient, publishe
             url=ORDERS_URL,
             payload='{"order":42}',
             run_id="order-42",
-            headers=(("authorization", "Bearer x"),),
+            headers=(("x-tenant", "acme"),),
             label="nightly",
             retries=2,
             not_before_ms=None,
@@ -163,6 +164,48 @@ def test_a_trigger_publishes_the_run_with_every_option(api: TestClient, publishe
         )
     ]
     assert triggers_key(published.records[0]) == "order-42"
+
+
+def test_a_triggers_credential_headers_are_sealed_before_they_are_published(
+    store: QueryStore, published: FakePublisher
+) -> None:
+    sealer = Sealer(parse_keys(new_key()))
+    headers = {"Authorization": "Bearer s3cret", "X-Api-Key": "k3y", "X-Tenant": "acme"}
+    with api_client(store, published, sealer=sealer) as client:
+        response = client.post("/v1/runs", json={"workflow": "orders", "payload": {}, "headers": headers})
+
+    assert response.status_code == 202, response.text
+    (record,) = published.records
+    assert isinstance(record, TriggerRequest)
+    sealed = dict(record.headers)
+    assert sealed["X-Tenant"] == "acme"
+    assert sealed["Authorization"].startswith("sealed:v1:")
+    assert "s3cret" not in sealed["Authorization"]
+    assert sealed["X-Api-Key"].startswith("sealed:v1:")
+    assert dict(sealer.open(record.headers)) == headers
+
+
+def test_a_header_in_the_engines_sealed_form_is_refused(api: TestClient, published: FakePublisher) -> None:
+    response = api.post("/v1/runs", json={"workflow": "orders", "headers": {"X-Token": "sealed:v1:abcd:efgh"}})
+
+    assert error_of(response) == (
+        422,
+        "invalid_request",
+        "Expected header 'X-Token' not to start with 'sealed:v1:', the engine's sealed form",
+    )
+    assert published.records == []
+
+
+def test_a_credential_header_without_a_key_to_seal_it_is_refused(api: TestClient, published: FakePublisher) -> None:
+    response = api.post("/v1/runs", json={"workflow": "orders", "payload": {}, "headers": {"Cookie": "id=1"}})
+
+    assert error_of(response) == (
+        422,
+        "invalid_request",
+        "Expected STEPSTREAM_HEADER_KEYS to be set, so that the value of header 'Cookie' is sealed before it "
+        "reaches Kafka (docs/security.md), but it is not: the engine keeps no credential in plaintext",
+    )
+    assert published.records == []
 
 
 def test_a_trigger_without_a_run_id_gets_a_new_one(api: TestClient, published: FakePublisher) -> None:

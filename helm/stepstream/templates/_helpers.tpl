@@ -237,6 +237,9 @@ STEPSTREAM_LOG_FORMAT: {{ .Values.logFormat | quote }}
 STEPSTREAM_NOTIFY_BUFFER_MS: {{ int64 .Values.notifyBufferMs | quote }}
 STEPSTREAM_MAX_RECORD_BYTES: {{ int64 .Values.kafka.maxRecordBytes | quote }}
 STEPSTREAM_STALL_MS: {{ int64 .Values.stallMs | quote }}
+{{- if .Values.sensitiveHeaders }}
+STEPSTREAM_SENSITIVE_HEADERS: {{ join "," .Values.sensitiveHeaders | quote }}
+{{- end }}
 {{- if .Values.schemaRegistry.url }}
 STEPSTREAM_SCHEMA_REGISTRY_URL: {{ .Values.schemaRegistry.url | quote }}
 STEPSTREAM_RECORD_FORMAT: {{ .Values.schemaRegistry.recordFormat | quote }}
@@ -373,5 +376,24 @@ The Secret holding the api's tokens (a line each: name, roles, sha256 of the tok
 {{- .Values.api.tokens.existingSecretKey }}
 {{- else }}
 {{- print "tokens" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the keys that seal credential headers, and its key.
+*/}}
+{{- define "stepstream.headerKeysSecretName" -}}
+{{- if .Values.headerKeys.existingSecret }}
+{{- .Values.headerKeys.existingSecret }}
+{{- else }}
+{{- printf "%s-header-keys" (include "stepstream.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "stepstream.headerKeysSecretKey" -}}
+{{- if .Values.headerKeys.existingSecret }}
+{{- .Values.headerKeys.existingSecretKey }}
+{{- else }}
+{{- print "header-keys" }}
 {{- end }}
 {{- end }}

@@ -14,6 +14,7 @@ rows (lists, steps, histories, waiters) run in a worker thread, so a long one ho
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -58,8 +59,9 @@ from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, Trigge
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ApiSettings
 from stepstream.core import Recovery, headers_problem, trigger_problem
-from stepstream.core.limits import MAX_SEQ
+from stepstream.core.limits import MAX_SEQ, SEALED_PREFIX
 from stepstream.projector.inputs import new_run_id, trigger_command
+from stepstream.sealing import SealError
 from stepstream.store import ACTIVE_STATUSES, RUN_STATUSES, QueryStore, RunRow, open_query_store
 
 log = logging.getLogger(__name__)
@@ -360,6 +362,13 @@ def create_app(
             problem = None if value is None else url_hosts.url_problem(value, name=name)
             if problem is not None:
                 raise ApiError(422, "url_not_allowed", problem)
+        for name, value in record.headers:
+            if value.startswith(SEALED_PREFIX):  # the engine's own form: a caller never has a use for it
+                raise invalid(f"Expected header {name!r} not to start with {SEALED_PREFIX!r}, the engine's sealed form")
+        try:  # credentials never reach Kafka in plaintext (stepstream.sealing)
+            record = dataclasses.replace(record, headers=settings.sealer.seal(record.headers))
+        except SealError as error:
+            raise invalid(str(error)) from None
         if body.run_id is not None:
             existing = query_store().get_run(body.run_id)
             if existing is not None:

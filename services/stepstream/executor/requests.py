@@ -57,7 +57,8 @@ def signed_request(
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of the POST of ``delivery`` to ``url``, signed for that url with a new nonce."""
     body = request_body(delivery, budget_ms_for(delivery, settings.budget_ms), session=session, resume=resume)
-    headers = dict(delivery.headers)
+    # The run's credential headers are sealed in its records: opened here, to be sent (SealError if not).
+    headers = dict(settings.sealer.open(delivery.headers))
     headers.update(
         {
             "Content-Type": "application/json",

@@ -83,6 +83,7 @@ from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.logs import log_context
+from stepstream.sealing import SealError, sealed
 
 log = logging.getLogger(__name__)
 
@@ -412,16 +413,21 @@ class Executor:
             steps: tuple[StepResult, ...] = ()
             kept = False
             if isinstance(url, str):
-                body, headers = signed_request(current, url, self.settings, session=session, resume=resume)
-                headers.update(tracing.http_headers())  # the delivery's span, for the app's steps (not signed)
-                reply = await self._post(url, body, headers)
-                if reply.unknown_session:
-                    # Served by another process of the app, or expired: the whole delivery, and no more
-                    # sessions for this one (behind several workers they would mostly miss).
-                    session, resume = None, False
-                    continue
-                steps, outcome, kept = reply.steps, reply.outcome, reply.session_kept
-            else:  # neither signed nor sent: the run fails with the reason
+                try:
+                    body, headers = signed_request(current, url, self.settings, session=session, resume=resume)
+                except SealError as error:  # a sealed header no key here opens: the run fails, said why
+                    url = Fail(error=ErrorInfo(type="SealError", message=str(error)[:2_000]), retryable=False)
+                else:
+                    headers.update(tracing.http_headers())  # the delivery's span, for the app's steps (not signed)
+                    reply = await self._post(url, body, headers)
+                    if reply.unknown_session:
+                        # Served by another process of the app, or expired: the whole delivery, and no more
+                        # sessions for this one (behind several workers they would mostly miss).
+                        session, resume = None, False
+                        continue
+                    # The credentials the steps asked for are sealed before the report reaches Kafka.
+                    steps, outcome, kept = reply.steps, sealed(reply.outcome, self.settings.sealer), reply.session_kept
+            if not isinstance(url, str):  # neither signed nor sent: the run fails with the reason
                 log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
                 outcome = url
             going_on = isinstance(outcome, Continue) and bool(steps) and self._may_go_on(delivery)
@@ -506,12 +512,16 @@ class Executor:
         assert self._call_session is not None
         spec = call.call
         try:
+            headers = self.settings.sealer.open(spec.headers)  # the step's credentials, sealed in its records
+        except SealError as problem:
+            return calls.unanswered(call, now_ms=self.clock.now_ms(), error=f"SealError: {problem}")
+        try:
             async with (
                 measured("call") as outcome,
                 self._call_session.request(
                     spec.method,
                     spec.url,
-                    headers=spec.headers,  # a sequence of pairs: a repeated name is sent repeated
+                    headers=headers,  # a sequence of pairs: a repeated name is sent repeated
                     data=None if spec.body is None else spec.body.encode(),
                     timeout=aiohttp.ClientTimeout(total=spec.timeout_ms / 1000),
                     skip_auto_headers=("Content-Type",),  # the step's headers say what the body is, or nothing does
