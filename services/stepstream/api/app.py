@@ -53,6 +53,7 @@ from stepstream.api.inputs import (
     parse_wait_ms,
     shown,
 )
+from stepstream.api.openapi import openapi_of
 from stepstream.api.points import add_state_routes
 from stepstream.api.publisher import KafkaPublisher, Publisher, TriggersRecord
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
@@ -397,7 +398,7 @@ def create_app(
 
     # A plain Starlette route: the api's busiest, and FastAPI's per-request work around an endpoint
     # (solving its parameters as dependencies) was a fifth of a trigger's CPU in the api process; the
-    # body and `wait` are parsed here anyway (docs/decisions/0007). It is left out of /openapi.json.
+    # body and `wait` are parsed here anyway (docs/decisions/0007). api/openapi.py describes it in /openapi.json.
     app.router.add_route("/v1/runs", trigger, methods=["POST"])
 
     @app.get("/v1/runs")
@@ -702,6 +703,8 @@ def create_app(
             return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
         return {"status": "ready"}
 
+    # Every request body in /openapi.json (api/openapi.py): the routes read their bodies themselves.
+    app.openapi = openapi_of(app, tokens=settings.tokens is not None)  # type: ignore[method-assign]
     return app
 
 
