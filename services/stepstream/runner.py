@@ -150,6 +150,7 @@ def run_service(name: str, build: Callable[[], Service]) -> None:
     tracing.configure(name)
 
     async def main() -> None:
+        await _check_kafka_access()
         service = build()
         tasks = service.tasks
         address = health_address()
@@ -166,6 +167,17 @@ def run_service(name: str, build: Callable[[], Service]) -> None:
         asyncio.run(main())
     finally:
         tracing.shutdown()  # the spans still buffered
+
+
+async def _check_kafka_access(kafka: KafkaSettings | None = None) -> None:
+    """Stop at once, saying why, on credentials or certificates the cluster refuses (kafka/access.py)."""
+    from stepstream.kafka.access import KafkaAccessError, check_access
+
+    try:
+        await check_access(kafka or KafkaSettings.from_env())
+    except KafkaAccessError as error:
+        log.critical("%s", error)
+        raise SystemExit(3) from None
 
 
 async def _health(host: str, port: int, ready: Readiness) -> None:
@@ -190,6 +202,7 @@ async def run_all(
     *,
     started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    await _check_kafka_access(projector.kafka)
     services = [
         projector_service(projector),
         scheduler_service(scheduler),

@@ -36,11 +36,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from stepstream.errors import KafkaProvisioningError
+from stepstream.kafka.local_tls import BROKER_USER, CLIENT_USER, MECHANISM, LocalTls
 from stepstream.local_servers import exclusive_lock, last_lines, port_answers, progress
 
 KAFKA_VERSION = "4.1.1"
@@ -216,6 +218,10 @@ class LocalKafka:
     """``None`` means ``port + 1``."""
     heap_mb: int = 512
     version: str = field(default_factory=kafka_version)
+    # Require SASL/SCRAM over TLS on the broker's listener, as a locked-down cluster does: a CA, the
+    # broker's certificate and the passwords are made in ``tls/`` (stepstream.kafka.local_tls);
+    # ``client_env`` is what a client then needs.
+    sasl_ssl: bool = False
     # Where this start's output begins in kafka.log, so errors show this start's lines only.
     _log_start_offset: int = field(default=0, init=False, repr=False)
 
@@ -228,6 +234,28 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls(self) -> LocalTls:
+        return LocalTls(self.data_dir / "tls")
+
+    def client_env(self) -> dict[str, str]:
+        """The environment a Stepstream process needs to use this broker (its security settings too)."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        if self.sasl_ssl:
+            env |= {
+                "STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "STEPSTREAM_KAFKA_SASL_MECHANISM": MECHANISM,
+                "STEPSTREAM_KAFKA_SASL_USERNAME": CLIENT_USER,
+                "STEPSTREAM_KAFKA_SASL_PASSWORD": self.tls.password(CLIENT_USER),
+                "STEPSTREAM_KAFKA_SSL_CAFILE": str(self.tls.ca_file),
+            }
+        return env
+
+    def _client_options(self) -> dict[str, Any]:
+        from stepstream.config import KafkaSettings
+
+        return KafkaSettings.from_env(self.client_env()).client_options()
 
     def ensure_jars(self) -> Path:
         """The folder of this broker's jars, downloaded on first use (see the module function)."""
@@ -251,6 +279,8 @@ class LocalKafka:
                 java = find_java()
                 libs = self.ensure_jars()
                 self._refuse_busy_ports()
+                if self.sasl_ssl:
+                    self.tls.ensure()
                 self._write_configs()
                 if not (self._log_dirs / "meta.properties").is_file():
                     self._format(java, libs)
@@ -349,6 +379,25 @@ class LocalKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
+        if self.sasl_ssl:
+            # One listener for clients and the broker itself, SCRAM over TLS; the controller's stays
+            # plain, on loopback. Kafka reads PEM files directly (KIP-651): no Java keystore to make.
+            login = f'username="{BROKER_USER}" password="{self.tls.password(BROKER_USER)}";'
+            settings |= {
+                "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+                "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+                "inter.broker.listener.name": "SASL_SSL",
+                "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+                "sasl.enabled.mechanisms": MECHANISM,
+                "sasl.mechanism.inter.broker.protocol": MECHANISM,
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                    f"org.apache.kafka.common.security.scram.ScramLoginModule required {login}"
+                ),
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self.tls.broker_file),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self.tls.ca_file),
+            }
         lines = [f"{key}={value.replace(chr(92), chr(92) * 2)}" for key, value in settings.items()]
         header = "# Written by stepstream.kafka.local at each start; edits are overwritten.\n"
         self._server_properties.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
@@ -375,6 +424,9 @@ class LocalKafka:
             "--config",
             str(self._server_properties),
         ]
+        if self.sasl_ssl:  # SCRAM users are created with the cluster's metadata (there is no broker yet)
+            for user in (BROKER_USER, CLIENT_USER):
+                command += ["--add-scram", f"{MECHANISM}=[name={user},password={self.tls.password(user)}]"]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         except subprocess.TimeoutExpired as error:
@@ -429,7 +481,7 @@ class LocalKafka:
             exit_code = _reap(pid)
             if exit_code is not None or not self._is_this_broker(pid):
                 raise self._exited_during_start_up(exit_code)
-            if port_answers(self.port) and _broker_answers(self.bootstrap_servers):
+            if port_answers(self.port) and _broker_answers(self.bootstrap_servers, self._client_options()):
                 return
             if time.monotonic() > deadline:
                 tail = self._log_tail()
@@ -505,11 +557,11 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def _broker_answers(bootstrap_servers: str) -> bool:
+def _broker_answers(bootstrap_servers: str, options: dict[str, Any]) -> bool:
     """Whether a broker answers a metadata request listing at least one live (registered, unfenced) broker."""
 
     async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000, **options)
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
