@@ -9,8 +9,24 @@ import contextlib
 import fcntl
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+COMPLETE_MARKER = ".stepstream-complete"  # written last into a fetched folder: only then is it used
+
+
+def fetched_once(folder: Path, download: Callable[[], None], waiting_message: str) -> Path:
+    """``folder``, filled by ``download`` on first use. Safe when several processes ask at once (a
+    lock beside it), and a download that died half-way is never used: ``download`` fills a staging
+    folder and renames it into place with ``COMPLETE_MARKER`` in it, only when complete."""
+    if (folder / COMPLETE_MARKER).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.parent / ".lock", waiting_message=waiting_message):
+        # Another process may have finished the download while this one waited for the lock.
+        if not (folder / COMPLETE_MARKER).is_file():
+            download()
+    return folder
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stepstream.errors import StepstreamError
-from stepstream.local_servers import exclusive_lock, last_lines, port_answers, progress
+from stepstream.local_servers import COMPLETE_MARKER, fetched_once, last_lines, port_answers, progress
 
 REGISTRY_VERSION = "3.3.3"
 """The Apicurio Registry release to run; ``STEPSTREAM_REGISTRY_VERSION`` overrides it."""
@@ -61,7 +61,6 @@ MINIMUM_JAVA_VERSION = 17
 _CCOMPAT_PATH = "/apis/ccompat/v7"
 # Pinned so the download does not depend on whichever plugin version Maven resolves that day.
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-_COMPLETE_MARKER = ".stepstream-complete"
 # Quarkus logs this line once the HTTP server listens; with port 0 it is where the chosen port shows.
 _LISTENING = re.compile(r"Listening on: https?://[^\s/]+:(\d+)")
 
@@ -120,15 +119,8 @@ def fetch(version: str | None = None) -> Path:
     """
     version = version or registry_version()
     cache = registry_cache_dir(version)
-    app = cache / "app"
-    if (app / _COMPLETE_MARKER).is_file():
-        return app
-    cache.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to fetch Apicurio {version}"):
-        # Another process may have finished the download while this one waited for the lock.
-        if not (app / _COMPLETE_MARKER).is_file():
-            _download(version, cache)
-    return app
+    waiting = f"waiting for another process to fetch Apicurio {version}"
+    return fetched_once(cache / "app", lambda: _download(version, cache), waiting)
 
 
 def _download(version: str, cache: Path) -> None:
@@ -175,7 +167,7 @@ def _download(version: str, cache: Path) -> None:
                 f"{_ALTERNATIVES}"
             )
         _launcher(staging / "app")  # refuses an archive in a layout this module does not know
-        (staging / "app" / _COMPLETE_MARKER).write_text(f"Apicurio Registry {version}\n", encoding="utf-8")
+        (staging / "app" / COMPLETE_MARKER).write_text(f"Apicurio Registry {version}\n", encoding="utf-8")
         os.rename(staging / "app", app)
         progress(f"… done in {time.monotonic() - started:.0f} s ({app})")
     finally:

@@ -43,7 +43,7 @@ from aiokafka.errors import KafkaError
 
 from stepstream.errors import KafkaProvisioningError
 from stepstream.kafka.local_tls import BROKER_USER, CLIENT_USER, MECHANISM, LocalTls
-from stepstream.local_servers import exclusive_lock, last_lines, port_answers, progress
+from stepstream.local_servers import COMPLETE_MARKER, exclusive_lock, fetched_once, last_lines, port_answers, progress
 
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release the local broker runs; ``STEPSTREAM_KAFKA_VERSION`` overrides it."""
@@ -56,7 +56,6 @@ MINIMUM_JAVA_VERSION = 17
 _LOG4J_SLF4J_BINDING = "org.apache.logging.log4j:log4j-slf4j-impl:2.24.3"
 # Pinned so the download does not depend on whichever plugin version Maven resolves that day.
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-_COMPLETE_MARKER = ".stepstream-complete"
 _HAS_PROC = Path("/proc/self/cmdline").exists()
 
 _ALTERNATIVES = (
@@ -124,15 +123,8 @@ def ensure_jars(version: str | None = None) -> Path:
     """
     version = version or kafka_version()
     cache = jar_cache_dir(version)
-    libs = cache / "libs"
-    if (libs / _COMPLETE_MARKER).is_file():
-        return libs
-    cache.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache / ".lock", waiting_message=f"waiting for another process to download Kafka {version}"):
-        # Another process may have finished the download while this one waited for the lock.
-        if not (libs / _COMPLETE_MARKER).is_file():
-            _download_jars(version, cache)
-    return libs
+    waiting = f"waiting for another process to download Kafka {version}"
+    return fetched_once(cache / "libs", lambda: _download_jars(version, cache), waiting)
 
 
 def _download_jars(version: str, cache: Path) -> None:
@@ -177,7 +169,7 @@ def _download_jars(version: str, cache: Path) -> None:
             )
         if not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
             raise KafkaProvisioningError(f"Expected Maven to fetch kafka_2.13-{version}.jar, but it is missing")
-        (staging / "libs" / _COMPLETE_MARKER).write_text(f"Apache Kafka {version}\n", encoding="utf-8")
+        (staging / "libs" / COMPLETE_MARKER).write_text(f"Apache Kafka {version}\n", encoding="utf-8")
         os.rename(staging / "libs", libs)
         progress(f"… done in {time.monotonic() - started:.0f} s ({libs})")
     finally:
