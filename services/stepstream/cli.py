@@ -43,15 +43,17 @@ EXAMPLE_PORT = 8000
 # -- local Kafka ------------------------------------------------------------------------------
 
 
-def _local_kafka(home: Path) -> Any:
+def _local_kafka(home: Path, *, sasl_ssl: bool = False) -> Any:
     from stepstream.kafka.local import LocalKafka
 
     port = int(os.environ.get("STEPSTREAM_KAFKA_PORT", "9092"))
-    return LocalKafka(data_dir=home / "kafka", port=port)
+    # A secured broker is another cluster: its own data directory (its certificates and users in tls/).
+    return LocalKafka(data_dir=home / ("kafka-sasl-ssl" if sasl_ssl else "kafka"), port=port, sasl_ssl=sasl_ssl)
 
 
-def _bootstrap_or_local(home: Path) -> tuple[str, Any]:
-    """The cluster to use: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the local broker, started now.
+def _bootstrap_or_local(home: Path, *, sasl_ssl: bool = False) -> tuple[str, Any]:
+    """The cluster to use: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else the local broker, started now
+    (with ``sasl_ssl``, one that requires SCRAM over TLS, and the services set to use it).
 
     Also returns the local broker if this call started it (so the caller may stop it), else None.
     """
@@ -59,13 +61,13 @@ def _bootstrap_or_local(home: Path) -> tuple[str, Any]:
         return os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
     from stepstream.errors import StepstreamError
 
-    kafka = _local_kafka(home)
+    kafka = _local_kafka(home, sasl_ssl=sasl_ssl)
     was_running = kafka.is_running()
     try:
         kafka.start()
     except StepstreamError as error:
         client.fail(str(error))
-    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
+    os.environ.update(kafka.client_env())  # its address, and its security settings when it has some
     return str(kafka.bootstrap_servers), None if was_running else kafka
 
 
@@ -143,7 +145,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     configure_logging()
     home = default_home()
     print(f"stepstream dev: state in {home}", file=sys.stderr)
-    bootstrap, started_kafka = _bootstrap_or_local(home)
+    bootstrap, started_kafka = _bootstrap_or_local(home, sasl_ssl=args.sasl_ssl)
     os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_secret(home, "signing.key", lambda: secrets.token_hex(32)))
     os.environ.setdefault("STEPSTREAM_HEADER_KEYS", _dev_secret(home, "header.key", new_key))
     api_token = None
@@ -168,7 +170,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
         api = f"http://{api_settings.host}:{api_settings.port}"
         lines = [
             "",
-            f"Stepstream is running: Kafka at {bootstrap}, api at {api}",
+            f"Stepstream is running: Kafka at {bootstrap}"
+            + (" (SASL_SSL: SCRAM-SHA-512 over TLS)" if args.sasl_ssl else "")
+            + f", api at {api}",
             f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
             f"Metrics of all four services (Prometheus' text format): {api}/metrics",
         ]
@@ -817,6 +821,11 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("dev", help="run the local stack (Kafka and all four services) in one process")
     dev.add_argument("--example", action="store_true", help="also start the example workflow app on port 8000")
+    dev.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help="run the local Kafka requiring SASL/SCRAM over TLS, as a locked-down cluster does (docs/security.md)",
+    )
     dev.add_argument(
         "--schema-registry",
         action="store_true",
