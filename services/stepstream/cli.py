@@ -418,8 +418,18 @@ def _by(event: dict[str, Any]) -> str:
     return f" by {event['actor']}" if event.get("actor") else ""
 
 
+# The longest event type, FailureHandlerScheduled: every history line's description starts aligned.
+TYPE_WIDTH = 23
+
+
 def _print_event(event: dict[str, Any]) -> None:
-    print(f"{event['seq']:>4}  {_clock(event['at_ms'])}  {event['type']:<14} {_describe(event)}")
+    description = _one_line(_describe(event))
+    print(f"{event['seq']:>4}  {_clock(event['at_ms'])}  {event['type']:<{TYPE_WIDTH}} {description}")
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: an endpoint's multi-line error would break a one-line-per-row listing."""
+    return " ".join(text.split())
 
 
 ENDING_EVENTS = {"RunCompleted": 0, "RunFailed": 1, "RunCancelled": 1}
@@ -539,13 +549,17 @@ def _run_filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_runs(answer: dict[str, Any], *, errors: bool = False) -> None:
-    for run in answer["runs"]:
+    runs = answer["runs"]
+    # Columns as wide as this page's longest value: run ids and workflow names are the caller's own.
+    id_width = max((len(run["run_id"]) for run in runs), default=0)
+    workflow_width = max((len(run["workflow"]) for run in runs), default=0)
+    for run in runs:
         line = (
-            f"{run['run_id']}  {run['workflow']:<16} {run['status']:<10} {run['steps']:>3} steps  "
-            f"{_clock(run['created_at_ms'], date=True)}"
+            f"{run['run_id']:<{id_width}}  {run['workflow']:<{workflow_width}}  {run['status']:<10} "
+            f"{run['steps']:>3} steps  {_clock(run['created_at_ms'], date=True)}"
         )
         if errors and run.get("error"):
-            line += f"  {run['error']['type']}: {run['error']['message']}"
+            line += f"  {run['error']['type']}: {_one_line(run['error']['message'])}"
         print(line)
     if not answer["runs"]:
         print("no runs match", file=sys.stderr)
@@ -653,7 +667,11 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     for run_id in answer["cancelled"]:
         print(run_id)
     count = answer["count"]
-    print(f"cancel requested for {count} run{'' if count == 1 else 's'}", file=sys.stderr)
+    runs = "1 run" if count == 1 else f"{count} runs"
+    print(
+        f"Cancel of {runs} requested: nothing more is scheduled for them, and results that arrive later are ignored",
+        file=sys.stderr,
+    )
 
 
 def cmd_deadletter(args: argparse.Namespace) -> None:
@@ -853,8 +871,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    args.handler(args)
+    try:
+        args = parser().parse_args(argv)
+        args.handler(args)
+    except BrokenPipeError:
+        # The reader stopped reading (`stepstream runs history RUN | head -5`): not an error of ours.
+        # stdout goes to /dev/null so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

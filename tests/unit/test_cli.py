@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -297,7 +300,10 @@ def test_cancel_by_filter_prints_the_cancelled_runs(
 
     assert result.code == 0
     assert result.out.split() == expected
-    assert result.err == f"cancel requested for {len(expected)} run{'' if len(expected) == 1 else 's'}\n"
+    runs = "1 run" if len(expected) == 1 else f"{len(expected)} runs"
+    assert result.err == (
+        f"Cancel of {runs} requested: nothing more is scheduled for them, and results that arrive later are ignored\n"
+    )
     assert [record.run_id for record in published.records if isinstance(record, CancelRequest)] == expected
 
 
@@ -323,7 +329,11 @@ def test_runs_list_filters_by_status_and_time(run_cli: Cli, store: QueryStore) -
 
     assert result.code == 0
     assert [line.split()[0] for line in result.out.splitlines()] == ["run_6", "run_5", "run_3"]
-    assert "run_3  refunds          sleeping     0 steps  2023-11-15 00:13:20" in result.out
+    assert result.out.splitlines() == [  # columns as wide as the page's longest values
+        "run_6  refunds  sleeping     0 steps  2023-11-15 03:13:20",
+        "run_5  orders   failed       0 steps  2023-11-15 02:13:20",
+        "run_3  refunds  sleeping     0 steps  2023-11-15 00:13:20",
+    ]
 
 
 def test_runs_list_pages_with_a_cursor(run_cli: Cli, store: QueryStore) -> None:
@@ -366,7 +376,7 @@ def test_deadletter_list_shows_the_failed_runs_with_their_errors(run_cli: Cli, s
 
     result = run_cli("deadletter", "list")
 
-    assert result.out.startswith("run_5  orders           failed")
+    assert result.out.startswith("run_5  orders  failed")
     assert result.out.rstrip().endswith("CardDeclined: declined")
     assert len(result.out.splitlines()) == 1
 
@@ -786,3 +796,32 @@ def test_a_401_says_which_variable_holds_the_token(monkeypatch: pytest.MonkeyPat
         cli.main(["runs", "list"])
     assert exited.value.code == 2
     assert "401: Expected a token, but got none; set STEPSTREAM_API_TOKEN" in capsys.readouterr().err
+
+
+# -- what a newcomer sees (issue 17) ----------------------------------------------------------------
+
+
+def test_a_history_line_is_one_line_with_its_description_aligned_whatever_the_event(capsys: Any) -> None:
+    handler = {"type": "FailureHandlerScheduled", "url": "http://app/f", "delivery_id": "run_A/4", "attempt": 1}
+    error = {"type": "ValidationError", "message": "2 errors\n  payload.amount\n    not an int"}
+    for event in ({"seq": 12, "at_ms": 0, **handler}, {"seq": 9, "at_ms": 0, "type": "RunFailed", "error": error}):
+        cli._print_event(event)
+
+    scheduled, failed = capsys.readouterr().out.splitlines()  # two events, two lines
+    assert failed.endswith("run failed: ValidationError: 2 errors payload.amount not an int")
+    assert scheduled.index("failure handler scheduled") == failed.index("run failed")
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`stepstream … | head -1`: the reader goes away, and the CLI stops without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stepstream.cli", "--help"], stdout=write_end, stderr=subprocess.PIPE, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert b"Traceback" not in result.stderr
+    assert b"BrokenPipeError" not in result.stderr
