@@ -667,9 +667,9 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     for run_id in answer["cancelled"]:
         print(run_id)
     count = answer["count"]
-    runs = "1 run" if count == 1 else f"{count} runs"
+    runs, them = ("1 run", "it") if count == 1 else (f"{count} runs", "them")
     print(
-        f"Cancel of {runs} requested: nothing more is scheduled for them, and results that arrive later are ignored",
+        f"Cancel of {runs} requested: nothing more is scheduled for {them}, and results that arrive later are ignored",
         file=sys.stderr,
     )
 

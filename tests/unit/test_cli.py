@@ -300,9 +300,9 @@ def test_cancel_by_filter_prints_the_cancelled_runs(
 
     assert result.code == 0
     assert result.out.split() == expected
-    runs = "1 run" if len(expected) == 1 else f"{len(expected)} runs"
+    runs, them = ("1 run", "it") if len(expected) == 1 else (f"{len(expected)} runs", "them")
     assert result.err == (
-        f"Cancel of {runs} requested: nothing more is scheduled for them, and results that arrive later are ignored\n"
+        f"Cancel of {runs} requested: nothing more is scheduled for {them}, and results that arrive later are ignored\n"
     )
     assert [record.run_id for record in published.records if isinstance(record, CancelRequest)] == expected
 
