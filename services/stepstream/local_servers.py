@@ -7,25 +7,44 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import shutil
 import socket
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 COMPLETE_MARKER = ".stepstream-complete"  # written last into a fetched folder: only then is it used
 
 
-def fetched_once(folder: Path, download: Callable[[], None], waiting_message: str) -> Path:
-    """``folder``, filled by ``download`` on first use. Safe when several processes ask at once (a
-    lock beside it), and a download that died half-way is never used: ``download`` fills a staging
-    folder and renames it into place with ``COMPLETE_MARKER`` in it, only when complete."""
+def fetched_once(folder: Path, download: Callable[[Path], None], *, what: str, waiting_message: str) -> Path:
+    """``folder``, filled on first use by ``download(staging)``, which puts ``staging / folder.name``
+    together. Safe when several processes ask at once (a lock beside it), and a download that died
+    half-way is never used: the staging folder is renamed into place, ``COMPLETE_MARKER`` in it, only
+    when ``download`` returned; what a killed process left behind is removed first."""
     if (folder / COMPLETE_MARKER).is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(folder.parent / ".lock", waiting_message=waiting_message):
+    cache = folder.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(cache / ".lock", waiting_message=waiting_message):
         # Another process may have finished the download while this one waited for the lock.
-        if not (folder / COMPLETE_MARKER).is_file():
-            download()
+        if (folder / COMPLETE_MARKER).is_file():
+            return folder
+        for leftover in cache.glob(".download-*"):  # from a process killed mid-download
+            shutil.rmtree(leftover, ignore_errors=True)
+        if folder.exists():  # a folder without the marker is not ours to trust
+            shutil.rmtree(folder)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+        try:
+            started = time.monotonic()
+            download(staging)
+            (staging / folder.name / COMPLETE_MARKER).write_text(f"{what}\n", encoding="utf-8")
+            os.rename(staging / folder.name, folder)
+            progress(f"… done in {time.monotonic() - started:.0f} s ({folder})")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

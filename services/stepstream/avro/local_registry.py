@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stepstream.errors import StepstreamError
-from stepstream.local_servers import COMPLETE_MARKER, fetched_once, last_lines, port_answers, progress
+from stepstream.local_servers import fetched_once, last_lines, port_answers, progress
 
 REGISTRY_VERSION = "3.3.3"
 """The Apicurio Registry release to run; ``STEPSTREAM_REGISTRY_VERSION`` overrides it."""
@@ -120,58 +119,51 @@ def fetch(version: str | None = None) -> Path:
     version = version or registry_version()
     cache = registry_cache_dir(version)
     waiting = f"waiting for another process to fetch Apicurio {version}"
-    return fetched_once(cache / "app", lambda: _download(version, cache), waiting)
+    return fetched_once(
+        cache / "app",
+        lambda staging: _download(version, staging),
+        what=f"Apicurio Registry {version}",
+        waiting_message=waiting,
+    )
 
 
-def _download(version: str, cache: Path) -> None:
+def _download(version: str, staging: Path) -> None:
+    """The registry's application into ``staging / "app"`` (``fetched_once`` puts it in place)."""
     maven = shutil.which("mvn")
     if maven is None:
         raise RegistryProvisioningError(
             f"Expected Maven (`mvn`) on PATH to download Apicurio Registry {version} the first time, but found none. "
             f"{_ALTERNATIVES}"
         )
-    for leftover in cache.glob(".download-*"):  # from a process killed mid-download
-        shutil.rmtree(leftover, ignore_errors=True)
-    app = cache / "app"
-    if app.exists():  # a folder without the marker is not ours to trust
-        shutil.rmtree(app)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    progress(f"downloading Apicurio Registry {version} with Maven (first run only, ~160 MB)…")
+    # The `all` archive is the application as its release built it (Quarkus' fast-jar layout in 3.x, a
+    # runner jar and lib/ in 2.x): nothing to resolve or build here, only one artifact to unpack.
+    command = [
+        maven,
+        "-q",
+        "-B",
+        f"{_DEPENDENCY_PLUGIN}:unpack",
+        f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+        f"-DoutputDirectory={staging / 'app'}",
+        f"-DmarkersDirectory={staging / 'markers'}",
+    ]
     try:
-        progress(f"downloading Apicurio Registry {version} with Maven (first run only, ~160 MB)…")
-        started = time.monotonic()
-        # The `all` archive is the application as its release built it (Quarkus' fast-jar layout in 3.x, a
-        # runner jar and lib/ in 2.x): nothing to resolve or build here, only one artifact to unpack.
-        command = [
-            maven,
-            "-q",
-            "-B",
-            f"{_DEPENDENCY_PLUGIN}:unpack",
-            f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
-            f"-DoutputDirectory={staging / 'app'}",
-            f"-DmarkersDirectory={staging / 'markers'}",
-        ]
-        try:
-            # In an empty folder, so Maven runs its standalone project and no stray pom.xml is picked up.
-            result = subprocess.run(command, cwd=staging, capture_output=True, text=True, timeout=1800, check=False)
-        except subprocess.TimeoutExpired as error:
-            raise RegistryProvisioningError(
-                f"Maven did not finish downloading Apicurio Registry {version} in 30 min"
-            ) from error
-        except OSError as error:  # e.g. Maven found but no Java for it
-            raise RegistryProvisioningError(f"Could not run Maven ({maven}): {error}. {_ALTERNATIVES}") from error
-        if result.returncode != 0:
-            # Maven ends its output with colour resets even in batch mode; they are noise in an exception.
-            output = last_lines(re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr), 30)
-            raise RegistryProvisioningError(
-                f"Maven could not download Apicurio Registry {version} (exit code {result.returncode}):\n{output}\n"
-                f"{_ALTERNATIVES}"
-            )
-        _launcher(staging / "app")  # refuses an archive in a layout this module does not know
-        (staging / "app" / COMPLETE_MARKER).write_text(f"Apicurio Registry {version}\n", encoding="utf-8")
-        os.rename(staging / "app", app)
-        progress(f"… done in {time.monotonic() - started:.0f} s ({app})")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # In an empty folder, so Maven runs its standalone project and no stray pom.xml is picked up.
+        result = subprocess.run(command, cwd=staging, capture_output=True, text=True, timeout=1800, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise RegistryProvisioningError(
+            f"Maven did not finish downloading Apicurio Registry {version} in 30 min"
+        ) from error
+    except OSError as error:  # e.g. Maven found but no Java for it
+        raise RegistryProvisioningError(f"Could not run Maven ({maven}): {error}. {_ALTERNATIVES}") from error
+    if result.returncode != 0:
+        # Maven ends its output with colour resets even in batch mode; they are noise in an exception.
+        output = last_lines(re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr), 30)
+        raise RegistryProvisioningError(
+            f"Maven could not download Apicurio Registry {version} (exit code {result.returncode}):\n{output}\n"
+            f"{_ALTERNATIVES}"
+        )
+    _launcher(staging / "app")  # refuses an archive in a layout this module does not know
 
 
 def _launcher(app: Path) -> Path:

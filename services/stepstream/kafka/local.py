@@ -31,7 +31,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from aiokafka.errors import KafkaError
 
 from stepstream.errors import KafkaProvisioningError
 from stepstream.kafka.local_tls import BROKER_USER, CLIENT_USER, MECHANISM, LocalTls
-from stepstream.local_servers import COMPLETE_MARKER, exclusive_lock, fetched_once, last_lines, port_answers, progress
+from stepstream.local_servers import exclusive_lock, fetched_once, last_lines, port_answers, progress
 
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release the local broker runs; ``STEPSTREAM_KAFKA_VERSION`` overrides it."""
@@ -124,10 +123,16 @@ def ensure_jars(version: str | None = None) -> Path:
     version = version or kafka_version()
     cache = jar_cache_dir(version)
     waiting = f"waiting for another process to download Kafka {version}"
-    return fetched_once(cache / "libs", lambda: _download_jars(version, cache), waiting)
+    return fetched_once(
+        cache / "libs",
+        lambda staging: _download_jars(version, staging),
+        what=f"Apache Kafka {version}",
+        waiting_message=waiting,
+    )
 
 
-def _download_jars(version: str, cache: Path) -> None:
+def _download_jars(version: str, staging: Path) -> None:
+    """Kafka's jars into ``staging / "libs"`` (``fetched_once`` puts them in place)."""
     find_java()  # Maven needs it too, and its own error would not name the alternatives
     maven = shutil.which("mvn")
     if maven is None:
@@ -135,45 +140,30 @@ def _download_jars(version: str, cache: Path) -> None:
             f"Expected Maven (`mvn`) on PATH to download Apache Kafka {version} the first time, but found none. "
             f"{_ALTERNATIVES}"
         )
-    for leftover in cache.glob(".download-*"):  # from a process killed mid-download
-        shutil.rmtree(leftover, ignore_errors=True)
-    libs = cache / "libs"
-    if libs.exists():  # a folder without the marker is not ours to trust
-        shutil.rmtree(libs)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    (staging / "pom.xml").write_text(_pom(version), encoding="utf-8")
+    progress(f"downloading Apache Kafka {version} jars with Maven (first run only, ~45 MB)…")
+    command = [
+        maven,
+        "-q",
+        "-B",
+        "-f",
+        str(staging / "pom.xml"),
+        f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
+        f"-DoutputDirectory={staging / 'libs'}",
+        "-DincludeScope=runtime",
+    ]
     try:
-        (staging / "pom.xml").write_text(_pom(version), encoding="utf-8")
-        progress(f"downloading Apache Kafka {version} jars with Maven (first run only, ~45 MB)…")
-        started = time.monotonic()
-        command = [
-            maven,
-            "-q",
-            "-B",
-            "-f",
-            str(staging / "pom.xml"),
-            f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
-            f"-DoutputDirectory={staging / 'libs'}",
-            "-DincludeScope=runtime",
-        ]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
-        except subprocess.TimeoutExpired as error:
-            raise KafkaProvisioningError(
-                f"Maven did not finish downloading Apache Kafka {version} in 30 min"
-            ) from error
-        if result.returncode != 0:
-            output = last_lines(result.stdout + result.stderr, 30)
-            raise KafkaProvisioningError(
-                f"Maven could not download Apache Kafka {version} (exit code {result.returncode}):\n{output}\n"
-                f"{_ALTERNATIVES}"
-            )
-        if not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
-            raise KafkaProvisioningError(f"Expected Maven to fetch kafka_2.13-{version}.jar, but it is missing")
-        (staging / "libs" / COMPLETE_MARKER).write_text(f"Apache Kafka {version}\n", encoding="utf-8")
-        os.rename(staging / "libs", libs)
-        progress(f"… done in {time.monotonic() - started:.0f} s ({libs})")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise KafkaProvisioningError(f"Maven did not finish downloading Apache Kafka {version} in 30 min") from error
+    if result.returncode != 0:
+        output = last_lines(result.stdout + result.stderr, 30)
+        raise KafkaProvisioningError(
+            f"Maven could not download Apache Kafka {version} (exit code {result.returncode}):\n{output}\n"
+            f"{_ALTERNATIVES}"
+        )
+    if not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
+        raise KafkaProvisioningError(f"Expected Maven to fetch kafka_2.13-{version}.jar, but it is missing")
 
 
 def _pom(version: str) -> str:
