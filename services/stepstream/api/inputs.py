@@ -1,4 +1,5 @@
-"""What the api accepts: request bodies, durations such as ``"1h30m"`` and instants (epoch ms or ISO-8601).
+"""What the api accepts: request bodies, durations such as ``"1h30m"`` (the grammar of :mod:`stepstream.durations`,
+which the SDK reads too) and instants (epoch ms or ISO-8601).
 
 Parsing errors are ``ValueError`` with a message of the form "Expected …, but got …"; the app answers
 them with a 422. Every number is bounded here, where it is parsed, by the bounds of
@@ -8,10 +9,8 @@ them would fail later and farther away (an Avro ``long``, an SQLite integer, a f
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from fractions import Fraction
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -30,20 +29,14 @@ from stepstream.core.limits import (
     RUN_ID_PATTERN,
 )
 from stepstream.core.messages import FLOW_KEY_MAX_LENGTH
+from stepstream.durations import parse_duration
 
 MAX_EVENT_ID_LENGTH: Final = 256
 # How long one request may wait for a run (``?wait=``). Longer waits are better made again, with the run's
 # id: a connection held for many minutes meets proxies' idle timeouts and api restarts.
 MAX_WAIT_MS: Final = 300_000
-# "1h30m15s250ms" is 13 characters. A longer text is a mistake, and refusing it before any arithmetic
-# keeps a number of hundreds of digits from reaching it.
-MAX_DURATION_LENGTH: Final = 64
 _SHOWN: Final = 100  # characters of a refused value quoted back in a message
 
-_UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-# ASCII digits only: \d alone matches the digits of every script.
-_DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+", re.ASCII)
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _LAST_INSTANT: Final = "9999-12-31T23:59:59.999Z"
 
@@ -64,17 +57,11 @@ def parse_duration_ms(value: Any) -> int:
 def duration_ms(value: Any, *, milliseconds_field: str = "delay_ms") -> int:
     """A duration as :func:`parse_duration_ms` reads it, without its limit; a number is refused with a
     pointer to ``milliseconds_field``, the field that takes milliseconds instead."""
-    text = value.strip() if isinstance(value, str) else None
-    if text is not None and len(text) > MAX_DURATION_LENGTH:
-        raise ValueError(
-            f"Expected a duration of at most {MAX_DURATION_LENGTH} characters such as '1h30m', "
-            f"but got {len(text)} characters"
-        )
-    if not text or not _DURATION.fullmatch(text):
+    milliseconds = parse_duration(value) if isinstance(value, str) else None
+    if milliseconds is None:
         hint = f" (for milliseconds, use {milliseconds_field})" if isinstance(value, int | float) else ""
         raise ValueError(f"Expected a duration such as '10s', '5m' or '2h', but got {shown(value)}{hint}")
-    # Exact arithmetic: a float loses milliseconds of a long duration, and a Fraction cannot overflow.
-    return round(sum(Fraction(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text)))
+    return milliseconds
 
 
 def parse_wait_ms(value: str) -> int:

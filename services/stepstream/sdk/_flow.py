@@ -8,17 +8,13 @@ engine accepts. The messages read "Expected …, but …".
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
+from stepstream.durations import parse_duration
 from stepstream.protocol import MAX_FLOW_KEY_LENGTH, MAX_FLOW_LIMIT, MAX_FLOW_PERIOD_MS, FlowControlSpec
 
-# The api's duration grammar: "1s", "10s", "1m", "1h", "1d", "250ms", "1.5s", "1h30m".
-_UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _EXAMPLES: Final = "'1s', '10s', '1m', '1h' or '1d'"
 
 
@@ -29,9 +25,10 @@ class FlowControl:
     ``rate`` is the most starts in any window of ``period``, ``parallelism`` the most started and not
     yet finished; set either or both (a key with neither is counted, but holds nothing back).
     ``period`` is a duration such as ``"1s"``, ``"10s"``, ``"1m"``, ``"1h"`` or ``"1d"`` (or
-    ``"1h30m"``, ``"250ms"``), a number of seconds, or a ``timedelta``, from 1 ms to 7 days; default
-    one second. Pass it to ``ctx.call(..., flow_control=…)`` to throttle the engine's requests under
-    ``key``, or to ``ctx.invoke(..., flow_control=…)`` to throttle every delivery of the child run.
+    ``"1h30m"``, ``"250ms"``: the api's grammar, :mod:`stepstream.durations`), a number of seconds,
+    or a ``timedelta``, from 1 ms to 7 days; default one second. Pass it to
+    ``ctx.call(..., flow_control=…)`` to throttle the engine's requests under ``key``, or to
+    ``ctx.invoke(..., flow_control=…)`` to throttle every delivery of the child run.
     Work in different runs with the same key shares the limits.
     """
 
@@ -96,19 +93,26 @@ def _limit(value: object, what: str, unit: str) -> int | None:
 
 def _period_ms(period: object) -> int:
     if isinstance(period, str):
-        text = period.strip()
-        if not _DURATION.fullmatch(text):
+        # The api's grammar, read by the same code (exactly, to the millisecond), so a text the api takes
+        # for flow_control.period is one FlowControl takes too.
+        parsed = parse_duration(period, what="a flow-control period")
+        if parsed is None:
             raise ValueError(f"Expected a flow-control period such as {_EXAMPLES}, but got {period!r}")
-        milliseconds = sum(float(number) * _UNIT_MS[unit] for number, unit in _DURATION_PART.findall(text))
-    elif isinstance(period, timedelta):
-        milliseconds = period.total_seconds() * 1000
-    elif isinstance(period, int | float) and not isinstance(period, bool):
-        milliseconds = float(period) * 1000
+        milliseconds = parsed
+    elif isinstance(period, timedelta | int | float) and not isinstance(period, bool):
+        seconds = period.total_seconds() if isinstance(period, timedelta) else float(period)
+        if not math.isfinite(seconds * 1000):  # round() refuses NaN and infinity
+            raise ValueError(_out_of_range(period))
+        milliseconds = round(seconds * 1000)
     else:
         raise TypeError(
             f"Expected a flow-control period as a duration such as {_EXAMPLES}, a number of seconds or a timedelta, "
             f"but got {type(period).__name__}"
         )
-    if not math.isfinite(milliseconds) or not 1 <= round(milliseconds) <= MAX_FLOW_PERIOD_MS:
-        raise ValueError(f"Expected a flow-control period from 1 ms to 7 days, but got {period!r}")
-    return round(milliseconds)
+    if not 1 <= milliseconds <= MAX_FLOW_PERIOD_MS:
+        raise ValueError(_out_of_range(period))
+    return milliseconds
+
+
+def _out_of_range(period: object) -> str:
+    return f"Expected a flow-control period from 1 ms to 7 days, but got {period!r}"
