@@ -106,6 +106,7 @@ def test_a_non_retryable_error_fails_the_run_at_once(stack: Stack) -> None:
     failures = events_of(stack, run_id, "StepFailed")
     assert len(failures) == 1
     assert failures[0]["retry_at_ms"] is None
+    assert failures[0]["retryable"] is False  # so the history says "not retried", not "no retry left"
 
 
 def test_an_exception_in_a_step_is_retried_and_then_fails_the_run(stack: Stack) -> None:

@@ -547,7 +547,7 @@ def test_a_record_of_an_earlier_compatible_shape_decodes_by_schema_resolution(tm
     # when the current codec decodes it
     decoded = Codec(tmp_path).decode(data)
     # then the added field takes its schema default (the dataclass has none: only resolution supplies it)
-    assert frozen.name == "stepstream.StepFailed.v1.avsc"
+    assert frozen.name == "stepstream.StepFailed.v2.avsc"  # numbered after the real v1 (before ``retryable``)
     assert decoded == StepFailed(
         run_id="run_1",
         seq=4,

@@ -9,6 +9,7 @@ import pytest
 from stepstream.core import (
     CallSpec,
     CallStarted,
+    CancelRun,
     Command,
     Complete,
     Continue,
@@ -221,6 +222,25 @@ def test_trigger_leaves_the_run_running_with_its_first_delivery_in_flight() -> N
     assert state.waiting == ()
 
 
+@pytest.mark.parametrize(
+    ("not_before_ms", "expected"),
+    [(None, RunStatus.RUNNING), (T0 + 60_000, RunStatus.SCHEDULED), (T0 - 60_000, RunStatus.RUNNING)],
+    ids=["unset", "future", "past"],
+)
+def test_a_run_whose_start_is_put_off_is_scheduled_until_its_first_delivery_answers(
+    not_before_ms: int | None, expected: RunStatus
+) -> None:
+    # given a run triggered to start later (or now)
+    state = given(trigger(not_before_ms=not_before_ms))
+    assert state.status is expected
+    # when its first delivery answers, then it is running like any other
+    after = given_events(state, when(state, report(1, outcome=Continue(), now=T0 + 60_001)))
+    assert after.status is RunStatus.RUNNING
+    # and a scheduled run can be cancelled like a running one
+    cancelled = given_events(state, when(state, CancelRun(run_id=RUN, reason=None, now_ms=T0 + 1)))
+    assert cancelled.status is RunStatus.CANCELLED
+
+
 def test_a_second_trigger_for_the_same_run_is_a_duplicate() -> None:
     state = given(trigger())
 
@@ -359,6 +379,7 @@ def test_a_retryable_failure_retries_the_same_step_after_the_backoff() -> None:
             attempt=1,
             error=BOOM,
             retry_at_ms=now + 1_000,
+            retryable=True,
         ),
         StepScheduled(
             run_id=RUN,
@@ -443,6 +464,7 @@ def test_a_non_retryable_failure_fails_the_run_at_once() -> None:
             attempt=1,
             error=BOOM,
             retry_at_ms=None,
+            retryable=False,  # so the history says no retry was made, not that none was left
         ),
         RunFailed(run_id=RUN, seq=4, at_ms=T0 + 3, error=BOOM),
     ]

@@ -32,6 +32,7 @@ from stepstream.core import (
     EventReceived,
     Fail,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FireTimer,
     InvokeStarted,
@@ -414,6 +415,7 @@ def test_a_failing_branch_retries_alone_with_backoff() -> None:
             attempt=1,
             error=BOOM,
             retry_at_ms=T0 + 10 + 1_000,
+            retryable=True,
         ),
         StepScheduled(
             run_id=RUN,
@@ -1453,7 +1455,7 @@ def test_a_retryable_failure_of_the_handler_is_retried_with_backoff() -> None:
     events = when(state, report(2, outcome=Fail(error=error, retryable=True), now=T0 + 8))
 
     assert events == [
-        FailureHandled(
+        FailureHandlerFailed(
             run_id=RUN,
             seq=7,
             at_ms=T0 + 8,
@@ -1461,6 +1463,7 @@ def test_a_retryable_failure_of_the_handler_is_retried_with_backoff() -> None:
             attempt=1,
             error=error,
             retry_at_ms=T0 + 8 + 1_000,
+            retryable=True,
         ),
         FailureHandlerScheduled(
             run_id=RUN,
@@ -1486,15 +1489,16 @@ def test_the_handler_gives_up_after_the_runs_retries() -> None:
 
     events = when(state, report(3, attempt=2, outcome=Fail(error=BOOM, retryable=True)))
 
-    [handled] = events
-    assert isinstance(handled, FailureHandled)
-    assert (handled.attempt, handled.error, handled.retry_at_ms) == (2, BOOM, None)
+    [failed] = events
+    assert isinstance(failed, FailureHandlerFailed)
+    assert (failed.attempt, failed.error, failed.retry_at_ms, failed.retryable) == (2, BOOM, None, True)
 
 
 def test_a_non_retryable_failure_of_the_handler_is_not_retried() -> None:
     events = when(handler_due(), report(2, outcome=Fail(error=BOOM, retryable=False)))
 
-    assert [type(event) for event in events] == [FailureHandled]
+    assert [type(event) for event in events] == [FailureHandlerFailed]
+    assert events[0].retryable is False  # type: ignore[union-attr]
 
 
 def test_a_second_answer_of_the_handler_is_a_duplicate() -> None:

@@ -24,6 +24,7 @@ from stepstream.core import (
     EventReceived,
     Fail,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FireTimer,
     InvokeStarted,
@@ -524,8 +525,8 @@ def test_run_failed_keeps_the_error_and_puts_the_run_in_the_dead_letter_list() -
     assert (state.output, state.error, state.dead_letter) == (None, BOOM, True)
 
 
-@pytest.mark.parametrize("status", [RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING])
-def test_running_sleeping_and_waiting_are_not_terminal(status: RunStatus) -> None:
+@pytest.mark.parametrize("status", [RunStatus.SCHEDULED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING])
+def test_scheduled_running_sleeping_and_waiting_are_not_terminal(status: RunStatus) -> None:
     assert not status.terminal
 
 
@@ -984,7 +985,9 @@ def then_nothing_happens_after_the_end(events: list[Event]) -> None:
         if ended is RunCancelled:
             assert isinstance(event, ResultIgnored), f"{event} after the run was cancelled"
         if ended is RunFailed:
-            assert isinstance(event, FailureHandlerScheduled | FailureHandled | RunRecovered), f"{event} after failure"
+            assert isinstance(event, FailureHandlerScheduled | FailureHandled | FailureHandlerFailed | RunRecovered), (
+                f"{event} after failure"
+            )
         if isinstance(event, RunRecovered) and event.action is not Recovery.DELETE:
             ended = None
         elif isinstance(event, TERMINAL):

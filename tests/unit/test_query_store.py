@@ -52,6 +52,7 @@ from stepstream.core import (
     RunFailed,
     RunStarted,
     RunState,
+    RunStatus,
     SleepFor,
     SleepStarted,
     SleepUntil,
@@ -67,6 +68,7 @@ from stepstream.core import (
 )
 from stepstream.store import HistoryPage, QueryStore, RunRow, StepRow, WaiterRow, event_to_dict, open_query_store
 from stepstream.store import history as history_module
+from stepstream.store.rows import RUN_STATUSES
 
 T0 = 1_700_000_000_000
 DEFAULTS = Defaults(retries=1, retry_base_ms=1_000, retry_max_ms=60_000)
@@ -86,6 +88,7 @@ class Run:
         label: str | None = "nightly",
         payload: str = '{"order":42,"items":["a","b"]}',
         parent_run_id: str | None = None,
+        not_before_ms: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.state: RunState | None = None
@@ -103,6 +106,7 @@ class Run:
                 parent_run_id=parent_run_id,
                 parent_step_index=0 if parent_run_id else None,
                 depth=1 if parent_run_id else 0,
+                not_before_ms=not_before_ms,
             )
         )
 
@@ -846,6 +850,27 @@ def failed_handled_and_resumed() -> Run:
     return run
 
 
+def delayed_then_the_handler_retried() -> Run:
+    """Scheduled until its first delivery answers; then failed, its handler failing once before it answers."""
+    run = Run(not_before_ms=T0 + 60_000)
+    run.report(Continue(), outputs=('"first"',), now=T0 + 60_001)
+    run.fail(now=T0 + 60_002)
+    for outcome in (Fail(error=BOOM, retryable=True), Complete(output="null")):
+        handler = run.current.failure_delivery
+        assert handler is not None
+        run.apply(
+            ReportDelivery(
+                run_id=run.run_id,
+                delivery_id=handler.delivery_id,
+                attempt=handler.attempt,
+                now_ms=T0 + 70_000 + handler.attempt * 10_000,
+                steps=(),
+                outcome=outcome,
+            )
+        )
+    return run
+
+
 def failed_and_deleted() -> Run:
     run = Run()
     run.fail(now=T0 + 1)
@@ -863,6 +888,7 @@ SCENARIOS: dict[str, Callable[[], Run]] = {
     "cancel": cancelled_while_waiting,
     "resume": failed_handled_and_resumed,
     "delete": failed_and_deleted,
+    "delayed+handler": delayed_then_the_handler_retried,
 }
 
 
@@ -898,6 +924,8 @@ def test_after_every_event_the_store_agrees_with_the_core(scenario: Callable[[],
                 pending = {step.index for step in steps if step.status == "pending"}
                 assert pending == {p.step_index for p in state.waiting}, after
                 sleeps = [p.wake_at_ms for p in state.waiting if isinstance(p, PendingSleep)]
+                if state.status is RunStatus.SCHEDULED:  # when the first delivery is due
+                    sleeps = [delivery.not_before_ms for delivery in state.in_flight]
                 assert found.wake_at_ms == (min(sleeps) if sleeps else None), after
             else:
                 assert found.wake_at_ms is None, after
@@ -910,6 +938,20 @@ def test_every_event_kind_is_kept_in_the_history(scenario: Callable[[], Run]) ->
         store.apply(run.events)
 
         assert [event["type"] for event in store.history(run.run_id)] == [type(e).__name__ for e in run.events]
+
+
+def test_a_run_whose_start_is_put_off_is_listed_as_scheduled_until_its_first_answer(store: QueryStore) -> None:
+    # given a run triggered to start in a minute, and one triggered now
+    later, now = Run("run_later", not_before_ms=T0 + 60_000), Run("run_now")
+    store.apply([*later.events, *now.events])
+    # then the first is scheduled, with when it starts; the second is running
+    assert (row(store, "run_later").status, row(store, "run_later").wake_at_ms) == ("scheduled", T0 + 60_000)
+    assert row(store, "run_now").status == "running"
+    assert [run.run_id for run in store.list_runs(status="scheduled")] == ["run_later"]
+    assert store.count_runs()["scheduled"] == 1
+    # when its first delivery answers, it is running like any other
+    store.apply(later.report(Continue(), outputs=('"first"',), now=T0 + 60_001))
+    assert (row(store, "run_later").status, row(store, "run_later").wake_at_ms) == ("running", None)
 
 
 def test_the_scenarios_cover_every_event_kind() -> None:
@@ -1278,7 +1320,7 @@ def test_runs_are_counted_by_status_under_the_list_s_filters(store: QueryStore) 
     status_of = {0: "running", 1: "completed", 2: "sleeping"}
 
     def expected(numbers: range | list[int]) -> dict[str, int]:
-        counts = dict.fromkeys(("running", "sleeping", "waiting", "completed", "failed", "cancelled"), 0)
+        counts = dict.fromkeys(RUN_STATUSES, 0)
         for number in numbers:
             counts[status_of[number % 3]] += 1
         return counts

@@ -6,8 +6,8 @@ history as one message whose ``id`` is its ``seq`` (so a client resumes with ``L
 comment every :data:`KEEPALIVE_S` seconds while nothing happens, and a last message ``event: end``
 with the run once it has ended. It ends when the run has ended and the stream has sent every event
 the store holds for it; for a failed run that includes the ``FailureHandlerScheduled`` written with
-``RunFailed``, but not the ``FailureHandled`` that comes once the handler has answered, which may take
-long (it is retried like a step). A run resumed or restarted before the stream reads its end goes on,
+``RunFailed``, but not the ``FailureHandled`` (or ``FailureHandlerFailed``) that comes once the handler
+has answered, which may take long (it is retried like a step). A run resumed or restarted before the stream reads its end goes on,
 and so does the stream.
 """
 

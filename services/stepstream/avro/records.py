@@ -30,6 +30,7 @@ from stepstream.core.messages import (
     ChildFinished,
     EventReceived,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FireTimer,
     FlowControl,
@@ -147,6 +148,7 @@ EVENT_TYPES: Final = (
     ResultIgnored,
     FailureHandlerScheduled,
     FailureHandled,
+    FailureHandlerFailed,
     RunRecovered,
 )
 RUN_COMMAND_TYPES: Final = (

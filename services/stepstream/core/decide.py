@@ -24,6 +24,7 @@ from stepstream.core.messages import (
     EventReceived,
     Fail,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FireTimer,
     FlowControl,
@@ -622,6 +623,7 @@ def _fail_attempt(
             attempt=step_attempt,
             error=outcome.error,
             retry_at_ms=retry_at,
+            retryable=outcome.retryable,
         )
     )
     if retry_at is not None:
@@ -639,24 +641,35 @@ def _report_failure_handler(
 ) -> list[Event]:
     builder = _Builder(state, command.run_id, command.now_ms)
     outcome = command.outcome
-    error: ErrorInfo | None = None
+    if not isinstance(outcome, Fail):
+        builder.add(
+            FailureHandled(
+                run_id=state.run_id,
+                seq=builder.next_seq,
+                at_ms=command.now_ms,
+                delivery_id=command.delivery_id,
+                attempt=command.attempt,
+                error=None,
+                retry_at_ms=None,
+            )
+        )
+        return builder.events
     retry_at: int | None = None
-    if isinstance(outcome, Fail):
-        error = outcome.error
-        if outcome.retryable and pending.attempt <= state.retries:
-            delay = outcome.retry_after_ms
-            if delay is None:
-                delay = _retry_delay(state.retry_delay, pending.attempt, state.retry_base_ms, defaults)
-            retry_at = command.now_ms + max(0, delay)
+    if outcome.retryable and pending.attempt <= state.retries:
+        delay = outcome.retry_after_ms
+        if delay is None:
+            delay = _retry_delay(state.retry_delay, pending.attempt, state.retry_base_ms, defaults)
+        retry_at = command.now_ms + max(0, delay)
     builder.add(
-        FailureHandled(
+        FailureHandlerFailed(
             run_id=state.run_id,
             seq=builder.next_seq,
             at_ms=command.now_ms,
             delivery_id=command.delivery_id,
             attempt=command.attempt,
-            error=error,
+            error=outcome.error,
             retry_at_ms=retry_at,
+            retryable=outcome.retryable,
         )
     )
     if retry_at is not None:

@@ -454,6 +454,9 @@ class StepFailed:
     attempt: int
     error: ErrorInfo
     retry_at_ms: int | None
+    # False: a failure no retry mends (a 4xx answer, a non-retryable error), so none was made whatever
+    # the retries left; the history says so instead of "no retry left". None: written before this field.
+    retryable: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -609,7 +612,8 @@ class FailureHandlerScheduled:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailureHandled:
-    """The failure handler answered (``error`` None), or gave up after its retries (``error`` set)."""
+    """The failure handler answered. (Records written before :class:`FailureHandlerFailed` existed
+    also used this event, with ``error`` set, for a failed attempt: read them as that event.)"""
 
     run_id: str
     seq: int
@@ -618,6 +622,23 @@ class FailureHandled:
     attempt: int
     error: ErrorInfo | None
     retry_at_ms: int | None  # when ``error`` is set and another attempt is due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureHandlerFailed:
+    """An attempt of the failure handler failed: another is due at ``retry_at_ms``, or None is left.
+
+    Its own event, not ``FailureHandled`` with an error, so that a history read line by line never
+    shows "handled" for a handler that failed."""
+
+    run_id: str
+    seq: int
+    at_ms: int
+    delivery_id: str
+    attempt: int
+    error: ErrorInfo
+    retry_at_ms: int | None
+    retryable: bool  # False: a failure no retry mends, so none was made (as StepFailed.retryable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -651,6 +672,7 @@ Event = (
     | ResultIgnored
     | FailureHandlerScheduled
     | FailureHandled
+    | FailureHandlerFailed
     | RunRecovered
 )
 

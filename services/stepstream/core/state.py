@@ -25,6 +25,7 @@ from stepstream.core.messages import (
     Event,
     EventReceived,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FlowControl,
     InvokeStarted,
@@ -47,6 +48,9 @@ from stepstream.core.messages import (
 
 
 class RunStatus(StrEnum):
+    # Triggered with a delay or a not-before time: its first delivery is not yet due (or not yet
+    # answered). Told apart from running, which a run waiting out its --delay is not.
+    SCHEDULED = "scheduled"
     RUNNING = "running"  # a delivery or an engine-side call is scheduled or in flight
     SLEEPING = "sleeping"  # only sleeps are pending
     WAITING = "waiting"  # for an event, a notification's answer or a child run
@@ -295,7 +299,10 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                 waiting = _replace_pending(state, branch)
                 return replace(_moved(state, in_flight=in_flight, waiting=waiting), deliveries=state.deliveries + 1)
             in_flight = (*_replay_ended(state), delivery)
-            return replace(_moved(state, in_flight=in_flight), deliveries=state.deliveries + 1)
+            moved = replace(_moved(state, in_flight=in_flight), deliveries=state.deliveries + 1)
+            if state.deliveries == 0 and event.not_before_ms > event.at_ms:
+                return replace(moved, status=RunStatus.SCHEDULED)  # the run's start was put off
+            return moved
         case StepCompleted():
             step = RecordedStep(index=event.step_index, name=event.name, kind=event.kind, output=event.output)
             in_flight = tuple(
@@ -376,7 +383,7 @@ def evolve(state: RunState | None, event: Event) -> RunState:
                 ),
                 deliveries=state.deliveries + 1,
             )
-        case FailureHandled():
+        case FailureHandled() | FailureHandlerFailed():
             return replace(state, failure_delivery=None)
         case RunRecovered():
             if event.action is Recovery.DELETE:

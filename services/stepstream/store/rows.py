@@ -8,7 +8,7 @@ from typing import Any, Final
 
 # A run in one of these statuses has ended: it accepts no cancel, and only a failed one may be recovered.
 ENDED_STATUSES: Final = ("completed", "failed", "cancelled")
-ACTIVE_STATUSES: Final = ("running", "sleeping", "waiting")
+ACTIVE_STATUSES: Final = ("scheduled", "running", "sleeping", "waiting")
 RUN_STATUSES: Final = ACTIVE_STATUSES + ENDED_STATUSES
 
 
@@ -23,7 +23,7 @@ class RunRow:
     output: Any
     error: dict[str, str] | None
     steps: int  # how many steps have a result
-    wake_at_ms: int | None  # the earliest wake time of the run's pending sleeps
+    wake_at_ms: int | None  # the earliest wake time of the run's pending sleeps; scheduled: when it starts
     created_at_ms: int
     updated_at_ms: int
     last_seq: int

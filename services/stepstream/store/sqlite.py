@@ -23,7 +23,8 @@ the tables (and the columns of ``runs``) added since.
 
 The run's status follows the same rule as the core's ``RunState.status``: running while a replay
 delivery is in flight or a ``run`` or ``call`` step is pending, else waiting while a wait, notify or
-invoke step is pending, else sleeping while a sleep is pending.
+invoke step is pending, else sleeping while a sleep is pending; scheduled from a start put off (a
+trigger's delay) until its first delivery's answer, with ``wake_at_ms`` when that delivery is due.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from stepstream.core import (
     Event,
     EventReceived,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FlowKeyState,
     InvokeStarted,
@@ -192,7 +194,8 @@ class _Indexing:
         ).fetchone()
         if current is None or current[0] >= event.seq:
             return  # older than what the row shows (or a run we never saw start): history only
-        _, status, replay = current
+        last_seq, status, replay = current
+        starts_at: int | None = None
         match event:
             case RunStarted():
                 pass  # a second start of the same run id: the first one stands
@@ -200,6 +203,8 @@ class _Indexing:
                 # A delivery that executes one parallel `run` step leaves its step pending; either
                 # kind of delivery ends the replay delivery before it (as ``evolve`` does).
                 replay = None if event.execute_only else event.delivery_id
+                if last_seq == 1 and event.not_before_ms > event.at_ms:
+                    starts_at = event.not_before_ms  # the run's first delivery (it follows RunStarted), put off
                 if event.execute_only:
                     self._pending(event.step_index, event.name or "", StepKind.RUN.value, {})
             case StepCompleted():
@@ -272,11 +277,11 @@ class _Indexing:
                     only_pending = " AND status = 'pending'" if event.action is Recovery.RESUME else ""
                     self.execute(f"DELETE FROM steps WHERE run_id = ?{only_pending}", (self.run_id,))
                     self._stop_waiting()
-            case ResultIgnored() | FailureHandlerScheduled() | FailureHandled():
+            case ResultIgnored() | FailureHandlerScheduled() | FailureHandled() | FailureHandlerFailed():
                 pass  # kept in the history; the run's row does not change
             case _:
                 assert_never(event)
-        self._update_run(status, replay)
+        self._update_run(status, replay, starts_at)
 
     def _start(self, event: RunStarted) -> None:
         self.execute(
@@ -332,7 +337,7 @@ class _Indexing:
     def _stop_waiting(self) -> None:
         self.execute("DELETE FROM waiters WHERE run_id = ?", (self.run_id,))
 
-    def _update_run(self, status: str, replay: str | None) -> None:
+    def _update_run(self, status: str, replay: str | None, starts_at: int | None) -> None:
         completed, wake_at, running, waiting, sleeping = self.execute(
             "SELECT COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0),"
             f" MIN(CASE WHEN status = 'pending' AND kind IN {_SLEEP_KINDS} THEN wake_at_ms END),"
@@ -344,6 +349,8 @@ class _Indexing:
         ).fetchone()
         if status in ENDED_STATUSES:
             wake_at = None
+        elif starts_at is not None:
+            status, wake_at = "scheduled", starts_at
         elif replay is not None or running:
             status = "running"
         elif waiting:

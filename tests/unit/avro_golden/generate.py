@@ -43,6 +43,7 @@ from stepstream.core import (
     EventReceived,
     Fail,
     FailureHandled,
+    FailureHandlerFailed,
     FailureHandlerScheduled,
     FireTimer,
     FlowControl,
@@ -924,6 +925,44 @@ AUDIT_SAMPLES: dict[str, object] = {
     ),
 }
 
+# Whether a failure was retryable (a 4xx is not), the failure handler's failed attempt as its own event,
+# and a run whose start was put off.
+FAILURE_SAMPLES: dict[str, object] = {
+    "RunState.scheduled": current_run_state(status=RunStatus.SCHEDULED, steps=(), waiting=(), seq=2),
+    "StepFailed.not_retryable": StepFailed(
+        run_id=RUN_ID,
+        seq=9,
+        at_ms=NOW_MS,
+        step_index=2,
+        name="charge",
+        delivery_id=f"{RUN_ID}/3",
+        attempt=1,
+        error=ErrorInfo(type="HTTP404", message="endpoint answered 404: no workflow here"),
+        retry_at_ms=None,
+        retryable=False,
+    ),
+    "FailureHandlerFailed.retry": FailureHandlerFailed(
+        run_id=RUN_ID,
+        seq=14,
+        at_ms=NOW_MS,
+        delivery_id=f"{RUN_ID}/6",
+        attempt=1,
+        error=ERROR,
+        retry_at_ms=NOW_MS + 2_000,
+        retryable=True,
+    ),
+    "FailureHandlerFailed.gave_up": FailureHandlerFailed(
+        run_id=RUN_ID,
+        seq=16,
+        at_ms=NOW_MS,
+        delivery_id=f"{RUN_ID}/8",
+        attempt=3,
+        error=ERROR,
+        retry_at_ms=None,
+        retryable=False,
+    ),
+}
+
 # Every sample: the golden file of each decodes to it.
 SAMPLES: dict[str, object] = {
     **FIRST_SAMPLES,
@@ -932,6 +971,7 @@ SAMPLES: dict[str, object] = {
     **HOT_PATH_SAMPLES,
     **SCALE_SAMPLES,
     **AUDIT_SAMPLES,
+    **FAILURE_SAMPLES,
 }
 
 

@@ -1,7 +1,7 @@
 // What every view of the dashboard uses: building elements, talking to the api, formatting.
 // h() sets text, never HTML, so nothing a run carries (payloads, errors, labels) can become markup.
 
-export const STATUSES = ["running", "sleeping", "waiting", "completed", "failed", "cancelled"];
+export const STATUSES = ["scheduled", "running", "sleeping", "waiting", "completed", "failed", "cancelled"];
 export const ENDED = new Set(["completed", "failed", "cancelled"]);
 export const REFRESH_MS = 2000; // how often a view draws itself again
 

@@ -35,6 +35,9 @@ function summary(event) {
       parts.push(`${name}=${typeof event[name] === "object" ? JSON.stringify(event[name]) : event[name]}`);
   }
   if (event.error) parts.push(`error=${event.error.type}: ${event.error.message}`);
+  // A failure no retry mends (a 4xx answer) is final whatever the retries left: say so, not "no retry left".
+  if (event.retryable === false) parts.push("not retried: a failure no retry mends");
+  else if (event.retry_at_ms) parts.push(`retry at ${time(event.retry_at_ms)}`);
   return parts.join(" ").replace(/\s+/g, " ").slice(0, 300); // one line, however long the message
 }
 
