@@ -4,8 +4,11 @@ filled, a publisher that records): what they print, what they publish, and their
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -23,7 +26,8 @@ from stepstream.api.auth import TokenAuth
 from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import index
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
-from stepstream.core import Complete, Event, FlowControl, FlowKeyState, Recovery
+from stepstream.cli import output
+from stepstream.core import Complete, ErrorInfo, Event, Fail, FlowControl, FlowKeyState, Recovery
 from stepstream.store import QueryStore, event_to_dict
 from stepstream.tokens import parse_tokens
 from tests.unit.test_api import (
@@ -60,6 +64,13 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def no_colour_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich reads these: a developer's FORCE_COLOR would colour the tables the tests read as a pipe."""
+    for name in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -328,11 +339,11 @@ def test_runs_list_filters_by_status_and_time(run_cli: Cli, store: QueryStore) -
     result = run_cli("runs", "list", "--status", "sleeping", "--status", "failed", "--since", "2023-11-15T00:13:20Z")
 
     assert result.code == 0
-    assert [line.split()[0] for line in result.out.splitlines()] == ["run_6", "run_5", "run_3"]
     assert result.out.splitlines() == [  # columns as wide as the page's longest values
-        "run_6  refunds  sleeping     0 steps  2023-11-15 03:13:20",
-        "run_5  orders   failed       0 steps  2023-11-15 02:13:20",
-        "run_3  refunds  sleeping     0 steps  2023-11-15 00:13:20",
+        "RUN    WORKFLOW  STATUS    STEPS  CREATED",
+        "run_6  refunds   sleeping      0  2023-11-15 03:13:20",
+        "run_5  orders    failed        0  2023-11-15 02:13:20",
+        "run_3  refunds   sleeping      0  2023-11-15 00:13:20",
     ]
 
 
@@ -343,7 +354,7 @@ def test_runs_list_pages_with_a_cursor(run_cli: Cli, store: QueryStore) -> None:
     cursor = first.err.split("--cursor ")[1].strip()
     second = run_cli("runs", "list", "--limit", "4", "--cursor", cursor)
 
-    assert [line.split()[0] for line in first.out.splitlines() + second.out.splitlines()] == [
+    assert [line.split()[0] for line in first.out.splitlines()[1:] + second.out.splitlines()[1:]] == [
         "run_6",
         "run_5",
         "run_4",
@@ -358,16 +369,16 @@ def test_runs_list_with_an_unknown_status_is_a_usage_error(run_cli: Cli) -> None
     assert run_cli("runs", "list", "--status", "asleep").code == 2
 
 
-def test_runs_steps_prints_one_line_per_step(run_cli: Cli, store: QueryStore) -> None:
+def test_runs_steps_prints_a_table_of_the_steps(run_cli: Cli, store: QueryStore) -> None:
     run = waiting_run("run_A")
     add(store, run)
 
     result = run_cli("runs", "steps", "run_A")
 
-    assert (
-        result.out
-        == "   0  wait_for_event pending    'approval'  waits for event 'order-42' until 2023-11-15 22:13:20\n"
-    )
+    assert result.out.splitlines() == [
+        "STEP  KIND            STATUS   NAME        DETAIL",
+        "   0  wait_for_event  pending  'approval'  waits for event 'order-42' until 2023-11-15 22:13:20",
+    ]
     assert run_cli("runs", "steps", "run_nope").code == 2
 
 
@@ -376,9 +387,10 @@ def test_deadletter_list_shows_the_failed_runs_with_their_errors(run_cli: Cli, s
 
     result = run_cli("deadletter", "list")
 
-    assert result.out.startswith("run_5  orders  failed")
-    assert result.out.rstrip().endswith("CardDeclined: declined")
-    assert len(result.out.splitlines()) == 1
+    assert result.out.splitlines() == [
+        "RUN    WORKFLOW  STATUS  STEPS  CREATED              ERROR",
+        "run_5  orders    failed      0  2023-11-15 02:13:20  CardDeclined: declined",
+    ]
 
 
 @pytest.mark.parametrize("action", list(Recovery))
@@ -412,7 +424,7 @@ def test_every_event_kind_prints_as_a_sentence_not_just_its_name(scenario: Calla
     for event in scenario().events:
         shown = event_to_dict(event)
 
-        line = cli._describe(shown)
+        line = output._describe(shown)
 
         assert line != shown["type"], f"{shown['type']} has no line of its own"
         assert "\n" not in line
@@ -479,7 +491,7 @@ def test_every_event_kind_prints_as_a_sentence_not_just_its_name(scenario: Calla
     ],
 )
 def test_history_lines_for_the_new_event_kinds(event: dict[str, Any], expected: str) -> None:
-    assert cli._describe(event) == expected
+    assert output._describe(event) == expected
 
 
 def test_runs_history_follow_exits_1_when_the_run_fails_and_0_when_it_completes(
@@ -749,6 +761,104 @@ def test_flow_without_keys_says_so(run_cli: Cli) -> None:
     assert "no flow-control key is known yet" in result.err
 
 
+# -- the tables, as a user sees them ----------------------------------------------------------
+
+LONG_RUN_ID = "order-2026-01-31-" + "7" * 80
+# Shown as written: rich would read markup and emoji codes in a string (the CLI gives it Text).
+LONG_ERROR = "2 errors\n  payload.amount\n    [bold]not an int[/bold] :warning:\n" + " ".join(
+    f"field_{n} is required" for n in range(30)
+)
+
+
+def failed_with(run_id: str, message: str, *, now: int) -> Run:
+    run = Run(run_id, now=now, workflow="payments", label=None)
+    run.report(Fail(error=ErrorInfo(type="ValidationError", message=message), retryable=False), now=now + 1)
+    return run
+
+
+def with_stdout(stdout: IO[str], run_cli: Cli, *argv: str) -> Result:
+    """``run_cli(*argv)`` with the CLI's stdout going to ``stdout`` (its ``out`` then empty)."""
+    saved, sys.stdout = sys.stdout, stdout
+    try:
+        return run_cli(*argv)
+    finally:
+        sys.stdout = saved
+
+
+def through_a_pipe(run_cli: Cli, *argv: str) -> tuple[Result, str]:
+    """What ``stepstream … | cat`` shows. (The output is read once the CLI is done: it must fit in the
+    pipe's buffer, 64 KiB, which a few runs do.)"""
+    read_end, write_end = os.pipe()
+    with open(write_end, "w", encoding="utf-8") as pipe:
+        result = with_stdout(pipe, run_cli, *argv)
+    with open(read_end, encoding="utf-8") as reader:
+        return result, reader.read()
+
+
+def test_a_table_through_a_pipe_is_plain_text_one_line_a_row_in_aligned_columns(
+    run_cli: Cli, store: QueryStore
+) -> None:
+    fleet(store)
+    add(store, failed_with(LONG_RUN_ID, LONG_ERROR, now=T0 + 21_600_000))
+
+    result, out = through_a_pipe(run_cli, "deadletter", "list")
+
+    assert result.code == 0, result.err
+    assert "\x1b" not in out  # no colour codes
+    assert not [character for character in out if "\u2500" <= character <= "\u257f"]  # no box lines
+    header, *rows = out.splitlines()
+    assert header.split() == ["RUN", "WORKFLOW", "STATUS", "STEPS", "CREATED", "ERROR"]
+    assert len(rows) == 2  # a line a run, however long its id and its error: `| grep RUN_ID` finds it whole
+    newest, oldest = rows
+    assert newest.startswith(f"{LONG_RUN_ID}  payments")
+    assert newest[header.index("ERROR") :] == "ValidationError: " + " ".join(LONG_ERROR.split())
+    assert oldest[header.index("ERROR") :] == "CardDeclined: declined"
+    for row in rows:  # each value starts under its header (STEPS, a number, ends under it)
+        assert row[header.index("STATUS") :].startswith("failed ")
+        assert row[: header.index("STEPS") + len("STEPS")].endswith(" 0")
+        assert row[header.index("CREATED") :].startswith("2023-11-15 0")
+        assert row == row.rstrip()
+
+
+def test_a_table_into_a_closed_pipe_ends_quietly(run_cli: Cli, store: QueryStore) -> None:
+    """`stepstream runs list | head -1`: the reader goes away after a line; exit 0, as for a history."""
+    fleet(store)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: every write fails with EPIPE
+    with open(write_end, "w", encoding="utf-8", buffering=1) as pipe:
+        result = with_stdout(pipe, run_cli, "runs", "list")
+
+    assert result.code == 0
+    assert result.err == ""
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_statuses_are_coloured_and_a_long_error_folds_inside_its_column(
+    run_cli: Cli, store: QueryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    fleet(store)
+    add(store, failed_with("run_7", LONG_ERROR, now=T0 + 21_600_000))
+    terminal = Terminal()
+
+    assert with_stdout(terminal, run_cli, "deadletter", "list").code == 0
+
+    out = terminal.getvalue()
+    assert "\x1b[31mfailed\x1b[0m" in out  # red
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+    assert max(len(line) for line in lines) <= 100
+    column = lines[0].index("ERROR")
+    first = next(number for number, line in enumerate(lines) if line.startswith("run_7 "))
+    folded = [lines[first], *itertools.takewhile(lambda line: line[:column].isspace(), lines[first + 1 :])]
+    assert len(folded) > 1
+    assert " ".join(line[column:].strip() for line in folded) == "ValidationError: " + " ".join(LONG_ERROR.split())
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 
@@ -805,7 +915,7 @@ def test_a_history_line_is_one_line_with_its_description_aligned_whatever_the_ev
     handler = {"type": "FailureHandlerScheduled", "url": "http://app/f", "delivery_id": "run_A/4", "attempt": 1}
     error = {"type": "ValidationError", "message": "2 errors\n  payload.amount\n    not an int"}
     for event in ({"seq": 12, "at_ms": 0, **handler}, {"seq": 9, "at_ms": 0, "type": "RunFailed", "error": error}):
-        cli._print_event(event)
+        output.print_event(event)
 
     scheduled, failed = capsys.readouterr().out.splitlines()  # two events, two lines
     assert failed.endswith("run failed: ValidationError: 2 errors payload.amount not an int")
