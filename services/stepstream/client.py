@@ -1,5 +1,5 @@
 """The api as the command line speaks to it: one request, its JSON, and every failure said on stderr
-with exit code 2 (the CLI's contract, ``stepstream.cli``). Shared by the commands of ``cli.py`` and
+with exit code 2 (the CLI's contract, ``stepstream.cli``). Shared by the commands of ``cli/`` and
 ``history/cli.py``."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from typing import Any, NoReturn
 
 from stepstream.config import default_home
+from stepstream.durations import parse_duration
 
 API_URL_DEFAULT = "http://127.0.0.1:8080"
 API_TOKEN_FILE = "api-token"  # in the local stack's home: the token `stepstream dev` made
@@ -92,16 +93,16 @@ def instant(value: str, option: str, *, ago: bool = False) -> int:
     or, if ``ago``, a duration such as ``2h`` meaning that long before now."""
     from datetime import datetime
 
-    from stepstream.api.inputs import parse_duration_ms
-
     text = value.strip()
     if text.isdigit():
         return int(text)
     if ago:
         try:
-            return int(time.time() * 1000) - parse_duration_ms(text)
-        except ValueError:
-            pass
+            ago_ms = parse_duration(text)
+        except ValueError:  # longer than any duration
+            ago_ms = None
+        if ago_ms is not None:
+            return int(time.time() * 1000) - ago_ms
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -187,6 +187,44 @@ def test_payload_rejected_by_the_workflow_fails_the_run_with_the_reason(stack: S
     failures = [event for event in stack.history(run_id) if event["type"] == "StepFailed"]
     assert len(failures) == 1
     assert failures[0]["retry_at_ms"] is None
+    assert failures[0]["retryable"] is False
+
+
+def _cli(stack: Stack, *arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env, "STEPSTREAM_API_URL": f"http://127.0.0.1:{stack.api_port}"}
+    command = [sys.executable, "-m", "stepstream.cli", *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
+
+
+def test_cli_says_a_4xx_answer_is_not_retried_rather_than_out_of_retries(stack: Stack) -> None:
+    # given a run asked to retry, whose endpoint answers 404 (a workflow name the app does not serve)
+    url = stack.workflow_url.rsplit("/", 1)[0] + "/no-such-workflow"
+    triggered = _cli(stack, "trigger", "onboarding", "--url", url, "--retries", "1", "--wait", "--timeout", "60")
+    assert triggered.returncode == 1, triggered.stderr
+    run_id = triggered.stdout.strip()
+    # then it failed at once, and its history says why no retry was made
+    history = _cli(stack, "runs", "history", run_id)
+    [failed] = [line for line in history.stdout.splitlines() if "StepFailed" in line]
+    assert "endpoint answered 404" in failed
+    assert "not retried: a 4xx answer is final" in failed, failed
+    assert "no retry left" not in history.stdout
+
+
+def test_cli_lists_a_run_waiting_out_its_delay_as_scheduled(stack: Stack) -> None:
+    # given a run triggered to start in an hour
+    triggered = _cli(stack, "trigger", "onboarding", "--payload", '{"name": "Ed"}', "--delay", "1h")
+    assert triggered.returncode == 0, triggered.stderr
+    run_id = triggered.stdout.strip()
+    # then it is listed as scheduled (not running), with the time it starts, and --status finds it
+    run = stack.wait_for_status(run_id, "scheduled", timeout=30)
+    assert run["wake_at_ms"] >= run["created_at_ms"] + 3_590_000
+    listed = _cli(stack, "runs", "list", "--status", "scheduled")
+    [row] = [line for line in listed.stdout.splitlines() if run_id in line]
+    assert "scheduled" in row.split()
+    # and cancelling it leaves it cancelled before it ever ran
+    assert _cli(stack, "cancel", run_id).returncode == 0
+    stack.wait_for_status(run_id, "cancelled", timeout=30)
+    assert [event["type"] for event in stack.history(run_id)] == ["RunStarted", "StepScheduled", "RunCancelled"]
 
 
 def test_cli_triggers_a_run_and_watches_it_to_completion(stack: Stack) -> None:

@@ -347,6 +347,21 @@ def test_runs_list_filters_by_status_and_time(run_cli: Cli, store: QueryStore) -
     ]
 
 
+def test_a_run_waiting_out_its_delay_is_listed_as_scheduled_not_running(run_cli: Cli, store: QueryStore) -> None:
+    # given a run triggered to start in an hour, beside one started now
+    add(store, Run("run_later", now=T0, not_before_ms=T0 + 3_600_000))
+    add(store, Run("run_now", now=T0 + 1))
+
+    listed = run_cli("runs", "list")
+    scheduled = run_cli("runs", "list", "--status", "scheduled")
+
+    assert [line.split()[:3] for line in listed.out.splitlines()[1:]] == [
+        ["run_now", "orders", "running"],
+        ["run_later", "orders", "scheduled"],
+    ]
+    assert [line.split()[0] for line in scheduled.out.splitlines()[1:]] == ["run_later"]
+
+
 def test_runs_list_pages_with_a_cursor(run_cli: Cli, store: QueryStore) -> None:
     fleet(store)
 
@@ -492,6 +507,67 @@ def test_every_event_kind_prints_as_a_sentence_not_just_its_name(scenario: Calla
 )
 def test_history_lines_for_the_new_event_kinds(event: dict[str, Any], expected: str) -> None:
     assert output._describe(event) == expected
+
+
+HTTP_404 = {"type": "HTTP404", "message": "endpoint answered 404: no workflow 'x'"}
+DECLINED = {"type": "NonRetryableError", "message": "card declined"}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (
+            {"type": "StepFailed", "step_index": 0, "attempt": 1, "error": HTTP_404, "retry_at_ms": None},
+            "step 0 attempt 1 failed: endpoint answered 404: no workflow 'x', no retry left",  # written before
+        ),
+        (
+            {"type": "StepFailed", "step_index": 0, "attempt": 1, "error": HTTP_404, "retryable": False},
+            "step 0 attempt 1 failed: endpoint answered 404: no workflow 'x'; "
+            "not retried: a 4xx answer is final (408, 409, 425 and 429 are retried)",
+        ),
+        (
+            {"type": "StepFailed", "step_index": 2, "attempt": 1, "error": DECLINED, "retryable": False},
+            "step 2 attempt 1 failed: card declined; not retried: NonRetryableError is final",
+        ),
+        (
+            {"type": "StepFailed", "step_index": 2, "attempt": 4, "error": DECLINED, "retryable": True},
+            "step 2 attempt 4 failed: card declined, no retry left",
+        ),
+        (
+            {"type": "StepFailed", "step_index": 2, "attempt": 1, "error": DECLINED, "retry_at_ms": 1_000},
+            "step 2 attempt 1 failed: card declined, retry at 00:00:01.000",
+        ),
+        ({"type": "FailureHandled", "attempt": 1, "error": None}, "failure handler answered"),
+        (
+            {"type": "FailureHandlerFailed", "attempt": 1, "error": DECLINED, "retry_at_ms": 2_000, "retryable": True},
+            "failure handler attempt 1 failed: card declined, retry at 00:00:02.000",
+        ),
+        (
+            {"type": "FailureHandlerFailed", "attempt": 1, "error": HTTP_404, "retryable": False},
+            "failure handler attempt 1 failed: endpoint answered 404: no workflow 'x'; "
+            "not retried: a 4xx answer is final (408, 409, 425 and 429 are retried)",
+        ),
+        (  # a failed attempt as histories written before FailureHandlerFailed have it
+            {"type": "FailureHandled", "attempt": 3, "error": DECLINED, "retry_at_ms": None},
+            "failure handler attempt 3 failed: card declined, no retry left",
+        ),
+    ],
+)
+def test_a_failed_attempt_says_when_it_is_retried_or_why_not(event: dict[str, Any], expected: str) -> None:
+    assert output._describe(event) == expected
+
+
+def test_a_failure_handlers_failed_attempt_does_not_read_as_handled(run_cli: Cli, store: QueryStore) -> None:
+    # given a run whose failure handler failed once, then answered (as the engine records it)
+    scenario = SCENARIOS["delayed+handler"]()
+    add(store, scenario)
+
+    lines = run_cli("runs", "history", scenario.run_id).out.splitlines()
+
+    handler = [line for line in lines if "failure handler" in line and "scheduled" not in line]
+    assert [line.split()[2] for line in handler] == ["FailureHandlerFailed", "FailureHandled"]
+    assert "failed: boom, retry at" in handler[0]
+    assert handler[1].endswith("failure handler answered")
 
 
 def test_runs_history_follow_exits_1_when_the_run_fails_and_0_when_it_completes(

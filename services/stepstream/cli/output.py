@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stepstream.durations import format_duration
+
 if TYPE_CHECKING:
     from rich.text import Text
 
@@ -27,17 +29,6 @@ def clock(at_ms: int | None, *, date: bool = False) -> str:
 
 def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:.1f} s"
-
-
-def duration(milliseconds: int) -> str:
-    """Milliseconds as the api writes durations: ``1m``, ``1h30m``, ``250ms``."""
-    parts: list[str] = []
-    rest = milliseconds
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)):
-        if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(parts) or "0ms"
 
 
 def one_line(text: str) -> str:
@@ -65,8 +56,7 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "StepCompleted":
         return f"{event['kind']} {step} {event['name']!r} completed → {json.dumps(event['output'])}"
     if kind == "StepFailed":
-        retry = f", retry at {clock(event['retry_at_ms'])}" if event.get("retry_at_ms") else ", no retry left"
-        return f"{step} attempt {event['attempt']} failed: {event['error']['message']}{retry}"
+        return f"{step} attempt {event['attempt']} failed: {event['error']['message']}{_after_failure(event)}"
     if kind == "SleepStarted":
         wakes = _seconds(event["wake_at_ms"] - event["at_ms"])
         return f"{event['kind']} {step} {event['name']!r} started: wakes in {wakes}"
@@ -101,16 +91,28 @@ def _describe(event: dict[str, Any]) -> str:
         return (
             f"failure handler scheduled: {event['url']} (delivery {event['delivery_id']}, attempt {event['attempt']})"
         )
-    if kind == "FailureHandled":
-        if event.get("error") is None:
-            return "failure handler answered"
-        retry = f", retry at {clock(event['retry_at_ms'])}" if event.get("retry_at_ms") else ", no retry left"
-        return f"failure handler attempt {event['attempt']} failed: {event['error']['message']}{retry}"
+    if kind == "FailureHandled" and event.get("error") is None:
+        return "failure handler answered"
+    if kind in ("FailureHandlerFailed", "FailureHandled"):  # the latter: written before the former existed
+        return f"failure handler attempt {event['attempt']} failed: {event['error']['message']}{_after_failure(event)}"
     if kind == "RunRecovered":
         done = {"resume": "resumed", "restart": "restarted", "delete": "deleted from the dead-letter list"}
         reason = f": {event['reason']}" if event.get("reason") else ""
         return f"run {done.get(event['action'], event['action'])}{_by(event) or ' by an operator'}{reason}"
     return kind
+
+
+def _after_failure(event: dict[str, Any]) -> str:
+    """What follows a failed attempt: when the next one is due, or why there is none. A 4xx answer
+    is not retried whatever the retries left; saying "no retry left" there reads like a bug."""
+    if event.get("retry_at_ms"):
+        return f", retry at {clock(event['retry_at_ms'])}"
+    if event.get("retryable") is False:
+        error_type = str(event["error"]["type"])
+        if error_type.startswith("HTTP4"):
+            return "; not retried: a 4xx answer is final (408, 409, 425 and 429 are retried)"
+        return f"; not retried: {error_type} is final"
+    return ", no retry left"
 
 
 def _by(event: dict[str, Any]) -> str:
@@ -146,6 +148,7 @@ _STATUS_STYLES = {
     "completed": "green",
     "failed": "red",
     "cancelled": "bright_black",
+    "scheduled": "bright_blue",
     "running": "blue",
     "sleeping": "cyan",
     "waiting": "yellow",
@@ -269,7 +272,7 @@ def print_flow_keys(keys: list[dict[str, Any]]) -> None:
             str(key["queued"]),
             str(key["in_flight"]) + (f"/{key['parallelism']}" if key["parallelism"] is not None else ""),
             f"{key['starts_in_window']}/{key['rate']}" if key["rate"] is not None else str(key["starts_in_window"]),
-            duration(key["period_ms"]),
+            format_duration(key["period_ms"]),
             clock(key["updated_at_ms"], date=True),
         ]
         for key in keys

@@ -12,6 +12,7 @@ from typing import Any
 
 from stepstream import client
 from stepstream.cli.output import clock, print_event, print_runs, print_steps
+from stepstream.core.state import RunStatus
 
 ENDING_EVENTS = {"RunCompleted": 0, "RunFailed": 1, "RunCancelled": 1}
 ENDED_STATUSES = {"completed": 0, "failed": 1, "cancelled": 1}
@@ -228,7 +229,11 @@ def add_commands(commands: Any) -> None:
     trigger.add_argument("--url", help="the workflow endpoint, if the api has none registered for it")
     trigger.add_argument("--run-id", help="choose the run id (a second trigger with it starts nothing)")
     trigger.add_argument("--label")
-    trigger.add_argument("--retries", type=int, help="retries of a failed step (default: the engine's)")
+    trigger.add_argument(
+        "--retries",
+        type=int,
+        help="retries of a failed step (default: the engine's); a 4xx answer other than 408, 409, 425, 429 is final",
+    )
     trigger.add_argument("--retry-delay", help="a delay rule for retries, such as '1000 * pow(2, retried)'")
     trigger.add_argument("--failure-url", help="where the failure handler is called (default: the workflow's url)")
     trigger.add_argument(
@@ -255,7 +260,7 @@ def add_commands(commands: Any) -> None:
     listing.add_argument(
         "--status",
         action="append",
-        choices=["running", "sleeping", "waiting", "completed", "failed", "cancelled"],
+        choices=[status.value for status in RunStatus],
         help="repeatable: runs in any of these",
     )
     listing.add_argument("--dead-letter", action="store_true", help="only failed runs in the dead-letter list")
