@@ -154,6 +154,20 @@ def test_the_run_list_shows_a_new_run_and_its_filters_narrow_it(stack: Stack, pa
     expect(page.get_by_text("No runs match.")).to_be_visible()
 
 
+def test_a_run_waiting_out_its_delay_is_shown_as_scheduled(stack: Stack, page: Page) -> None:
+    label = f"later-{uuid.uuid4().hex[:6]}"
+    later = trigger(stack, "onboarding", {"name": "Cy"}, label=label, delay="1h")
+    stack.wait_for_status(later, "scheduled", timeout=30)
+
+    page.goto("/ui/#/runs")
+    page.fill("input[name=label]", label)
+    page.select_option("select[name=status]", "scheduled")
+    page.click("form.filters button[type=submit]")
+    expect(page.locator(f'tr[data-run-id="{later}"] .status.scheduled')).to_have_text("scheduled")
+    expect(page.locator(".counts a[data-status=scheduled]")).to_have_text("scheduled 1")
+    stack.api.post(f"/v1/runs/{later}/cancel", json={})
+
+
 def test_a_run_s_timeline_and_history_follow_it_live_through_a_notify_to_its_end(stack: Stack, page: Page) -> None:
     order_id = uuid.uuid4().hex[:8]
     run_id = trigger(stack, "order", {"order_id": order_id, "items": ["book", "lamp"]})
