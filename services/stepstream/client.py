@@ -1,6 +1,5 @@
 """The api as the command line speaks to it: one request, its JSON, and every failure said on stderr
-with exit code 2 (the CLI's contract, ``stepstream.cli``). Shared by the commands of ``cli/`` and
-``history/cli.py``."""
+with exit code 2 (the CLI's contract, ``stepstream.cli``). The commands of ``stepstream.cli`` use it."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from stepstream.api.indexer import index
 from stepstream.avro import CancelRequest, NotifyRequest, RecoverRequest, TriggerRequest
 from stepstream.cli import output
 from stepstream.core import Complete, ErrorInfo, Event, Fail, FlowControl, FlowKeyState, Recovery
+from stepstream.history.files import write_export
 from stepstream.store import QueryStore, event_to_dict
 from stepstream.tokens import parse_tokens
 from tests.unit.test_api import (
@@ -1011,3 +1012,38 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert b"Traceback" not in result.stderr
     assert b"BrokenPipeError" not in result.stderr
+
+
+def test_an_endpoints_escape_sequences_reach_the_terminal_as_text_not_as_commands(
+    run_cli: Cli, store: QueryStore
+) -> None:
+    # given a run failed by an endpoint whose error carries terminal escapes (clear screen, a title,
+    # colour) and a bidi override that would show the text reversed
+    hostile = "bad\x1b[2J\x1b]0;pwned\x07 answer \x1b[31mred\u202eevil"
+    add(store, failed_with("run_esc", hostile, now=T0))
+
+    listed, history = run_cli("deadletter", "list"), run_cli("runs", "history", "run_esc")
+
+    # then both show them escaped, on their one line, and send none of them
+    for out in (listed.out, history.out):
+        assert not [character for character in out if character in "\x1b\x07\u202e"]
+    assert "bad\\x1b[2J\\x1b]0;pwned\\x07 answer \\x1b[31mred\\u202eevil" in listed.out
+    assert "\\x1b[2J" in history.out
+
+
+def test_show_lists_an_exports_runs_as_a_table(run_cli: Cli, tmp_path: Path) -> None:
+    # given an export of two runs (as `stepstream export` writes it)
+    runs = [failed_with("run_f", "declined", now=T0), Run("run_r", now=T0)]
+    exported = tmp_path / "runs.jsonl"
+    with exported.open("w") as out:
+        write_export(out, [[event_to_dict(event) for event in run.events] for run in runs])
+
+    result = run_cli("show", str(exported))
+
+    assert result.code == 0, result.err
+    header, *rows = result.out.splitlines()
+    assert header.split() == ["RUN", "WORKFLOW", "STATUS", "EVENTS"]
+    assert [row.split() for row in rows] == [
+        ["run_f", "payments", "failed", str(len(runs[0].events))],
+        ["run_r", "orders", "running", str(len(runs[1].events))],
+    ]

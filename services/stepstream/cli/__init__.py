@@ -12,7 +12,7 @@ stepstream notify EVENT_ID [--data JSON]       stepstream waiters EVENT_ID
 stepstream cancel RUN_ID | --workflow W | --label L | --created-before T | --all
 stepstream deadletter list|resume|restart|delete [RUN_ID]
 stepstream flow [KEY]                          flow-control keys: queued, in flight, limits
-stepstream state|export|show|replay …          a run's history put to use (stepstream.history.cli)
+stepstream state|export|show|replay …          a run's history put to use (cli/history.py)
 
 Exit codes: 0 done; 1 a watched run failed or was cancelled, or watching gave up; 2 the command was
 wrong, the api refused it, or the api could not be reached.
@@ -24,7 +24,8 @@ Lists of runs, dead letters, steps and flow-control keys print as tables under a
 terminal in colour, into a pipe or a file as plain text, one line a row (``| grep``, ``| head``).
 
 The commands live by what they are for: ``local`` runs the engine here, ``runs`` starts and reads
-runs, ``control`` acts on them; ``output`` is how they all print.
+runs, ``control`` acts on them, ``history`` puts a run's history to use (state at a point, export,
+replay); ``output`` is how they all print.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ import argparse
 import os
 import sys
 
-from stepstream.cli import control, local, runs
-from stepstream.history import cli as history_commands
+from stepstream.cli import control, history, local, runs
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     local.add_commands(commands)
     runs.add_commands(commands)
     control.add_commands(commands)
-    history_commands.add_commands(commands)
+    history.add_commands(commands)
     return root
 
 

@@ -31,9 +31,19 @@ def _seconds(milliseconds: int) -> str:
     return f"{milliseconds / 1000:.1f} s"
 
 
+# Control characters, and the Unicode controls that reorder text on screen (bidi overrides and
+# isolates): shown as escapes, never sent to the terminal.
+_HIDDEN = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
 def one_line(text: str) -> str:
-    """``text`` on one line: an endpoint's multi-line error would break a one-line-per-row listing."""
-    return " ".join(text.split())
+    """``text`` on one line, as plain characters: an endpoint's multi-line error would break a
+    one-line-per-row listing, and its escape sequences (colours, cursor moves, a terminal title) are
+    the endpoint's, not ours to send to the reader's terminal; the CLI shows them as ``\\x1b``."""
+    return " ".join(text.split()).translate(_HIDDEN)
 
 
 # -- a run's history --------------------------------------------------------------------------
@@ -156,7 +166,7 @@ _STATUS_STYLES = {
 }
 
 
-def _status(value: str) -> Text:
+def status_cell(value: str) -> Text:
     from rich.text import Text
 
     return Text(value, style=_STATUS_STYLES.get(value, ""))
@@ -178,7 +188,7 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[str | Text]])
         )
     for row in rows:
         # Text, never a str: rich would read markup ("[bold]") and emoji codes in a run's own values.
-        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+        table.add_row(*(cell if isinstance(cell, Text) else Text(one_line(cell)) for cell in row))
     console = Console(highlight=False)  # colours as rich decides them: none into a pipe, or with NO_COLOR
     if not sys.stdout.isatty():
         # A pipe or a file (grep, head, a script) gets one line a row however long its values are.
@@ -208,7 +218,7 @@ def print_runs(answer: dict[str, Any], *, errors: bool = False) -> None:
         row: list[str | Text] = [
             run["run_id"],
             run["workflow"],
-            _status(run["status"]),
+            status_cell(run["status"]),
             str(run["steps"]),
             clock(run["created_at_ms"], date=True),
         ]
@@ -250,7 +260,7 @@ def print_steps(steps: list[dict[str, Any]]) -> None:
         Column("DETAIL", folds=True),
     ]
     rows: list[list[str | Text]] = [
-        [str(step["index"]), step["kind"], _status(step["status"]), repr(step["name"]), _step_detail(step)]
+        [str(step["index"]), step["kind"], status_cell(step["status"]), repr(step["name"]), _step_detail(step)]
         for step in steps
     ]
     print_table(columns, rows)

@@ -16,12 +16,16 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepstream import client
+from stepstream.cli.output import Column, print_table, status_cell
 from stepstream.history.files import ExportError, read_export, write_export
 from stepstream.history.points import events_of, fold_to, state_to_dict
 from stepstream.history.replay import load_workflows, replay_history
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 _PAGE = 200
 
@@ -92,11 +96,19 @@ def _read(path: str) -> dict[str, list[dict[str, Any]]]:
 def cmd_show(args: argparse.Namespace) -> None:
     histories = _read(args.file)
     if args.run_id is None:
+        rows: list[list[str | Text]] = []
         for run_id, history in histories.items():
             state = fold_to(events_of(history))
             status = state.status.value if state is not None else "-"
             workflow = state.workflow if state is not None else "-"
-            print(f"{run_id}  {workflow}  {status}  {len(history)} events")
+            rows.append([run_id, workflow, status_cell(status), str(len(history))])
+        columns = [
+            Column("RUN", folds=True),
+            Column("WORKFLOW", folds=True),
+            Column("STATUS"),
+            Column("EVENTS", number=True),
+        ]
+        print_table(columns, rows)
         return
     if args.run_id not in histories:
         client.fail(f"run {args.run_id!r} is not in {args.file} (it holds {len(histories)} runs)")
