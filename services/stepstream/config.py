@@ -2,17 +2,34 @@
 
 Every name carries the ``STEPSTREAM_`` prefix except ``KAFKA_BOOTSTRAP_SERVERS``, the name most Kafka
 tooling already uses.
+
+Each settings class is a frozen dataclass: its fields, their defaults and what they mean. Beside it, a
+pydantic-settings model (``_KafkaVariables`` and so on) names the variables it reads, their types and
+bounds. ``from_env`` reads that model from the mapping it is given, nothing else, and adds the checks
+that involve more than one variable; variables with a syntax of their own (workflows, url hosts,
+tokens, header keys) have their own functions below (docs/decisions/0016).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from stepstream.core.urls import VARIABLE as ALLOWED_URL_HOSTS_VARIABLE
 from stepstream.core.urls import AllowedHosts
@@ -25,43 +42,81 @@ class ConfigurationError(StepstreamError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _int(
-    environ: Mapping[str, str],
-    name: str,
-    default: int,
-    minimum: int = 0,
-    maximum: int | None = None,
-    *,
-    maximum_reason: str | None = None,
-) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"Expected {name} to be an integer, but got {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"Expected {name} to be at least {minimum}, but got {value}")
-    if maximum is not None and value > maximum:
-        why = f" ({maximum_reason})" if maximum_reason else ""
-        raise ConfigurationError(f"Expected {name} to be at most {maximum}{why}, but got {value}")
-    return value
+def _comma_separated(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "on", "yes"):
-        return True
-    if raw in ("0", "false", "off", "no"):
-        return False
-    raise ConfigurationError(f"Expected {name} to be on or off (1 or 0), but got {environ[name]!r}")
+# The kinds of variable, each None while unset so that the settings class's default stands. A variable
+# set to nothing, as deployment templates leave them, counts as unset (an integer or a flag set to
+# spaces too), except text typed plain ``str | None``: that is kept as given (an empty topic prefix
+# is a prefix).
+_Integer = Annotated[int | None, BeforeValidator(lambda raw: raw.strip() or None)]
+_Flag = Annotated[bool | None, BeforeValidator(lambda raw: raw.strip() or None)]  # 1/0, on/off, true/false, yes/no
+_Text = Annotated[str | None, BeforeValidator(lambda raw: raw or None)]
+_List = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]  # comma-separated, not JSON
 
 
-def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+class _Variables(BaseSettings):
+    """The environment variables behind one settings class: a field per variable, named by its alias."""
+
+    # Names exactly as written (pydantic-settings would take them in any case); None, every field's
+    # default, stands for unset and is not checked.
+    model_config = SettingsConfigDict(case_sensitive=True, validate_default=False)
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """The variables set in ``environ``, checked, by field name: keyword arguments for the settings class."""
+        try:
+            variables = cls(**_GivenEnvironment(cls, environ)())
+        except ValidationError as error:
+            raise ConfigurationError(_sentence(error.errors()[0], environ)) from None
+        return variables.model_dump(exclude_none=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what read() passes, from the mapping it was given: not the process's environment (which
+        # from_env reads only as its default mapping), a .env file or a secrets directory.
+        return (init_settings,)
+
+
+class _GivenEnvironment(EnvSettingsSource):
+    """pydantic-settings' source of environment variables, over the mapping given to ``from_env``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(settings_cls)
+
+    # Where EnvSettingsSource takes its variables from (os.environ); its .env-file subclass overrides it too.
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self.environ
+
+
+def _sentence(error: ErrorDetails, environ: Mapping[str, str]) -> str:
+    """pydantic's complaint about one variable, in the words the settings have always used."""
+    name = str(error["loc"][0])
+    context = error.get("ctx", {})
+    match error["type"]:
+        case "int_parsing":
+            return f"Expected {name} to be an integer, but got {environ[name]!r}"
+        case "bool_parsing":
+            return f"Expected {name} to be on or off (1 or 0), but got {environ[name]!r}"
+        case "greater_than_equal":
+            return f"Expected {name} to be at least {context['ge']}, but got {error['input']}"
+        case "less_than_equal":
+            return f"Expected {name} to be at most {context['le']}, but got {error['input']}"
+        case "literal_error":
+            choices = re.findall(r"'(.*?)'", context["expected"])  # pydantic quotes them: 'a', 'b' or 'c'
+            wanted = " or ".join(choices) if len(choices) == 2 else f"one of {', '.join(choices)}"
+            return f"Expected {name} to be {wanted}, but got {error['input']!r}"
+        case _:  # a kind of variable without a sentence of its own yet; pydantic's says what it wanted
+            return f"Expected {name} to be valid, but {error['msg'][0].lower()}{error['msg'][1:]}"
 
 
 def default_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -118,67 +173,22 @@ class KafkaSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KafkaSettings:
-        protocol = environ.get("STEPSTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
-        allowed = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-        if protocol not in allowed:
-            raise ConfigurationError(
-                f"Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of {', '.join(allowed)}, but got {protocol!r}"
-            )
-        defaults = cls()
-        record_format = environ.get("STEPSTREAM_RECORD_FORMAT", defaults.record_format).strip().lower()
-        registry_url = environ.get("STEPSTREAM_SCHEMA_REGISTRY_URL") or None
-        if record_format not in ("single-object", "confluent"):
-            raise ConfigurationError(
-                f"Expected STEPSTREAM_RECORD_FORMAT to be single-object or confluent, but got {record_format!r}"
-            )
-        if record_format == "confluent" and registry_url is None:
+        variables = _KafkaVariables.read(environ)
+        settings = cls(**variables)
+        if settings.record_format == "confluent" and settings.schema_registry_url is None:
             raise ConfigurationError(
                 "Expected STEPSTREAM_SCHEMA_REGISTRY_URL to be set for STEPSTREAM_RECORD_FORMAT=confluent "
                 "(the records name their schema by its id in that registry), but it is not"
             )
-        # Brokers refuse less than their group.min.session.timeout.ms (6 s by default) anyway.
-        session_timeout_ms = _int(
-            environ, "STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, minimum=1_000
-        )
-        heartbeat_interval_ms = _int(
-            environ,
-            "STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS",
-            min(defaults.heartbeat_interval_ms, session_timeout_ms // 3),
-        )
-        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+        if "heartbeat_interval_ms" not in variables:  # the default, or a third of a shorter session timeout
+            heartbeat_interval_ms = min(settings.heartbeat_interval_ms, settings.session_timeout_ms // 3)
+            settings = replace(settings, heartbeat_interval_ms=heartbeat_interval_ms)
+        if not 0 < settings.heartbeat_interval_ms < settings.session_timeout_ms:
             raise ConfigurationError(
                 "Expected STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS to be above 0 and below the session timeout "
-                f"({session_timeout_ms} ms), but got {heartbeat_interval_ms}"
+                f"({settings.session_timeout_ms} ms), but got {settings.heartbeat_interval_ms}"
             )
-        return cls(
-            bootstrap_servers=environ.get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
-            topic_prefix=environ.get("STEPSTREAM_TOPIC_PREFIX", defaults.topic_prefix),
-            partitions=_int(environ, "STEPSTREAM_PARTITIONS", defaults.partitions, minimum=1),
-            replication_factor=_int(environ, "STEPSTREAM_REPLICATION_FACTOR", defaults.replication_factor, minimum=1),
-            events_retention_ms=_int(
-                environ, "STEPSTREAM_EVENTS_RETENTION_MS", defaults.events_retention_ms, minimum=-1
-            ),
-            security_protocol=protocol,
-            sasl_mechanism=environ.get("STEPSTREAM_KAFKA_SASL_MECHANISM") or None,
-            sasl_username=environ.get("STEPSTREAM_KAFKA_SASL_USERNAME") or None,
-            sasl_password=environ.get("STEPSTREAM_KAFKA_SASL_PASSWORD") or None,
-            ssl_cafile=environ.get("STEPSTREAM_KAFKA_SSL_CAFILE") or None,
-            ssl_certfile=environ.get("STEPSTREAM_KAFKA_SSL_CERTFILE") or None,
-            ssl_keyfile=environ.get("STEPSTREAM_KAFKA_SSL_KEYFILE") or None,
-            instance_id=environ.get("STEPSTREAM_INSTANCE_ID") or defaults.instance_id,
-            stall_ms=_int(environ, "STEPSTREAM_STALL_MS", defaults.stall_ms, minimum=1_000),
-            max_record_bytes=_int(
-                environ, "STEPSTREAM_MAX_RECORD_BYTES", defaults.max_record_bytes, minimum=65_536, maximum=100_000_000
-            ),
-            static_membership=_flag(environ, "STEPSTREAM_KAFKA_STATIC_MEMBERSHIP", defaults.static_membership),
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            transaction_timeout_ms=_int(
-                environ, "STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", defaults.transaction_timeout_ms, minimum=1
-            ),
-            schema_registry_url=registry_url,
-            record_format=record_format,
-        )
+        return settings
 
     def client_options(self) -> dict[str, Any]:
         """Security settings passed through to every aiokafka client."""
@@ -193,6 +203,39 @@ class KafkaSettings:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
             options["ssl_context"] = context
         return options
+
+
+_SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+_RecordFormat = Literal["single-object", "confluent"]
+
+
+class _KafkaVariables(_Variables):
+    bootstrap_servers: str | None = Field(None, alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic_prefix: str | None = Field(None, alias="STEPSTREAM_TOPIC_PREFIX")
+    partitions: _Integer = Field(None, alias="STEPSTREAM_PARTITIONS", ge=1)
+    replication_factor: _Integer = Field(None, alias="STEPSTREAM_REPLICATION_FACTOR", ge=1)
+    events_retention_ms: _Integer = Field(None, alias="STEPSTREAM_EVENTS_RETENTION_MS", ge=-1)
+    security_protocol: Annotated[_SecurityProtocol | None, BeforeValidator(str.upper)] = Field(
+        None, alias="STEPSTREAM_KAFKA_SECURITY_PROTOCOL"
+    )
+    sasl_mechanism: _Text = Field(None, alias="STEPSTREAM_KAFKA_SASL_MECHANISM")
+    sasl_username: _Text = Field(None, alias="STEPSTREAM_KAFKA_SASL_USERNAME")
+    sasl_password: _Text = Field(None, alias="STEPSTREAM_KAFKA_SASL_PASSWORD")
+    ssl_cafile: _Text = Field(None, alias="STEPSTREAM_KAFKA_SSL_CAFILE")
+    ssl_certfile: _Text = Field(None, alias="STEPSTREAM_KAFKA_SSL_CERTFILE")
+    ssl_keyfile: _Text = Field(None, alias="STEPSTREAM_KAFKA_SSL_KEYFILE")
+    max_record_bytes: _Integer = Field(None, alias="STEPSTREAM_MAX_RECORD_BYTES", ge=65_536, le=100_000_000)
+    stall_ms: _Integer = Field(None, alias="STEPSTREAM_STALL_MS", ge=1_000)
+    instance_id: _Text = Field(None, alias="STEPSTREAM_INSTANCE_ID")
+    static_membership: _Flag = Field(None, alias="STEPSTREAM_KAFKA_STATIC_MEMBERSHIP")
+    # Brokers refuse less than their group.min.session.timeout.ms (6 s by default) anyway.
+    session_timeout_ms: _Integer = Field(None, alias="STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS", ge=1_000)
+    heartbeat_interval_ms: _Integer = Field(None, alias="STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS", ge=0)
+    transaction_timeout_ms: _Integer = Field(None, alias="STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS", ge=1)
+    schema_registry_url: _Text = Field(None, alias="STEPSTREAM_SCHEMA_REGISTRY_URL")
+    record_format: Annotated[_RecordFormat | None, BeforeValidator(lambda raw: raw.strip().lower())] = Field(
+        None, alias="STEPSTREAM_RECORD_FORMAT"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,19 +259,20 @@ class ProjectorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ProjectorSettings:
-        return cls(
-            kafka=KafkaSettings.from_env(environ),
-            default_retries=_int(environ, "STEPSTREAM_DEFAULT_RETRIES", 3),
-            default_retry_base_ms=_int(environ, "STEPSTREAM_DEFAULT_RETRY_BASE_MS", 1_000),
-            max_batch=_int(environ, "STEPSTREAM_PROJECTOR_MAX_BATCH", 500, minimum=1),
-            database=database_url(environ),
-            notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
-            max_invoke_depth=_int(environ, "STEPSTREAM_MAX_INVOKE_DEPTH", 100, minimum=1),
-            call_grace_ms=_int(environ, "STEPSTREAM_CALL_GRACE_MS", 60_000, minimum=1),
-            state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
-            cache_runs=_int(environ, "STEPSTREAM_PROJECTOR_CACHE_RUNS", 10_000, minimum=1),
-            ended_run_retention_ms=_int(environ, "STEPSTREAM_ENDED_RUN_RETENTION_MS", 7 * 86_400_000),
-        )
+        kafka = KafkaSettings.from_env(environ)
+        return cls(kafka=kafka, database=database_url(environ), **_ProjectorVariables.read(environ))
+
+
+class _ProjectorVariables(_Variables):
+    default_retries: _Integer = Field(None, alias="STEPSTREAM_DEFAULT_RETRIES", ge=0)
+    default_retry_base_ms: _Integer = Field(None, alias="STEPSTREAM_DEFAULT_RETRY_BASE_MS", ge=0)
+    max_batch: _Integer = Field(None, alias="STEPSTREAM_PROJECTOR_MAX_BATCH", ge=1)
+    notify_buffer_ms: _Integer = Field(None, alias="STEPSTREAM_NOTIFY_BUFFER_MS", ge=0)
+    max_invoke_depth: _Integer = Field(None, alias="STEPSTREAM_MAX_INVOKE_DEPTH", ge=1)
+    call_grace_ms: _Integer = Field(None, alias="STEPSTREAM_CALL_GRACE_MS", ge=1)
+    state_dir: str | None = Field(None, alias="STEPSTREAM_STATE_DIR")
+    cache_runs: _Integer = Field(None, alias="STEPSTREAM_PROJECTOR_CACHE_RUNS", ge=1)
+    ended_run_retention_ms: _Integer = Field(None, alias="STEPSTREAM_ENDED_RUN_RETENTION_MS", ge=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,15 +290,14 @@ class SchedulerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SchedulerSettings:
-        return cls(
-            kafka=KafkaSettings.from_env(environ),
-            flow_state_interval_ms=_int(environ, "STEPSTREAM_FLOW_STATE_INTERVAL_MS", 1_000),
-            flow_queue_head=_int(environ, "STEPSTREAM_FLOW_QUEUE_HEAD", 256, minimum=1),
-            state_dir=environ.get("STEPSTREAM_STATE_DIR", ""),
-            metrics_flow_keys=tuple(
-                key.strip() for key in environ.get("STEPSTREAM_METRICS_FLOW_KEYS", "").split(",") if key.strip()
-            ),
-        )
+        return cls(kafka=KafkaSettings.from_env(environ), **_SchedulerVariables.read(environ))
+
+
+class _SchedulerVariables(_Variables):
+    flow_state_interval_ms: _Integer = Field(None, alias="STEPSTREAM_FLOW_STATE_INTERVAL_MS", ge=0)
+    flow_queue_head: _Integer = Field(None, alias="STEPSTREAM_FLOW_QUEUE_HEAD", ge=1)
+    state_dir: str | None = Field(None, alias="STEPSTREAM_STATE_DIR")
+    metrics_flow_keys: _List = Field((), alias="STEPSTREAM_METRICS_FLOW_KEYS")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,32 +329,37 @@ class ExecutorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ExecutorSettings:
-        keys = _list(environ, "STEPSTREAM_SIGNING_KEYS")
+        variables = _ExecutorVariables.read(environ)
+        # Only the "1" this message asks for, not a flag's other spellings.
         allow_unsigned = environ.get("STEPSTREAM_ALLOW_UNSIGNED", "") == "1"
-        if not keys and not allow_unsigned:
+        if not variables["signing_keys"] and not allow_unsigned:
             raise ConfigurationError(
                 "Expected STEPSTREAM_SIGNING_KEYS (comma-separated; the first signs, all are sent during "
                 "rotation), but it is not set. Set STEPSTREAM_ALLOW_UNSIGNED=1 only for local experiments."
             )
         return cls(
             kafka=KafkaSettings.from_env(environ),
-            signing_keys=keys,
-            concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CONCURRENCY", 64, minimum=1),
-            timeout_ms=_int(environ, "STEPSTREAM_EXECUTOR_TIMEOUT_MS", 30_000, minimum=1),
-            budget_ms=_int(environ, "STEPSTREAM_STEP_BUDGET_MS", 0),
             allow_unsigned=allow_unsigned,
-            sessions=_flag(environ, "STEPSTREAM_SESSIONS", True),
-            call_concurrency=_int(environ, "STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", 1_000, minimum=1),
             sealer=header_sealer(environ),
-            shutdown_grace_ms=_int(environ, "STEPSTREAM_SHUTDOWN_GRACE_MS", 20_000),
             allowed_url_hosts=allowed_url_hosts(environ),
-            sign_v1=_flag(environ, "STEPSTREAM_SIGNATURE_V1", False),
+            **variables,
         )
+
+
+class _ExecutorVariables(_Variables):
+    signing_keys: _List = Field((), alias="STEPSTREAM_SIGNING_KEYS")
+    concurrency: _Integer = Field(None, alias="STEPSTREAM_EXECUTOR_CONCURRENCY", ge=1)
+    timeout_ms: _Integer = Field(None, alias="STEPSTREAM_EXECUTOR_TIMEOUT_MS", ge=1)
+    budget_ms: _Integer = Field(None, alias="STEPSTREAM_STEP_BUDGET_MS", ge=0)
+    sessions: _Flag = Field(None, alias="STEPSTREAM_SESSIONS")
+    call_concurrency: _Integer = Field(None, alias="STEPSTREAM_EXECUTOR_CALL_CONCURRENCY", ge=1)
+    shutdown_grace_ms: _Integer = Field(None, alias="STEPSTREAM_SHUTDOWN_GRACE_MS", ge=0)
+    sign_v1: _Flag = Field(None, alias="STEPSTREAM_SIGNATURE_V1")
 
 
 def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
     registry: dict[str, str] = {}
-    for item in _list(environ, "STEPSTREAM_WORKFLOWS"):
+    for item in _comma_separated(environ.get("STEPSTREAM_WORKFLOWS", "")):
         name, sep, url = item.partition("=")
         if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -324,7 +372,7 @@ def _workflows(environ: Mapping[str, str]) -> dict[str, str]:
 def allowed_url_hosts(environ: Mapping[str, str] = os.environ) -> AllowedHosts:
     """The hosts deliveries may be signed for: STEPSTREAM_ALLOWED_URL_HOSTS (comma-separated host,
     host:port, *.suffix, or * for any), else the hosts of the workflows in STEPSTREAM_WORKFLOWS."""
-    entries = _list(environ, ALLOWED_URL_HOSTS_VARIABLE)
+    entries = _comma_separated(environ.get(ALLOWED_URL_HOSTS_VARIABLE, ""))
     if not entries:
         return AllowedHosts.of_urls(_workflows(environ).values())
     try:
@@ -339,8 +387,13 @@ def health_address(environ: Mapping[str, str] = os.environ) -> tuple[str, int] |
     (8081; ``off``: not served)."""
     if environ.get("STEPSTREAM_HEALTH_PORT", "").strip().lower() == "off":
         return None
-    host = environ.get("STEPSTREAM_HEALTH_HOST") or "0.0.0.0"  # probes come from outside the pod
-    return host, _int(environ, "STEPSTREAM_HEALTH_PORT", 8081, minimum=1, maximum=65_535)
+    health = _HealthVariables.read(environ)
+    return health.get("host", "0.0.0.0"), health.get("port", 8081)  # probes come from outside the pod
+
+
+class _HealthVariables(_Variables):
+    host: _Text = Field(None, alias="STEPSTREAM_HEALTH_HOST")
+    port: _Integer = Field(None, alias="STEPSTREAM_HEALTH_PORT", ge=1, le=65_535)
 
 
 def database_url(environ: Mapping[str, str]) -> str:
@@ -378,29 +431,26 @@ class ApiSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ApiSettings:
         kafka = KafkaSettings.from_env(environ)
+        variables = _ApiVariables.read(environ)
         # A payload is recorded whole in the run's first event, its state and each delivery: it must
         # leave room in a record of STEPSTREAM_MAX_RECORD_BYTES for the run's other fields (64 KiB at
         # most, as the api takes them), or every run it starts would fail.
         most = kafka.max_record_bytes - 65_536
+        max_payload_bytes = variables.pop("max_payload_bytes", min(DEFAULT_MAX_PAYLOAD_BYTES, most))
+        if max_payload_bytes > most:
+            raise ConfigurationError(
+                f"Expected STEPSTREAM_MAX_PAYLOAD_BYTES to be at most {most} (STEPSTREAM_MAX_RECORD_BYTES less "
+                f"64 KiB), but got {max_payload_bytes}"
+            )
         return cls(
             kafka=kafka,
-            host=environ.get("STEPSTREAM_API_HOST", "127.0.0.1"),
-            port=_int(environ, "STEPSTREAM_API_PORT", 8080, minimum=1, maximum=65_535),
             database=database_url(environ),
             workflows=_workflows(environ),
-            max_payload_bytes=_int(
-                environ,
-                "STEPSTREAM_MAX_PAYLOAD_BYTES",
-                min(DEFAULT_MAX_PAYLOAD_BYTES, most),
-                minimum=1,
-                maximum=most,
-                maximum_reason="STEPSTREAM_MAX_RECORD_BYTES less 64 KiB",
-            ),
-            notify_buffer_ms=_int(environ, "STEPSTREAM_NOTIFY_BUFFER_MS", 60_000),
-            query_store_retention_ms=_int(environ, "STEPSTREAM_QUERY_STORE_RETENTION_MS", 0),
+            max_payload_bytes=max_payload_bytes,
             allowed_url_hosts=allowed_url_hosts(environ),
             tokens=api_tokens(environ),
             sealer=header_sealer(environ),
+            **variables,
         )
 
     @property
@@ -409,6 +459,14 @@ class ApiSettings:
         if self.allowed_url_hosts is None:
             return AllowedHosts.of_urls(self.workflows.values())
         return self.allowed_url_hosts
+
+
+class _ApiVariables(_Variables):
+    host: str | None = Field(None, alias="STEPSTREAM_API_HOST")
+    port: _Integer = Field(None, alias="STEPSTREAM_API_PORT", ge=1, le=65_535)
+    max_payload_bytes: _Integer = Field(None, alias="STEPSTREAM_MAX_PAYLOAD_BYTES", ge=1)  # its maximum: from_env
+    notify_buffer_ms: _Integer = Field(None, alias="STEPSTREAM_NOTIFY_BUFFER_MS", ge=0)
+    query_store_retention_ms: _Integer = Field(None, alias="STEPSTREAM_QUERY_STORE_RETENTION_MS", ge=0)
 
 
 def api_tokens(environ: Mapping[str, str]) -> tuple[Token, ...] | None:
@@ -454,5 +512,5 @@ def header_sealer(environ: Mapping[str, str]) -> Sealer:
         keys = parse_keys(environ.get("STEPSTREAM_HEADER_KEYS", ""))
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
-    more = {name.strip().lower() for name in environ.get("STEPSTREAM_SENSITIVE_HEADERS", "").split(",") if name.strip()}
+    more = {name.lower() for name in _comma_separated(environ.get("STEPSTREAM_SENSITIVE_HEADERS", ""))}
     return Sealer(keys, SENSITIVE_HEADERS | more)

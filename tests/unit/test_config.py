@@ -6,10 +6,13 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from stepstream import config
 from stepstream.config import (
     ApiSettings,
     ConfigurationError,
@@ -19,6 +22,7 @@ from stepstream.config import (
     SchedulerSettings,
     database_url,
     default_home,
+    health_address,
 )
 from stepstream.errors import StepstreamError
 from stepstream.tokens import ROLES, Token, new_token, token_line
@@ -264,6 +268,106 @@ def test_an_empty_integer_variable_takes_the_default() -> None:
     assert settings.concurrency == 64
 
 
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_an_empty_or_blank_integer_or_flag_takes_the_default(raw: str) -> None:
+    settings = ExecutorSettings.from_env(
+        {**UNSIGNED, "STEPSTREAM_EXECUTOR_CONCURRENCY": raw, "STEPSTREAM_SESSIONS": raw}
+    )
+
+    assert (settings.concurrency, settings.sessions) == (64, True)
+
+
+def health_from_env(environ: Mapping[str, str]) -> SimpleNamespace:
+    """``health_address``, its parts named as their variables name them."""
+    host, port = health_address(environ) or (None, None)
+    return SimpleNamespace(host=host, port=port)
+
+
+# Each variable, a value other than its default, and the setting it lands in. The names are the contract
+# with every deployment; since pydantic-settings reads them into keyword arguments, mypy no longer sees
+# a variable read into the wrong setting, or into none: this table does.
+VARIABLES: list[tuple[Callable[[dict[str, str]], object], dict[str, str], str, object]] = [
+    (KafkaSettings.from_env, {"KAFKA_BOOTSTRAP_SERVERS": "k1:9093,k2:9093"}, "bootstrap_servers", "k1:9093,k2:9093"),
+    (KafkaSettings.from_env, {"STEPSTREAM_TOPIC_PREFIX": ""}, "topic_prefix", ""),  # empty is a prefix too
+    (KafkaSettings.from_env, {"STEPSTREAM_PARTITIONS": "48"}, "partitions", 48),
+    (KafkaSettings.from_env, {"STEPSTREAM_REPLICATION_FACTOR": "3"}, "replication_factor", 3),
+    (KafkaSettings.from_env, {"STEPSTREAM_EVENTS_RETENTION_MS": "604800000"}, "events_retention_ms", 604_800_000),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}, "security_protocol", "SASL_SSL"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SASL_MECHANISM": "PLAIN"}, "sasl_mechanism", "PLAIN"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SASL_USERNAME": "engine"}, "sasl_username", "engine"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SASL_PASSWORD": "s3cret"}, "sasl_password", "s3cret"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SSL_CAFILE": "/etc/ca.pem"}, "ssl_cafile", "/etc/ca.pem"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SSL_CERTFILE": "/etc/cert.pem"}, "ssl_certfile", "/etc/cert.pem"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SSL_KEYFILE": "/etc/key.pem"}, "ssl_keyfile", "/etc/key.pem"),
+    (KafkaSettings.from_env, {"STEPSTREAM_MAX_RECORD_BYTES": "300000"}, "max_record_bytes", 300_000),
+    (KafkaSettings.from_env, {"STEPSTREAM_STALL_MS": "5000"}, "stall_ms", 5_000),
+    (KafkaSettings.from_env, {"STEPSTREAM_INSTANCE_ID": "scheduler-0"}, "instance_id", "scheduler-0"),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_STATIC_MEMBERSHIP": " No "}, "static_membership", False),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_SESSION_TIMEOUT_MS": "45000"}, "session_timeout_ms", 45_000),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "5000"}, "heartbeat_interval_ms", 5_000),
+    (KafkaSettings.from_env, {"STEPSTREAM_KAFKA_TRANSACTION_TIMEOUT_MS": "9"}, "transaction_timeout_ms", 9),
+    (
+        KafkaSettings.from_env,
+        {"STEPSTREAM_SCHEMA_REGISTRY_URL": "http://r:8081"},
+        "schema_registry_url",
+        "http://r:8081",
+    ),
+    (
+        KafkaSettings.from_env,
+        {"STEPSTREAM_RECORD_FORMAT": " Confluent ", "STEPSTREAM_SCHEMA_REGISTRY_URL": "http://r:8081"},
+        "record_format",
+        "confluent",
+    ),
+    (ProjectorSettings.from_env, {"STEPSTREAM_DEFAULT_RETRIES": "0"}, "default_retries", 0),
+    (ProjectorSettings.from_env, {"STEPSTREAM_DEFAULT_RETRY_BASE_MS": "250"}, "default_retry_base_ms", 250),
+    (ProjectorSettings.from_env, {"STEPSTREAM_PROJECTOR_MAX_BATCH": "7"}, "max_batch", 7),
+    (ProjectorSettings.from_env, {"STEPSTREAM_DATABASE": "/srv/q.db"}, "database", "/srv/q.db"),
+    (ProjectorSettings.from_env, {"STEPSTREAM_NOTIFY_BUFFER_MS": "5000"}, "notify_buffer_ms", 5_000),
+    (ProjectorSettings.from_env, {"STEPSTREAM_MAX_INVOKE_DEPTH": "3"}, "max_invoke_depth", 3),
+    (ProjectorSettings.from_env, {"STEPSTREAM_CALL_GRACE_MS": "1000"}, "call_grace_ms", 1_000),
+    (ProjectorSettings.from_env, {"STEPSTREAM_STATE_DIR": "/var/lib/p"}, "state_dir", "/var/lib/p"),
+    (ProjectorSettings.from_env, {"STEPSTREAM_PROJECTOR_CACHE_RUNS": "50"}, "cache_runs", 50),
+    (ProjectorSettings.from_env, {"STEPSTREAM_ENDED_RUN_RETENTION_MS": "0"}, "ended_run_retention_ms", 0),
+    (SchedulerSettings.from_env, {"STEPSTREAM_FLOW_STATE_INTERVAL_MS": "250"}, "flow_state_interval_ms", 250),
+    (SchedulerSettings.from_env, {"STEPSTREAM_FLOW_QUEUE_HEAD": "2"}, "flow_queue_head", 2),
+    (SchedulerSettings.from_env, {"STEPSTREAM_STATE_DIR": "/var/lib/s"}, "state_dir", "/var/lib/s"),
+    (SchedulerSettings.from_env, {"STEPSTREAM_METRICS_FLOW_KEYS": " a , b ,"}, "metrics_flow_keys", ("a", "b")),
+    (ExecutorSettings.from_env, {"STEPSTREAM_SIGNING_KEYS": " k1 , k2 ,"}, "signing_keys", ("k1", "k2")),
+    (ExecutorSettings.from_env, {"STEPSTREAM_EXECUTOR_CONCURRENCY": "8"}, "concurrency", 8),
+    (ExecutorSettings.from_env, {"STEPSTREAM_EXECUTOR_TIMEOUT_MS": "1500"}, "timeout_ms", 1_500),
+    (ExecutorSettings.from_env, {"STEPSTREAM_STEP_BUDGET_MS": "250"}, "budget_ms", 250),
+    (ExecutorSettings.from_env, {"STEPSTREAM_SESSIONS": "off"}, "sessions", False),
+    (ExecutorSettings.from_env, {"STEPSTREAM_EXECUTOR_CALL_CONCURRENCY": "10"}, "call_concurrency", 10),
+    (ExecutorSettings.from_env, {"STEPSTREAM_SHUTDOWN_GRACE_MS": "0"}, "shutdown_grace_ms", 0),
+    (ExecutorSettings.from_env, {"STEPSTREAM_SIGNATURE_V1": "yes"}, "sign_v1", True),
+    (api_from_env, {"STEPSTREAM_API_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
+    (api_from_env, {"STEPSTREAM_API_PORT": "9000"}, "port", 9_000),
+    (api_from_env, {"STEPSTREAM_MAX_PAYLOAD_BYTES": "2048"}, "max_payload_bytes", 2_048),
+    (api_from_env, {"STEPSTREAM_NOTIFY_BUFFER_MS": "5000"}, "notify_buffer_ms", 5_000),
+    (api_from_env, {"STEPSTREAM_QUERY_STORE_RETENTION_MS": "86400000"}, "query_store_retention_ms", 86_400_000),
+    (health_from_env, {"STEPSTREAM_HEALTH_HOST": "127.0.0.1"}, "host", "127.0.0.1"),
+    (health_from_env, {"STEPSTREAM_HEALTH_PORT": "9100"}, "port", 9_100),
+]
+
+
+@pytest.mark.parametrize(("read", "environ", "setting", "value"), VARIABLES, ids=[str(row[1]) for row in VARIABLES])
+def test_each_variable_is_read_into_its_setting(
+    read: Reader, environ: dict[str, str], setting: str, value: object
+) -> None:
+    settings = read({**UNSIGNED, **environ})
+
+    assert attrgetter(setting)(settings) == value
+    assert attrgetter(setting)(read(UNSIGNED)) != value  # not the default by chance
+
+
+def test_the_table_names_every_variable_the_settings_read_through_pydantic_settings() -> None:
+    read_by_models = {
+        field.alias for model in config._Variables.__subclasses__() for field in model.model_fields.values()
+    }
+
+    assert read_by_models <= {name for _, environ, _, _ in VARIABLES for name in environ}
+
+
 # ---------------------------------------------------------------------------------------------
 # Malformed and out-of-range values
 
@@ -334,6 +438,86 @@ def test_the_highest_api_port_is_fine() -> None:
 
 def test_configuration_errors_share_the_root() -> None:
     assert issubclass(ConfigurationError, StepstreamError)
+
+
+@pytest.mark.parametrize(
+    ("read", "environ", "sentence"),
+    [
+        (
+            KafkaSettings.from_env,
+            {"STEPSTREAM_PARTITIONS": "twelve"},
+            "Expected STEPSTREAM_PARTITIONS to be an integer, but got 'twelve'",
+        ),
+        (
+            KafkaSettings.from_env,
+            {"STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "-1"},
+            "Expected STEPSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS to be at least 0, but got -1",
+        ),
+        (
+            KafkaSettings.from_env,
+            {"STEPSTREAM_MAX_RECORD_BYTES": "100000001"},
+            "Expected STEPSTREAM_MAX_RECORD_BYTES to be at most 100000000, but got 100000001",
+        ),
+        (
+            health_address,
+            {"STEPSTREAM_HEALTH_PORT": "65536"},
+            "Expected STEPSTREAM_HEALTH_PORT to be at most 65535, but got 65536",
+        ),
+        (
+            ExecutorSettings.from_env,
+            {"STEPSTREAM_SESSIONS": " maybe "},
+            "Expected STEPSTREAM_SESSIONS to be on or off (1 or 0), but got ' maybe '",
+        ),
+        (
+            KafkaSettings.from_env,
+            {"STEPSTREAM_KAFKA_SECURITY_PROTOCOL": "tls"},
+            "Expected STEPSTREAM_KAFKA_SECURITY_PROTOCOL to be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, "
+            "but got 'TLS'",
+        ),
+        (
+            KafkaSettings.from_env,
+            {"STEPSTREAM_RECORD_FORMAT": " JSON "},
+            "Expected STEPSTREAM_RECORD_FORMAT to be single-object or confluent, but got 'json'",
+        ),
+    ],
+    ids=["integer", "at-least", "at-most", "health-port", "flag", "one-of", "either-or"],
+)
+def test_a_bad_value_of_each_kind_is_refused_in_the_same_sentence_as_ever(
+    read: Reader, environ: dict[str, str], sentence: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        read({**UNSIGNED, **environ})
+
+    assert str(raised.value) == sentence
+
+
+HOSTILE = ["", " ", "twelve", "-1", "1e3", "0x10", "{}", "[1, 2]", "null", "\x00", "é", "9" * 40, ",", "="]
+
+
+@pytest.mark.parametrize(("read", "environ"), [row[:2] for row in VARIABLES], ids=[str(row[1]) for row in VARIABLES])
+def test_any_value_of_any_variable_is_taken_or_refused_naming_the_variable(
+    read: Reader, environ: dict[str, str]
+) -> None:
+    name = next(iter(environ))
+    unnamed = []
+    for raw in HOSTILE:
+        try:
+            read({**UNSIGNED, **environ, name: raw})
+        except ConfigurationError as error:  # anything else (pydantic's ValidationError) fails the test
+            if name not in str(error):
+                unnamed.append((raw, str(error)))
+    assert unnamed == []
+
+
+def test_the_settings_read_only_the_mapping_they_are_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPSTREAM_PARTITIONS", "7")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("STEPSTREAM_TOPIC_PREFIX=dotenv.\n")
+
+    settings = KafkaSettings.from_env({"stepstream_replication_factor": "3"})  # names are case-sensitive
+
+    assert (settings.partitions, settings.topic_prefix, settings.replication_factor) == (12, "stepstream.", 1)
+    assert KafkaSettings.from_env().partitions == 7  # the process's environment, when none is given
 
 
 # ---------------------------------------------------------------------------------------------
