@@ -644,7 +644,10 @@ def test_list_runs_filters(api: TestClient, store: QueryStore, query: str, expec
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("?status=asleep", "Expected status to be among scheduled, running, sleeping, waiting, completed, failed, cancelled"),
+        (
+            "?status=asleep",
+            "Expected status to be among scheduled, running, sleeping, waiting, completed, failed, cancelled",
+        ),
         ("?created_after=yesterday", "Expected created_after as epoch milliseconds or an ISO-8601 time"),
         ("?created_before=2026-01-01T00:00:00", "Expected created_before with a time zone"),
     ],

@@ -7,8 +7,8 @@ comment every :data:`KEEPALIVE_S` seconds while nothing happens, and a last mess
 with the run once it has ended. It ends when the run has ended and the stream has sent every event
 the store holds for it; for a failed run that includes the ``FailureHandlerScheduled`` written with
 ``RunFailed``, but not the ``FailureHandled`` (or ``FailureHandlerFailed``) that comes once the handler
-has answered, which may take long (it is retried like a step). A run resumed or restarted before the stream reads its end goes on,
-and so does the stream.
+has answered, which may take long (it is retried like a step). A run resumed or restarted before the
+stream reads its end goes on, and so does the stream.
 """
 
 from __future__ import annotations
