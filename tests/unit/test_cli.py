@@ -1047,3 +1047,41 @@ def test_show_lists_an_exports_runs_as_a_table(run_cli: Cli, tmp_path: Path) -> 
         ["run_f", "payments", "failed", str(len(runs[0].events))],
         ["run_r", "orders", "running", str(len(runs[1].events))],
     ]
+
+
+def _processes_with(variable: str) -> list[int]:
+    """The pids of this user's processes whose environment holds ``variable`` (``NAME=value``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environment = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone, or not ours
+                continue
+            if variable.encode() in environment:
+                found.append(int(entry.name))
+    return found
+
+
+def test_dev_stops_what_it_started_when_a_step_before_the_services_fails(tmp_path: Path) -> None:
+    # given `stepstream dev --example` with a setting the topics cannot be created with (the example
+    # app is started before that step)
+    home = f"STEPSTREAM_HOME={tmp_path}"
+    env = {**os.environ, "STEPSTREAM_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    env |= {"STEPSTREAM_PARTITIONS": "0", "STEPSTREAM_WORKFLOWS": "", "STEPSTREAM_API_TOKENS": ""}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stepstream.cli", "dev", "--example"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # then it says which setting, exits 2, and leaves no process behind (the example app had started)
+    assert result.returncode == 2, result.stderr
+    assert "Expected STEPSTREAM_PARTITIONS to be at least 1, but got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "starting the example app" in result.stderr
+    assert (tmp_path / "example-app.log").exists()
+    assert _processes_with(home) == []

@@ -4,6 +4,7 @@ schema registry if asked), the single services, the local Kafka, the topics, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 from stepstream import client
 
 EXAMPLE_PORT = 8000
+EXAMPLE_URL = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows"  # where the example app serves its workflows
 
 
 # -- local Kafka ------------------------------------------------------------------------------
@@ -104,77 +106,46 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    import asyncio
 
-    from stepstream.config import (
-        ApiSettings,
-        ExecutorSettings,
-        KafkaSettings,
-        ProjectorSettings,
-        SchedulerSettings,
-        default_home,
-    )
+    from stepstream.config import ConfigurationError, default_home
     from stepstream.logs import configure_logging
-    from stepstream.runner import ensure_topics_for, run_all
-    from stepstream.sealing import new_key
-    from stepstream.tokens import ROLES, new_token, token_line
 
     configure_logging()
-    home = default_home()
-    print(f"stepstream dev: state in {home}", file=sys.stderr)
-    bootstrap, started_kafka = _bootstrap_or_local(home, sasl_ssl=args.sasl_ssl)
-    os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_secret(home, "signing.key", lambda: secrets.token_hex(32)))
-    os.environ.setdefault("STEPSTREAM_HEADER_KEYS", _dev_secret(home, "header.key", new_key))
-    api_token = None
-    configured = ("STEPSTREAM_API_TOKENS", "STEPSTREAM_API_TOKENS_FILE", "STEPSTREAM_API_AUTH")
-    if not any(os.environ.get(name) for name in configured):  # the api's own settings win
-        api_token = _dev_secret(home, client.API_TOKEN_FILE, new_token)
-        os.environ["STEPSTREAM_API_TOKENS"] = token_line("local", ROLES, api_token)
-    example: subprocess.Popen[bytes] | None = None
-    example_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/onboarding"
-    order_url = f"http://127.0.0.1:{EXAMPLE_PORT}/workflows/order"
-    if args.example:
-        os.environ.setdefault("STEPSTREAM_WORKFLOWS", f"onboarding={example_url},order={order_url}")
-        example = _start_example(home)
-    os.environ.setdefault("STEPSTREAM_ALLOWED_URL_HOSTS", _dev_allowed_url_hosts())
-    # A stack that wrote records in the Confluent format needs its registry to read them again.
-    registry = _start_registry(home) if args.schema_registry or (home / "registry" / "db").exists() else None
-    settings = KafkaSettings.from_env()
-    asyncio.run(ensure_topics_for(settings))
-
-    async def started() -> None:
-        api_settings = ApiSettings.from_env()
-        api = f"http://{api_settings.host}:{api_settings.port}"
-        lines = [
-            "",
-            f"Stepstream is running: Kafka at {bootstrap}"
-            + (" (SASL_SSL: SCRAM-SHA-512 over TLS)" if args.sasl_ssl else "")
-            + f", api at {api}",
-            f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
-            f"Metrics of all four services (Prometheus' text format): {api}/metrics",
-        ]
-        if api_token is not None:
-            token_file = home / client.API_TOKEN_FILE
-            lines += [
-                f"The api wants a token: the local one is in {token_file} (every role). The CLI here reads it",
-                "from there; the dashboard asks for it once; elsewhere: "
-                f"export STEPSTREAM_API_TOKEN=$(cat {token_file})",
-            ]
-        if registry is not None:
-            lines.append(f"Records in the Confluent wire format, their schemas in the registry at {registry.url}")
-        if args.example:
-            lines += [
-                f"The example workflows 'onboarding' and 'order' are served at {example_url.rsplit('/', 1)[0]}",
-                "In another terminal, trigger a run and watch its history:",
-                '    .venv/bin/stepstream trigger onboarding --payload \'{"name": "Ada"}\' --watch',
-                "Or an order, which waits for its payment until you notify it (from a third terminal):",
-                '    .venv/bin/stepstream trigger order --payload \'{"order_id": "42"}\' --watch',
-                "    .venv/bin/stepstream notify payment-42 --data '{\"amount\": 30}'",
-            ]
-        lines.append("Stop with Ctrl-C; runs survive a restart.\n")
-        print("\n".join(lines), file=sys.stderr)
-
     try:
+        _run_dev(args, default_home())
+    except ConfigurationError as error:  # a setting of the environment, said as the services say it
+        client.fail(str(error))
+
+
+def _run_dev(args: argparse.Namespace, home: Path) -> None:
+    import asyncio
+
+    from stepstream.config import ApiSettings, ExecutorSettings, KafkaSettings, ProjectorSettings, SchedulerSettings
+    from stepstream.runner import ensure_topics_for, run_all
+
+    print(f"stepstream dev: state in {home}", file=sys.stderr)
+    # Whatever this command starts (the local Kafka, the example app, a registry) is stopped when it
+    # ends, however it ends: Ctrl-C, a service that fails, or a step before the services that fails
+    # (topics not created, a registry that does not start) — none is left running behind it.
+    with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as started_here:
+        bootstrap, started_kafka = _bootstrap_or_local(home, sasl_ssl=args.sasl_ssl)
+        if started_kafka is not None:
+            started_here.callback(_stop_kafka, started_kafka)
+        api_token = _dev_credentials(home)
+        if args.example:
+            workflows = f"onboarding={EXAMPLE_URL}/onboarding,order={EXAMPLE_URL}/order"
+            os.environ.setdefault("STEPSTREAM_WORKFLOWS", workflows)
+            started_here.callback(_stop_process, _start_example(home))
+        os.environ.setdefault("STEPSTREAM_ALLOWED_URL_HOSTS", _dev_allowed_url_hosts())
+        # A stack that wrote records in the Confluent format needs its registry to read them again.
+        registry = _start_registry(home) if args.schema_registry or (home / "registry" / "db").exists() else None
+        if registry is not None:
+            started_here.callback(registry.stop)
+        asyncio.run(ensure_topics_for(KafkaSettings.from_env()))
+
+        async def started() -> None:
+            _print_banner(args, bootstrap, home, api_token, registry)
+
         asyncio.run(
             run_all(
                 ProjectorSettings.from_env(),
@@ -184,17 +155,67 @@ def cmd_dev(args: argparse.Namespace) -> None:
                 started=started,
             )
         )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if example is not None:
-            example.terminate()
-            example.wait(timeout=10)
-        if registry is not None:
-            registry.stop()
-        if started_kafka is not None:
-            print("stepstream dev: stopping the local Kafka (its data stays in place)", file=sys.stderr)
-            started_kafka.stop()
+
+
+def _dev_credentials(home: Path) -> str | None:
+    """The local stack's signing key, header key and api token, made once in ``home`` and set for the
+    services unless the environment has its own; the api token, if this made the api's tokens."""
+    from stepstream.sealing import new_key
+    from stepstream.tokens import ROLES, new_token, token_line
+
+    os.environ.setdefault("STEPSTREAM_SIGNING_KEYS", _dev_secret(home, "signing.key", lambda: secrets.token_hex(32)))
+    os.environ.setdefault("STEPSTREAM_HEADER_KEYS", _dev_secret(home, "header.key", new_key))
+    configured = ("STEPSTREAM_API_TOKENS", "STEPSTREAM_API_TOKENS_FILE", "STEPSTREAM_API_AUTH")
+    if any(os.environ.get(name) for name in configured):  # the api's own settings win
+        return None
+    api_token = _dev_secret(home, client.API_TOKEN_FILE, new_token)
+    os.environ["STEPSTREAM_API_TOKENS"] = token_line("local", ROLES, api_token)
+    return api_token
+
+
+def _print_banner(args: argparse.Namespace, bootstrap: str, home: Path, api_token: str | None, registry: Any) -> None:
+    """What a newcomer needs once the local stack is up: where it is, the token, what to try."""
+    from stepstream.config import ApiSettings
+
+    api_settings = ApiSettings.from_env()
+    api = f"http://{api_settings.host}:{api_settings.port}"
+    lines = [
+        "",
+        f"Stepstream is running: Kafka at {bootstrap}"
+        + (" (SASL_SSL: SCRAM-SHA-512 over TLS)" if args.sasl_ssl else "")
+        + f", api at {api}",
+        f"Dashboard: {api}/ui/  (runs, a run's timeline and history, dead letters, flow control)",
+        f"Metrics of all four services (Prometheus' text format): {api}/metrics",
+    ]
+    if api_token is not None:
+        token_file = home / client.API_TOKEN_FILE
+        lines += [
+            f"The api wants a token: the local one is in {token_file} (every role). The CLI here reads it",
+            f"from there; the dashboard asks for it once; elsewhere: export STEPSTREAM_API_TOKEN=$(cat {token_file})",
+        ]
+    if registry is not None:
+        lines.append(f"Records in the Confluent wire format, their schemas in the registry at {registry.url}")
+    if args.example:
+        lines += [
+            f"The example workflows 'onboarding' and 'order' are served at {EXAMPLE_URL}",
+            "In another terminal, trigger a run and watch its history:",
+            '    .venv/bin/stepstream trigger onboarding --payload \'{"name": "Ada"}\' --watch',
+            "Or an order, which waits for its payment until you notify it (from a third terminal):",
+            '    .venv/bin/stepstream trigger order --payload \'{"order_id": "42"}\' --watch',
+            "    .venv/bin/stepstream notify payment-42 --data '{\"amount\": 30}'",
+        ]
+    lines.append("Stop with Ctrl-C; runs survive a restart.\n")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _stop_kafka(kafka: Any) -> None:
+    print("stepstream dev: stopping the local Kafka (its data stays in place)", file=sys.stderr)
+    kafka.stop()
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=10)
 
 
 def _start_registry(home: Path) -> Any:
