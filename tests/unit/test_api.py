@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from stepstream.api import app as app_module
+from stepstream.api import control as control_module
 from stepstream.api.app import create_app
 from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import index
@@ -602,7 +602,7 @@ def test_cancel_by_filter_needs_a_criterion_or_all(
 def test_cancel_by_filter_reaches_runs_beyond_one_page_of_the_store(
     api: TestClient, store: QueryStore, published: FakePublisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "_CANCEL_PAGE", 2)
+    monkeypatch.setattr(control_module, "_CANCEL_PAGE", 2)
     add(store, *(sleeping(f"run_{number}", now=T0 + number) for number in range(7)))
 
     answer = api.post("/v1/runs/cancel", json={"all": True}).json()

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from stepstream.api import app as app_module
+from stepstream.api import runs as runs_module
 from stepstream.avro import Codec, NotifyRequest, TriggerRequest
 from stepstream.core import AllowedHosts, FlowControl, FlowKeyState
 from stepstream.core.limits import MAX_DELAY_MS, MAX_EPOCH_MS, MAX_HEADERS
@@ -491,7 +491,7 @@ def test_a_trigger_whose_other_fields_outgrow_a_kafka_record_is_a_413(
 def test_a_triggers_envelope_is_measured_as_the_json_of_its_fields_but_the_payload(record: TriggerRequest) -> None:
     fields = {name: value for name, value in dataclasses.asdict(record).items() if name != "payload"}
 
-    assert app_module._envelope_bytes(record) == len(json.dumps(fields, ensure_ascii=False).encode())
+    assert runs_module._envelope_bytes(record) == len(json.dumps(fields, ensure_ascii=False).encode())
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400", '[1, {"a": -1e999}]'])

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from stepstream.api import app as app_module
 from stepstream.api import follow
+from stepstream.api import runs as runs_module
 from stepstream.api.changes import RunChanges
 from stepstream.api.indexer import index
 from stepstream.avro import TriggerRequest
@@ -423,7 +423,7 @@ def test_the_stream_waits_a_little_for_a_run_not_known_yet_then_404s(
         return await answer
 
     appeared = during(api, scenario())
-    monkeypatch.setattr(app_module, "APPEAR_WITHIN_S", 0.05)
+    monkeypatch.setattr(runs_module, "APPEAR_WITHIN_S", 0.05)
     unknown = api.get("/v1/runs/nope/history/stream")
 
     assert appeared.status_code == 200

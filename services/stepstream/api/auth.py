@@ -1,5 +1,6 @@
 """The api's door: a request under ``/v1/`` needs a known token with the role it asks for
-(``stepstream.tokens`` says which, and how tokens are configured)."""
+(``stepstream.tokens`` says which, and how tokens are configured); and who asks (:func:`actor`), as a
+run's history records it beside an operator's action."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hmac
 import json
 from http.cookies import SimpleCookie
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepstream.tokens import COOKIE, Token, needed_role
@@ -81,3 +83,12 @@ async def _refuse(send: Send, status: int, error: str, message: str) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="stepstream"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def actor(request: Request) -> str | None:
+    """Who asks, as the run's history keeps it beside an operator's action: the token's name, or the
+    client's address where the api runs without tokens."""
+    token = request.scope.get("state", {}).get("token")
+    if token is not None:
+        return f"token {token}"
+    return f"client {request.client.host}" if request.client is not None else None

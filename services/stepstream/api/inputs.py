@@ -49,6 +49,11 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} characters)"
 
 
+def seconds(milliseconds: int) -> str:
+    """A duration as a message says it: ``"1.5 s"``."""
+    return f"{milliseconds / 1000:g} s"
+
+
 def parse_duration_ms(value: Any) -> int:
     """``"10s"``, ``"5m"``, ``"2h"``, ``"1h30m"``, ``"1d"``, ``"250ms"``, ``"1.5s"`` as milliseconds."""
     return check_delay_ms(duration_ms(value))

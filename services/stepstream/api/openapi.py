@@ -1,6 +1,6 @@
 """The api's OpenAPI document, with every request body described.
 
-The routes read their bodies themselves (``parse`` in ``app.py``: the raw bytes, bounded, then the
+The routes read their bodies themselves (``parse`` in ``bodies.py``: the raw bytes, bounded, then the
 pydantic model), so FastAPI cannot see them; and the busiest route, ``POST /v1/runs``, is a plain
 Starlette route (decision 0007). This module adds what FastAPI leaves out: each body's schema, from
 the same models the routes validate with, and the trigger route itself, so the document describes

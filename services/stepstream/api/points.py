@@ -22,7 +22,9 @@ from stepstream.store import QueryStore, RunRow
 Seq = Annotated[int, Query(ge=1, le=MAX_SEQ)]
 
 
-def add_state_routes(app: FastAPI, query_store: Callable[[], QueryStore], known_run: Callable[[str], RunRow]) -> None:
+def add_state_routes(
+    app: FastAPI, *, query_store: Callable[[], QueryStore], known_run: Callable[[str], RunRow]
+) -> None:
     async def history(run_id: str) -> list[dict[str, Any]]:
         known_run(run_id)
         return await asyncio.to_thread(query_store().history, run_id)

@@ -39,6 +39,12 @@ class Publisher(Protocol):
         ...
 
 
+class Publish(Protocol):
+    """``publish`` as the app hands it to its routes: to the publisher its lifespan has opened."""
+
+    async def __call__(self, *records: TriggersRecord) -> None: ...
+
+
 class KafkaPublisher:
     """The real publisher: Avro-encoded records on the ``triggers`` topic."""
 
