@@ -41,7 +41,7 @@ from stepstream.core import (
     WaiterState,
     fold,
 )
-from stepstream.core.messages import Continue
+from stepstream.core.outcomes import Continue
 from stepstream.kafka.clients import partition_for
 from tests.helpers import wait_until
 from tests.stack import Stack, read_topic

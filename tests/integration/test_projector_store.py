@@ -32,7 +32,8 @@ from stepstream.core import (
     StepKind,
     StepResult,
 )
-from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
+from stepstream.core.commands import CancelRun, TriggerRun
+from stepstream.core.events import RunCancelled, RunStarted
 from stepstream.core.retention import COMPACTED_PAYLOAD
 from stepstream.kafka.clients import read_partitions_to_end
 from stepstream.kafka.topics import TopicNames

@@ -24,7 +24,8 @@ import stepstream.scheduler.service as scheduler_service
 from stepstream.avro import Codec
 from stepstream.config import KafkaSettings, ProjectorSettings, SchedulerSettings
 from stepstream.core import Delivery, DeliveryRequested, FlowControl, FlowSettled
-from stepstream.core.messages import CancelRun, RunCancelled, RunStarted, TriggerRun
+from stepstream.core.commands import CancelRun, TriggerRun
+from stepstream.core.events import RunCancelled, RunStarted
 from stepstream.kafka.clients import read_partitions_to_end, stream_partitions
 from stepstream.kafka.topics import TopicNames
 from stepstream.store import changelog

@@ -13,15 +13,8 @@ import pytest
 
 from stepstream.avro import EVENT_TYPES
 from stepstream.core import RunStatus
-from stepstream.core.messages import (
-    ErrorInfo,
-    RunFailed,
-    RunStarted,
-    StepCompleted,
-    StepFailed,
-    StepKind,
-    StepScheduled,
-)
+from stepstream.core.events import RunFailed, RunStarted, StepCompleted, StepFailed, StepScheduled
+from stepstream.core.messages import ErrorInfo, StepKind
 from stepstream.history import ExportError, diff, events_of, fold_to, read_export, replay_input, write_export
 from stepstream.store import REDACTED
 from stepstream.store.history import event_from_dict, event_to_dict

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from stepstream import metrics
 from stepstream.core import Complete, Continue, Fail, FlowControl, FlowLedger, Queued, RunState
-from stepstream.core.messages import CancelRun
+from stepstream.core.commands import CancelRun
 from stepstream.projector.metrics import Applied, observe
 from stepstream.scheduler.metrics import TOP_KEYS, flow_refresher
 from tests.unit.test_query_store import BOOM, T0, Run

@@ -44,7 +44,7 @@ from stepstream.core import (
     WaiterState,
 )
 from stepstream.core.apart import join
-from stepstream.core.messages import Continue
+from stepstream.core.outcomes import Continue
 from stepstream.kafka.topics import TopicNames
 from stepstream.projector import service as projector_service
 from stepstream.projector.outbox import Outbox

@@ -13,6 +13,18 @@ from types import MappingProxyType
 from typing import Final
 
 from stepstream.core.apart import DeliverySteps
+from stepstream.core.commands import (
+    CancelRun,
+    ChildFinished,
+    FireTimer,
+    ReceiveEvent,
+    RecoverRun,
+    Recovery,
+    ReportCall,
+    ReportDelivery,
+    ReportNotify,
+    TriggerRun,
+)
 from stepstream.core.effects import (
     CallDelivery,
     CallRequested,
@@ -22,26 +34,15 @@ from stepstream.core.effects import (
     ScheduleCancelled,
     TimerRequested,
 )
-from stepstream.core.flow import FlowKeyState, FlowSettled, FlowSlot
-from stepstream.core.messages import (
+from stepstream.core.events import (
     CallRetried,
     CallStarted,
-    CancelRun,
-    ChildFinished,
     EventReceived,
     FailureHandled,
     FailureHandlerFailed,
     FailureHandlerScheduled,
-    FireTimer,
-    FlowControl,
     InvokeStarted,
     NotifyStarted,
-    ReceiveEvent,
-    RecoverRun,
-    Recovery,
-    ReportCall,
-    ReportDelivery,
-    ReportNotify,
     ResultIgnored,
     RunCancelled,
     RunCompleted,
@@ -52,10 +53,11 @@ from stepstream.core.messages import (
     StepCompleted,
     StepFailed,
     StepScheduled,
-    TriggerRun,
     WaitStarted,
     WaitTimedOut,
 )
+from stepstream.core.flow import FlowKeyState, FlowSettled, FlowSlot
+from stepstream.core.messages import FlowControl
 from stepstream.core.state import RecordedStep, RunState
 from stepstream.core.waiters import NotifyEvent, RegisterWaiter, UnregisterWaiter, WaiterState
 

@@ -1,7 +1,22 @@
 """The pure core: commands, events, run state, ``decide`` and ``evolve``. No I/O, clock or randomness."""
 
 from stepstream.core.apart import DeliverySteps
-from stepstream.core.decide import Defaults, child_run_id, child_url, decide, delivery_id, fail_run
+from stepstream.core.commands import (
+    CancelRun,
+    ChildFinished,
+    Command,
+    FireTimer,
+    ReceiveEvent,
+    RecoverRun,
+    Recovery,
+    Rejected,
+    ReportCall,
+    ReportDelivery,
+    ReportNotify,
+    TriggerRun,
+)
+from stepstream.core.decide import decide, fail_run
+from stepstream.core.decision import Defaults, delivery_id
 from stepstream.core.effects import (
     CallDelivery,
     CallRequested,
@@ -23,37 +38,39 @@ from stepstream.core.effects import (
     timer_request_id,
     wait_timer_id,
 )
-from stepstream.core.flow import (
-    FlowKeyState,
-    FlowLedger,
-    FlowSettled,
-    FlowSlot,
-    Queued,
-    most_permissive,
-)
-from stepstream.core.limits import header_problem, headers_problem, run_id_problem, trigger_problem
-from stepstream.core.messages import (
+from stepstream.core.events import (
     CallRetried,
-    CallSpec,
     CallStarted,
-    Cancel,
-    CancelRun,
-    ChildFinished,
-    Command,
-    Complete,
-    Continue,
-    Continuing,
-    ErrorInfo,
     Event,
     EventReceived,
-    Fail,
     FailureHandled,
     FailureHandlerFailed,
     FailureHandlerScheduled,
-    FireTimer,
-    FlowControl,
     InvokeStarted,
     NotifyStarted,
+    ResultIgnored,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRecovered,
+    RunStarted,
+    SleepStarted,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    WaitStarted,
+    WaitTimedOut,
+)
+from stepstream.core.flow import FlowKeyState, FlowLedger, FlowSettled, FlowSlot, Queued, most_permissive
+from stepstream.core.limits import header_problem, headers_problem, run_id_problem, trigger_problem
+from stepstream.core.messages import ErrorInfo, FlowControl, StepKind, StepResult, flow_control_problem
+from stepstream.core.outcomes import (
+    CallSpec,
+    Cancel,
+    Complete,
+    Continue,
+    Continuing,
+    Fail,
     Outcome,
     PlanCall,
     PlanInvoke,
@@ -62,33 +79,11 @@ from stepstream.core.messages import (
     PlanRun,
     PlanSleep,
     PlanWait,
-    ReceiveEvent,
-    RecoverRun,
-    Recovery,
-    Rejected,
-    ReportCall,
-    ReportDelivery,
-    ReportNotify,
-    ResultIgnored,
-    RunCancelled,
-    RunCompleted,
-    RunFailed,
-    RunRecovered,
-    RunStarted,
     SleepFor,
-    SleepStarted,
     SleepUntil,
-    StepCompleted,
-    StepFailed,
-    StepKind,
-    StepResult,
-    StepScheduled,
     Suspend,
-    TriggerRun,
-    WaitStarted,
-    WaitTimedOut,
-    flow_control_problem,
 )
+from stepstream.core.pending import child_run_id, child_url
 from stepstream.core.retry import backoff_ms, check_delay_rule, delay_rule_ms
 from stepstream.core.state import (
     PendingBranch,

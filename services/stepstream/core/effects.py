@@ -9,32 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stepstream.core.messages import (
+from stepstream.core.commands import CancelRun, ChildFinished, Recovery, TriggerRun
+from stepstream.core.events import (
     CallRetried,
-    CallSpec,
     CallStarted,
-    CancelRun,
-    ChildFinished,
-    ErrorInfo,
     Event,
     EventReceived,
     FailureHandlerScheduled,
-    FlowControl,
     InvokeStarted,
     NotifyStarted,
-    Recovery,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunRecovered,
     SleepStarted,
     StepCompleted,
-    StepKind,
     StepScheduled,
-    TriggerRun,
     WaitStarted,
     WaitTimedOut,
 )
+from stepstream.core.messages import ErrorInfo, FlowControl, StepKind
+from stepstream.core.outcomes import CallSpec
 from stepstream.core.state import (
     PendingCall,
     PendingInvoke,

@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from stepstream.core.messages import TriggerRun, flow_control_problem
+from stepstream.core.commands import TriggerRun
+from stepstream.core.messages import flow_control_problem
 from stepstream.core.retry import check_delay_rule
 
 MAX_LONG: Final = 2**63 - 1  # Avro's long, and Kafka's timestamps

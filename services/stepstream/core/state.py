@@ -17,20 +17,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import assert_never
 
-from stepstream.core.messages import (
+from stepstream.core.commands import Recovery
+from stepstream.core.events import (
     CallRetried,
-    CallSpec,
     CallStarted,
-    ErrorInfo,
     Event,
     EventReceived,
     FailureHandled,
     FailureHandlerFailed,
     FailureHandlerScheduled,
-    FlowControl,
     InvokeStarted,
     NotifyStarted,
-    Recovery,
     ResultIgnored,
     RunCancelled,
     RunCompleted,
@@ -40,11 +37,12 @@ from stepstream.core.messages import (
     SleepStarted,
     StepCompleted,
     StepFailed,
-    StepKind,
     StepScheduled,
     WaitStarted,
     WaitTimedOut,
 )
+from stepstream.core.messages import ErrorInfo, FlowControl, StepKind
+from stepstream.core.outcomes import CallSpec
 
 
 class RunStatus(StrEnum):

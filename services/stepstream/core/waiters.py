@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from stepstream.core.messages import ReceiveEvent, ReportNotify
+from stepstream.core.commands import ReceiveEvent, ReportNotify
 
 # A waiter whose run never unregistered (it was deleted, or its unregister was lost) is dropped this
 # long after its timeout, so the index cannot grow without bound.

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stepstream.core import Event, RunState, RunStatus, evolve
-from stepstream.core.messages import RunCancelled, RunFailed, StepFailed
+from stepstream.core.events import RunCancelled, RunFailed, StepFailed
 from stepstream.core.state import PendingBranch, PendingCall, PendingInvoke, PendingNotify, PendingSleep, PendingWait
 from stepstream.history.files import read_export
 from stepstream.history.points import events_of
