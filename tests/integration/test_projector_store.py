@@ -181,7 +181,7 @@ async def test_runs_that_ended_before_the_retention_window_are_compacted_and_sti
             assert len(latest[run_id.encode()] or b"") < 200
         # and the run that waits is whole
         assert projector.states[live].payload == "{}"
-        assert projector.states[live].status is RunStatus.RUNNING  # its first delivery is an hour away
+        assert projector.states[live].status is RunStatus.SCHEDULED  # its first delivery is an hour away
 
         # and a trigger with a compacted run's id is still a duplicate (the marker shows it got that far)
         await produce(kafka, topics.commands, ended[0], codec.encode(trigger(ended[0], now)))
