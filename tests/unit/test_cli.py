@@ -263,9 +263,10 @@ def test_notify_refuses_data_that_is_not_json(run_cli: Cli, published: FakePubli
 def test_waiters_lists_who_waits(run_cli: Cli, store: QueryStore) -> None:
     add(store, waiting_run("run_A"))
 
-    assert run_cli("waiters", "order-42").out == (
-        "run_A  step 0  waiting since 2023-11-14 22:13:20  times out at 2023-11-15 22:13:20\n"
-    )
+    assert run_cli("waiters", "order-42").out.splitlines() == [
+        "RUN    STEP  WAITING SINCE        TIMES OUT",
+        "run_A     0  2023-11-14 22:13:20  2023-11-15 22:13:20",
+    ]
     nobody = run_cli("waiters", "nobody")
     assert (nobody.code, nobody.out, nobody.err) == (0, "", "no run is waiting on event 'nobody'\n")
 

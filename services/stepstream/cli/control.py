@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from stepstream import client
-from stepstream.cli.output import clock, print_flow_keys, print_runs
+from stepstream.cli.output import Column, clock, print_flow_keys, print_runs, print_table
 from stepstream.cli.runs import add_filters, page_query
 
 
@@ -23,13 +23,20 @@ def cmd_notify(args: argparse.Namespace) -> None:
 
 def cmd_waiters(args: argparse.Namespace) -> None:
     waiters = client.api("GET", f"/v1/events/{client.segment(args.event_id)}/waiters")["waiters"]
-    for waiter in waiters:
-        print(
-            f"{waiter['run_id']}  step {waiter['step_index']}  waiting since {clock(waiter['since_ms'], date=True)}"
-            f"  times out at {clock(waiter['timeout_at_ms'], date=True)}"
-        )
     if not waiters:
         print(f"no run is waiting on event {args.event_id!r}", file=sys.stderr)
+        return
+    columns = [Column("RUN", folds=True), Column("STEP", number=True), Column("WAITING SINCE"), Column("TIMES OUT")]
+    rows = [
+        [
+            waiter["run_id"],
+            str(waiter["step_index"]),
+            clock(waiter["since_ms"], date=True),
+            clock(waiter["timeout_at_ms"], date=True),
+        ]
+        for waiter in waiters
+    ]
+    print_table(columns, rows)
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
