@@ -6,7 +6,7 @@ where the store left off and a new or wiped store is rebuilt from the topics. Un
 with the ends the topics had when it started, :meth:`Indexer.lag` says how far behind it is (the
 api's readiness).
 
-Every event kind is indexed (see :mod:`stepstream.store.sqlite`); the store is idempotent by
+Every event kind is indexed (see :mod:`stepstream.store.indexing`); the store is idempotent by
 (run id, seq), so a batch read again after a crash changes nothing. From the compacted ``flow`` topic
 it keeps each flow-control key's latest state, as the scheduler published it; reading it again ends in
 the same rows.
