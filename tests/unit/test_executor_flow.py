@@ -239,10 +239,10 @@ async def make() -> AsyncIterator[Callable[[Answer | Exception], Awaitable[Harne
         executor = Executor(settings, codec=cast(Codec, codec), clock=clock)
         # Never started: close them so they do not warn, and put the fakes in their place.
         await executor._consumer.stop()
-        await executor._producer.stop()
+        await executor._publisher.producer.stop()
         producer = FakeProducer(codec, clock)
         http = FakeHttp(clock, answer)
-        executor._producer = cast(Producer, producer)
+        executor._publisher.producer = cast(Producer, producer)
         executor._session = executor._call_session = cast(aiohttp.ClientSession, http)
         progress = executor._progress.setdefault(TP, PartitionProgress())
         made.append(executor)

@@ -68,10 +68,10 @@ async def make() -> AsyncIterator[Make]:
         values: dict[str, Any] = {"kafka": KafkaSettings(), "signing_keys": KEYS, "allowed_url_hosts": ALLOWED}
         executor = Executor(ExecutorSettings(**(values | settings)), codec=cast(Codec, codec), clock=clock)
         await executor._consumer.stop()
-        await executor._producer.stop()
+        await executor._publisher.producer.stop()
         producer = FakeProducer(codec, clock)
         http = RecordingHttp(clock, Answer(200, COMPLETE))
-        executor._producer = cast(Producer, producer)
+        executor._publisher.producer = cast(Producer, producer)
         executor._session = executor._call_session = cast(aiohttp.ClientSession, http)
         progress = executor._progress.setdefault(TP, PartitionProgress())
         made.append(executor)

@@ -26,50 +26,27 @@ then; a call's settlement lost in a crash is made good by the scheduler's lease 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import Coroutine, Sequence
+from typing import Any, cast
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stepstream import metrics, tracing
-from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, EncodeError, codec_for
+from stepstream.avro import TOPIC_TYPES, Codec, DecodeError, codec_for
 from stepstream.clock import Clock, SystemClock
 from stepstream.config import ExecutorSettings
-from stepstream.core import (
-    CallDelivery,
-    Continue,
-    Continuing,
-    Delivery,
-    DeliveryCancelled,
-    DeliverySteps,
-    ErrorInfo,
-    Fail,
-    FlowSettled,
-    ReportCall,
-    ReportDelivery,
-    StepResult,
-    headers_problem,
-)
+from stepstream.core import CallDelivery, Delivery, DeliveryCancelled, DeliverySteps
 from stepstream.executor import calls
 from stepstream.executor.apart import PartsInHand
-from stepstream.executor.chain import Cancelled, Chain, Recovered, may_chain
-from stepstream.executor.destinations import destination
+from stepstream.executor.chain import Cancelled, Recovered, may_chain
+from stepstream.executor.deliveries import deliver, report_failure
 from stepstream.executor.offsets import PartitionProgress
-from stepstream.executor.outcome import (
-    Reply,
-    from_transport_error,
-    parse_retry_after,
-    reply_of,
-    unrecordable_delivery,
-)
+from stepstream.executor.publisher import Publisher
 from stepstream.executor.recovery import DeliveryKey, oldest_uncommitted, read_reports
-from stepstream.executor.requests import new_session_id, signed_request
+from stepstream.executor.requests import send_call
 from stepstream.kafka.clients import (
     IDLE_FETCH_WAIT_MS,
     PartitionListener,
@@ -83,25 +60,13 @@ from stepstream.kafka.lag import watch_lag
 from stepstream.kafka.progress import Progress, readiness
 from stepstream.kafka.topics import TopicNames
 from stepstream.logs import log_context
-from stepstream.sealing import SealError, sealed
 
 log = logging.getLogger(__name__)
 
 SERVICE = "executor"
 
-ReportT = TypeVar("ReportT", ReportCall, ReportDelivery)
-
 # How long what the reports said after a crash is kept for the deliveries read again.
 RECOVERED_KEPT_MS = 600_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Flight:
-    """A request under a flow-control key whose HTTP request has begun, until it is settled."""
-
-    request_id: str
-    flow_key: str
-    started_ms: int  # just before the request went out; informational, in ``FlowSettled``
 
 
 class Executor:
@@ -138,7 +103,14 @@ class Executor:
         self._calls: set[asyncio.Task[None]] = set()  # none holds back an offset
         self._parts = PartsInHand()  # results read apart from their delivery (core.apart), until it comes
         self._consumer = make_consumer(self.kafka, group_id=self.group_id, fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
-        self._producer = make_producer(self.kafka)
+        self._publisher = Publisher(
+            make_producer(self.kafka),
+            self.codec,
+            self.topics,
+            self.clock,
+            max_record_bytes=self.kafka.max_record_bytes,
+            dead_letters=self.dead_letters,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._call_session: aiohttp.ClientSession | None = None
 
@@ -152,7 +124,7 @@ class Executor:
         self._call_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.call_concurrency), cookie_jar=aiohttp.DummyCookieJar()
         )
-        await self._producer.start()
+        await self._publisher.producer.start()
         await self._consumer.start()
         unwatch = watch_lag(SERVICE, self._consumer)
         try:
@@ -179,7 +151,7 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._consumer.stop()
-            await self._producer.stop()
+            await self._publisher.producer.stop()
             await self._session.close()
             await self._call_session.close()
 
@@ -328,7 +300,7 @@ class Executor:
         offsets of the records its results came in, done with at the same time."""
         try:
             if isinstance(message, DecodeError):
-                await self._send_dead_letter(record, str(message))
+                await self._publisher.dead_letter(record, str(message))
             else:
                 # Its log lines name the run; its span (if traced) is the parent of the app's and of the
                 # projector's for its reports.
@@ -357,12 +329,14 @@ class Executor:
                         # A bug, or a value no check foresaw: the run must not wait for ever on this
                         # delivery. Reported as a retryable failure, it is tried again, then fails the run.
                         log.exception("executor failed on delivery %s#%d", message.delivery_id, message.attempt)
-                        await self._report_failure(message, f"{type(error).__name__}: {error}")
+                        await report_failure(
+                            message, f"{type(error).__name__}: {error}", clock=self.clock, publisher=self._publisher
+                        )
         except Exception as error:
             # Not even a report could be written (Kafka refused it for good): set the record aside.
             log.exception("executor failed on %s[%d]@%d", record.topic, record.partition, record.offset)
             try:
-                await self._send_dead_letter(record, f"the executor failed on this record: {error!r}")
+                await self._publisher.dead_letter(record, f"the executor failed on this record: {error!r}")
             except Exception:
                 log.exception("executor could not dead-letter %s[%d]@%d", record.topic, record.partition, record.offset)
         finally:
@@ -372,114 +346,25 @@ class Executor:
                 for offset in (*parts, record.offset):
                     progress.finish(offset)
 
-    async def _send_dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        value = self.dead_letters.encode(record, reason, self.clock.now_ms())
-        await self._send(self.topics.deadletter, DeadLetters.key(record).decode(errors="replace"), value)
-
-    async def _report_failure(self, delivery: Delivery, message: str) -> None:
-        outcome = Fail(error=ErrorInfo(type="ExecutorError", message=message[:2_000]), retryable=True)
-        report = ReportDelivery(
-            run_id=delivery.run_id,
-            delivery_id=delivery.delivery_id,
-            attempt=delivery.attempt,
-            now_ms=self.clock.now_ms(),
-            steps=(),
-            outcome=outcome,
-        )
-        await self._report(delivery.run_id, report, unrecordable_delivery)
-        await self._settle(self._begin(delivery.request_id, delivery.flow_key))
-
     async def _deliver(self, delivery: Delivery) -> None:
-        """Make ``delivery``: one request to the endpoint, or, while the workflow runs one ``run`` step
-        after another, as many as it takes, each step reported (durable) before the next is asked
-        for (:mod:`stepstream.executor.chain`)."""
-        started = time.perf_counter()
+        """Make ``delivery`` (:mod:`stepstream.executor.deliveries`) with what the loop knows of it:
+        what its reports said before a crash, and whether it may go on past a step now."""
         _, recovered = self._recovered.pop((delivery.delivery_id, delivery.attempt), (0, None))
-        if recovered is not None and recovered.ended:
-            log.info(
-                "delivery %s#%d was reported before a crash: not made again", delivery.delivery_id, delivery.attempt
-            )
-            return
-        chain = Chain.resuming(delivery, recovered)
-        flight = self._begin(delivery.request_id, delivery.flow_key)
-        # The SDK may keep the workflow running between the requests of a chain (a session), so that
-        # the next request only resumes it: nothing replayed, nothing sent again.
-        session = new_session_id() if self.settings.sessions and may_chain(delivery) else None
-        resume = False
-        while True:
-            # A resume carries nothing of the run: the whole history is made only for a request that replays.
-            current = delivery if resume else chain.current
-            url = destination(current.url, self.settings.allowed_url_hosts)
-            steps: tuple[StepResult, ...] = ()
-            kept = False
-            if isinstance(url, str):
-                try:
-                    body, headers = signed_request(current, url, self.settings, session=session, resume=resume)
-                except SealError as error:  # a sealed header no key here opens: the run fails, said why
-                    url = Fail(error=ErrorInfo(type="SealError", message=str(error)[:2_000]), retryable=False)
-                else:
-                    headers.update(tracing.http_headers())  # the delivery's span, for the app's steps (not signed)
-                    reply = await self._post(url, body, headers)
-                    if reply.unknown_session:
-                        # Served by another process of the app, or expired: the whole delivery, and no more
-                        # sessions for this one (behind several workers they would mostly miss).
-                        session, resume = None, False
-                        continue
-                    # The credentials the steps asked for are sealed before the report reaches Kafka.
-                    steps, outcome, kept = reply.steps, sealed(reply.outcome, self.settings.sealer), reply.session_kept
-            if not isinstance(url, str):  # neither signed nor sent: the run fails with the reason
-                log.warning("refused delivery %s to %r: %s", delivery.delivery_id, delivery.url, url.error.message)
-                outcome = url
-            going_on = isinstance(outcome, Continue) and bool(steps) and self._may_go_on(delivery)
-            report = ReportDelivery(
-                run_id=delivery.run_id,
-                delivery_id=delivery.delivery_id,
-                attempt=delivery.attempt,
-                now_ms=self.clock.now_ms(),
-                steps=steps,
-                outcome=Continuing() if going_on else outcome,
-            )
-            written = await self._report(delivery.run_id, report, unrecordable_delivery)
-            if not (going_on and written):
-                break
-            chain.record(steps)  # durable now: the next request replays them, or resumes past them
-            resume = session is not None and kept
-        await self._settle(flight)
-        log.debug(
-            "delivered %s#%d (%d steps gone on with) in %.1f ms",
-            delivery.delivery_id,
-            delivery.attempt,
-            chain.length,
-            (time.perf_counter() - started) * 1000,
+        assert self._session is not None
+        await deliver(
+            delivery,
+            recovered,
+            http=self._session,
+            may_go_on=self._may_go_on,
+            settings=self.settings,
+            clock=self.clock,
+            publisher=self._publisher,
         )
 
     def _may_go_on(self, delivery: Delivery) -> bool:
         """Whether to go on with ``delivery`` past a ``continue``: not while letting partitions go (the
         next owner gets a fresh delivery from the projector instead), nor for a cancelled run."""
         return may_chain(delivery) and not self._letting_go and delivery.run_id not in self._cancelled
-
-    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
-        assert self._session is not None
-        problem = headers_problem(tuple(headers.items()))
-        if problem is not None:
-            # The same request would be refused on every attempt: the run fails with the reason.
-            return Reply((), Fail(error=ErrorInfo(type="InvalidRequest", message=problem), retryable=False))
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_ms / 1000)
-        try:
-            async with (
-                measured("delivery") as outcome,
-                self._session.post(url, data=body, headers=headers, timeout=timeout) as response,
-            ):
-                outcome.status = response.status
-                answer = await response.read()
-                return reply_of(response.status, answer, parse_retry_after(response.headers.get("Retry-After")))
-        except TimeoutError:
-            message = f"endpoint did not answer within {self.settings.timeout_ms} ms"
-            return Reply((), from_transport_error("Timeout", message))
-        except aiohttp.ClientError as error:
-            return Reply((), from_transport_error("ConnectionError", f"{type(error).__name__}: {error}"))
-        except ValueError as error:  # a request aiohttp will not send (a url it cannot parse, say): no retry mends it
-            return Reply((), Fail(error=ErrorInfo(type="InvalidRequest", message=f"{error}"[:2_000]), retryable=False))
 
     # ------------------------------------------------------------------------------------------
     # Engine-side calls
@@ -494,10 +379,11 @@ class Executor:
     async def _make_call(self, call: CallDelivery) -> None:
         started = time.perf_counter()
         try:
-            flight = self._begin(call.request_id, call.flow_key)
-            report = await self._request(call)
-            await self._report(call.run_id, report, calls.unrecordable)
-            await self._settle(flight)
+            flight = self._publisher.begin(call.request_id, call.flow_key)
+            assert self._call_session is not None
+            report = await send_call(self._call_session, call, self.settings.sealer, self.clock)
+            await self._publisher.report(call.run_id, report, calls.unrecordable)
+            await self._publisher.settle(flight)
         except Exception:
             # Nothing to hold back: the projector's deadline timer for this attempt retries it (under
             # flow control, the scheduler's lease on it, which frees its place too).
@@ -506,150 +392,3 @@ class Executor:
         finally:
             self._call_slots.release()
         log.debug("called %s in %.1f ms", call.request_id, (time.perf_counter() - started) * 1000)
-
-    async def _request(self, call: CallDelivery) -> ReportCall:
-        """Make one attempt of a call, exactly as the step asked: not signed, no Stepstream headers."""
-        assert self._call_session is not None
-        spec = call.call
-        try:
-            headers = self.settings.sealer.open(spec.headers)  # the step's credentials, sealed in its records
-        except SealError as problem:
-            return calls.unanswered(call, now_ms=self.clock.now_ms(), error=f"SealError: {problem}")
-        try:
-            async with (
-                measured("call") as outcome,
-                self._call_session.request(
-                    spec.method,
-                    spec.url,
-                    headers=headers,  # a sequence of pairs: a repeated name is sent repeated
-                    data=None if spec.body is None else spec.body.encode(),
-                    timeout=aiohttp.ClientTimeout(total=spec.timeout_ms / 1000),
-                    skip_auto_headers=("Content-Type",),  # the step's headers say what the body is, or nothing does
-                ) as response,
-            ):
-                outcome.status = response.status
-                body = await _read_at_most(response, calls.MAX_CALL_BODY_BYTES)
-                if body is None:
-                    return calls.unanswered(
-                        call,
-                        now_ms=self.clock.now_ms(),
-                        status=response.status,
-                        raw_headers=response.raw_headers,
-                        error=f"ResponseTooLarge: the answer's body is larger than {calls.MAX_CALL_BODY_BYTES} bytes",
-                    )
-                return calls.answered(
-                    call,
-                    now_ms=self.clock.now_ms(),
-                    status=response.status,
-                    raw_headers=response.raw_headers,
-                    body=body,
-                )
-        except TimeoutError:
-            error = f"Timeout: no answer within {spec.timeout_ms} ms"
-        except (aiohttp.ClientError, OSError) as problem:
-            error = f"ConnectionError: {type(problem).__name__}: {problem}"
-        except ValueError as problem:  # a request aiohttp will not send, such as a header with a line break
-            error = f"InvalidRequest: {problem}"
-        return calls.unanswered(call, now_ms=self.clock.now_ms(), error=error)
-
-    # ------------------------------------------------------------------------------------------
-    # Reports
-
-    async def _report(self, run_id: str, report: ReportT, unrecordable: Callable[[ReportT, str], ReportT]) -> bool:
-        """Write ``report``; if it cannot be encoded or is too large for Kafka, write what
-        ``unrecordable`` makes of it instead, so the run moves on rather than hang on it. Returns
-        whether ``report`` itself was written."""
-        reason: str | None = None
-        try:
-            value = self.codec.encode(report)
-        except EncodeError as error:
-            # The answer does not fit the records (the protocol's bounds should prevent this).
-            reason = str(error)
-        else:
-            limit = self.kafka.max_record_bytes
-            if len(value) > limit:
-                reason = f"its report of {len(value):,} bytes is over the {limit:,} bytes "
-                reason += "STEPSTREAM_MAX_RECORD_BYTES allows"
-        if reason is None:
-            try:
-                await self._send(self.topics.commands, run_id, value)
-                return True
-            except MessageSizeTooLargeError as error:
-                reason = f"its report of {len(value)} bytes is larger than Kafka accepts ({error})"
-        await self._send(self.topics.commands, run_id, self.codec.encode(unrecordable(report, reason)))
-        return False
-
-    async def _send(self, topic: str, key: str, value: bytes) -> None:
-        """Write a record, retrying while Kafka is unreachable: without a report the run cannot move
-        on, and without a settlement its flow-control key keeps a place taken.
-
-        Raises :class:`MessageSizeTooLargeError`, which no retry mends.
-        """
-        delay = 0.1
-        while True:
-            try:
-                # Inside a delivery's or a call's span, a report carries it to the projector (tracing.py).
-                traced = {"headers": headers} if (headers := tracing.kafka_headers()) else {}
-                await (await self._producer.send(topic, value=value, key=key.encode(), **traced))
-                return
-            except MessageSizeTooLargeError:
-                raise
-            except KafkaError as error:
-                log.warning("cannot write to %s for %s yet (%s); retrying in %.1f s", topic, key, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    # ------------------------------------------------------------------------------------------
-    # Flow control
-
-    def _begin(self, request_id: str, flow_key: str | None) -> _Flight | None:
-        """Note that the request under ``flow_key`` starts now (called just before it is sent); None
-        without a key. Nothing is written: the scheduler counts from letting the request through."""
-        if flow_key is None:
-            return None
-        return _Flight(request_id=request_id, flow_key=flow_key, started_ms=self.clock.now_ms())
-
-    async def _settle(self, flight: _Flight | None) -> None:
-        """Tell the key's scheduler the request is done (its report is written)."""
-        if flight is None:
-            return
-        settled = FlowSettled(
-            request_id=flight.request_id,
-            flow_key=flight.flow_key,
-            started_ms=flight.started_ms,
-            settled_ms=self.clock.now_ms(),
-        )
-        await self._send(self.topics.schedule, flight.flow_key, self.codec.encode(settled))
-
-
-class _Outcome:
-    status = 0  # no answer yet, or none at all
-
-
-@contextlib.asynccontextmanager
-async def measured(kind: str) -> AsyncIterator[_Outcome]:
-    """One HTTP request of ``kind`` (delivery, call) in the metrics: in flight while it lasts, then
-    counted by the status class of its answer (the caller sets it), or as ``error`` without one."""
-    outcome = _Outcome()
-    metrics.IN_FLIGHT.labels(kind).inc()
-    began = time.perf_counter()
-    try:
-        yield outcome
-    finally:
-        metrics.IN_FLIGHT.labels(kind).dec()
-        metrics.REQUESTS.labels(kind, metrics.status_class(outcome.status)).inc()
-        metrics.REQUEST_DURATION.labels(kind).observe(time.perf_counter() - began)
-
-
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The answer's body, or None if it is longer than ``limit`` bytes (then it is not read to the end)."""
-    if response.content_length is not None and response.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
