@@ -2,8 +2,8 @@
 reason; a run that asks to record more than a Kafka record holds fails with the reason; and nothing
 of a record that is set aside reaches memory or the batch's writes.
 
-The real codec, no broker: ``_apply`` is called directly and the batch's writes read from its outbox
-(tests/integration/test_poison.py drives the same through Kafka).
+The real codec, no broker: ``Applier.apply`` is called directly and the batch's writes read from
+its outbox (tests/integration/test_poison.py drives the same through Kafka).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from stepstream.core import (
 from stepstream.core.apart import join
 from stepstream.core.outcomes import Continue
 from stepstream.kafka.topics import TopicNames
-from stepstream.projector import service as projector_service
+from stepstream.projector import applier as projector_applier
 from stepstream.projector.outbox import Outbox
 from stepstream.projector.service import Projector
 
@@ -60,8 +60,8 @@ CODEC = Codec()
 async def projector() -> AsyncIterator[Projector]:
     settings = ProjectorSettings(kafka=KafkaSettings(partitions=1, max_record_bytes=LIMIT))
     made = Projector(settings, codec=CODEC, clock=ManualClock(T0))
-    made.owned = {0}
-    made.commands_partitions = 1
+    made.applier.owned = {0}
+    made.applier.commands_partitions = 1
     yield made
     await made._consumer.stop()  # never started; closed so they do not warn
     await made._producer.stop()
@@ -81,7 +81,7 @@ def trigger(run_id: str = "run-1", payload: str = "{}", **more: Any) -> bytes:
 def apply(projector: Projector, *records: ConsumerRecord[Any, Any]) -> Outbox:
     outbox = Outbox()
     for each in records:
-        projector._apply(each, outbox)
+        projector.applier.apply(each, outbox)
     return outbox
 
 
@@ -190,7 +190,7 @@ async def test_a_failure_in_deciding_sets_the_record_aside_and_nothing_of_it_is_
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(projector_service, "effects", broken)  # fails after the events are worked out
+    monkeypatch.setattr(projector_applier, "effects", broken)  # fails after the events are worked out
     outbox = apply(projector, record(TOPICS.commands, CODEC.encode(
         ReportDelivery(run_id="run-1", delivery_id=state.in_flight[0].delivery_id, attempt=1, now_ms=T0, steps=(),
                        outcome=Complete(output='"done"'))
