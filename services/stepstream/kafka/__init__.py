@@ -1,6 +1,7 @@
 """Stepstream's Kafka adapter: a local broker for development and tests, and the engine's topics."""
 
-from stepstream.kafka.local import KAFKA_VERSION, LocalKafka, ensure_jars, free_port, jar_cache_dir, kafka_version
+from stepstream.kafka.local import LocalKafka, free_port
+from stepstream.kafka.local_jars import KAFKA_VERSION, ensure_jars, jar_cache_dir, kafka_version
 from stepstream.kafka.topics import TopicNames, ensure_topics
 
 __all__ = [
