@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stepstream.core.retry import RETRYABLE_CLIENT_STATUSES
 from stepstream.durations import format_duration
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ def _describe(event: dict[str, Any]) -> str:
     return kind
 
 
+# The 4xx answers the engine does retry, as the core has them, and 409 for a delivery replayed on the way
+# (executor/outcome.py): "408, 409, 425 and 429".
+_RETRIED = [str(status) for status in sorted({*RETRYABLE_CLIENT_STATUSES, 409})]
+_RETRIED_4XX = f"{', '.join(_RETRIED[:-1])} and {_RETRIED[-1]}"
+
+
 def _after_failure(event: dict[str, Any]) -> str:
     """What follows a failed attempt: when the next one is due, or why there is none. A 4xx answer
     is not retried whatever the retries left; saying "no retry left" there reads like a bug."""
@@ -120,7 +127,7 @@ def _after_failure(event: dict[str, Any]) -> str:
     if event.get("retryable") is False:
         error_type = str(event["error"]["type"])
         if error_type.startswith("HTTP4"):
-            return "; not retried: a 4xx answer is final (408, 409, 425 and 429 are retried)"
+            return f"; not retried: a 4xx answer is final ({_RETRIED_4XX} are retried)"
         return f"; not retried: {error_type} is final"
     return ", no retry left"
 
@@ -224,7 +231,7 @@ def print_runs(answer: dict[str, Any], *, errors: bool = False) -> None:
         ]
         if errors:
             error = run.get("error")
-            row.append(f"{error['type']}: {one_line(error['message'])}" if error else "")
+            row.append(f"{error['type']}: {error['message']}" if error else "")  # print_table puts it on one line
         rows.append(row)
     if runs:
         print_table(columns, rows)

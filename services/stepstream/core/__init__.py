@@ -84,7 +84,7 @@ from stepstream.core.outcomes import (
     Suspend,
 )
 from stepstream.core.pending import child_run_id, child_url
-from stepstream.core.retry import backoff_ms, check_delay_rule, delay_rule_ms
+from stepstream.core.retry import RETRYABLE_CLIENT_STATUSES, backoff_ms, check_delay_rule, delay_rule_ms
 from stepstream.core.state import (
     PendingBranch,
     PendingCall,
@@ -113,6 +113,7 @@ from stepstream.core.waiters import (
 )
 
 __all__ = [
+    "RETRYABLE_CLIENT_STATUSES",
     "AllowedHosts",
     "BufferedNotification",
     "CallDelivery",

@@ -27,6 +27,7 @@ from stepstream.core.events import (
 )
 from stepstream.core.messages import ErrorInfo, StepKind
 from stepstream.core.outcomes import PlanCall, PlanInvoke, PlannedStep, PlanNotify, PlanRun, PlanSleep, PlanWait
+from stepstream.core.retry import RETRYABLE_CLIENT_STATUSES
 from stepstream.core.state import (
     PendingCall,
     PendingInvoke,
@@ -36,9 +37,6 @@ from stepstream.core.state import (
     RunState,
     call_output,
 )
-
-# Answers of an engine-side call that say "try again later" rather than "this request is wrong".
-RETRYABLE_CALL_STATUSES = frozenset({408, 425, 429})
 
 
 def child_run_id(parent_run_id: str, step_index: int) -> str:
@@ -229,7 +227,7 @@ def _call_answered(
     state = builder.current()
     now = builder.now_ms
     call = pending.call
-    retryable = error is not None or status >= 500 or status in RETRYABLE_CALL_STATUSES
+    retryable = error is not None or status >= 500 or status in RETRYABLE_CLIENT_STATUSES
     if retryable and pending.attempt <= call.retries:
         delay = retry_delay_ms(call.retry_delay, pending.attempt, defaults.retry_base_ms, defaults)
         builder.add(

@@ -1,4 +1,5 @@
-"""Retry timing: exponential backoff, and delay rules written as arithmetic over ``retried``.
+"""Retry timing: exponential backoff, delay rules written as arithmetic over ``retried``, and which
+HTTP answers are worth another attempt.
 
 A delay rule is what Upstash Workflow calls ``retryDelay``: an expression in milliseconds over
 ``retried`` (how many retries came before this one: 0 for the first), such as
@@ -14,6 +15,10 @@ import operator
 from collections.abc import Callable
 
 MAX_RULE_LENGTH = 200
+
+# The 4xx answers that say "try again later" rather than "this request is wrong", for a delivery's
+# endpoint and an engine-side call alike (every 5xx is retried too; every other 4xx is final).
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
 _FUNCTIONS: dict[str, Callable[..., float]] = {
     "pow": lambda base, exponent: float(base) ** float(exponent),

@@ -10,6 +10,7 @@ from typing import assert_never
 from pydantic import ValidationError
 
 from stepstream.core import (
+    RETRYABLE_CLIENT_STATUSES,
     CallSpec,
     Cancel,
     Complete,
@@ -53,8 +54,6 @@ from stepstream.protocol import (
     SuspendNext,
 )
 
-# Answers that say "try again later" rather than "this request is wrong".
-_RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
 _MAX_MESSAGE = 2_000
 
 
@@ -101,7 +100,7 @@ def reply_of(status: int, body: bytes, retry_after_s: float | None) -> Reply:
 
 def _failure(status: int, body: bytes, retry_after_s: float | None) -> Fail:
     detail = _error_message(body)
-    retryable = status >= 500 or status in _RETRYABLE_CLIENT_ERRORS or _replayed(status, body)
+    retryable = status >= 500 or status in RETRYABLE_CLIENT_STATUSES or _replayed(status, body)
     retry_after_ms = int(retry_after_s * 1000) if retry_after_s is not None and retryable else None
     return Fail(
         error=ErrorInfo(type=f"HTTP{status}", message=f"endpoint answered {status}: {detail}"[:_MAX_MESSAGE]),

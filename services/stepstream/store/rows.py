@@ -6,9 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
-# A run in one of these statuses has ended: it accepts no cancel, and only a failed one may be recovered.
-ENDED_STATUSES: Final = ("completed", "failed", "cancelled")
-ACTIVE_STATUSES: Final = ("scheduled", "running", "sleeping", "waiting")
+from stepstream.core.state import RunStatus
+
+# The core's statuses, as the store keeps them. A run in one of the ended ones accepts no cancel, and
+# only a failed one may be recovered.
+ENDED_STATUSES: Final = tuple(status.value for status in RunStatus if status.terminal)
+ACTIVE_STATUSES: Final = tuple(status.value for status in RunStatus if not status.terminal)
 RUN_STATUSES: Final = ACTIVE_STATUSES + ENDED_STATUSES
 
 
